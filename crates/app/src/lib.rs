@@ -1,0 +1,12 @@
+//! # kv-app
+//!
+//! The use cases of the store, over the [`kv_domain::Engine`] trait only: [`KvService::put`],
+//! [`KvService::read`], [`KvService::read_range`], [`KvService::batch_put`] and [`KvService::delete`].
+//! Input is validated here, against configurable [`Limits`], before anything reaches the engine: an invalid
+//! request is rejected with a typed [`AppError`] and writes nothing.
+
+mod limits;
+mod service;
+
+pub use limits::Limits;
+pub use service::{AppError, KvService};

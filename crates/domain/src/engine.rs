@@ -1,0 +1,86 @@
+//! The storage contract.
+
+use std::ops::Bound;
+
+use crate::{EngineResult, EngineStatus, Entry, Key, Lsn, Value, WriteBatch};
+
+/// Inclusive/exclusive/unbounded limits of a range scan, over raw key bytes.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct KeyRange {
+    /// Lower bound.
+    pub start: Bound<Key>,
+    /// Upper bound.
+    pub end: Bound<Key>,
+}
+
+impl KeyRange {
+    /// `start <= k <= end`, the semantics of the HTTP `readrange`.
+    pub fn inclusive(start: impl Into<Key>, end: impl Into<Key>) -> Self {
+        Self { start: Bound::Included(start.into()), end: Bound::Included(end.into()) }
+    }
+    /// Every key.
+    pub fn all() -> Self {
+        Self { start: Bound::Unbounded, end: Bound::Unbounded }
+    }
+    /// Whether `key` lies within the range.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        let above = match &self.start {
+            Bound::Included(s) => key >= s.as_bytes(),
+            Bound::Excluded(s) => key > s.as_bytes(),
+            Bound::Unbounded => true,
+        };
+        let below = match &self.end {
+            Bound::Included(e) => key <= e.as_bytes(),
+            Bound::Excluded(e) => key < e.as_bytes(),
+            Bound::Unbounded => true,
+        };
+        above && below
+    }
+    /// The same range, continued strictly after `key` (for paging: pass the last key of the previous page).
+    pub fn after(&self, key: &[u8]) -> Self {
+        Self { start: Bound::Excluded(Key::from(key)), end: self.end.clone() }
+    }
+}
+
+/// A persistent, ordered key/value store.
+///
+/// **Durability contract:** a write is durable once its method returns `Ok` when the engine runs with
+/// [`crate::Durability::Always`]; with weaker modes it is durable only after a later [`Engine::sync`]
+/// returns `Ok`.
+///
+/// **Visibility:** a write is visible to `get`/`scan` no later than when its method returns, and never
+/// before it is durable in `Always` mode (no reader sees a write that a crash could still take back).
+///
+/// **Fail-stop:** once a write or sync fails with an I/O error, every later write fails with
+/// [`crate::EngineError::Poisoned`] until the engine is reopened; reads keep working.
+///
+/// The trait is dyn-compatible: the layers above hold an `Arc<dyn Engine>`. Methods block (they do file
+/// I/O), so async callers run them on a blocking thread.
+pub trait Engine: Send + Sync {
+    /// Sets `key` to `value`, returning the write's LSN.
+    fn put(&self, key: &[u8], value: &[u8]) -> EngineResult<Lsn>;
+
+    /// The latest value of `key`, or `None` if it is absent or deleted.
+    fn get(&self, key: &[u8]) -> EngineResult<Option<Value>>;
+
+    /// Deletes `key` by writing a tombstone; deleting an absent key succeeds (idempotent).
+    fn delete(&self, key: &[u8]) -> EngineResult<Lsn>;
+
+    /// Applies every operation of `batch` atomically under one LSN: after any crash either all of them are
+    /// visible or none is. An empty batch writes nothing and returns the current last LSN.
+    fn write_batch(&self, batch: &WriteBatch) -> EngineResult<Lsn>;
+
+    /// Up to `limit` live entries with keys in `range`, in ascending byte order of the key. Memory is bounded
+    /// by `limit`; to page, call again with [`KeyRange::after`] the last key returned.
+    fn scan(&self, range: &KeyRange, limit: usize) -> EngineResult<Vec<Entry>>;
+
+    /// LSN of the latest acknowledged write (`Lsn::ZERO` for a new store).
+    fn last_lsn(&self) -> Lsn;
+
+    /// Makes every acknowledged write durable (fsync), whatever the durability mode.
+    fn sync(&self) -> EngineResult<()>;
+
+    /// Counters and state for status endpoints and metrics.
+    fn status(&self) -> EngineStatus;
+}
+

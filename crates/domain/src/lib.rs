@@ -1,0 +1,26 @@
+//! # kv-domain
+//!
+//! The vocabulary every other crate of the Moniepoint storage engine speaks: the entities ([`Key`],
+//! [`Value`], [`Lsn`], [`Location`], [`WriteBatch`], [`EngineStatus`]), the typed [`EngineError`], and the
+//! two small traits the infrastructure implements:
+//!
+//! - [`Engine`]: the storage contract (put, get, delete, atomic batch, ordered range scan, status);
+//! - [`OrderedIndex`]: the in-memory keydir, an ordered map from key to the [`Location`] of its value.
+//!
+//! [`MemoryEngine`] implements [`Engine`] over a `BTreeMap` so the layers above can be tested without disk.
+//!
+//! This crate depends on nothing of ours (DESIGN §1).
+
+mod engine;
+mod entities;
+mod error;
+mod index;
+mod memory;
+
+pub use engine::{Engine, KeyRange};
+pub use entities::{
+    BatchOp, Durability, EngineStatus, Entry, Key, Location, Lsn, RecoveryReport, Value, WriteBatch,
+};
+pub use error::{EngineError, EngineResult};
+pub use index::OrderedIndex;
+pub use memory::MemoryEngine;

@@ -1,0 +1,533 @@
+//! [`FsEngine`]: the Bitcask-style engine over segment files.
+//!
+//! A Bitcask (<https://riak.com/assets/bitcask-intro.pdf>) appends every write to the active log segment and
+//! keeps an in-memory keydir mapping each live key to the location of its latest record, so a read is one
+//! keydir lookup and one positional read, and a range scan walks the ordered keydir. Differences from the
+//! paper: the keydir is ordered (range scans); every record carries an LSN and a CRC32C; batches are atomic;
+//! durability is a mode with group commit; and hint files and merging arrive with compaction.
+//!
+//! ## Write path
+//! One writer at a time holds the writer lock: it assigns the next LSN, rotates the segment if needed,
+//! encodes the record(s) and `pwrite`s them in one call, all under the lock, so file order is LSN order.
+//! - `never` / `interval`: the keydir is updated under the same lock and the write is acknowledged: it has
+//!   reached the OS, so it survives a process crash.
+//! - `always` (group commit): the keydir update is queued and the writer waits until its LSN is durable.
+//!   The first waiter becomes the *sync leader*: it takes the queue and the last written LSN under the
+//!   writer lock, releases it, `fdatasync`s once for everyone who wrote until then, publishes the queued
+//!   keydir updates in LSN order, and wakes the others. Writers keep appending while the leader syncs, and
+//!   form the next group. No reader ever sees a write before it is durable.
+//!
+//! ## Fail-stop
+//! A failed `pwrite`, `fdatasync`, or rotation poisons the engine: the failure is recorded once, every
+//! waiter of the failed group and every later write get an error, and nothing is ever retried and then
+//! acknowledged (after a failed fsync the kernel may have dropped the dirty pages, so a retry that
+//! succeeds proves nothing). Reads keep working. Reopening runs recovery, which trusts only the disk.
+//!
+//! ## Invariants
+//! - `acked LSN <= durable LSN <= written LSN` in `always` mode; the keydir reflects exactly the acked writes.
+//! - Segment ids only grow; the active segment is the one with the highest id.
+//! - A sealed segment was fsynced before its successor was created (so recovery never sees it torn).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use kv_domain::{
+    BatchOp, Durability, Engine, EngineError, EngineResult, EngineStatus, Entry, Key, KeyRange, Location, Lsn,
+    OrderedIndex, RecoveryReport, Value, WriteBatch,
+};
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::codec::{
+    decode_record, encode_record, encode_segment_header, record_len, RecordKind, MAX_KEY_LEN, MAX_VALUE_LEN,
+    RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
+};
+use crate::options::Options;
+use crate::recovery::{apply_update, recover, Update};
+use crate::segment::{segment_name, Segment};
+use crate::vfs::{path_in, DirLock};
+
+/// The storage engine over a data directory. Cheap to share behind an `Arc`; dropping it stops the interval
+/// syncer and makes everything written durable (best effort; call [`FsEngine::close`] to see errors).
+pub struct FsEngine {
+    inner: Arc<Inner>,
+    syncer: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+}
+
+impl std::fmt::Debug for FsEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FsEngine").field("dir", &self.inner.dir).field("durability", &self.inner.opts.durability).finish()
+    }
+}
+
+struct Inner {
+    dir: PathBuf,
+    opts: Options,
+    /// The keydir. Mutated only by the writer (never/interval) or the sync leader (always).
+    index: Box<dyn OrderedIndex>,
+    /// Every segment by id. Readers clone an `Arc<Segment>` out and drop the guard before any I/O.
+    segments: RwLock<BTreeMap<u32, Arc<Segment>>>,
+    /// The single-writer state. A `parking_lot` mutex: held for one `pwrite` (plus a rotation now and then),
+    /// never across an fsync of a group.
+    writer: Mutex<Writer>,
+    /// Group-commit coordination; separate from `writer` so that writers can append while a leader syncs.
+    sync: Mutex<SyncState>,
+    synced: Condvar,
+    /// Set once, by the first write-path I/O failure; read lock-free by everyone after.
+    poison: OnceLock<String>,
+    acked_lsn: AtomicU64,
+    garbage_bytes: AtomicU64,
+    disk_bytes: AtomicU64,
+    fsyncs: AtomicU64,
+    writes: AtomicU64,
+    report: RecoveryReport,
+    _lock: Box<dyn DirLock>,
+}
+
+struct Writer {
+    active: Arc<Segment>,
+    /// Where the next record goes in the active segment.
+    offset: u64,
+    /// LSN of the latest record written to the file.
+    written_lsn: u64,
+    /// Keydir updates of written but not yet durable writes (`always` mode), in LSN order.
+    pending: Vec<PendingUpdate>,
+    /// Reused encoding buffer.
+    scratch: Vec<u8>,
+}
+
+struct PendingUpdate {
+    key: Box<[u8]>,
+    location: Location,
+    kind: RecordKind,
+}
+
+#[derive(Default)]
+struct SyncState {
+    durable_lsn: u64,
+    syncing: bool,
+}
+
+/// A write to encode: a single record or a batch.
+enum WriteOp<'a> {
+    Put(&'a [u8], &'a [u8]),
+    Delete(&'a [u8]),
+    Batch(&'a WriteBatch),
+}
+
+fn check_record(key: &[u8], value: &[u8]) -> EngineResult<()> {
+    if key.is_empty() {
+        return Err(EngineError::InvalidInput("key must not be empty".into()));
+    }
+    if key.len() > MAX_KEY_LEN as usize || value.len() > MAX_VALUE_LEN as usize {
+        return Err(EngineError::InvalidInput(format!(
+            "record too large for the log format (key {} bytes, max {MAX_KEY_LEN}; value {} bytes, max {MAX_VALUE_LEN})",
+            key.len(),
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+impl WriteOp<'_> {
+    fn validate(&self) -> EngineResult<()> {
+        match self {
+            WriteOp::Put(k, v) => check_record(k, v),
+            WriteOp::Delete(k) => check_record(k, &[]),
+            WriteOp::Batch(b) => b.ops().iter().try_for_each(|op| match op {
+                BatchOp::Put { key, value } => check_record(key, value),
+                BatchOp::Delete { key } => check_record(key, &[]),
+            }),
+        }
+    }
+
+    fn encoded_len(&self) -> u64 {
+        (match self {
+            WriteOp::Put(k, v) => record_len(k, v),
+            WriteOp::Delete(k) => record_len(k, &[]),
+            WriteOp::Batch(b) => {
+                RECORD_HEADER_LEN + 4 + b.ops().iter().map(|op| match op {
+                    BatchOp::Put { key, value } => record_len(key, value),
+                    BatchOp::Delete { key } => record_len(key, &[]),
+                }).sum::<usize>()
+            }
+        }) as u64
+    }
+}
+
+impl FsEngine {
+    /// Opens (creating if needed) the data directory `dir`: takes its lock, runs recovery (see
+    /// [`crate::recovery`]), and starts the interval syncer if configured.
+    pub fn open(dir: impl AsRef<Path>, opts: Options) -> EngineResult<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        if opts.max_segment_bytes > Options::MAX_SEGMENT_BYTES || opts.max_segment_bytes < SEGMENT_HEADER_LEN as u64 {
+            return Err(EngineError::InvalidInput(format!(
+                "max segment size {} is outside {}..={}",
+                opts.max_segment_bytes,
+                SEGMENT_HEADER_LEN,
+                Options::MAX_SEGMENT_BYTES
+            )));
+        }
+        let fs = opts.fs.clone();
+        fs.create_dir_all(&dir).map_err(|e| EngineError::io(format!("creating {}", dir.display()), e))?;
+        let lock = fs.lock_dir(&dir).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                EngineError::Locked { path: dir.display().to_string() }
+            } else {
+                EngineError::io(format!("locking {}", dir.display()), e)
+            }
+        })?;
+        let index = opts.index.build();
+        let garbage = AtomicU64::new(0);
+        let rec = recover(&*fs, &dir, &*index, &garbage)?;
+        let mut segments = rec.segments;
+        let (active, offset, disk_bytes) = match rec.newest {
+            Some((seg, len)) if len < opts.max_segment_bytes => (seg, len, rec.disk_bytes),
+            newest => {
+                let id = newest.map_or(1, |(s, _)| s.id + 1);
+                let seg = create_segment(&*fs, &dir, id)?;
+                segments.insert(id, seg.clone());
+                (seg, SEGMENT_HEADER_LEN as u64, rec.disk_bytes + SEGMENT_HEADER_LEN as u64)
+            }
+        };
+        tracing::info!(
+            dir = %dir.display(), segments = rec.report.segments, records = rec.report.records,
+            keys = index.len(), last_lsn = rec.last_lsn, truncated_bytes = rec.report.truncated_bytes,
+            "recovered data directory"
+        );
+        let inner = Arc::new(Inner {
+            dir,
+            index,
+            segments: RwLock::new(segments),
+            writer: Mutex::new(Writer { active, offset, written_lsn: rec.last_lsn, pending: Vec::new(), scratch: Vec::new() }),
+            sync: Mutex::new(SyncState { durable_lsn: rec.last_lsn, syncing: false }),
+            synced: Condvar::new(),
+            poison: OnceLock::new(),
+            acked_lsn: AtomicU64::new(rec.last_lsn),
+            garbage_bytes: garbage,
+            disk_bytes: AtomicU64::new(disk_bytes),
+            fsyncs: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            report: rec.report,
+            _lock: lock,
+            opts,
+        });
+        let syncer = match inner.opts.durability {
+            Durability::Interval { ms } => Some(spawn_syncer(Arc::downgrade(&inner), Duration::from_millis(ms.max(1)))),
+            _ => None,
+        };
+        Ok(Self { inner, syncer })
+    }
+
+    /// Makes everything durable, stops the syncer and releases the directory lock, reporting any error.
+    pub fn close(mut self) -> EngineResult<()> {
+        self.stop_syncer();
+        self.inner.poisoned()?;
+        self.sync()
+    }
+
+    fn stop_syncer(&mut self) {
+        if let Some((stop, handle)) = self.syncer.take() {
+            stop.store(true, Ordering::Release);
+            handle.thread().unpark();
+            let _ = handle.join();
+        }
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// What recovery did at open.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.inner.report
+    }
+}
+
+impl Drop for FsEngine {
+    fn drop(&mut self) {
+        self.stop_syncer();
+        if self.inner.poison.get().is_none() {
+            if let Err(e) = self.inner.sync_to(self.inner.writer.lock().written_lsn) {
+                tracing::error!("final sync on close failed: {e}");
+            }
+        }
+    }
+}
+
+fn spawn_syncer(inner: Weak<Inner>, every: Duration) -> (Arc<AtomicBool>, JoinHandle<()>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = std::thread::Builder::new()
+        .name("kv-interval-sync".into())
+        .spawn(move || {
+            while !flag.load(Ordering::Acquire) {
+                std::thread::park_timeout(every);
+                let Some(inner) = inner.upgrade() else { return };
+                let target = inner.writer.lock().written_lsn;
+                if inner.poison.get().is_none() {
+                    // A failure poisons the engine and is reported to writers; nothing to do here.
+                    let _ = inner.sync_to(target);
+                }
+            }
+        })
+        .map(Some)
+        .unwrap_or(None);
+    match handle {
+        Some(h) => (stop, h),
+        // Spawning a thread fails only under resource exhaustion; fall back to a finished dummy thread.
+        None => (stop, std::thread::spawn(|| {})),
+    }
+}
+
+/// Creates segment `id` with its header, durably (file and directory entry).
+fn create_segment(fs: &dyn crate::vfs::FileSystem, dir: &Path, id: u32) -> EngineResult<Arc<Segment>> {
+    let name = segment_name(id);
+    let path = path_in(dir, &name);
+    let file = fs.create(&path).map_err(|e| EngineError::io(format!("creating {name}"), e))?;
+    // IMPORTANT: header durable, then the directory entry, before any record is appended: recovery relies
+    // on "a segment with a bad header holds no acknowledged record".
+    file.write_all_at(&encode_segment_header(id), 0)
+        .and_then(|_| file.sync_data())
+        .and_then(|_| fs.sync_dir(dir))
+        .map_err(|e| EngineError::io(format!("initialising {name}"), e))?;
+    Ok(Arc::new(Segment { id, name, file }))
+}
+
+impl Inner {
+    fn poisoned(&self) -> EngineResult<()> {
+        match self.poison.get() {
+            Some(reason) => Err(EngineError::Poisoned { reason: reason.clone() }),
+            None => Ok(()),
+        }
+    }
+
+    /// Records the first write-path failure; later ones are logged only.
+    fn poison_with(&self, err: &EngineError) {
+        let reason = err.to_string();
+        if self.poison.set(reason.clone()).is_ok() {
+            tracing::error!("engine poisoned, refusing writes until reopened: {reason}");
+        }
+    }
+
+    fn io_failure(&self, context: String, e: std::io::Error) -> EngineError {
+        let err = EngineError::io(context, e);
+        self.poison_with(&err);
+        err
+    }
+
+    /// Seals the active segment and starts the next one. Called with the writer lock held.
+    fn rotate(&self, w: &mut Writer) -> EngineResult<()> {
+        // IMPORTANT: fsync the old segment before its successor exists, so only the newest can be torn.
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        w.active.file.sync_data().map_err(|e| self.io_failure(format!("syncing {}", w.active.name), e))?;
+        let seg = create_segment(&*self.opts.fs, &self.dir, w.active.id + 1).inspect_err(|e| self.poison_with(e))?;
+        self.fsyncs.fetch_add(2, Ordering::Relaxed);
+        self.segments.write().insert(seg.id, seg.clone());
+        self.disk_bytes.fetch_add(SEGMENT_HEADER_LEN as u64, Ordering::Relaxed);
+        w.active = seg;
+        w.offset = SEGMENT_HEADER_LEN as u64;
+        Ok(())
+    }
+
+    fn write(&self, op: WriteOp<'_>) -> EngineResult<Lsn> {
+        op.validate()?;
+        let always = self.opts.durability == Durability::Always;
+        let total = op.encoded_len();
+        let mut w = self.writer.lock();
+        self.poisoned()?;
+        if w.offset + total > self.opts.max_segment_bytes && w.offset > SEGMENT_HEADER_LEN as u64 {
+            self.rotate(&mut w)?;
+        }
+        let lsn = w.written_lsn + 1;
+        let ts = self.opts.clock.now_micros();
+        let base = w.offset;
+        let seg_id = w.active.id;
+        let mut scratch = std::mem::take(&mut w.scratch);
+        scratch.clear();
+        // (offset within scratch, kind, key) of every record that changes the keydir.
+        let mut updates: Vec<(usize, usize, RecordKind, &[u8])> = Vec::new();
+        match &op {
+            WriteOp::Put(k, v) => {
+                let n = encode_record(&mut scratch, RecordKind::Put, lsn, ts, k, v);
+                updates.push((0, n, RecordKind::Put, k));
+            }
+            WriteOp::Delete(k) => {
+                let n = encode_record(&mut scratch, RecordKind::Tombstone, lsn, ts, k, &[]);
+                updates.push((0, n, RecordKind::Tombstone, k));
+            }
+            WriteOp::Batch(b) => {
+                let count = b.len() as u32;
+                let n = encode_record(&mut scratch, RecordKind::BatchHeader, lsn, ts, &[], &count.to_le_bytes());
+                updates.push((0, n, RecordKind::BatchHeader, &[]));
+                for member in b.ops() {
+                    let at = scratch.len();
+                    let (kind, key, value): (_, &[u8], &[u8]) = match member {
+                        BatchOp::Put { key, value } => (RecordKind::Put, key, value),
+                        BatchOp::Delete { key } => (RecordKind::Tombstone, key, &[]),
+                    };
+                    let n = encode_record(&mut scratch, kind, lsn, ts, key, value);
+                    updates.push((at, n, kind, key));
+                }
+            }
+        }
+        let written = w.active.file.write_all_at(&scratch, base);
+        w.scratch = scratch;
+        written.map_err(|e| self.io_failure(format!("appending to {}", w.active.name), e))?;
+        w.offset += total;
+        w.written_lsn = lsn;
+        self.disk_bytes.fetch_add(total, Ordering::Relaxed);
+        let location = |at: usize, n: usize| Location { segment: seg_id, offset: (base + at as u64) as u32, len: n as u32 };
+        if always {
+            w.pending.extend(updates.iter().map(|&(at, n, kind, key)| PendingUpdate { key: key.into(), location: location(at, n), kind }));
+            drop(w);
+            self.sync_to(lsn)?;
+        } else {
+            for &(at, n, kind, key) in &updates {
+                apply_update(&*self.index, &self.garbage_bytes, to_update(kind, key, location(at, n)));
+            }
+            self.acked_lsn.store(lsn, Ordering::Release);
+            drop(w);
+        }
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        Ok(Lsn(lsn))
+    }
+
+    /// Blocks until everything up to `lsn` is durable, leading a group sync if nobody else is.
+    fn sync_to(&self, lsn: u64) -> EngineResult<()> {
+        let mut s = self.sync.lock();
+        loop {
+            if s.durable_lsn >= lsn {
+                return Ok(());
+            }
+            self.poisoned()?;
+            if s.syncing {
+                self.synced.wait(&mut s);
+                continue;
+            }
+            s.syncing = true;
+            drop(s);
+            let result = self.sync_group();
+            s = self.sync.lock();
+            s.syncing = false;
+            if let Ok(target) = result {
+                s.durable_lsn = s.durable_lsn.max(target);
+            }
+            self.synced.notify_all();
+            result?;
+        }
+    }
+
+    /// One group commit: fsync everything written so far, then publish its keydir updates in LSN order.
+    /// Runs with `SyncState::syncing` set, so groups never overlap.
+    fn sync_group(&self) -> EngineResult<u64> {
+        let (file, name, target, pending) = {
+            let mut w = self.writer.lock();
+            self.poisoned()?;
+            (w.active.file.clone(), w.active.name.clone(), w.written_lsn, std::mem::take(&mut w.pending))
+        };
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        // Records of a sealed segment were fsynced by `rotate`; the active file holds the rest.
+        file.sync_data().map_err(|e| self.io_failure(format!("syncing {name}"), e))?;
+        for u in &pending {
+            apply_update(&*self.index, &self.garbage_bytes, to_update(u.kind, &u.key, u.location));
+        }
+        self.acked_lsn.fetch_max(target, Ordering::AcqRel);
+        Ok(target)
+    }
+
+    /// Reads and verifies the record at `loc`, which the keydir says holds `key`'s latest value.
+    fn read_value(&self, key: &[u8], loc: Location) -> EngineResult<Value> {
+        let seg = self.segments.read().get(&loc.segment).cloned();
+        let seg = seg.ok_or_else(|| EngineError::Corrupted {
+            file: segment_name(loc.segment),
+            offset: loc.offset as u64,
+            reason: "keydir points into a missing segment".into(),
+        })?;
+        let mut buf = vec![0u8; loc.len as usize];
+        seg.file
+            .read_exact_at(&mut buf, loc.offset as u64)
+            .map_err(|e| EngineError::io(format!("reading {} at {}", seg.name, loc.offset), e))?;
+        let corrupted = |reason: String| EngineError::Corrupted { file: seg.name.clone(), offset: loc.offset as u64, reason };
+        let rec = decode_record(&buf).map_err(|e| corrupted(e.to_string()))?;
+        if rec.header.kind != RecordKind::Put || rec.key != key {
+            return Err(corrupted(format!("expected a put of key {:?}, found {rec:?}", Key::from(key))));
+        }
+        let value_start = RECORD_HEADER_LEN + rec.key.len();
+        buf.drain(..value_start);
+        Ok(Value::from(buf))
+    }
+}
+
+fn to_update(kind: RecordKind, key: &[u8], loc: Location) -> Update<'_> {
+    match kind {
+        RecordKind::Put => Update::Put(key, loc),
+        RecordKind::Tombstone => Update::Delete(key, loc),
+        RecordKind::BatchHeader => Update::Framing(loc),
+    }
+}
+
+impl Engine for FsEngine {
+    fn put(&self, key: &[u8], value: &[u8]) -> EngineResult<Lsn> {
+        self.inner.write(WriteOp::Put(key, value))
+    }
+
+    fn get(&self, key: &[u8]) -> EngineResult<Option<Value>> {
+        match self.inner.index.get(key) {
+            Some(loc) => self.inner.read_value(key, loc).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn delete(&self, key: &[u8]) -> EngineResult<Lsn> {
+        self.inner.write(WriteOp::Delete(key))
+    }
+
+    fn write_batch(&self, batch: &WriteBatch) -> EngineResult<Lsn> {
+        if batch.is_empty() {
+            return Ok(self.last_lsn());
+        }
+        self.inner.write(WriteOp::Batch(batch))
+    }
+
+    fn scan(&self, range: &KeyRange, limit: usize) -> EngineResult<Vec<Entry>> {
+        self.inner
+            .index
+            .range(range, limit)
+            .into_iter()
+            .map(|(key, loc)| {
+                let value = self.inner.read_value(&key, loc)?;
+                Ok(Entry { key, value })
+            })
+            .collect()
+    }
+
+    fn last_lsn(&self) -> Lsn {
+        Lsn(self.inner.acked_lsn.load(Ordering::Acquire))
+    }
+
+    fn sync(&self) -> EngineResult<()> {
+        let target = self.inner.writer.lock().written_lsn;
+        self.inner.sync_to(target)
+    }
+
+    fn status(&self) -> EngineStatus {
+        let i = &self.inner;
+        EngineStatus {
+            last_lsn: self.last_lsn(),
+            keys: i.index.len() as u64,
+            segments: i.segments.read().len() as u64,
+            disk_bytes: i.disk_bytes.load(Ordering::Relaxed),
+            garbage_bytes: i.garbage_bytes.load(Ordering::Relaxed),
+            durability: i.opts.durability,
+            poisoned: i.poison.get().cloned(),
+            fsyncs: i.fsyncs.load(Ordering::Relaxed),
+            writes: i.writes.load(Ordering::Relaxed),
+            recovery: i.report.clone(),
+        }
+    }
+}

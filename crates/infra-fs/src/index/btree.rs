@@ -1,0 +1,51 @@
+//! Keydir over `std`'s `BTreeMap` behind a reader-writer lock (comparison baseline).
+
+use std::collections::BTreeMap;
+
+use kv_domain::{Key, KeyRange, Location, OrderedIndex};
+use parking_lot::RwLock;
+
+use super::{borrowed_bounds, is_empty_range};
+
+/// A `BTreeMap` behind a `parking_lot` reader-writer lock; every guard lives for one map call.
+#[derive(Debug, Default)]
+pub struct BTreeIndex {
+    map: RwLock<BTreeMap<Box<[u8]>, Location>>,
+}
+
+impl BTreeIndex {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl OrderedIndex for BTreeIndex {
+    fn insert(&self, key: &[u8], location: Location) -> Option<Location> {
+        let mut map = self.map.write();
+        if let Some(slot) = map.get_mut(key) {
+            return Some(std::mem::replace(slot, location));
+        }
+        map.insert(key.into(), location)
+    }
+    fn remove(&self, key: &[u8]) -> Option<Location> {
+        self.map.write().remove(key)
+    }
+    fn get(&self, key: &[u8]) -> Option<Location> {
+        self.map.read().get(key).copied()
+    }
+    fn range(&self, range: &KeyRange, limit: usize) -> Vec<(Key, Location)> {
+        if is_empty_range(range) {
+            return Vec::new();
+        }
+        self.map
+            .read()
+            .range::<[u8], _>(borrowed_bounds(range))
+            .take(limit)
+            .map(|(k, v)| (Key::from(&k[..]), *v))
+            .collect()
+    }
+    fn len(&self) -> usize {
+        self.map.read().len()
+    }
+}

@@ -1,0 +1,20 @@
+//! # kv-infra-fs
+//!
+//! The Bitcask-style storage of the Moniepoint storage engine: checksummed, append-only log segments
+//! ([`codec`], [`segment`]), crash recovery ([`recovery`]), the keydir implementations ([`index`]), and
+//! [`FsEngine`], which implements [`kv_domain::Engine`] over them with group commit and fail-stop I/O.
+//! All file I/O goes through the [`vfs`] seam; [`sim`] is a simulated file system for crash tests.
+//! [`dump`] prints a segment record by record (golden tests, debugging).
+
+pub mod codec;
+pub mod dump;
+mod engine;
+pub mod index;
+mod options;
+pub mod recovery;
+pub mod segment;
+pub mod sim;
+pub mod vfs;
+
+pub use engine::FsEngine;
+pub use options::{Clock, IndexKind, Options};
