@@ -63,7 +63,9 @@ pub struct KvService {
 
 impl std::fmt::Debug for KvService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KvService").field("limits", &self.limits).finish_non_exhaustive()
+        f.debug_struct("KvService")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
     }
 }
 
@@ -97,7 +99,10 @@ impl KvService {
             return Err(AppError::EmptyKey);
         }
         if key.len() > self.limits.max_key_bytes {
-            return Err(AppError::KeyTooLarge { len: key.len(), max: self.limits.max_key_bytes });
+            return Err(AppError::KeyTooLarge {
+                len: key.len(),
+                max: self.limits.max_key_bytes,
+            });
         }
         Ok(())
     }
@@ -123,14 +128,24 @@ impl KvService {
     /// The value of `key`; [`AppError::NotFound`] when absent.
     pub fn read(&self, key: &[u8]) -> Result<Value, AppError> {
         self.check_key(key)?;
-        self.engine.get(key)?.ok_or_else(|| AppError::NotFound(lossy(key)))
+        self.engine
+            .get(key)?
+            .ok_or_else(|| AppError::NotFound(lossy(key)))
     }
 
     /// Up to `limit` live entries with `start <= key <= end`, ascending. The bounds need not exist. Memory is
     /// bounded by `limit`; page with [`KvService::read_range_page`].
-    pub fn read_range(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Entry>, AppError> {
+    pub fn read_range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Entry>, AppError> {
         if start > end {
-            return Err(AppError::InvertedRange { start: lossy(start), end: lossy(end) });
+            return Err(AppError::InvertedRange {
+                start: lossy(start),
+                end: lossy(end),
+            });
         }
         Ok(self.engine.scan(&KeyRange::inclusive(start, end), limit)?)
     }
@@ -144,7 +159,10 @@ impl KvService {
     /// operation rejects the whole batch and nothing is written.
     pub fn batch_put(&self, batch: &WriteBatch) -> Result<Lsn, AppError> {
         if batch.len() > self.limits.max_batch_ops {
-            return Err(AppError::BatchTooLarge { len: batch.len(), max: self.limits.max_batch_ops });
+            return Err(AppError::BatchTooLarge {
+                len: batch.len(),
+                max: self.limits.max_batch_ops,
+            });
         }
         for op in batch.ops() {
             self.check_key(op.key())?;
@@ -173,7 +191,11 @@ mod tests {
     }
 
     fn small() -> Limits {
-        Limits { max_key_bytes: 4, max_value_bytes: 8, max_batch_ops: 3 }
+        Limits {
+            max_key_bytes: 4,
+            max_value_bytes: 8,
+            max_batch_ops: 3,
+        }
     }
 
     #[test]
@@ -182,7 +204,11 @@ mod tests {
         s.put(b"k", b"v").unwrap();
         assert_eq!(s.read(b"k").unwrap(), Value::from("v"));
         s.put(b"k", b"").unwrap();
-        assert_eq!(s.read(b"k").unwrap(), Value::from(""), "empty value is distinct from absent");
+        assert_eq!(
+            s.read(b"k").unwrap(),
+            Value::from(""),
+            "empty value is distinct from absent"
+        );
         s.delete(b"k").unwrap();
         assert!(matches!(s.read(b"k"), Err(AppError::NotFound(_))));
         s.delete(b"k").unwrap();
@@ -192,8 +218,14 @@ mod tests {
     fn invalid_input_is_rejected_and_writes_nothing() {
         let (s, e) = service(small());
         assert!(matches!(s.put(b"", b"v"), Err(AppError::EmptyKey)));
-        assert!(matches!(s.put(b"12345", b"v"), Err(AppError::KeyTooLarge { len: 5, max: 4 })));
-        assert!(matches!(s.put(b"k", b"123456789"), Err(AppError::ValueTooLarge { len: 9, .. })));
+        assert!(matches!(
+            s.put(b"12345", b"v"),
+            Err(AppError::KeyTooLarge { len: 5, max: 4 })
+        ));
+        assert!(matches!(
+            s.put(b"k", b"123456789"),
+            Err(AppError::ValueTooLarge { len: 9, .. })
+        ));
         assert!(matches!(s.delete(b""), Err(AppError::EmptyKey)));
         assert!(matches!(s.read(b""), Err(AppError::EmptyKey)));
         let mut b = WriteBatch::new();
@@ -201,7 +233,10 @@ mod tests {
         assert!(matches!(s.batch_put(&b), Err(AppError::KeyTooLarge { .. })));
         let mut b = WriteBatch::new();
         b.put("a", "1").put("b", "2").put("c", "3").put("d", "4");
-        assert!(matches!(s.batch_put(&b), Err(AppError::BatchTooLarge { len: 4, max: 3 })));
+        assert!(matches!(
+            s.batch_put(&b),
+            Err(AppError::BatchTooLarge { len: 4, max: 3 })
+        ));
         assert_eq!(e.last_lsn(), Lsn::ZERO, "nothing reached the engine");
         assert_eq!(e.get(b"ok").unwrap(), None);
     }
@@ -213,9 +248,19 @@ mod tests {
             s.put(k.as_bytes(), b"x").unwrap();
         }
         let keys = |v: Vec<Entry>| v.into_iter().map(|e| e.key).collect::<Vec<_>>();
-        assert_eq!(keys(s.read_range(b"b", b"f", 10).unwrap()), vec![Key::from("b"), Key::from("d"), Key::from("f")]);
-        assert_eq!(keys(s.read_range(b"c", b"g", 10).unwrap()), vec![Key::from("d"), Key::from("f")], "bounds need not exist");
+        assert_eq!(
+            keys(s.read_range(b"b", b"f", 10).unwrap()),
+            vec![Key::from("b"), Key::from("d"), Key::from("f")]
+        );
+        assert_eq!(
+            keys(s.read_range(b"c", b"g", 10).unwrap()),
+            vec![Key::from("d"), Key::from("f")],
+            "bounds need not exist"
+        );
         assert_eq!(keys(s.read_range(b"a", b"z", 2).unwrap()).len(), 2);
-        assert!(matches!(s.read_range(b"z", b"a", 10), Err(AppError::InvertedRange { .. })));
+        assert!(matches!(
+            s.read_range(b"z", b"a", 10),
+            Err(AppError::InvertedRange { .. })
+        ));
     }
 }

@@ -16,11 +16,17 @@ pub struct KeyRange {
 impl KeyRange {
     /// `start <= k <= end`, the semantics of the HTTP `readrange`.
     pub fn inclusive(start: impl Into<Key>, end: impl Into<Key>) -> Self {
-        Self { start: Bound::Included(start.into()), end: Bound::Included(end.into()) }
+        Self {
+            start: Bound::Included(start.into()),
+            end: Bound::Included(end.into()),
+        }
     }
     /// Every key.
     pub fn all() -> Self {
-        Self { start: Bound::Unbounded, end: Bound::Unbounded }
+        Self {
+            start: Bound::Unbounded,
+            end: Bound::Unbounded,
+        }
     }
     /// Whether `key` lies within the range.
     pub fn contains(&self, key: &[u8]) -> bool {
@@ -38,7 +44,10 @@ impl KeyRange {
     }
     /// The same range, continued strictly after `key` (for paging: pass the last key of the previous page).
     pub fn after(&self, key: &[u8]) -> Self {
-        Self { start: Bound::Excluded(Key::from(key)), end: self.end.clone() }
+        Self {
+            start: Bound::Excluded(Key::from(key)),
+            end: self.end.clone(),
+        }
     }
 }
 
@@ -83,4 +92,3 @@ pub trait Engine: Send + Sync {
     /// Counters and state for status endpoints and metrics.
     fn status(&self) -> EngineStatus;
 }
-

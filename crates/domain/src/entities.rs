@@ -49,6 +49,11 @@ macro_rules! bytes_newtype {
                 Self(v.to_vec())
             }
         }
+        impl From<String> for $t {
+            fn from(v: String) -> Self {
+                Self(v.into_bytes())
+            }
+        }
         impl From<&str> for $t {
             fn from(v: &str) -> Self {
                 Self(v.as_bytes().to_vec())
@@ -136,7 +141,10 @@ impl WriteBatch {
     }
     /// Adds a put.
     pub fn put(&mut self, key: impl Into<Key>, value: impl Into<Value>) -> &mut Self {
-        self.ops.push(BatchOp::Put { key: key.into(), value: value.into() });
+        self.ops.push(BatchOp::Put {
+            key: key.into(),
+            value: value.into(),
+        });
         self
     }
     /// Adds a delete.

@@ -81,7 +81,10 @@ impl Engine for MemoryEngine {
             s.map
                 .range((range.start.clone(), range.end.clone()))
                 .take(limit)
-                .map(|(k, v)| Entry { key: k.clone(), value: v.clone() })
+                .map(|(k, v)| Entry {
+                    key: k.clone(),
+                    value: v.clone(),
+                })
                 .collect()
         }))
     }
@@ -116,11 +119,18 @@ mod tests {
         let a = e.put(b"a", b"1").unwrap();
         let b = e.put(b"b", b"").unwrap();
         assert!(b > a);
-        assert_eq!(e.get(b"b").unwrap(), Some(Value::from("")), "empty value is present");
+        assert_eq!(
+            e.get(b"b").unwrap(),
+            Some(Value::from("")),
+            "empty value is present"
+        );
         let d = e.delete(b"a").unwrap();
         assert!(d > b);
         assert_eq!(e.get(b"a").unwrap(), None);
-        assert!(e.delete(b"missing").is_ok(), "deleting an absent key succeeds");
+        assert!(
+            e.delete(b"missing").is_ok(),
+            "deleting an absent key succeeds"
+        );
         assert_eq!(e.last_lsn(), Lsn(4));
     }
 
@@ -138,7 +148,10 @@ mod tests {
         let rest = e.scan(&KeyRange::all().after(&page[1].key), 10).unwrap();
         assert_eq!(rest.len(), 3);
         assert_eq!(rest[0].key, Key::from("c"));
-        let r = KeyRange { start: Bound::Excluded(Key::from("a")), end: Bound::Excluded(Key::from("c")) };
+        let r = KeyRange {
+            start: Bound::Excluded(Key::from("a")),
+            end: Bound::Excluded(Key::from("c")),
+        };
         assert!(r.contains(b"b") && !r.contains(b"a") && !r.contains(b"c"));
     }
 

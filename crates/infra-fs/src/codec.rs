@@ -94,7 +94,10 @@ impl Crc {
         if actual == self {
             Ok(())
         } else {
-            Err(DecodeError::ChecksumMismatch { stored: self.0, actual: actual.0 })
+            Err(DecodeError::ChecksumMismatch {
+                stored: self.0,
+                actual: actual.0,
+            })
         }
     }
 }
@@ -169,7 +172,10 @@ pub fn encode_segment_header(id: u32) -> [u8; SEGMENT_HEADER_LEN] {
 
 /// Decodes a segment header, returning the segment id it names.
 pub fn decode_segment_header(b: &[u8]) -> Result<u32, DecodeError> {
-    let h = b.get(..SEGMENT_HEADER_LEN).ok_or(DecodeError::Truncated { need: SEGMENT_HEADER_LEN, have: b.len() })?;
+    let h = b.get(..SEGMENT_HEADER_LEN).ok_or(DecodeError::Truncated {
+        need: SEGMENT_HEADER_LEN,
+        have: b.len(),
+    })?;
     if h.get(..7) != Some(&MAGIC[..]) {
         return Err(DecodeError::BadMagic);
     }
@@ -208,7 +214,10 @@ impl RecordHeader {
 /// Decodes the fixed header at the start of `b` (no checksum check: that needs the whole record).
 pub fn decode_record_header(b: &[u8]) -> Result<RecordHeader, DecodeError> {
     if b.len() < RECORD_HEADER_LEN {
-        return Err(DecodeError::Truncated { need: RECORD_HEADER_LEN, have: b.len() });
+        return Err(DecodeError::Truncated {
+            need: RECORD_HEADER_LEN,
+            have: b.len(),
+        });
     }
     let kind_byte = b.get(OFF_KIND).copied().unwrap_or(0);
     let kind = RecordKind::from_u8(kind_byte).ok_or(DecodeError::BadKind(kind_byte))?;
@@ -247,7 +256,14 @@ pub struct Record<'a> {
 
 impl fmt::Debug for Record<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?} lsn={} key=\"{}\" value=\"{}\"", self.header.kind, self.header.lsn, self.key.escape_ascii(), self.value.escape_ascii())
+        write!(
+            f,
+            "{:?} lsn={} key=\"{}\" value=\"{}\"",
+            self.header.kind,
+            self.header.lsn,
+            self.key.escape_ascii(),
+            self.value.escape_ascii()
+        )
     }
 }
 
@@ -262,7 +278,10 @@ impl Record<'_> {
 pub fn decode_record(b: &[u8]) -> Result<Record<'_>, DecodeError> {
     let header = decode_record_header(b)?;
     let len = header.record_len();
-    let rec = b.get(..len).ok_or(DecodeError::Truncated { need: len, have: b.len() })?;
+    let rec = b.get(..len).ok_or(DecodeError::Truncated {
+        need: len,
+        have: b.len(),
+    })?;
     header.crc.check(rec.get(4..).unwrap_or_default())?;
     let key_end = RECORD_HEADER_LEN + header.key_len as usize;
     Ok(Record {
@@ -273,7 +292,14 @@ pub fn decode_record(b: &[u8]) -> Result<Record<'_>, DecodeError> {
 }
 
 /// Appends one encoded record to `out`, returning its length.
-pub fn encode_record(out: &mut Vec<u8>, kind: RecordKind, lsn: u64, timestamp_micros: u64, key: &[u8], value: &[u8]) -> usize {
+pub fn encode_record(
+    out: &mut Vec<u8>,
+    kind: RecordKind,
+    lsn: u64,
+    timestamp_micros: u64,
+    key: &[u8],
+    value: &[u8],
+) -> usize {
     let start = out.len();
     out.extend_from_slice(&[0u8; 4]);
     out.extend_from_slice(&lsn.to_le_bytes());
@@ -304,11 +330,17 @@ mod tests {
         assert_eq!(decode_segment_header(&h), Ok(42));
         let mut bad = h;
         bad[9] ^= 1;
-        assert!(matches!(decode_segment_header(&bad), Err(DecodeError::ChecksumMismatch { .. })));
+        assert!(matches!(
+            decode_segment_header(&bad),
+            Err(DecodeError::ChecksumMismatch { .. })
+        ));
         let mut bad = h;
         bad[0] = b'X';
         assert_eq!(decode_segment_header(&bad), Err(DecodeError::BadMagic));
-        assert!(matches!(decode_segment_header(&h[..10]), Err(DecodeError::Truncated { .. })));
+        assert!(matches!(
+            decode_segment_header(&h[..10]),
+            Err(DecodeError::Truncated { .. })
+        ));
     }
 
     #[test]
@@ -317,7 +349,10 @@ mod tests {
         let n = encode_record(&mut buf, RecordKind::Put, 7, 99, b"key", b"value");
         assert_eq!(n, record_len(b"key", b"value"));
         let r = decode_record(&buf).unwrap();
-        assert_eq!((r.header.lsn, r.header.timestamp_micros, r.key, r.value), (7, 99, &b"key"[..], &b"value"[..]));
+        assert_eq!(
+            (r.header.lsn, r.header.timestamp_micros, r.key, r.value),
+            (7, 99, &b"key"[..], &b"value"[..])
+        );
         assert_eq!(r.header.kind, RecordKind::Put);
     }
 

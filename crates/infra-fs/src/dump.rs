@@ -20,7 +20,11 @@ fn printable(b: &[u8]) -> String {
 
 /// Dumps every segment of `dir`, in id order.
 pub fn dump_dir(fs: &dyn FileSystem, dir: &Path) -> io::Result<String> {
-    let mut ids: Vec<u32> = fs.list(dir)?.iter().filter_map(|n| parse_segment_name(n)).collect();
+    let mut ids: Vec<u32> = fs
+        .list(dir)?
+        .iter()
+        .filter_map(|n| parse_segment_name(n))
+        .collect();
     ids.sort_unstable();
     let mut out = String::new();
     for id in ids {
@@ -30,7 +34,11 @@ pub fn dump_dir(fs: &dyn FileSystem, dir: &Path) -> io::Result<String> {
         let _ = writeln!(out, "{name} ({len} bytes)");
         match read_segment_header(&*file, len)? {
             Ok(hid) => {
-                let _ = writeln!(out, "  header: segment {hid}, format v{}", crate::codec::FORMAT_VERSION);
+                let _ = writeln!(
+                    out,
+                    "  header: segment {hid}, format v{}",
+                    crate::codec::FORMAT_VERSION
+                );
             }
             Err(e) => {
                 let _ = writeln!(out, "  header: INVALID ({e})");
@@ -54,7 +62,11 @@ pub fn dump_dir(fs: &dyn FileSystem, dir: &Path) -> io::Result<String> {
             Ok(())
         })?;
         if let ScanEnd::Invalid { offset, error } = end {
-            let _ = writeln!(out, "  @{offset:<6} INVALID: {error} ({} bytes to end of file)", len - offset);
+            let _ = writeln!(
+                out,
+                "  @{offset:<6} INVALID: {error} ({} bytes to end of file)",
+                len - offset
+            );
         }
     }
     Ok(out)

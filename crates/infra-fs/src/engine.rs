@@ -36,14 +36,14 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use kv_domain::{
-    BatchOp, Durability, Engine, EngineError, EngineResult, EngineStatus, Entry, Key, KeyRange, Location, Lsn,
-    OrderedIndex, RecoveryReport, Value, WriteBatch,
+    BatchOp, Durability, Engine, EngineError, EngineResult, EngineStatus, Entry, Key, KeyRange,
+    Location, Lsn, OrderedIndex, RecoveryReport, Value, WriteBatch,
 };
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::codec::{
-    decode_record, encode_record, encode_segment_header, record_len, RecordKind, MAX_KEY_LEN, MAX_VALUE_LEN,
-    RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
+    decode_record, encode_record, encode_segment_header, record_len, RecordKind, MAX_KEY_LEN,
+    MAX_VALUE_LEN, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 use crate::options::Options;
 use crate::recovery::{apply_update, recover, Update};
@@ -59,7 +59,10 @@ pub struct FsEngine {
 
 impl std::fmt::Debug for FsEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FsEngine").field("dir", &self.inner.dir).field("durability", &self.inner.opts.durability).finish()
+        f.debug_struct("FsEngine")
+            .field("dir", &self.inner.dir)
+            .field("durability", &self.inner.opts.durability)
+            .finish()
     }
 }
 
@@ -149,10 +152,15 @@ impl WriteOp<'_> {
             WriteOp::Put(k, v) => record_len(k, v),
             WriteOp::Delete(k) => record_len(k, &[]),
             WriteOp::Batch(b) => {
-                RECORD_HEADER_LEN + 4 + b.ops().iter().map(|op| match op {
-                    BatchOp::Put { key, value } => record_len(key, value),
-                    BatchOp::Delete { key } => record_len(key, &[]),
-                }).sum::<usize>()
+                RECORD_HEADER_LEN
+                    + 4
+                    + b.ops()
+                        .iter()
+                        .map(|op| match op {
+                            BatchOp::Put { key, value } => record_len(key, value),
+                            BatchOp::Delete { key } => record_len(key, &[]),
+                        })
+                        .sum::<usize>()
             }
         }) as u64
     }
@@ -163,7 +171,9 @@ impl FsEngine {
     /// [`crate::recovery`]), and starts the interval syncer if configured.
     pub fn open(dir: impl AsRef<Path>, opts: Options) -> EngineResult<Self> {
         let dir = dir.as_ref().to_path_buf();
-        if opts.max_segment_bytes > Options::MAX_SEGMENT_BYTES || opts.max_segment_bytes < SEGMENT_HEADER_LEN as u64 {
+        if opts.max_segment_bytes > Options::MAX_SEGMENT_BYTES
+            || opts.max_segment_bytes < SEGMENT_HEADER_LEN as u64
+        {
             return Err(EngineError::InvalidInput(format!(
                 "max segment size {} is outside {}..={}",
                 opts.max_segment_bytes,
@@ -172,10 +182,13 @@ impl FsEngine {
             )));
         }
         let fs = opts.fs.clone();
-        fs.create_dir_all(&dir).map_err(|e| EngineError::io(format!("creating {}", dir.display()), e))?;
+        fs.create_dir_all(&dir)
+            .map_err(|e| EngineError::io(format!("creating {}", dir.display()), e))?;
         let lock = fs.lock_dir(&dir).map_err(|e| {
             if e.kind() == std::io::ErrorKind::WouldBlock {
-                EngineError::Locked { path: dir.display().to_string() }
+                EngineError::Locked {
+                    path: dir.display().to_string(),
+                }
             } else {
                 EngineError::io(format!("locking {}", dir.display()), e)
             }
@@ -186,11 +199,15 @@ impl FsEngine {
         let mut segments = rec.segments;
         let (active, offset, disk_bytes) = match rec.newest {
             Some((seg, len)) if len < opts.max_segment_bytes => (seg, len, rec.disk_bytes),
-            newest => {
-                let id = newest.map_or(1, |(s, _)| s.id + 1);
+            _ => {
+                let id = rec.max_id + 1;
                 let seg = create_segment(&*fs, &dir, id)?;
                 segments.insert(id, seg.clone());
-                (seg, SEGMENT_HEADER_LEN as u64, rec.disk_bytes + SEGMENT_HEADER_LEN as u64)
+                (
+                    seg,
+                    SEGMENT_HEADER_LEN as u64,
+                    rec.disk_bytes + SEGMENT_HEADER_LEN as u64,
+                )
             }
         };
         tracing::info!(
@@ -202,8 +219,17 @@ impl FsEngine {
             dir,
             index,
             segments: RwLock::new(segments),
-            writer: Mutex::new(Writer { active, offset, written_lsn: rec.last_lsn, pending: Vec::new(), scratch: Vec::new() }),
-            sync: Mutex::new(SyncState { durable_lsn: rec.last_lsn, syncing: false }),
+            writer: Mutex::new(Writer {
+                active,
+                offset,
+                written_lsn: rec.last_lsn,
+                pending: Vec::new(),
+                scratch: Vec::new(),
+            }),
+            sync: Mutex::new(SyncState {
+                durable_lsn: rec.last_lsn,
+                syncing: false,
+            }),
             synced: Condvar::new(),
             poison: OnceLock::new(),
             acked_lsn: AtomicU64::new(rec.last_lsn),
@@ -216,7 +242,10 @@ impl FsEngine {
             opts,
         });
         let syncer = match inner.opts.durability {
-            Durability::Interval { ms } => Some(spawn_syncer(Arc::downgrade(&inner), Duration::from_millis(ms.max(1)))),
+            Durability::Interval { ms } => Some(spawn_syncer(
+                Arc::downgrade(&inner),
+                Duration::from_millis(ms.max(1)),
+            )),
             _ => None,
         };
         Ok(Self { inner, syncer })
@@ -252,7 +281,8 @@ impl Drop for FsEngine {
     fn drop(&mut self) {
         self.stop_syncer();
         if self.inner.poison.get().is_none() {
-            if let Err(e) = self.inner.sync_to(self.inner.writer.lock().written_lsn) {
+            let target = self.inner.writer.lock().written_lsn;
+            if let Err(e) = self.inner.sync_to(target) {
                 tracing::error!("final sync on close failed: {e}");
             }
         }
@@ -285,10 +315,16 @@ fn spawn_syncer(inner: Weak<Inner>, every: Duration) -> (Arc<AtomicBool>, JoinHa
 }
 
 /// Creates segment `id` with its header, durably (file and directory entry).
-fn create_segment(fs: &dyn crate::vfs::FileSystem, dir: &Path, id: u32) -> EngineResult<Arc<Segment>> {
+fn create_segment(
+    fs: &dyn crate::vfs::FileSystem,
+    dir: &Path,
+    id: u32,
+) -> EngineResult<Arc<Segment>> {
     let name = segment_name(id);
     let path = path_in(dir, &name);
-    let file = fs.create(&path).map_err(|e| EngineError::io(format!("creating {name}"), e))?;
+    let file = fs
+        .create(&path)
+        .map_err(|e| EngineError::io(format!("creating {name}"), e))?;
     // IMPORTANT: header durable, then the directory entry, before any record is appended: recovery relies
     // on "a segment with a bad header holds no acknowledged record".
     file.write_all_at(&encode_segment_header(id), 0)
@@ -301,7 +337,9 @@ fn create_segment(fs: &dyn crate::vfs::FileSystem, dir: &Path, id: u32) -> Engin
 impl Inner {
     fn poisoned(&self) -> EngineResult<()> {
         match self.poison.get() {
-            Some(reason) => Err(EngineError::Poisoned { reason: reason.clone() }),
+            Some(reason) => Err(EngineError::Poisoned {
+                reason: reason.clone(),
+            }),
             None => Ok(()),
         }
     }
@@ -324,11 +362,16 @@ impl Inner {
     fn rotate(&self, w: &mut Writer) -> EngineResult<()> {
         // IMPORTANT: fsync the old segment before its successor exists, so only the newest can be torn.
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
-        w.active.file.sync_data().map_err(|e| self.io_failure(format!("syncing {}", w.active.name), e))?;
-        let seg = create_segment(&*self.opts.fs, &self.dir, w.active.id + 1).inspect_err(|e| self.poison_with(e))?;
+        w.active
+            .file
+            .sync_data()
+            .map_err(|e| self.io_failure(format!("syncing {}", w.active.name), e))?;
+        let seg = create_segment(&*self.opts.fs, &self.dir, w.active.id + 1)
+            .inspect_err(|e| self.poison_with(e))?;
         self.fsyncs.fetch_add(2, Ordering::Relaxed);
         self.segments.write().insert(seg.id, seg.clone());
-        self.disk_bytes.fetch_add(SEGMENT_HEADER_LEN as u64, Ordering::Relaxed);
+        self.disk_bytes
+            .fetch_add(SEGMENT_HEADER_LEN as u64, Ordering::Relaxed);
         w.active = seg;
         w.offset = SEGMENT_HEADER_LEN as u64;
         Ok(())
@@ -362,7 +405,14 @@ impl Inner {
             }
             WriteOp::Batch(b) => {
                 let count = b.len() as u32;
-                let n = encode_record(&mut scratch, RecordKind::BatchHeader, lsn, ts, &[], &count.to_le_bytes());
+                let n = encode_record(
+                    &mut scratch,
+                    RecordKind::BatchHeader,
+                    lsn,
+                    ts,
+                    &[],
+                    &count.to_le_bytes(),
+                );
                 updates.push((0, n, RecordKind::BatchHeader, &[]));
                 for member in b.ops() {
                     let at = scratch.len();
@@ -381,14 +431,27 @@ impl Inner {
         w.offset += total;
         w.written_lsn = lsn;
         self.disk_bytes.fetch_add(total, Ordering::Relaxed);
-        let location = |at: usize, n: usize| Location { segment: seg_id, offset: (base + at as u64) as u32, len: n as u32 };
+        let location = |at: usize, n: usize| Location {
+            segment: seg_id,
+            offset: (base + at as u64) as u32,
+            len: n as u32,
+        };
         if always {
-            w.pending.extend(updates.iter().map(|&(at, n, kind, key)| PendingUpdate { key: key.into(), location: location(at, n), kind }));
+            w.pending
+                .extend(updates.iter().map(|&(at, n, kind, key)| PendingUpdate {
+                    key: key.into(),
+                    location: location(at, n),
+                    kind,
+                }));
             drop(w);
             self.sync_to(lsn)?;
         } else {
             for &(at, n, kind, key) in &updates {
-                apply_update(&*self.index, &self.garbage_bytes, to_update(kind, key, location(at, n)));
+                apply_update(
+                    &*self.index,
+                    &self.garbage_bytes,
+                    to_update(kind, key, location(at, n)),
+                );
             }
             self.acked_lsn.store(lsn, Ordering::Release);
             drop(w);
@@ -428,13 +491,23 @@ impl Inner {
         let (file, name, target, pending) = {
             let mut w = self.writer.lock();
             self.poisoned()?;
-            (w.active.file.clone(), w.active.name.clone(), w.written_lsn, std::mem::take(&mut w.pending))
+            (
+                w.active.file.clone(),
+                w.active.name.clone(),
+                w.written_lsn,
+                std::mem::take(&mut w.pending),
+            )
         };
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
         // Records of a sealed segment were fsynced by `rotate`; the active file holds the rest.
-        file.sync_data().map_err(|e| self.io_failure(format!("syncing {name}"), e))?;
+        file.sync_data()
+            .map_err(|e| self.io_failure(format!("syncing {name}"), e))?;
         for u in &pending {
-            apply_update(&*self.index, &self.garbage_bytes, to_update(u.kind, &u.key, u.location));
+            apply_update(
+                &*self.index,
+                &self.garbage_bytes,
+                to_update(u.kind, &u.key, u.location),
+            );
         }
         self.acked_lsn.fetch_max(target, Ordering::AcqRel);
         Ok(target)
@@ -452,10 +525,17 @@ impl Inner {
         seg.file
             .read_exact_at(&mut buf, loc.offset as u64)
             .map_err(|e| EngineError::io(format!("reading {} at {}", seg.name, loc.offset), e))?;
-        let corrupted = |reason: String| EngineError::Corrupted { file: seg.name.clone(), offset: loc.offset as u64, reason };
+        let corrupted = |reason: String| EngineError::Corrupted {
+            file: seg.name.clone(),
+            offset: loc.offset as u64,
+            reason,
+        };
         let rec = decode_record(&buf).map_err(|e| corrupted(e.to_string()))?;
         if rec.header.kind != RecordKind::Put || rec.key != key {
-            return Err(corrupted(format!("expected a put of key {:?}, found {rec:?}", Key::from(key))));
+            return Err(corrupted(format!(
+                "expected a put of key {:?}, found {rec:?}",
+                Key::from(key)
+            )));
         }
         let value_start = RECORD_HEADER_LEN + rec.key.len();
         buf.drain(..value_start);
@@ -511,6 +591,7 @@ impl Engine for FsEngine {
     }
 
     fn sync(&self) -> EngineResult<()> {
+        self.inner.poisoned()?;
         let target = self.inner.writer.lock().written_lsn;
         self.inner.sync_to(target)
     }

@@ -27,8 +27,12 @@ use std::sync::Arc;
 
 use kv_domain::{EngineError, EngineResult, Location, OrderedIndex, RecoveryReport};
 
-use crate::codec::{decode_record, DecodeError, Record, RecordKind, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
-use crate::segment::{parse_segment_name, read_segment_header, scan_records, segment_name, ScanEnd, Segment};
+use crate::codec::{
+    decode_record, DecodeError, Record, RecordKind, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
+};
+use crate::segment::{
+    parse_segment_name, read_segment_header, scan_records, segment_name, ScanEnd, Segment,
+};
 use crate::vfs::{path_in, FileSystem};
 
 /// One change to the keydir, with the garbage accounting that goes with it.
@@ -46,7 +50,9 @@ pub(crate) enum Update<'a> {
 pub(crate) fn apply_update(index: &dyn OrderedIndex, garbage: &AtomicU64, update: Update<'_>) {
     let dead = match update {
         Update::Put(key, loc) => index.insert(key, loc).map_or(0, |old| old.len as u64),
-        Update::Delete(key, loc) => index.remove(key).map_or(0, |old| old.len as u64) + loc.len as u64,
+        Update::Delete(key, loc) => {
+            index.remove(key).map_or(0, |old| old.len as u64) + loc.len as u64
+        }
         Update::Framing(loc) => loc.len as u64,
     };
     garbage.fetch_add(dead, Ordering::Relaxed);
@@ -59,6 +65,8 @@ pub(crate) struct Recovered {
     pub segments: BTreeMap<u32, Arc<Segment>>,
     /// The newest segment and its length, to continue appending to.
     pub newest: Option<(Arc<Segment>, u64)>,
+    /// Highest segment id seen, including a removed unfinished one (new segments get higher ids).
+    pub max_id: u32,
     /// Highest LSN found.
     pub last_lsn: u64,
     /// Bytes of all segments.
@@ -93,56 +101,79 @@ fn replay_segment(
         offset: offset as u32,
         len: (RECORD_HEADER_LEN + r.key.len() + r.value.len()) as u32,
     };
-    let end = scan_records(&*seg.file, SEGMENT_HEADER_LEN as u64, file_len, |offset, r| {
-        let lsn = r.header.lsn;
-        if let Some(b) = batch.as_mut() {
-            if r.header.kind == RecordKind::BatchHeader || lsn != b.lsn {
-                return Err(DecodeError::OutOfSequence("batch member missing or interleaved"));
-            }
-            b.members.push((r.key.to_vec(), r.header.kind, loc(offset, r)));
-            b.remaining -= 1;
-            if b.remaining == 0 {
-                if let Some(done) = batch.take() {
-                    apply_update(index, garbage, Update::Framing(done.header));
-                    for (key, kind, l) in &done.members {
-                        let u = if *kind == RecordKind::Put { Update::Put(key, *l) } else { Update::Delete(key, *l) };
-                        apply_update(index, garbage, u);
+    let end = scan_records(
+        &*seg.file,
+        SEGMENT_HEADER_LEN as u64,
+        file_len,
+        |offset, r| {
+            let lsn = r.header.lsn;
+            if let Some(b) = batch.as_mut() {
+                if r.header.kind == RecordKind::BatchHeader || lsn != b.lsn {
+                    return Err(DecodeError::OutOfSequence(
+                        "batch member missing or interleaved",
+                    ));
+                }
+                b.members
+                    .push((r.key.to_vec(), r.header.kind, loc(offset, r)));
+                b.remaining -= 1;
+                if b.remaining == 0 {
+                    if let Some(done) = batch.take() {
+                        apply_update(index, garbage, Update::Framing(done.header));
+                        for (key, kind, l) in &done.members {
+                            let u = if *kind == RecordKind::Put {
+                                Update::Put(key, *l)
+                            } else {
+                                Update::Delete(key, *l)
+                            };
+                            apply_update(index, garbage, u);
+                        }
+                        *records += done.members.len() as u64 + 1;
+                        applied_lsn = done.lsn;
                     }
-                    *records += done.members.len() as u64 + 1;
-                    applied_lsn = done.lsn;
+                }
+                return Ok(());
+            }
+            if lsn <= last_lsn {
+                return Err(DecodeError::OutOfSequence(
+                    "LSN not greater than its predecessor's",
+                ));
+            }
+            last_lsn = lsn;
+            match r.header.kind {
+                RecordKind::BatchHeader => {
+                    let count = r.batch_count();
+                    if count == 0 {
+                        return Err(DecodeError::OutOfSequence("empty batch"));
+                    }
+                    batch = Some(OpenBatch {
+                        header_offset: offset,
+                        lsn,
+                        remaining: count,
+                        members: Vec::new(),
+                        header: loc(offset, r),
+                    });
+                }
+                RecordKind::Put => {
+                    apply_update(index, garbage, Update::Put(r.key, loc(offset, r)));
+                    *records += 1;
+                    applied_lsn = lsn;
+                }
+                RecordKind::Tombstone => {
+                    apply_update(index, garbage, Update::Delete(r.key, loc(offset, r)));
+                    *records += 1;
+                    applied_lsn = lsn;
                 }
             }
-            return Ok(());
-        }
-        if lsn <= last_lsn {
-            return Err(DecodeError::OutOfSequence("LSN not greater than its predecessor's"));
-        }
-        last_lsn = lsn;
-        match r.header.kind {
-            RecordKind::BatchHeader => {
-                let count = r.batch_count();
-                if count == 0 {
-                    return Err(DecodeError::OutOfSequence("empty batch"));
-                }
-                batch = Some(OpenBatch { header_offset: offset, lsn, remaining: count, members: Vec::new(), header: loc(offset, r) });
-            }
-            RecordKind::Put => {
-                apply_update(index, garbage, Update::Put(r.key, loc(offset, r)));
-                *records += 1;
-                applied_lsn = lsn;
-            }
-            RecordKind::Tombstone => {
-                apply_update(index, garbage, Update::Delete(r.key, loc(offset, r)));
-                *records += 1;
-                applied_lsn = lsn;
-            }
-        }
-        Ok(())
-    })
+            Ok(())
+        },
+    )
     .map_err(|e| EngineError::io(format!("reading segment {}", seg.name), e))?;
     // Members of a batch that never completed were not applied: the cut starts at its header.
     let end = match batch {
-        Some(b) => ScanEnd::Invalid { offset: b.header_offset, error: DecodeError::OutOfSequence("batch incomplete") },
+        Some(b) => ScanEnd::Invalid {
+            offset: b.header_offset,
+            error: DecodeError::OutOfSequence("batch incomplete"),
+        },
         None => end,
     };
     Ok((end, applied_lsn))
@@ -151,13 +182,22 @@ fn replay_segment(
 /// Whether any valid record with an LSN above `after_lsn` starts anywhere in `tail` (bytes after a cut).
 fn valid_record_follows(tail: &[u8], after_lsn: u64) -> bool {
     (1..tail.len()).any(|i| {
-        tail.get(i..).and_then(|b| decode_record(b).ok()).is_some_and(|r| r.header.lsn > after_lsn)
+        tail.get(i..)
+            .and_then(|b| decode_record(b).ok())
+            .is_some_and(|r| r.header.lsn > after_lsn)
     })
 }
 
 /// Opens every segment in `dir`, replays them into `index`, repairs a torn tail of the newest one.
-pub(crate) fn recover(fs: &dyn FileSystem, dir: &Path, index: &dyn OrderedIndex, garbage: &AtomicU64) -> EngineResult<Recovered> {
-    let names = fs.list(dir).map_err(|e| EngineError::io(format!("listing {}", dir.display()), e))?;
+pub(crate) fn recover(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    index: &dyn OrderedIndex,
+    garbage: &AtomicU64,
+) -> EngineResult<Recovered> {
+    let names = fs
+        .list(dir)
+        .map_err(|e| EngineError::io(format!("listing {}", dir.display()), e))?;
     let mut ids: Vec<u32> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
     ids.sort_unstable();
     let mut report = RecoveryReport::default();
@@ -169,17 +209,29 @@ pub(crate) fn recover(fs: &dyn FileSystem, dir: &Path, index: &dyn OrderedIndex,
         let is_newest = i + 1 == ids.len();
         let name = segment_name(id);
         let path = path_in(dir, &name);
-        let file = fs.open(&path).map_err(|e| EngineError::io(format!("opening {name}"), e))?;
-        let file_len = file.len().map_err(|e| EngineError::io(format!("reading length of {name}"), e))?;
-        let corrupted = |offset: u64, reason: String| EngineError::Corrupted { file: name.clone(), offset, reason };
-        match read_segment_header(&*file, file_len).map_err(|e| EngineError::io(format!("reading {name}"), e))? {
+        let file = fs
+            .open(&path)
+            .map_err(|e| EngineError::io(format!("opening {name}"), e))?;
+        let file_len = file
+            .len()
+            .map_err(|e| EngineError::io(format!("reading length of {name}"), e))?;
+        let corrupted = |offset: u64, reason: String| EngineError::Corrupted {
+            file: name.clone(),
+            offset,
+            reason,
+        };
+        match read_segment_header(&*file, file_len)
+            .map_err(|e| EngineError::io(format!("reading {name}"), e))?
+        {
             Ok(found) if found == id => {}
             Ok(found) => return Err(corrupted(8, format!("header names segment {found}"))),
             Err(error) if is_newest => {
                 // A rotation that never finished: the header was not durable, so no record was appended.
                 let copy = save_tail(fs, dir, &name, &*file, 0, file_len)?;
-                fs.remove(&path).map_err(|e| EngineError::io(format!("removing {name}"), e))?;
-                fs.sync_dir(dir).map_err(|e| EngineError::io("syncing data directory", e))?;
+                fs.remove(&path)
+                    .map_err(|e| EngineError::io(format!("removing {name}"), e))?;
+                fs.sync_dir(dir)
+                    .map_err(|e| EngineError::io("syncing data directory", e))?;
                 let note = format!("removed newest segment {name} with an unfinished header ({error}); {file_len} bytes saved to {}", copy.as_deref().unwrap_or("nowhere (empty)"));
                 tracing::warn!("{note}");
                 report.truncated_bytes += file_len;
@@ -189,7 +241,11 @@ pub(crate) fn recover(fs: &dyn FileSystem, dir: &Path, index: &dyn OrderedIndex,
             }
             Err(error) => return Err(corrupted(0, format!("segment header: {error}"))),
         }
-        let seg = Arc::new(Segment { id, name: name.clone(), file: file.clone() });
+        let seg = Arc::new(Segment {
+            id,
+            name: name.clone(),
+            file: file.clone(),
+        });
         let (end, seg_last) = replay_segment(&seg, file_len, index, garbage, &mut report.records)?;
         last_lsn = last_lsn.max(seg_last);
         let mut len = file_len;
@@ -198,11 +254,14 @@ pub(crate) fn recover(fs: &dyn FileSystem, dir: &Path, index: &dyn OrderedIndex,
                 return Err(corrupted(offset, error.to_string()));
             }
             let mut tail = vec![0u8; (file_len - offset) as usize];
-            file.read_exact_at(&mut tail, offset).map_err(|e| EngineError::io(format!("reading {name}"), e))?;
+            file.read_exact_at(&mut tail, offset)
+                .map_err(|e| EngineError::io(format!("reading {name}"), e))?;
             let suspicious = valid_record_follows(&tail, seg_last);
             let copy = save_tail(fs, dir, &name, &*file, offset, file_len)?;
             // IMPORTANT: the copy is durable before the cut, so the bytes are never lost.
-            file.set_len(offset).and_then(|_| file.sync_data()).map_err(|e| EngineError::io(format!("truncating {name}"), e))?;
+            file.set_len(offset)
+                .and_then(|_| file.sync_data())
+                .map_err(|e| EngineError::io(format!("truncating {name}"), e))?;
             let cut = file_len - offset;
             let note = format!(
                 "cut {cut} bytes from the tail of {name} at offset {offset} ({error}); saved to {}{}",
@@ -226,20 +285,49 @@ pub(crate) fn recover(fs: &dyn FileSystem, dir: &Path, index: &dyn OrderedIndex,
             newest = Some((seg, len));
         }
     }
-    Ok(Recovered { segments, newest, last_lsn, disk_bytes, report })
+    let max_id = ids.last().copied().unwrap_or(0);
+    Ok(Recovered {
+        segments,
+        newest,
+        max_id,
+        last_lsn,
+        disk_bytes,
+        report,
+    })
 }
 
 /// Copies bytes `[from, to)` of a segment to a new durable file beside it; returns its name (None if empty).
-fn save_tail(fs: &dyn FileSystem, dir: &Path, name: &str, file: &dyn crate::vfs::FileHandle, from: u64, to: u64) -> EngineResult<Option<String>> {
+fn save_tail(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    name: &str,
+    file: &dyn crate::vfs::FileHandle,
+    from: u64,
+    to: u64,
+) -> EngineResult<Option<String>> {
     if to <= from {
         return Ok(None);
     }
     let mut bytes = vec![0u8; (to - from) as usize];
-    file.read_exact_at(&mut bytes, from).map_err(|e| EngineError::io(format!("reading {name}"), e))?;
-    let existing = fs.list(dir).map_err(|e| EngineError::io("listing data directory", e))?;
+    file.read_exact_at(&mut bytes, from)
+        .map_err(|e| EngineError::io(format!("reading {name}"), e))?;
+    let existing = fs
+        .list(dir)
+        .map_err(|e| EngineError::io("listing data directory", e))?;
     let base = format!("{name}.torn-{from}");
-    let copy_name = (0..).map(|n| if n == 0 { base.clone() } else { format!("{base}.{n}") }).find(|c| !existing.contains(c)).unwrap_or(base);
-    let copy = fs.create(&path_in(dir, &copy_name)).map_err(|e| EngineError::io(format!("creating {copy_name}"), e))?;
+    let copy_name = (0..)
+        .map(|n| {
+            if n == 0 {
+                base.clone()
+            } else {
+                format!("{base}.{n}")
+            }
+        })
+        .find(|c| !existing.contains(c))
+        .unwrap_or(base);
+    let copy = fs
+        .create(&path_in(dir, &copy_name))
+        .map_err(|e| EngineError::io(format!("creating {copy_name}"), e))?;
     copy.write_all_at(&bytes, 0)
         .and_then(|_| copy.sync_data())
         .and_then(|_| fs.sync_dir(dir))

@@ -4,7 +4,9 @@
 use std::io;
 use std::sync::Arc;
 
-use crate::codec::{decode_record, decode_record_header, DecodeError, Record, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
+use crate::codec::{
+    decode_record, decode_record_header, DecodeError, Record, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
+};
 use crate::vfs::FileHandle;
 
 /// File-name suffix of segment files.
@@ -63,19 +65,20 @@ pub fn scan_records(
     let mut buf_start = start;
     let mut pos = start;
     // Makes bytes [pos, pos + need) resident in `buf` if the file has them; returns how many are.
-    let fill = |buf: &mut Vec<u8>, buf_start: &mut u64, pos: u64, need: usize| -> io::Result<usize> {
-        let have_end = *buf_start + buf.len() as u64;
-        if pos >= *buf_start && pos + need as u64 <= have_end {
-            return Ok(need);
-        }
-        let available = (end.saturating_sub(pos)) as usize;
-        let want = need.max(CHUNK).min(available);
-        buf.clear();
-        buf.resize(want, 0);
-        file.read_exact_at(buf, pos)?;
-        *buf_start = pos;
-        Ok(want.min(need))
-    };
+    let fill =
+        |buf: &mut Vec<u8>, buf_start: &mut u64, pos: u64, need: usize| -> io::Result<usize> {
+            let have_end = *buf_start + buf.len() as u64;
+            if pos >= *buf_start && pos + need as u64 <= have_end {
+                return Ok(need);
+            }
+            let available = (end.saturating_sub(pos)) as usize;
+            let want = need.max(CHUNK).min(available);
+            buf.clear();
+            buf.resize(want, 0);
+            file.read_exact_at(buf, pos)?;
+            *buf_start = pos;
+            Ok(want.min(need))
+        };
     while pos < end {
         let got = fill(&mut buf, &mut buf_start, pos, RECORD_HEADER_LEN)?;
         let rel = (pos - buf_start) as usize;
@@ -100,7 +103,10 @@ pub fn scan_records(
 }
 
 /// Reads and decodes a segment header from `file`.
-pub fn read_segment_header(file: &dyn FileHandle, file_len: u64) -> io::Result<Result<u32, DecodeError>> {
+pub fn read_segment_header(
+    file: &dyn FileHandle,
+    file_len: u64,
+) -> io::Result<Result<u32, DecodeError>> {
     let mut h = [0u8; SEGMENT_HEADER_LEN];
     let n = (file_len as usize).min(SEGMENT_HEADER_LEN);
     file.read_exact_at(&mut h[..n], 0)?;
@@ -114,7 +120,10 @@ mod tests {
     #[test]
     fn names_round_trip_and_sort_by_id() {
         assert_eq!(segment_name(42), "0000000042.seg");
-        assert_eq!(parse_segment_name(&segment_name(4_000_000_000)), Some(4_000_000_000));
+        assert_eq!(
+            parse_segment_name(&segment_name(4_000_000_000)),
+            Some(4_000_000_000)
+        );
         assert_eq!(parse_segment_name("0000000042.seg.torn-16"), None);
         assert_eq!(parse_segment_name("42.seg"), None);
         assert!(segment_name(9) < segment_name(10));

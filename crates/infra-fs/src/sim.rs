@@ -64,7 +64,10 @@ impl CrashPoint {
                     bytes.extend_from_slice(&live[durable.len()..durable.len() + extra]);
                 }
                 let ino = st.inodes.len();
-                st.inodes.push(Inode { live: bytes.clone(), durable: bytes });
+                st.inodes.push(Inode {
+                    live: bytes.clone(),
+                    durable: bytes,
+                });
                 st.live_dir.insert(path.clone(), ino);
                 st.durable_dir.insert(path.clone(), ino);
             }
@@ -93,17 +96,24 @@ impl State {
             .durable_dir
             .iter()
             .filter_map(|(p, &ino)| {
-                self.inodes.get(ino).map(|i| (p.clone(), (i.durable.clone(), i.live.clone())))
+                self.inodes
+                    .get(ino)
+                    .map(|i| (p.clone(), (i.durable.clone(), i.live.clone())))
             })
             .collect();
-        CrashPoint { mark: self.mark, files }
+        CrashPoint {
+            mark: self.mark,
+            files,
+        }
     }
 
     /// Counts a sync and decides whether it fails; captures crash points around it.
     fn begin_sync(&mut self) -> io::Result<()> {
         self.syncs += 1;
         let n = self.syncs;
-        if self.faults.dead_after_syncs.is_some_and(|d| n > d) || self.faults.fail_sync_number == Some(n) {
+        if self.faults.dead_after_syncs.is_some_and(|d| n > d)
+            || self.faults.fail_sync_number == Some(n)
+        {
             return Err(io::Error::other(format!("injected EIO on sync #{n}")));
         }
         if self.capture {
@@ -156,10 +166,52 @@ impl SimFs {
     pub fn crash_image(&self) -> CrashPoint {
         self.state.lock().snapshot()
     }
+    /// An independent copy of the live state (as if everything had been synced), with no faults or locks.
+    pub fn deep_copy(&self) -> SimFs {
+        let st = self.state.lock();
+        let files = st
+            .live_dir
+            .iter()
+            .filter_map(|(p, &i)| {
+                st.inodes
+                    .get(i)
+                    .map(|f| (p.clone(), (f.live.clone(), f.live.clone())))
+            })
+            .collect();
+        CrashPoint {
+            mark: st.mark,
+            files,
+        }
+        .materialize(None)
+    }
+    /// Replaces (or creates) a file's contents, live and durable (for tests that damage files).
+    pub fn set_file(&self, path: &Path, bytes: Vec<u8>) {
+        let mut st = self.state.lock();
+        let ino = match st.live_dir.get(path) {
+            Some(&i) => i,
+            None => {
+                st.inodes.push(Inode::default());
+                st.inodes.len() - 1
+            }
+        };
+        st.live_dir.insert(path.to_path_buf(), ino);
+        st.durable_dir.insert(path.to_path_buf(), ino);
+        if let Some(f) = st.inodes.get_mut(ino) {
+            f.live = bytes.clone();
+            f.durable = bytes;
+        }
+    }
+    /// Paths of every file, in order.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.state.lock().live_dir.keys().cloned().collect()
+    }
     /// The live bytes of a file (for tests that damage or inspect files).
     pub fn read_file(&self, path: &Path) -> Option<Vec<u8>> {
         let st = self.state.lock();
-        st.live_dir.get(path).and_then(|&i| st.inodes.get(i)).map(|i| i.live.clone())
+        st.live_dir
+            .get(path)
+            .and_then(|&i| st.inodes.get(i))
+            .map(|i| i.live.clone())
     }
 }
 
@@ -170,13 +222,20 @@ struct SimFile {
 }
 
 fn missing(path: &Path) -> io::Error {
-    io::Error::new(io::ErrorKind::NotFound, format!("{} not found", path.display()))
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{} not found", path.display()),
+    )
 }
 
 impl FileHandle for SimFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         let st = self.fs.state.lock();
-        let data = &st.inodes.get(self.ino).ok_or_else(|| io::Error::other("bad inode"))?.live;
+        let data = &st
+            .inodes
+            .get(self.ino)
+            .ok_or_else(|| io::Error::other("bad inode"))?
+            .live;
         let start = (offset as usize).min(data.len());
         let n = buf.len().min(data.len() - start);
         buf[..n].copy_from_slice(&data[start..start + n]);
@@ -184,11 +243,21 @@ impl FileHandle for SimFile {
     }
     fn write_all_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
         let mut st = self.fs.state.lock();
-        if st.faults.disk_bytes.is_some_and(|cap| st.bytes_written + data.len() as u64 > cap) {
-            return Err(io::Error::new(io::ErrorKind::StorageFull, "injected ENOSPC"));
+        if st
+            .faults
+            .disk_bytes
+            .is_some_and(|cap| st.bytes_written + data.len() as u64 > cap)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "injected ENOSPC",
+            ));
         }
         st.bytes_written += data.len() as u64;
-        let file = st.inodes.get_mut(self.ino).ok_or_else(|| io::Error::other("bad inode"))?;
+        let file = st
+            .inodes
+            .get_mut(self.ino)
+            .ok_or_else(|| io::Error::other("bad inode"))?;
         let end = offset as usize + data.len();
         if file.live.len() < end {
             file.live.resize(end, 0);
@@ -246,21 +315,33 @@ impl FileSystem for SimFs {
     fn create(&self, path: &Path) -> io::Result<Arc<dyn FileHandle>> {
         let mut st = self.state.lock();
         if st.live_dir.contains_key(path) {
-            return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} exists", path.display())));
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists", path.display()),
+            ));
         }
         let ino = st.inodes.len();
         st.inodes.push(Inode::default());
         st.live_dir.insert(path.to_path_buf(), ino);
-        Ok(Arc::new(SimFile { fs: self.clone(), ino }))
+        Ok(Arc::new(SimFile {
+            fs: self.clone(),
+            ino,
+        }))
     }
     fn open(&self, path: &Path) -> io::Result<Arc<dyn FileHandle>> {
         let st = self.state.lock();
         let ino = *st.live_dir.get(path).ok_or_else(|| missing(path))?;
-        Ok(Arc::new(SimFile { fs: self.clone(), ino }))
+        Ok(Arc::new(SimFile {
+            fs: self.clone(),
+            ino,
+        }))
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
         let mut st = self.state.lock();
-        st.live_dir.remove(path).map(|_| ()).ok_or_else(|| missing(path))
+        st.live_dir
+            .remove(path)
+            .map(|_| ())
+            .ok_or_else(|| missing(path))
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut st = self.state.lock();
@@ -280,7 +361,10 @@ impl FileSystem for SimFs {
         if !st.locks.insert(dir.to_path_buf()) {
             return Err(io::Error::new(io::ErrorKind::WouldBlock, "locked"));
         }
-        Ok(Box::new(SimLock { fs: self.clone(), dir: dir.to_path_buf() }))
+        Ok(Box::new(SimLock {
+            fs: self.clone(),
+            dir: dir.to_path_buf(),
+        }))
     }
 }
 
@@ -296,25 +380,42 @@ mod tests {
         a.write_all_at(b"hello", 0).unwrap();
         a.sync_data().unwrap();
         let crashed = fs.crash_image().materialize(None);
-        assert!(crashed.list(dir).unwrap().is_empty(), "entry not durable before sync_dir");
+        assert!(
+            crashed.list(dir).unwrap().is_empty(),
+            "entry not durable before sync_dir"
+        );
         fs.sync_dir(dir).unwrap();
         a.write_all_at(b" world", 5).unwrap();
         let crashed = fs.crash_image().materialize(None);
         assert_eq!(crashed.read_file(&dir.join("a")).unwrap(), b"hello");
-        let torn = fs.crash_image().materialize(Some(7)).read_file(&dir.join("a")).unwrap();
+        let torn = fs
+            .crash_image()
+            .materialize(Some(7))
+            .read_file(&dir.join("a"))
+            .unwrap();
         assert!(torn.starts_with(b"hello") && b"hello world".starts_with(&torn));
     }
 
     #[test]
     fn injected_faults_fire() {
         let fs = SimFs::new();
-        fs.set_faults(Faults { fail_sync_number: Some(2), disk_bytes: Some(4), ..Faults::default() });
+        fs.set_faults(Faults {
+            fail_sync_number: Some(2),
+            disk_bytes: Some(4),
+            ..Faults::default()
+        });
         let f = fs.create(Path::new("/d/f")).unwrap();
         f.sync_data().unwrap();
         assert!(f.sync_data().is_err());
         f.sync_data().unwrap();
-        assert_eq!(f.write_all_at(b"12345", 0).unwrap_err().kind(), io::ErrorKind::StorageFull);
+        assert_eq!(
+            f.write_all_at(b"12345", 0).unwrap_err().kind(),
+            io::ErrorKind::StorageFull
+        );
         let _l = fs.lock_dir(Path::new("/d")).unwrap();
-        assert_eq!(fs.lock_dir(Path::new("/d")).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        assert_eq!(
+            fs.lock_dir(Path::new("/d")).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
     }
 }

@@ -109,7 +109,11 @@ impl FileSystem for RealFs {
         Ok(names)
     }
     fn create(&self, path: &Path) -> io::Result<Arc<dyn FileHandle>> {
-        let f = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?;
         Ok(Arc::new(RealFile(f)))
     }
     fn open(&self, path: &Path) -> io::Result<Arc<dyn FileHandle>> {
@@ -123,10 +127,17 @@ impl FileSystem for RealFs {
         File::open(dir)?.sync_all()
     }
     fn lock_dir(&self, dir: &Path) -> io::Result<Box<dyn DirLock>> {
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join("LOCK"))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join("LOCK"))?;
         match file.try_lock() {
             Ok(()) => Ok(Box::new(RealLock { _file: file })),
-            Err(TryLockError::WouldBlock) => Err(io::Error::new(io::ErrorKind::WouldBlock, "locked")),
+            Err(TryLockError::WouldBlock) => {
+                Err(io::Error::new(io::ErrorKind::WouldBlock, "locked"))
+            }
             Err(TryLockError::Error(e)) => Err(e),
         }
     }

@@ -15,14 +15,18 @@ pub struct ConcurrentSkipIndex {
 
 impl std::fmt::Debug for ConcurrentSkipIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConcurrentSkipIndex").field("len", &self.map.len()).finish()
+        f.debug_struct("ConcurrentSkipIndex")
+            .field("len", &self.map.len())
+            .finish()
     }
 }
 
 impl ConcurrentSkipIndex {
     /// An empty index.
     pub fn new() -> Self {
-        Self { map: SkipMap::new() }
+        Self {
+            map: SkipMap::new(),
+        }
     }
 }
 

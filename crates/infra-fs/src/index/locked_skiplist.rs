@@ -14,14 +14,18 @@ pub struct LockedSkipListIndex {
 
 impl std::fmt::Debug for LockedSkipListIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LockedSkipListIndex").field("len", &self.map.read().len()).finish()
+        f.debug_struct("LockedSkipListIndex")
+            .field("len", &self.map.read().len())
+            .finish()
     }
 }
 
 impl LockedSkipListIndex {
     /// An empty index.
     pub fn new() -> Self {
-        Self { map: RwLock::new(SkipMap::new()) }
+        Self {
+            map: RwLock::new(SkipMap::new()),
+        }
     }
 }
 
@@ -52,7 +56,12 @@ impl OrderedIndex for LockedSkipListIndex {
         // This crate's `range` takes bounds of the key type itself, so the bounds are copied once.
         let (start, end) = borrowed_bounds(range);
         let bounds = (start.map(<[u8]>::to_vec), end.map(<[u8]>::to_vec));
-        self.map.read().range(bounds).take(limit).map(|(k, v)| (Key::from(k.as_slice()), *v)).collect()
+        self.map
+            .read()
+            .range(bounds)
+            .take(limit)
+            .map(|(k, v)| (Key::from(k.as_slice()), *v))
+            .collect()
     }
     fn len(&self) -> usize {
         self.map.read().len()

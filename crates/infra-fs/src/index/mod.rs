@@ -39,7 +39,8 @@ pub(crate) fn borrowed_bounds(range: &KeyRange) -> (Bound<&[u8]>, Bound<&[u8]>) 
 pub(crate) fn is_empty_range(range: &KeyRange) -> bool {
     match (&range.start, &range.end) {
         (Bound::Included(s), Bound::Included(e)) => s > e,
-        (Bound::Included(s) | Bound::Excluded(s), Bound::Excluded(e)) | (Bound::Excluded(s), Bound::Included(e)) => s >= e,
+        (Bound::Included(s) | Bound::Excluded(s), Bound::Excluded(e))
+        | (Bound::Excluded(s), Bound::Included(e)) => s >= e,
         _ => false,
     }
 }
@@ -52,11 +53,19 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn loc(n: u32) -> Location {
-        Location { segment: n, offset: n, len: n }
+        Location {
+            segment: n,
+            offset: n,
+            len: n,
+        }
     }
 
     fn all() -> Vec<Box<dyn OrderedIndex>> {
-        vec![Box::new(ConcurrentSkipIndex::new()), Box::new(LockedSkipListIndex::new()), Box::new(BTreeIndex::new())]
+        vec![
+            Box::new(ConcurrentSkipIndex::new()),
+            Box::new(LockedSkipListIndex::new()),
+            Box::new(BTreeIndex::new()),
+        ]
     }
 
     #[derive(Debug, Clone)]
@@ -70,7 +79,8 @@ mod tests {
         prop_oneof![
             (0u8..20, any::<u32>()).prop_map(|(k, v)| Op::Insert(k, v)),
             (0u8..20).prop_map(Op::Remove),
-            (0u8..22, 0u8..22, any::<bool>(), any::<bool>(), 0usize..8).prop_map(|(a, b, x, y, l)| Op::Range(a, b, x, y, l)),
+            (0u8..22, 0u8..22, any::<bool>(), any::<bool>(), 0usize..8)
+                .prop_map(|(a, b, x, y, l)| Op::Range(a, b, x, y, l)),
         ]
     }
 
@@ -127,6 +137,10 @@ mod tests {
             index.insert(&[(round % 64) as u8], loc(round));
         }
         stop.store(true, Ordering::Relaxed);
-        assert_eq!(reader.join().unwrap(), 0, "a present key was reported absent during an overwrite");
+        assert_eq!(
+            reader.join().unwrap(),
+            0,
+            "a present key was reported absent during an overwrite"
+        );
     }
 }

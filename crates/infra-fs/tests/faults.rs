@@ -1,0 +1,271 @@
+//! Injected I/O failures (EIO on fsync, ENOSPC), fail-stop, the directory lock, group commit and the
+//! durability modes.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{contents, sim_options, Model};
+use kv_domain::{Durability, Engine, EngineError};
+use kv_infra_fs::sim::{Faults, SimFs};
+use kv_infra_fs::{FsEngine, Options};
+
+const DIR: &str = "/data";
+
+fn open(fs: &SimFs, durability: Durability) -> FsEngine {
+    FsEngine::open(DIR, sim_options(fs, durability, 300)).unwrap()
+}
+
+/// Writes until one fails; returns the model of acknowledged writes, the failed write, and its error.
+fn write_until_failure(engine: &FsEngine) -> (Model, (Vec<u8>, Vec<u8>), EngineError) {
+    let mut model = Model::new();
+    for i in 0..1000u32 {
+        let (k, v) = (
+            format!("k{}", i % 13).into_bytes(),
+            format!("v{i}").into_bytes(),
+        );
+        match engine.put(&k, &v) {
+            Ok(_) => {
+                model.insert(k, v);
+            }
+            Err(e) => return (model, (k, v), e),
+        }
+    }
+    panic!("no failure injected");
+}
+
+fn assert_fail_stop(fs: &SimFs, engine: &FsEngine, model: &Model) {
+    for _ in 0..5 {
+        assert!(
+            matches!(
+                engine.put(b"later", b"x"),
+                Err(EngineError::Poisoned { .. })
+            ),
+            "writes after a failure are refused"
+        );
+        assert!(matches!(
+            engine.delete(b"k1"),
+            Err(EngineError::Poisoned { .. })
+        ));
+    }
+    assert!(matches!(engine.sync(), Err(EngineError::Poisoned { .. })));
+    assert!(engine.status().poisoned.is_some());
+    assert_eq!(
+        &contents(engine),
+        model,
+        "reads keep working and show exactly the acknowledged writes"
+    );
+    let _ = fs;
+}
+
+#[test]
+fn a_failed_fsync_poisons_the_engine_even_if_later_fsyncs_would_succeed() {
+    for fail_at in [4, 5, 9, 17, 30] {
+        let fs = SimFs::new();
+        let engine = open(&fs, Durability::Always);
+        fs.set_faults(Faults {
+            fail_sync_number: Some(fail_at),
+            ..Faults::default()
+        });
+        let (model, (failed_key, failed_value), err) = write_until_failure(&engine);
+        assert!(
+            matches!(err, EngineError::Io { .. }),
+            "sync #{fail_at}: {err}"
+        );
+        assert!(
+            err.to_string().contains("EIO"),
+            "the cause is reported: {err}"
+        );
+        assert_fail_stop(&fs, &engine, &model);
+        drop(engine);
+        // Reopen from what a power loss would leave, and from the live files: both hold every acknowledged
+        // write. The failed write's outcome is unknown (its bytes reached the file before the fsync
+        // failed), so it may or may not be there, but nothing else may differ.
+        let mut with_failed = model.clone();
+        with_failed.insert(failed_key, failed_value);
+        for reopened in [fs.crash_image().materialize(None), fs.deep_copy()] {
+            let engine = open(&reopened, Durability::Always);
+            let got = contents(&engine);
+            assert!(
+                got == model || got == with_failed,
+                "sync #{fail_at}: reopened state differs from the acknowledged writes"
+            );
+            engine.put(b"after-reopen", b"ok").unwrap();
+        }
+    }
+}
+
+#[test]
+fn disk_full_is_reported_and_poisons_until_reopen() {
+    let fs = SimFs::new();
+    let engine = open(&fs, Durability::Always);
+    fs.set_faults(Faults {
+        disk_bytes: Some(2_000),
+        ..Faults::default()
+    });
+    let (model, _, err) = write_until_failure(&engine);
+    assert!(matches!(err, EngineError::DiskFull { .. }), "{err}");
+    assert_fail_stop(&fs, &engine, &model);
+    drop(engine);
+    fs.set_faults(Faults::default());
+    let engine = open(&fs, Durability::Always);
+    assert_eq!(contents(&engine), model);
+    engine.put(b"space", b"freed").unwrap();
+}
+
+#[test]
+fn a_failure_while_rotating_poisons_too() {
+    let fs = SimFs::new();
+    let engine = FsEngine::open(DIR, sim_options(&fs, Durability::Never, 100)).unwrap();
+    engine.put(b"a", &[1; 50]).unwrap();
+    fs.set_faults(Faults {
+        dead_after_syncs: Some(fs.syncs()),
+        ..Faults::default()
+    });
+    // The next put needs a new segment: syncing the old one fails.
+    let err = engine.put(b"b", &[2; 50]).unwrap_err();
+    assert!(matches!(err, EngineError::Io { .. }), "{err}");
+    assert!(matches!(
+        engine.put(b"c", b"3"),
+        Err(EngineError::Poisoned { .. })
+    ));
+    assert_eq!(engine.get(b"a").unwrap().unwrap().as_bytes(), &[1; 50]);
+}
+
+#[test]
+fn invalid_records_are_rejected_before_anything_is_written() {
+    let fs = SimFs::new();
+    let engine = open(&fs, Durability::Always);
+    assert!(matches!(
+        engine.put(b"", b"v"),
+        Err(EngineError::InvalidInput(_))
+    ));
+    assert!(matches!(
+        engine.put(&vec![b'k'; (1 << 20) + 1], b"v"),
+        Err(EngineError::InvalidInput(_))
+    ));
+    assert_eq!(engine.last_lsn().0, 0);
+    assert!(engine.status().poisoned.is_none());
+}
+
+#[test]
+fn a_second_open_of_a_locked_directory_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = FsEngine::open(dir.path(), Options::default()).unwrap();
+    match FsEngine::open(dir.path(), Options::default()) {
+        Err(e @ EngineError::Locked { .. }) => {
+            assert!(e.to_string().contains("locked by another process"))
+        }
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    first.put(b"k", b"v").unwrap();
+    first.close().unwrap();
+    let again = FsEngine::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(again.get(b"k").unwrap().unwrap().as_bytes(), b"v");
+}
+
+#[test]
+fn concurrent_writers_share_fsyncs_in_always_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Arc::new(FsEngine::open(dir.path(), Options::default()).unwrap());
+    let threads: Vec<_> = (0..64)
+        .map(|t| {
+            let engine = engine.clone();
+            std::thread::spawn(move || {
+                for i in 0..20 {
+                    engine
+                        .put(
+                            format!("t{t}-{i}").as_bytes(),
+                            format!("{t}:{i}").as_bytes(),
+                        )
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let status = engine.status();
+    assert_eq!(status.writes, 64 * 20);
+    assert!(
+        status.fsyncs < status.writes,
+        "group commit: {} fsyncs for {} writes",
+        status.fsyncs,
+        status.writes
+    );
+    for t in 0..64 {
+        for i in 0..20 {
+            assert_eq!(
+                engine
+                    .get(format!("t{t}-{i}").as_bytes())
+                    .unwrap()
+                    .unwrap()
+                    .as_bytes(),
+                format!("{t}:{i}").as_bytes()
+            );
+        }
+    }
+}
+
+#[test]
+fn interval_mode_syncs_in_the_background_and_never_mode_on_request() {
+    let fs = SimFs::new();
+    let engine = FsEngine::open(
+        DIR,
+        sim_options(&fs, Durability::Interval { ms: 5 }, 1 << 20),
+    )
+    .unwrap();
+    engine.put(b"k", b"v").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while contents(
+        &FsEngine::open(
+            DIR,
+            sim_options(
+                &fs.crash_image().materialize(None),
+                Durability::Never,
+                1 << 20,
+            ),
+        )
+        .unwrap(),
+    )
+    .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "interval syncer never made the write durable"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(engine);
+
+    let fs = SimFs::new();
+    let engine = FsEngine::open(DIR, sim_options(&fs, Durability::Never, 1 << 20)).unwrap();
+    engine.put(b"k", b"v").unwrap();
+    let before = FsEngine::open(
+        DIR,
+        sim_options(
+            &fs.crash_image().materialize(None),
+            Durability::Never,
+            1 << 20,
+        ),
+    )
+    .unwrap();
+    assert!(
+        contents(&before).is_empty(),
+        "never mode does not fsync on its own"
+    );
+    engine.sync().unwrap();
+    let after = FsEngine::open(
+        DIR,
+        sim_options(
+            &fs.crash_image().materialize(None),
+            Durability::Never,
+            1 << 20,
+        ),
+    )
+    .unwrap();
+    assert_eq!(after.get(b"k").unwrap().unwrap().as_bytes(), b"v");
+}
