@@ -85,14 +85,15 @@ struct OpenBatch {
 }
 
 /// Replays one segment into the keydir. Returns how the scan ended (an incomplete batch becomes an `Invalid`
-/// end at the batch's header) and the highest LSN applied.
+/// end at the batch's header), the highest LSN applied, and the highest LSN seen (which includes the LSN of
+/// an incomplete batch).
 fn replay_segment(
     seg: &Segment,
     file_len: u64,
     index: &dyn OrderedIndex,
     garbage: &AtomicU64,
     records: &mut u64,
-) -> EngineResult<(ScanEnd, u64)> {
+) -> EngineResult<(ScanEnd, u64, u64)> {
     let mut last_lsn = 0u64;
     let mut applied_lsn = 0u64;
     let mut batch: Option<OpenBatch> = None;
@@ -176,7 +177,7 @@ fn replay_segment(
         },
         None => end,
     };
-    Ok((end, applied_lsn))
+    Ok((end, applied_lsn, last_lsn))
 }
 
 /// Whether any valid record with an LSN above `after_lsn` starts anywhere in `tail` (bytes after a cut).
@@ -246,8 +247,10 @@ pub(crate) fn recover(
             name: name.clone(),
             file: file.clone(),
         });
-        let (end, seg_last) = replay_segment(&seg, file_len, index, garbage, &mut report.records)?;
-        last_lsn = last_lsn.max(seg_last);
+        let (end, seg_applied, seg_seen) =
+            replay_segment(&seg, file_len, index, garbage, &mut report.records)?;
+        let seen_before = last_lsn.max(seg_seen);
+        last_lsn = last_lsn.max(seg_applied);
         let mut len = file_len;
         if let ScanEnd::Invalid { offset, error } = end {
             if !is_newest {
@@ -256,7 +259,8 @@ pub(crate) fn recover(
             let mut tail = vec![0u8; (file_len - offset) as usize];
             file.read_exact_at(&mut tail, offset)
                 .map_err(|e| EngineError::io(format!("reading {name}"), e))?;
-            let suspicious = valid_record_follows(&tail, seg_last);
+            // Members of a torn batch share its LSN and are expected after the cut; anything newer is not.
+            let suspicious = valid_record_follows(&tail, seen_before);
             let copy = save_tail(fs, dir, &name, &*file, offset, file_len)?;
             // IMPORTANT: the copy is durable before the cut, so the bytes are never lost.
             file.set_len(offset)

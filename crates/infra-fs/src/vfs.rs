@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// An open file. Positional I/O only (`pread`/`pwrite`), so one handle serves concurrent readers.
+#[expect(
+    clippy::len_without_is_empty,
+    reason = "a file length is an I/O result, not a collection size"
+)]
 pub trait FileHandle: Send + Sync + Debug {
     /// Reads up to `buf.len()` bytes at `offset`; returns how many were read (0 at end of file).
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;

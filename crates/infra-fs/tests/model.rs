@@ -25,7 +25,7 @@ enum Op {
 
 fn key(k: u8) -> Vec<u8> {
     // Multi-byte keys that share prefixes, so byte order (not length) decides.
-    format!("k{:02}", k % 40).into_bytes()[..if k % 3 == 0 { 2 } else { 3 }].to_vec()
+    format!("k{:02}", k % 40).into_bytes()[..if k.is_multiple_of(3) { 2 } else { 3 }].to_vec()
 }
 
 fn value() -> impl Strategy<Value = Vec<u8>> {

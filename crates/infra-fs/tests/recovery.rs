@@ -287,14 +287,13 @@ fn reopen_preserves_lsns_and_new_writes_continue_above_them() {
     let fs = SimFs::new();
     let last = {
         let engine = open(&fs, 200).unwrap();
-        (0..20)
-            .map(|i| {
-                engine
-                    .put(format!("k{i}").as_bytes(), b"0123456789")
-                    .unwrap()
-            })
-            .last()
-            .unwrap()
+        let mut last = kv_domain::Lsn::ZERO;
+        for i in 0..20 {
+            last = engine
+                .put(format!("k{i}").as_bytes(), b"0123456789")
+                .unwrap();
+        }
+        last
     };
     let engine = open(&fs, 200).unwrap();
     assert_eq!(engine.last_lsn(), last);
