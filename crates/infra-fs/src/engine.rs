@@ -39,7 +39,7 @@ use kv_domain::{
     BatchOp, Durability, Engine, EngineError, EngineResult, EngineStatus, Entry, Key, KeyRange,
     Location, Lsn, OrderedIndex, RecoveryReport, Value, WriteBatch,
 };
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Mutex, RwLock};
 
 use crate::codec::{
     decode_record, encode_record, encode_segment_header, record_len, RecordKind, MAX_KEY_LEN,
@@ -78,7 +78,8 @@ struct Inner {
     writer: Mutex<Writer>,
     /// Group-commit coordination; separate from `writer` so that writers can append while a leader syncs.
     sync: Mutex<SyncState>,
-    synced: Condvar,
+    /// Everything up to this LSN is durable.
+    durable_lsn: AtomicU64,
     /// Set once, by the first write-path I/O failure; read lock-free by everyone after.
     poison: OnceLock<String>,
     acked_lsn: AtomicU64,
@@ -92,13 +93,17 @@ struct Inner {
 
 struct Writer {
     active: Arc<Segment>,
-    /// Where the next record goes in the active segment.
+    /// Where the next record goes in the active segment (counting records still in `buf`).
     offset: u64,
-    /// LSN of the latest record written to the file.
-    written_lsn: u64,
-    /// Keydir updates of written but not yet durable writes (`always` mode), in LSN order.
+    /// LSN of the latest write accepted (in the file, or in `buf` in `always` mode).
+    last_lsn: u64,
+    /// `always` mode: encoded records of the current group, not yet written to the file.
+    buf: Vec<u8>,
+    /// File offset where `buf` starts.
+    buf_start: u64,
+    /// `always` mode: keydir updates of accepted but not yet durable writes, in LSN order.
     pending: Vec<PendingUpdate>,
-    /// Reused encoding buffer.
+    /// Reused encoding buffer (`never` and `interval` modes).
     scratch: Vec<u8>,
 }
 
@@ -110,8 +115,10 @@ struct PendingUpdate {
 
 #[derive(Default)]
 struct SyncState {
-    durable_lsn: u64,
+    /// A leader is syncing a group.
     syncing: bool,
+    /// Parked writers and the LSN each waits for.
+    waiters: Vec<(u64, std::thread::Thread)>,
 }
 
 /// A write to encode: a single record or a batch.
@@ -222,15 +229,14 @@ impl FsEngine {
             writer: Mutex::new(Writer {
                 active,
                 offset,
-                written_lsn: rec.last_lsn,
+                last_lsn: rec.last_lsn,
+                buf: Vec::new(),
+                buf_start: offset,
                 pending: Vec::new(),
                 scratch: Vec::new(),
             }),
-            sync: Mutex::new(SyncState {
-                durable_lsn: rec.last_lsn,
-                syncing: false,
-            }),
-            synced: Condvar::new(),
+            sync: Mutex::new(SyncState::default()),
+            durable_lsn: AtomicU64::new(rec.last_lsn),
             poison: OnceLock::new(),
             acked_lsn: AtomicU64::new(rec.last_lsn),
             garbage_bytes: garbage,
@@ -281,7 +287,7 @@ impl Drop for FsEngine {
     fn drop(&mut self) {
         self.stop_syncer();
         if self.inner.poison.get().is_none() {
-            let target = self.inner.writer.lock().written_lsn;
+            let target = self.inner.writer.lock().last_lsn;
             if let Err(e) = self.inner.sync_to(target) {
                 tracing::error!("final sync on close failed: {e}");
             }
@@ -298,7 +304,7 @@ fn spawn_syncer(inner: Weak<Inner>, every: Duration) -> (Arc<AtomicBool>, JoinHa
             while !flag.load(Ordering::Acquire) {
                 std::thread::park_timeout(every);
                 let Some(inner) = inner.upgrade() else { return };
-                let target = inner.writer.lock().written_lsn;
+                let target = inner.writer.lock().last_lsn;
                 if inner.poison.get().is_none() {
                     // A failure poisons the engine and is reported to writers; nothing to do here.
                     let _ = inner.sync_to(target);
@@ -358,8 +364,20 @@ impl Inner {
         err
     }
 
+    /// Writes the group-commit buffer to the active file. Called with the writer lock held, so the bytes
+    /// land before any rotation can seal the file.
+    fn flush_buffer(&self, w: &mut Writer) -> EngineResult<()> {
+        if w.buf.is_empty() {
+            return Ok(());
+        }
+        let written = w.active.file.write_all_at(&w.buf, w.buf_start);
+        w.buf.clear();
+        written.map_err(|e| self.io_failure(format!("appending to {}", w.active.name), e))
+    }
+
     /// Seals the active segment and starts the next one. Called with the writer lock held.
     fn rotate(&self, w: &mut Writer) -> EngineResult<()> {
+        self.flush_buffer(w)?;
         // IMPORTANT: fsync the old segment before its successor exists, so only the newest can be torn.
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
         w.active
@@ -386,116 +404,120 @@ impl Inner {
         if w.offset + total > self.opts.max_segment_bytes && w.offset > SEGMENT_HEADER_LEN as u64 {
             self.rotate(&mut w)?;
         }
-        let lsn = w.written_lsn + 1;
+        let lsn = w.last_lsn + 1;
         let ts = self.opts.clock.now_micros();
         let base = w.offset;
         let seg_id = w.active.id;
-        let mut scratch = std::mem::take(&mut w.scratch);
-        scratch.clear();
-        // (offset within scratch, kind, key) of every record that changes the keydir.
-        let mut updates: Vec<(usize, usize, RecordKind, &[u8])> = Vec::new();
-        match &op {
-            WriteOp::Put(k, v) => {
-                let n = encode_record(&mut scratch, RecordKind::Put, lsn, ts, k, v);
-                updates.push((0, n, RecordKind::Put, k));
-            }
-            WriteOp::Delete(k) => {
-                let n = encode_record(&mut scratch, RecordKind::Tombstone, lsn, ts, k, &[]);
-                updates.push((0, n, RecordKind::Tombstone, k));
-            }
-            WriteOp::Batch(b) => {
-                let count = b.len() as u32;
-                let n = encode_record(
-                    &mut scratch,
-                    RecordKind::BatchHeader,
-                    lsn,
-                    ts,
-                    &[],
-                    &count.to_le_bytes(),
-                );
-                updates.push((0, n, RecordKind::BatchHeader, &[]));
-                for member in b.ops() {
-                    let at = scratch.len();
-                    let (kind, key, value): (_, &[u8], &[u8]) = match member {
-                        BatchOp::Put { key, value } => (RecordKind::Put, key, value),
-                        BatchOp::Delete { key } => (RecordKind::Tombstone, key, &[]),
-                    };
-                    let n = encode_record(&mut scratch, kind, lsn, ts, key, value);
-                    updates.push((at, n, kind, key));
-                }
-            }
-        }
-        let written = w.active.file.write_all_at(&scratch, base);
-        w.scratch = scratch;
-        written.map_err(|e| self.io_failure(format!("appending to {}", w.active.name), e))?;
-        w.offset += total;
-        w.written_lsn = lsn;
-        self.disk_bytes.fetch_add(total, Ordering::Relaxed);
-        let location = |at: usize, n: usize| Location {
+        let location = |at: usize, len: usize| Location {
             segment: seg_id,
             offset: (base + at as u64) as u32,
-            len: n as u32,
+            len: len as u32,
         };
         if always {
-            w.pending
-                .extend(updates.iter().map(|&(at, n, kind, key)| PendingUpdate {
+            // Group commit: append to the shared buffer; the sync leader writes and fsyncs it for everyone.
+            if w.buf.is_empty() {
+                w.buf_start = base;
+            }
+            encode_op(&op, lsn, ts, &mut w.buf);
+            let w = &mut *w;
+            for_each_record(&op, |at, len, kind, key| {
+                w.pending.push(PendingUpdate {
                     key: key.into(),
-                    location: location(at, n),
+                    location: location(at, len),
                     kind,
-                }));
-            drop(w);
-            self.sync_to(lsn)?;
+                });
+            });
+            w.offset += total;
+            w.last_lsn = lsn;
         } else {
-            for &(at, n, kind, key) in &updates {
+            let mut scratch = std::mem::take(&mut w.scratch);
+            scratch.clear();
+            encode_op(&op, lsn, ts, &mut scratch);
+            let written = w.active.file.write_all_at(&scratch, base);
+            w.scratch = scratch;
+            written.map_err(|e| self.io_failure(format!("appending to {}", w.active.name), e))?;
+            w.offset += total;
+            w.last_lsn = lsn;
+            // The bytes are in the file: publish under the writer lock, so keydir order is LSN order.
+            for_each_record(&op, |at, len, kind, key| {
                 apply_update(
                     &*self.index,
                     &self.garbage_bytes,
-                    to_update(kind, key, location(at, n)),
+                    to_update(kind, key, location(at, len)),
                 );
-            }
+            });
             self.acked_lsn.store(lsn, Ordering::Release);
-            drop(w);
+        }
+        drop(w);
+        self.disk_bytes.fetch_add(total, Ordering::Relaxed);
+        if always {
+            self.sync_to(lsn)?;
         }
         self.writes.fetch_add(1, Ordering::Relaxed);
         Ok(Lsn(lsn))
     }
 
     /// Blocks until everything up to `lsn` is durable, leading a group sync if nobody else is.
+    ///
+    /// Waiters park individually and are woken by the leader only once their LSN is durable (plus one
+    /// waiter to lead the next group), so finishing a group wakes its members in parallel instead of
+    /// passing a mutex from one to the next.
     fn sync_to(&self, lsn: u64) -> EngineResult<()> {
-        let mut s = self.sync.lock();
         loop {
-            if s.durable_lsn >= lsn {
+            if self.durable_lsn.load(Ordering::Acquire) >= lsn {
+                return Ok(());
+            }
+            self.poisoned()?;
+            let mut s = self.sync.lock();
+            if self.durable_lsn.load(Ordering::Acquire) >= lsn {
                 return Ok(());
             }
             self.poisoned()?;
             if s.syncing {
-                self.synced.wait(&mut s);
+                s.waiters.push((lsn, std::thread::current()));
+                drop(s);
+                // Spurious wake-ups are fine: the loop re-checks.
+                std::thread::park();
                 continue;
             }
             s.syncing = true;
             drop(s);
             let result = self.sync_group();
-            s = self.sync.lock();
+            let mut s = self.sync.lock();
             s.syncing = false;
-            if let Ok(target) = result {
-                s.durable_lsn = s.durable_lsn.max(target);
-            }
-            self.synced.notify_all();
+            let durable = self.durable_lsn.load(Ordering::Acquire);
+            let mut wake = Vec::new();
+            let mut next_leader = None;
+            s.waiters.retain(|(l, t)| {
+                if *l <= durable || result.is_err() {
+                    wake.push(t.clone());
+                    false
+                } else if next_leader.is_none() {
+                    next_leader = Some(t.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+            drop(s);
+            wake.into_iter().chain(next_leader).for_each(|t| t.unpark());
             result?;
         }
     }
 
-    /// One group commit: fsync everything written so far, then publish its keydir updates in LSN order.
-    /// Runs with `SyncState::syncing` set, so groups never overlap.
-    fn sync_group(&self) -> EngineResult<u64> {
+    /// One group commit: write the buffer and fsync everything written so far, then publish the group's
+    /// keydir updates in LSN order. Runs with `SyncState::syncing` set, so groups never overlap.
+    fn sync_group(&self) -> EngineResult<()> {
         let (file, name, target, pending) = {
             let mut w = self.writer.lock();
             self.poisoned()?;
+            self.flush_buffer(&mut w)?;
+            let pending = std::mem::take(&mut w.pending);
             (
                 w.active.file.clone(),
                 w.active.name.clone(),
-                w.written_lsn,
-                std::mem::take(&mut w.pending),
+                w.last_lsn,
+                pending,
             )
         };
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
@@ -510,7 +532,8 @@ impl Inner {
             );
         }
         self.acked_lsn.fetch_max(target, Ordering::AcqRel);
-        Ok(target)
+        self.durable_lsn.fetch_max(target, Ordering::AcqRel);
+        Ok(())
     }
 
     /// Reads and verifies the record at `loc`, which the keydir says holds `key`'s latest value.
@@ -540,6 +563,52 @@ impl Inner {
         let value_start = RECORD_HEADER_LEN + rec.key.len();
         buf.drain(..value_start);
         Ok(Value::from(buf))
+    }
+}
+
+/// Encodes every record of `op` (a batch: its header, then its members) onto `out`.
+fn encode_op(op: &WriteOp<'_>, lsn: u64, ts: u64, out: &mut Vec<u8>) {
+    match op {
+        WriteOp::Put(k, v) => {
+            encode_record(out, RecordKind::Put, lsn, ts, k, v);
+        }
+        WriteOp::Delete(k) => {
+            encode_record(out, RecordKind::Tombstone, lsn, ts, k, &[]);
+        }
+        WriteOp::Batch(b) => {
+            let count = (b.len() as u32).to_le_bytes();
+            encode_record(out, RecordKind::BatchHeader, lsn, ts, &[], &count);
+            for member in b.ops() {
+                let (kind, key, value) = member_parts(member);
+                encode_record(out, kind, lsn, ts, key, value);
+            }
+        }
+    }
+}
+
+fn member_parts(op: &BatchOp) -> (RecordKind, &[u8], &[u8]) {
+    match op {
+        BatchOp::Put { key, value } => (RecordKind::Put, key, value),
+        BatchOp::Delete { key } => (RecordKind::Tombstone, key, &[]),
+    }
+}
+
+/// Calls `f(offset, len, kind, key)` for every record [`encode_op`] writes, offsets relative to its start.
+fn for_each_record<'a>(op: &WriteOp<'a>, mut f: impl FnMut(usize, usize, RecordKind, &'a [u8])) {
+    match *op {
+        WriteOp::Put(k, v) => f(0, record_len(k, v), RecordKind::Put, k),
+        WriteOp::Delete(k) => f(0, record_len(k, &[]), RecordKind::Tombstone, k),
+        WriteOp::Batch(b) => {
+            let header = RECORD_HEADER_LEN + 4;
+            f(0, header, RecordKind::BatchHeader, &[]);
+            let mut at = header;
+            for member in b.ops() {
+                let (kind, key, value) = member_parts(member);
+                let len = record_len(key, value);
+                f(at, len, kind, key);
+                at += len;
+            }
+        }
     }
 }
 
@@ -592,7 +661,7 @@ impl Engine for FsEngine {
 
     fn sync(&self) -> EngineResult<()> {
         self.inner.poisoned()?;
-        let target = self.inner.writer.lock().written_lsn;
+        let target = self.inner.writer.lock().last_lsn;
         self.inner.sync_to(target)
     }
 

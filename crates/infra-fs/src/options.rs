@@ -10,13 +10,14 @@ use crate::vfs::{FileSystem, RealFs};
 /// Which keydir implementation to use (see [`crate::index`]).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub enum IndexKind {
-    /// Lock-free `crossbeam-skiplist` with in-place overwrites (default).
+    /// `BTreeMap` of inline keys behind a reader-writer lock (default: fastest and smallest; see
+    /// `docs/benchmarks.md`).
     #[default]
+    BTree,
+    /// Lock-free `crossbeam-skiplist` with in-place overwrites.
     ConcurrentSkipList,
     /// The `skiplist` crate behind a reader-writer lock.
     LockedSkipList,
-    /// `BTreeMap` behind a reader-writer lock.
-    BTree,
 }
 
 impl IndexKind {

@@ -124,7 +124,10 @@ fn run(ops: &[Op], mut open: impl FnMut() -> FsEngine) -> Result<(), TestCaseErr
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn engine_matches_model_on_disk(ops in proptest::collection::vec(op(), 1..120), never in any::<bool>()) {

@@ -1,16 +1,18 @@
-//! Keydir over `std`'s `BTreeMap` behind a reader-writer lock (comparison baseline).
+//! Keydir over `std`'s `BTreeMap` of inline keys behind a reader-writer lock.
 
 use std::collections::BTreeMap;
 
 use kv_domain::{Key, KeyRange, Location, OrderedIndex};
 use parking_lot::RwLock;
 
-use super::{borrowed_bounds, is_empty_range};
+use super::{borrowed_bounds, is_empty_range, InlineKey};
 
-/// A `BTreeMap` behind a `parking_lot` reader-writer lock; every guard lives for one map call.
+/// A `BTreeMap` behind a `parking_lot` reader-writer lock; every guard lives for one map call. Keys up to
+/// 22 bytes live inside the B-tree nodes ([`InlineKey`]), so a lookup compares contiguous memory instead of
+/// chasing a pointer per comparison, and short keys cost no allocation.
 #[derive(Debug, Default)]
 pub struct BTreeIndex {
-    map: RwLock<BTreeMap<Box<[u8]>, Location>>,
+    map: RwLock<BTreeMap<InlineKey, Location>>,
 }
 
 impl BTreeIndex {
@@ -26,7 +28,7 @@ impl OrderedIndex for BTreeIndex {
         if let Some(slot) = map.get_mut(key) {
             return Some(std::mem::replace(slot, location));
         }
-        map.insert(key.into(), location)
+        map.insert(InlineKey::from(key), location)
     }
     fn remove(&self, key: &[u8]) -> Option<Location> {
         self.map.write().remove(key)
@@ -42,7 +44,7 @@ impl OrderedIndex for BTreeIndex {
             .read()
             .range::<[u8], _>(borrowed_bounds(range))
             .take(limit)
-            .map(|(k, v)| (Key::from(&k[..]), *v))
+            .map(|(k, v)| (Key::from(k.as_slice()), *v))
             .collect()
     }
     fn len(&self) -> usize {

@@ -13,10 +13,12 @@
 
 mod btree;
 mod concurrent;
+mod inline_key;
 mod locked_skiplist;
 
 pub use btree::BTreeIndex;
 pub use concurrent::ConcurrentSkipIndex;
+pub use inline_key::InlineKey;
 pub use locked_skiplist::LockedSkipListIndex;
 
 use std::ops::Bound;
