@@ -244,4 +244,21 @@ pub struct EngineStatus {
     pub writes: u64,
     /// What recovery did at open.
     pub recovery: RecoveryReport,
+    /// How many writes each group commit made durable with one `fdatasync` (`always` mode).
+    pub group_commits: GroupCommitStats,
+}
+
+/// A histogram of group-commit sizes: `counts[i]` groups held at most `GroupCommitStats::BOUNDS[i]` writes
+/// (and more than the previous bound); the last count is for larger groups.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct GroupCommitStats {
+    /// Groups per size bucket; `BOUNDS.len() + 1` entries (the last is "larger").
+    pub counts: Vec<u64>,
+    /// Writes made durable by all groups together.
+    pub writes: u64,
+}
+
+impl GroupCommitStats {
+    /// Upper bounds of the size buckets.
+    pub const BOUNDS: [u64; 8] = [1, 2, 4, 8, 16, 32, 64, 128];
 }

@@ -36,8 +36,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use kv_domain::{
-    BatchOp, Durability, Engine, EngineError, EngineResult, EngineStatus, Entry, Key, KeyRange,
-    Location, Lsn, OrderedIndex, RecoveryReport, Value, WriteBatch,
+    BatchOp, Durability, Engine, EngineError, EngineResult, EngineStatus, Entry, GroupCommitStats,
+    Key, KeyRange, Location, Lsn, OrderedIndex, RecoveryReport, Value, WriteBatch,
 };
 use parking_lot::{Mutex, RwLock};
 
@@ -87,6 +87,9 @@ struct Inner {
     disk_bytes: AtomicU64,
     fsyncs: AtomicU64,
     writes: AtomicU64,
+    /// Group-commit size histogram (see `GroupCommitStats::BOUNDS`), and the writes they covered.
+    group_sizes: [AtomicU64; GroupCommitStats::BOUNDS.len() + 1],
+    group_writes: AtomicU64,
     report: RecoveryReport,
     _lock: Box<dyn DirLock>,
 }
@@ -243,6 +246,8 @@ impl FsEngine {
             disk_bytes: AtomicU64::new(disk_bytes),
             fsyncs: AtomicU64::new(0),
             writes: AtomicU64::new(0),
+            group_sizes: Default::default(),
+            group_writes: AtomicU64::new(0),
             report: rec.report,
             _lock: lock,
             opts,
@@ -532,7 +537,18 @@ impl Inner {
             );
         }
         self.acked_lsn.fetch_max(target, Ordering::AcqRel);
-        self.durable_lsn.fetch_max(target, Ordering::AcqRel);
+        let before = self.durable_lsn.fetch_max(target, Ordering::AcqRel);
+        let size = target.saturating_sub(before);
+        if size > 0 {
+            let bucket = GroupCommitStats::BOUNDS
+                .iter()
+                .position(|&b| size <= b)
+                .unwrap_or(GroupCommitStats::BOUNDS.len());
+            if let Some(counter) = self.group_sizes.get(bucket) {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            self.group_writes.fetch_add(size, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -678,6 +694,14 @@ impl Engine for FsEngine {
             fsyncs: i.fsyncs.load(Ordering::Relaxed),
             writes: i.writes.load(Ordering::Relaxed),
             recovery: i.report.clone(),
+            group_commits: GroupCommitStats {
+                counts: i
+                    .group_sizes
+                    .iter()
+                    .map(|c| c.load(Ordering::Relaxed))
+                    .collect(),
+                writes: i.group_writes.load(Ordering::Relaxed),
+            },
         }
     }
 }

@@ -196,6 +196,15 @@ fn concurrent_writers_share_fsyncs_in_always_mode() {
         status.fsyncs,
         status.writes
     );
+    assert_eq!(
+        status.group_commits.writes, status.writes,
+        "every write was made durable by exactly one group"
+    );
+    assert!(
+        status.group_commits.counts.iter().skip(1).any(|&c| c > 0),
+        "some group held more than one write: {:?}",
+        status.group_commits
+    );
     for t in 0..64 {
         for i in 0..20 {
             assert_eq!(

@@ -1,0 +1,244 @@
+//! `kv-server`: the composition root of the REST server. Reads the configuration (flags or environment
+//! variables; the Go system's names keep working), opens the engine, serves HTTP until SIGTERM or SIGINT,
+//! then drains requests, syncs and closes the engine (releasing the directory lock), and exits 0.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use kv_app::{KvService, Limits};
+use kv_domain::Durability;
+use kv_infra_fs::{FsEngine, IndexKind, Options};
+use kv_infra_http::metrics::Metrics;
+use kv_infra_http::{serve, ServerConfig, ServerState};
+
+/// The Moniepoint storage engine's REST server.
+///
+/// Every setting is a flag and an environment variable; with none at all the server starts as a standalone
+/// leader on port 8080 with its data in ./data.
+#[derive(Parser, Debug)]
+#[command(name = "kv-server", version, about, long_about = None)]
+struct Config {
+    /// TCP port to listen on.
+    #[arg(long, env = "HTTP_PORT", default_value_t = 8080)]
+    port: u16,
+    /// Address to bind (0.0.0.0: every interface).
+    #[arg(long, env = "HTTP_BIND", default_value = "0.0.0.0")]
+    bind: std::net::IpAddr,
+    /// Data directory (created if missing; locked while the server runs).
+    #[arg(long, env = "DATA_PATH", default_value = "./data")]
+    data_path: PathBuf,
+    /// Replication role. Replication is not built yet: only `leader` (standalone) runs.
+    #[arg(long, env = "REPLICATION_MODE", value_enum, default_value_t = Role::Leader)]
+    replication_mode: Role,
+    /// Follower only: base URL of the leader.
+    #[arg(long, env = "REPLICATION_LEADER_HOST")]
+    replication_leader_host: Option<String>,
+    /// Leader only: comma-separated base URLs of the followers.
+    #[arg(long, env = "REPLICATION_REPLICA_HOSTS", value_delimiter = ',')]
+    replication_replica_hosts: Vec<String>,
+    /// When writes are fsynced: `always` (before acknowledging; group commit), `never`, or `interval:MS`.
+    #[arg(long, env = "DURABILITY", default_value = "always", value_parser = parse_durability)]
+    durability: Durability,
+    /// Segment size at which the active log segment is sealed and a new one started, in bytes.
+    #[arg(long, env = "SEGMENT_BYTES", default_value_t = Options::DEFAULT_SEGMENT_BYTES)]
+    segment_bytes: u64,
+    /// Keydir implementation.
+    #[arg(long, env = "INDEX", value_enum, default_value_t = IndexArg::Btree)]
+    index: IndexArg,
+    /// Largest key, in bytes.
+    #[arg(long, env = "MAX_KEY_BYTES", default_value_t = Limits::DEFAULT_MAX_KEY_BYTES)]
+    max_key_bytes: usize,
+    /// Largest value, in bytes.
+    #[arg(long, env = "MAX_VALUE_BYTES", default_value_t = Limits::DEFAULT_MAX_VALUE_BYTES)]
+    max_value_bytes: usize,
+    /// Most operations in one batch.
+    #[arg(long, env = "MAX_BATCH_OPS", default_value_t = Limits::DEFAULT_MAX_BATCH_OPS)]
+    max_batch_ops: usize,
+    /// Largest request body, in bytes (default: the value limit plus 1 MiB for JSON framing).
+    #[arg(long, env = "MAX_BODY_BYTES")]
+    max_body_bytes: Option<usize>,
+    /// Most connections served at once.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024)]
+    max_connections: usize,
+    /// Milliseconds a connection may take to send a request head, counted from when it starts waiting for
+    /// one (so it also closes idle keep-alive connections).
+    #[arg(long, env = "HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    header_timeout_ms: u64,
+    /// Milliseconds a request may take before it is answered 503.
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    request_timeout_ms: u64,
+    /// Milliseconds shutdown waits for in-flight requests.
+    #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
+    shutdown_grace_ms: u64,
+    /// Log output format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Role {
+    Leader,
+    Follower,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum IndexArg {
+    Btree,
+    ConcurrentSkiplist,
+    LockedSkiplist,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_durability(s: &str) -> Result<Durability, String> {
+    match s {
+        "always" => Ok(Durability::Always),
+        "never" => Ok(Durability::Never),
+        other => other
+            .strip_prefix("interval:")
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .filter(|&ms| ms > 0)
+            .map(|ms| Durability::Interval { ms })
+            .ok_or_else(|| format!("{other:?} is not always, never or interval:MS (MS > 0)")),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT. The server installs its own handlers, so it stops cleanly as PID 1 in a
+/// container too (where the kernel gives PID 1 no default signal behaviour).
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = term => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn main() -> ExitCode {
+    let config = Config::parse();
+    init_logging(config.log_format);
+    if config.replication_mode == Role::Follower || !config.replication_replica_hosts.is_empty() {
+        tracing::error!(
+            "replication is not built yet: start without REPLICATION_MODE=follower and without REPLICATION_REPLICA_HOSTS \
+             (a leader that silently did not replicate would lose the followers' copies)"
+        );
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(config: Config) -> Result<(), String> {
+    tracing::info!(?config, "starting kv-server");
+    let index = match config.index {
+        IndexArg::Btree => IndexKind::BTree,
+        IndexArg::ConcurrentSkiplist => IndexKind::ConcurrentSkipList,
+        IndexArg::LockedSkiplist => IndexKind::LockedSkipList,
+    };
+    let opts = Options {
+        durability: config.durability,
+        max_segment_bytes: config.segment_bytes,
+        index,
+        ..Options::default()
+    };
+    let dir = config.data_path.clone();
+    let engine = tokio::task::spawn_blocking(move || FsEngine::open(&dir, opts))
+        .await
+        .map_err(|e| format!("opening the data directory failed: {e}"))?
+        .map_err(|e| {
+            format!(
+                "cannot open data directory {}: {e}",
+                config.data_path.display()
+            )
+        })?;
+    let report = engine.recovery_report().clone();
+    tracing::info!(
+        segments = report.segments, records = report.records, truncated_bytes = report.truncated_bytes,
+        truncated_copy = ?report.truncated_copy, notes = ?report.notes, "recovery summary"
+    );
+    let engine = Arc::new(engine);
+    let limits = Limits {
+        max_key_bytes: config.max_key_bytes,
+        max_value_bytes: config.max_value_bytes,
+        max_batch_ops: config.max_batch_ops,
+    };
+    let state = Arc::new(ServerState {
+        service: KvService::new(engine.clone(), limits),
+        metrics: Arc::new(Metrics::default()),
+        max_body_bytes: config
+            .max_body_bytes
+            .unwrap_or(config.max_value_bytes.saturating_add(1 << 20)),
+        role: "leader",
+    });
+    let addr = SocketAddr::new(config.bind, config.port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    tracing::info!(%addr, "listening");
+    let server_config = ServerConfig {
+        max_connections: config.max_connections,
+        header_timeout: Duration::from_millis(config.header_timeout_ms),
+        request_timeout: Duration::from_millis(config.request_timeout_ms),
+        shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
+    };
+    serve(listener, state.clone(), server_config, shutdown_signal())
+        .await
+        .map_err(|e| format!("server failed: {e}"))?;
+    drop(state);
+    // Requests are drained: make everything durable and release the lock.
+    let closed = tokio::task::spawn_blocking(move || match Arc::try_unwrap(engine) {
+        Ok(engine) => engine.close(),
+        Err(shared) => kv_domain::Engine::sync(&*shared),
+    })
+    .await
+    .map_err(|e| format!("closing the engine failed: {e}"))?;
+    closed.map_err(|e| format!("final sync failed: {e}"))?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}

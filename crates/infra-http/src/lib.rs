@@ -1,0 +1,21 @@
+//! # kv-infra-http
+//!
+//! The REST server, on raw hyper (HTTP/1.1). [`serve`] runs it on a listener the caller bound (tests bind
+//! `127.0.0.1:0`), until a shutdown future completes, then drains in-flight requests.
+//!
+//! - [`routes`]: the API — the Go system's endpoints (`/put`, `/read`, `/readrange`, `/batchput`,
+//!   `/delete`, `/health-check`) and the binary-safe extensions under `/v1/` plus `/metrics`;
+//! - [`error`]: the one place that maps use-case errors to HTTP statuses and `{"error": ...}` bodies;
+//! - [`body`]: request bodies with limits enforced from `Content-Length` and while streaming;
+//! - [`stream`]: streamed response bodies with back-pressure, for ranges and listings;
+//! - [`metrics`]: counters and histograms rendered in the Prometheus text format;
+//! - [`server`]: connections, the connection cap, timeouts and graceful shutdown.
+
+pub mod body;
+pub mod error;
+pub mod metrics;
+pub mod routes;
+pub mod server;
+pub mod stream;
+
+pub use server::{serve, ServerConfig, ServerState};

@@ -1,0 +1,641 @@
+//! The API: routing and handlers.
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | POST | `/put` | JSON `{"key", "value"}` (`data` accepted for `value`: the Go client sends it) |
+//! | GET | `/read?key=K` | raw value bytes; 404 when absent |
+//! | GET | `/readrange?start=A&end=B[&limit=N]` | JSON object key -> value, ascending, inclusive, streamed |
+//! | POST | `/batchput` | JSON object of string pairs, applied atomically |
+//! | POST, DELETE | `/delete?key=K` | idempotent delete |
+//! | GET | `/health-check` | `OK` |
+//! | PUT, GET, DELETE | `/v1/kv/{key}` | raw bytes; the key percent-encoded in the path (binary-safe) |
+//! | GET | `/v1/kv?start&end&limit&cursor&encoding` | a page of a listing, streamed, with a cursor to continue |
+//! | GET | `/v1/status` | role, LSN, keys, segments, disk and garbage bytes, durability, recovery |
+//! | GET | `/metrics` | Prometheus text |
+//!
+//! Every write answers with its LSN in the `x-kv-lsn` header and a JSON body `{"lsn": N}`. Errors are JSON
+//! `{"error": "..."}` with the status chosen in [`crate::error`].
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::Arc;
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::{header, HeaderMap, Method, Request, Response, StatusCode};
+use kv_app::AppError;
+use kv_domain::{Key, KeyRange, Lsn, WriteBatch};
+use serde::Deserialize;
+
+use crate::body::read_body;
+use crate::error::{full, ApiError, Body};
+use crate::server::ServerState;
+use crate::stream::ChannelBody;
+
+/// Entries fetched from the engine per step of a streamed range.
+const PAGE: usize = 256;
+/// Default and maximum page size of the `/v1/kv` listing.
+const LISTING_DEFAULT: usize = 1000;
+const LISTING_MAX: usize = 10_000;
+
+/// The routes, as (metric label, allowed methods). Kept in one table so the router, the 405 `Allow` header
+/// and the OpenAPI test agree.
+pub const ROUTES: [(&str, &[&str]); 10] = [
+    ("/put", &["POST"]),
+    ("/read", &["GET"]),
+    ("/readrange", &["GET"]),
+    ("/batchput", &["POST"]),
+    ("/delete", &["POST", "DELETE"]),
+    ("/health-check", &["GET"]),
+    ("/v1/kv/{key}", &["PUT", "GET", "DELETE"]),
+    ("/v1/kv", &["GET"]),
+    ("/v1/status", &["GET"]),
+    ("/metrics", &["GET"]),
+];
+
+/// The route a path belongs to (its metric label), if any.
+pub fn route_of(path: &str) -> Option<&'static str> {
+    if path.starts_with("/v1/kv/") {
+        return Some("/v1/kv/{key}");
+    }
+    ROUTES.iter().map(|(r, _)| *r).find(|r| *r == path)
+}
+
+/// Handles one request.
+pub async fn handle(
+    state: Arc<ServerState>,
+    req: Request<Incoming>,
+) -> (&'static str, Response<Body>) {
+    let path = req.uri().path().to_string();
+    let Some(route) = route_of(&path) else {
+        return (
+            "other",
+            ApiError::not_found(format!("no route for {} {path}", req.method())).into_response(),
+        );
+    };
+    let allowed = ROUTES
+        .iter()
+        .find(|(r, _)| *r == route)
+        .map_or(&[][..], |(_, m)| *m);
+    if !allowed.contains(&req.method().as_str()) {
+        let mut resp = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!(
+                "{} does not accept {}; use {}",
+                route,
+                req.method(),
+                allowed.join(", ")
+            ),
+        )
+        .into_response();
+        if let Ok(v) = header::HeaderValue::from_str(&allowed.join(", ")) {
+            resp.headers_mut().insert(header::ALLOW, v);
+        }
+        return (route, resp);
+    }
+    let result = match route {
+        "/put" => put_json(&state, req).await,
+        "/read" => read(&state, &req),
+        "/readrange" => read_range(&state, &req),
+        "/batchput" => batch_put(&state, req).await,
+        "/delete" => delete(&state, &req).await,
+        "/health-check" => Ok(text(StatusCode::OK, "OK")),
+        "/v1/kv/{key}" => raw_kv(&state, req, &path).await,
+        "/v1/kv" => listing(&state, &req),
+        "/v1/status" => status(&state),
+        "/metrics" => Ok(metrics(&state)),
+        _ => Err(ApiError::not_found(format!("no route for {path}"))),
+    };
+    (route, result.unwrap_or_else(ApiError::into_response))
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn json(state: &ServerState, value: &serde_json::Value) -> Response<Body> {
+    let body = value.to_string();
+    state.metrics.add_bytes_out(body.len());
+    let mut resp = Response::new(full(body));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn written(state: &ServerState, lsn: Lsn) -> Response<Body> {
+    let mut resp = json(state, &serde_json::json!({ "lsn": lsn.0 }));
+    resp.headers_mut()
+        .insert("x-kv-lsn", header::HeaderValue::from(lsn.0));
+    resp
+}
+
+/// Decodes `%XX` escapes strictly (a `%` not followed by two hex digits is an error); with `plus_is_space`,
+/// `+` means a space (query strings, as Go's `url.ParseQuery` reads them).
+pub fn percent_decode(s: &str, plus_is_space: bool) -> Result<Vec<u8>, ApiError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                out.push(hex.ok_or_else(|| {
+                    ApiError::bad_request(format!("invalid percent-encoding at byte {i} of {s:?}"))
+                })?);
+                i += 3;
+            }
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Query parameters, decoded; the first occurrence of a name wins (as in Go's `Query().Get`).
+fn query(req_uri: &hyper::Uri) -> Result<BTreeMap<String, Vec<u8>>, ApiError> {
+    let mut params = BTreeMap::new();
+    for pair in req_uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = String::from_utf8(percent_decode(name, true)?)
+            .map_err(|_| ApiError::bad_request("parameter names must be UTF-8"))?;
+        let value = percent_decode(value, true)?;
+        params.entry(name).or_insert(value);
+    }
+    Ok(params)
+}
+
+fn required<'a>(params: &'a BTreeMap<String, Vec<u8>>, name: &str) -> Result<&'a [u8], ApiError> {
+    match params.get(name) {
+        Some(v) if !v.is_empty() => Ok(v),
+        Some(_) => Err(ApiError::bad_request(format!(
+            "query parameter {name:?} must not be empty"
+        ))),
+        None => Err(ApiError::bad_request(format!(
+            "missing query parameter {name:?}"
+        ))),
+    }
+}
+
+fn limit_param(
+    params: &BTreeMap<String, Vec<u8>>,
+    default: usize,
+    max: usize,
+) -> Result<usize, ApiError> {
+    match params.get("limit") {
+        None => Ok(default),
+        Some(v) => std::str::from_utf8(v)
+            .ok()
+            .and_then(|s| s.parse::<usize>().ok())
+            .filter(|&n| n > 0 && n <= max)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("limit must be an integer from 1 to {max}"))
+            }),
+    }
+}
+
+/// Rejects bodies whose declared content type cannot be JSON. No header, `application/json`, `text/plain` and
+/// curl's default for `-d` (`application/x-www-form-urlencoded`) are accepted, so existing clients keep working.
+fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let ct = ct
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if ct.is_empty()
+        || ct == "application/json"
+        || ct.ends_with("+json")
+        || ct == "text/plain"
+        || ct == "application/x-www-form-urlencoded"
+    {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("expected a JSON body, got Content-Type {ct}"),
+        ))
+    }
+}
+
+async fn json_body(state: &ServerState, req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    let (parts, body) = req.into_parts();
+    check_json_content_type(&parts.headers)?;
+    let bytes = read_body(&parts.headers, body, state.max_body_bytes, false).await?;
+    state.metrics.add_bytes_in(bytes.len());
+    Ok(bytes)
+}
+
+/// Runs a blocking engine call off the async workers (writes may wait for an fsync).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, AppError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("request task failed: {e}"),
+            )
+        })?
+        .map_err(ApiError::from)
+}
+
+#[derive(Deserialize)]
+struct PutRequest {
+    key: String,
+    value: Option<String>,
+    data: Option<String>,
+}
+
+async fn put_json(state: &ServerState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let bytes = json_body(state, req).await?;
+    let body: PutRequest = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    let value = match (body.value, body.data) {
+        (Some(v), None) | (None, Some(v)) => v,
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "give either \"value\" or \"data\", not both",
+            ))
+        }
+        (None, None) => return Err(ApiError::bad_request("missing field \"value\"")),
+    };
+    let service = state.service.clone();
+    let lsn = blocking(move || service.put(body.key.as_bytes(), value.as_bytes())).await?;
+    Ok(written(state, lsn))
+}
+
+fn read(state: &ServerState, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let params = query(req.uri())?;
+    let key = required(&params, "key")?;
+    // A read is one keydir lookup and one positional read of (usually cached) bytes: run it inline.
+    let value = state.service.read(key)?;
+    state.metrics.add_bytes_out(value.len());
+    let mut resp = Response::new(full(value.into_bytes()));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/octet-stream"),
+    );
+    Ok(resp)
+}
+
+async fn batch_put(
+    state: &ServerState,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let bytes = json_body(state, req).await?;
+    let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes)
+        .map_err(|e| {
+            ApiError::bad_request(format!(
+                "invalid JSON body (expected an object of string values): {e}"
+            ))
+        })?;
+    let mut batch = WriteBatch::new();
+    for (k, v) in object {
+        let serde_json::Value::String(v) = v else {
+            return Err(ApiError::bad_request(format!(
+                "value of key {k:?} must be a string"
+            )));
+        };
+        batch.put(k, v);
+    }
+    let service = state.service.clone();
+    let lsn = blocking(move || service.batch_put(&batch)).await?;
+    Ok(written(state, lsn))
+}
+
+async fn delete(state: &ServerState, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let params = query(req.uri())?;
+    let key = required(&params, "key")?.to_vec();
+    let service = state.service.clone();
+    let lsn = blocking(move || service.delete(&key)).await?;
+    Ok(written(state, lsn))
+}
+
+fn utf8(bytes: &[u8], what: &str) -> Result<String, std::io::Error> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{what} is not valid UTF-8; /readrange serves text only, use GET /v1/kv?encoding=base64"))
+    })
+}
+
+/// `/readrange`: a JSON object streamed page by page; aborted (truncated body) if a key or value is not
+/// UTF-8, since JSON strings could only carry it altered.
+fn read_range(state: &ServerState, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let params = query(req.uri())?;
+    let start = required(&params, "start")?.to_vec();
+    let end = required(&params, "end")?.to_vec();
+    let limit = limit_param(&params, usize::MAX, usize::MAX)?;
+    // Validate (bounds order) and fetch the first page before answering 200, so bad input gets its status.
+    let first = state.service.read_range(&start, &end, PAGE.min(limit))?;
+    let (tx, body) = ChannelBody::channel(state.metrics.clone());
+    let service = state.service.clone();
+    tokio::task::spawn_blocking(move || {
+        let range = KeyRange::inclusive(start, end);
+        let mut page = first;
+        let mut want = PAGE.min(limit);
+        let mut sent = 0usize;
+        let mut out = String::from("{");
+        loop {
+            for e in &page {
+                let item = utf8(&e.key, "a key").and_then(|k| {
+                    utf8(&e.value, &format!("the value of key {k:?}")).map(|v| (k, v))
+                });
+                match item {
+                    Ok((k, v)) => {
+                        if sent > 0 {
+                            out.push(',');
+                        }
+                        out.push_str(&serde_json::Value::String(k).to_string());
+                        out.push(':');
+                        out.push_str(&serde_json::Value::String(v).to_string());
+                        sent += 1;
+                    }
+                    Err(err) => {
+                        tracing::warn!("aborting /readrange: {err}");
+                        let _ = tx.blocking_send(Err(err));
+                        return;
+                    }
+                }
+            }
+            if tx
+                .blocking_send(Ok(Bytes::from(std::mem::take(&mut out))))
+                .is_err()
+            {
+                return; // the client went away
+            }
+            let Some(last) = page.last().map(|e| e.key.clone()) else {
+                break;
+            };
+            if sent >= limit || page.len() < want {
+                break;
+            }
+            want = PAGE.min(limit - sent);
+            match service.read_range_page(&range.after(&last), want) {
+                Ok(p) if !p.is_empty() => page = p,
+                Ok(_) => break,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                    return;
+                }
+            }
+        }
+        let _ = tx.blocking_send(Ok(Bytes::from_static(b"}")));
+    });
+    let mut resp = Response::new(body.boxed());
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}
+
+fn encoded_field(name: &str, bytes: &[u8], force_base64: bool) -> String {
+    match (force_base64, std::str::from_utf8(bytes)) {
+        (false, Ok(s)) => format!(
+            "{}:{}",
+            serde_json::Value::String(name.into()),
+            serde_json::Value::String(s.into())
+        ),
+        _ => format!(
+            "{}:{}",
+            serde_json::Value::String(format!("{name}_base64")),
+            serde_json::Value::String(STANDARD.encode(bytes))
+        ),
+    }
+}
+
+/// `/v1/kv` listing: `{"items":[{"key":..,"value":..},...],"next_cursor":..}`, streamed. A key or value that is
+/// not UTF-8 (or every one, with `encoding=base64`) comes as `key_base64` / `value_base64` instead.
+fn listing(state: &ServerState, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let params = query(req.uri())?;
+    let force_base64 = match params.get("encoding").map(Vec::as_slice) {
+        None | Some(b"utf8") => false,
+        Some(b"base64") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "encoding must be utf8 or base64, not {:?}",
+                String::from_utf8_lossy(other)
+            )))
+        }
+    };
+    let limit = limit_param(&params, LISTING_DEFAULT, LISTING_MAX)?;
+    let bound = |name: &str| {
+        params
+            .get(name)
+            .filter(|v| !v.is_empty())
+            .map_or(Bound::Unbounded, |v| Bound::Included(Key::from(v.clone())))
+    };
+    let mut range = KeyRange {
+        start: bound("start"),
+        end: bound("end"),
+    };
+    if let Some(cursor) = params.get("cursor").filter(|c| !c.is_empty()) {
+        let last = URL_SAFE_NO_PAD
+            .decode(cursor)
+            .map_err(|_| ApiError::bad_request("invalid cursor"))?;
+        range = range.after(&last);
+    }
+    if let (Bound::Included(s), Bound::Included(e)) = (&range.start, &range.end) {
+        if s > e {
+            return Err(AppError::InvertedRange {
+                start: String::from_utf8_lossy(s).into(),
+                end: String::from_utf8_lossy(e).into(),
+            }
+            .into());
+        }
+    }
+    let first = state.service.read_range_page(&range, PAGE.min(limit))?;
+    let (tx, body) = ChannelBody::channel(state.metrics.clone());
+    let service = state.service.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut page = first;
+        let mut want = PAGE.min(limit);
+        let mut sent = 0usize;
+        let mut last: Option<Key> = None;
+        let mut out = String::from("{\"items\":[");
+        loop {
+            for e in &page {
+                if sent > 0 {
+                    out.push(',');
+                }
+                out.push('{');
+                out.push_str(&encoded_field("key", &e.key, force_base64));
+                out.push(',');
+                out.push_str(&encoded_field("value", &e.value, force_base64));
+                out.push('}');
+                sent += 1;
+            }
+            if let Some(l) = page.last() {
+                last = Some(l.key.clone());
+            }
+            if tx
+                .blocking_send(Ok(Bytes::from(std::mem::take(&mut out))))
+                .is_err()
+            {
+                return;
+            }
+            if sent >= limit || page.len() < want {
+                break;
+            }
+            let Some(l) = &last else { break };
+            want = PAGE.min(limit - sent);
+            match service.read_range_page(&range.after(l), want) {
+                Ok(p) if !p.is_empty() => page = p,
+                Ok(_) => break,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                    return;
+                }
+            }
+        }
+        // A cursor only when the page is full and something follows it.
+        let next = match &last {
+            Some(l) if sent >= limit => match service.read_range_page(&range.after(l), 1) {
+                Ok(p) if !p.is_empty() => {
+                    serde_json::Value::String(URL_SAFE_NO_PAD.encode(l.as_bytes()))
+                }
+                _ => serde_json::Value::Null,
+            },
+            _ => serde_json::Value::Null,
+        };
+        let _ = tx.blocking_send(Ok(Bytes::from(format!("],\"next_cursor\":{next}}}"))));
+    });
+    let mut resp = Response::new(body.boxed());
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}
+
+async fn raw_kv(
+    state: &ServerState,
+    req: Request<Incoming>,
+    path: &str,
+) -> Result<Response<Body>, ApiError> {
+    let key = percent_decode(path.trim_start_matches("/v1/kv/"), false)?;
+    if key.is_empty() {
+        return Err(AppError::EmptyKey.into());
+    }
+    match *req.method() {
+        Method::GET => {
+            let value = state.service.read(&key)?;
+            state.metrics.add_bytes_out(value.len());
+            let mut resp = Response::new(full(value.into_bytes()));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/octet-stream"),
+            );
+            Ok(resp)
+        }
+        Method::DELETE => {
+            let service = state.service.clone();
+            let lsn = blocking(move || service.delete(&key)).await?;
+            Ok(written(state, lsn))
+        }
+        _ => {
+            let (parts, body) = req.into_parts();
+            let value = read_body(&parts.headers, body, state.max_body_bytes, true).await?;
+            state.metrics.add_bytes_in(value.len());
+            let service = state.service.clone();
+            let lsn = blocking(move || service.put(&key, &value)).await?;
+            Ok(written(state, lsn))
+        }
+    }
+}
+
+fn status(state: &ServerState) -> Result<Response<Body>, ApiError> {
+    let s = state.service.engine().status();
+    let ratio = if s.disk_bytes == 0 {
+        0.0
+    } else {
+        s.garbage_bytes as f64 / s.disk_bytes as f64
+    };
+    Ok(json(
+        state,
+        &serde_json::json!({
+            "role": state.role,
+            "last_lsn": s.last_lsn.0,
+            "keys": s.keys,
+            "segments": s.segments,
+            "disk_bytes": s.disk_bytes,
+            "garbage_bytes": s.garbage_bytes,
+            "garbage_ratio": ratio,
+            "durability": s.durability.to_string(),
+            "poisoned": s.poisoned,
+            "writes": s.writes,
+            "fsyncs": s.fsyncs,
+            "recovery": {
+                "segments": s.recovery.segments,
+                "records": s.recovery.records,
+                "truncated_bytes": s.recovery.truncated_bytes,
+                "truncated_copy": s.recovery.truncated_copy,
+                "notes": s.recovery.notes,
+            },
+            "followers": [],
+        }),
+    ))
+}
+
+fn metrics(state: &ServerState) -> Response<Body> {
+    let text = state.metrics.render(&state.service.engine().status());
+    let mut resp = Response::new(full(text));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding_is_strict_and_binary_safe() {
+        assert_eq!(percent_decode("a%20b+c", true).unwrap(), b"a b c");
+        assert_eq!(percent_decode("a+b", false).unwrap(), b"a+b");
+        assert_eq!(percent_decode("%ff%00", false).unwrap(), vec![0xff, 0]);
+        assert!(percent_decode("%zz", false).is_err());
+        assert!(percent_decode("abc%4", false).is_err());
+    }
+
+    #[test]
+    fn every_route_resolves() {
+        for (route, _) in ROUTES {
+            let path = route.replace("{key}", "k");
+            assert_eq!(route_of(&path), Some(route));
+        }
+        assert_eq!(route_of("/nope"), None);
+    }
+}

@@ -1,0 +1,51 @@
+//! Streamed response bodies. A producer (a blocking task paging through the engine) sends chunks into a
+//! bounded channel; the body yields them as hyper asks. The bound gives back-pressure: a slow client slows
+//! the producer instead of growing memory, so a range of any size is served in bounded memory.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame};
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+
+/// Chunks in flight per streamed response.
+pub const CHANNEL_CHUNKS: usize = 4;
+
+/// A body fed by a channel. An `Err` chunk aborts the response (the client sees a truncated body and a
+/// closed connection, never a well-formed but wrong answer).
+#[derive(Debug)]
+pub struct ChannelBody {
+    rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    metrics: Arc<Metrics>,
+}
+
+impl ChannelBody {
+    /// A body and the sender that feeds it.
+    pub fn channel(metrics: Arc<Metrics>) -> (mpsc::Sender<Result<Bytes, std::io::Error>>, Self) {
+        let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+        (tx, Self { rx, metrics })
+    }
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.rx.poll_recv(cx).map(|chunk| {
+            chunk.map(|r| {
+                r.map(|bytes| {
+                    self.metrics.add_bytes_out(bytes.len());
+                    Frame::data(bytes)
+                })
+            })
+        })
+    }
+}
