@@ -7,7 +7,8 @@ CARGO ?= cargo
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-test: ## Run every test of the workspace (unit, property, golden, recovery, crash loops)
+test: ## Run every test of the workspace (unit, property, golden, recovery, crash loops, HTTP, processes)
+	$(CARGO) build -p kv-server
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
@@ -31,6 +32,7 @@ bench-index: ## Keydir memory per key and read latency under writes, at 1 M and 
 	$(CARGO) bench -p kv-infra-fs --bench index
 
 soak: ## Long reliability runs: 200 SIGKILL cycles, 1000 power-loss histories (release build)
+	$(CARGO) build --release -p kv-server
 	CRASH_CYCLES=200 $(CARGO) test --release -p integration-tests --test crash_recovery -- --nocapture
 	POWER_LOSS_HISTORIES=1000 $(CARGO) test --release -p kv-infra-fs --test power_loss -- --nocapture
 	PROPTEST_CASES=2000 $(CARGO) test --release -p kv-infra-fs --test model

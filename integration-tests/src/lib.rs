@@ -1,1 +1,191 @@
-//! Helpers shared by the process-level tests; the tests themselves live in `tests/`.
+//! Helpers shared by the process-level tests (the tests themselves live in `tests/`): locating and running
+//! the real `kv-server` binary, and a minimal blocking HTTP/1.1 client.
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `kv-server` binary of the same build profile as this test (`make test` builds it first).
+pub fn server_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> -> target/<profile>/kv-server
+    let path = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .unwrap()
+        .join("kv-server");
+    assert!(
+        path.exists(),
+        "{} not found: build it first with `cargo build -p kv-server` (make test does)",
+        path.display()
+    );
+    path
+}
+
+/// A free port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `kv-server` child process, killed on drop.
+#[derive(Debug)]
+pub struct Server {
+    /// The child.
+    pub child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+/// A minimal blocking HTTP/1.1 client: one connection per request (`Connection: close`).
+#[derive(Debug, Clone, Copy)]
+pub struct Client {
+    /// The server's address.
+    pub addr: SocketAddr,
+}
+
+impl Server {
+    /// Starts the server on `port` with `data_dir` and extra arguments, and waits until it answers.
+    pub fn start(data_dir: &std::path::Path, port: u16, extra: &[&str]) -> Server {
+        let child = Command::new(server_binary())
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--data-path",
+                data_dir.to_str().unwrap(),
+            ])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let server = Server {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(r) = server.try_request("GET", "/health-check", b"") {
+                if r.0 == 200 {
+                    return server;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("kv-server did not become healthy on {}", server.addr);
+    }
+
+    /// Sends a signal to the child (`TERM`, `KILL`, ...).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{name} failed");
+    }
+
+    /// Waits for the child to exit, returning its exit code (None when killed by a signal).
+    pub fn wait(&mut self) -> Option<i32> {
+        self.child.wait().unwrap().code()
+    }
+
+    /// A client of this server.
+    pub fn client(&self) -> Client {
+        Client { addr: self.addr }
+    }
+
+    /// One request: (status, body).
+    pub fn request(&self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        self.client().request(method, path, body)
+    }
+
+    /// One request; an I/O error if the server is unreachable or closes early.
+    pub fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> std::io::Result<(u16, Vec<u8>)> {
+        self.client().try_request(method, path, body)
+    }
+}
+
+impl Client {
+    /// One request: (status, body).
+    pub fn request(&self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        self.try_request(method, path, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// One request; an I/O error if the server is unreachable or closes early.
+    pub fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> std::io::Result<(u16, Vec<u8>)> {
+        let mut s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        req.extend_from_slice(body);
+        s.write_all(&req)?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw)?;
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no response"))?;
+        let head = String::from_utf8_lossy(&raw[..split]).to_string();
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = &raw[split + 4..];
+        let chunked = head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked");
+        Ok((
+            status,
+            if chunked {
+                dechunk(body)
+            } else {
+                body.to_vec()
+            },
+        ))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Decodes a chunked body (streamed responses).
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&b[..eol])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
+            .unwrap_or(0);
+        if size == 0 || b.len() < eol + 2 + size {
+            break;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + size]);
+        b = b.get(eol + 4 + size..).unwrap_or_default();
+    }
+    out
+}

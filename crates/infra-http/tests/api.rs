@@ -1,0 +1,251 @@
+//! The HTTP API over a real socket: the Go system's endpoints, the binary-safe extensions, status and
+//! metrics, streamed ranges, and the maximum value size.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::TestServer;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_go_systems_endpoints_work_as_its_readme_and_client_use_them() {
+    let s = TestServer::default().await;
+    // README example: {"key","value"}; the Go client sends "data"; curl -d sends form-urlencoded.
+    let r = s
+        .post_json("/put", r#"{"key": "somekey", "value": "somevalue"}"#)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.header("x-kv-lsn").is_some());
+    assert_eq!(
+        s.request(
+            "POST",
+            "/put",
+            Some("application/x-www-form-urlencoded"),
+            br#"{"key":"k2","data":"from-go-client"}"#
+        )
+        .await
+        .status,
+        200
+    );
+    let r = s.get("/read?key=somekey").await;
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"somevalue"[..]));
+    assert_eq!(r.header("content-type"), Some("application/octet-stream"));
+    assert_eq!(s.get("/read?key=k2").await.body, b"from-go-client");
+    assert_eq!(s.get("/read?key=missing").await.status, 404);
+
+    // batchput is atomic and readrange is ordered by key, inclusive, with bounds that need not exist.
+    let r = s
+        .post_json("/batchput", r#"{"b":"2","d":"4","a":"1","c":"3"}"#)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = s.get("/readrange?start=a&end=c").await;
+    assert_eq!(r.text(), r#"{"a":"1","b":"2","c":"3"}"#);
+    let r = s.get("/readrange?start=aa&end=cc").await;
+    assert_eq!(r.text(), r#"{"b":"2","c":"3"}"#);
+    assert_eq!(
+        s.get("/readrange?start=a&end=z&limit=2").await.text(),
+        r#"{"a":"1","b":"2"}"#
+    );
+    assert_eq!(s.get("/readrange?start=x&end=y").await.text(), "{}");
+
+    // delete: POST (README) and DELETE (the Go handler); idempotent.
+    assert_eq!(
+        s.request("POST", "/delete?key=a", None, b"").await.status,
+        200
+    );
+    assert_eq!(
+        s.request("DELETE", "/delete?key=b", None, b"").await.status,
+        200
+    );
+    assert_eq!(
+        s.request("DELETE", "/delete?key=never-was", None, b"")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(s.get("/read?key=a").await.status, 404);
+    assert_eq!(
+        s.get("/readrange?start=a&end=d").await.text(),
+        r#"{"c":"3","d":"4"}"#
+    );
+
+    let r = s.get("/health-check").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "OK"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_values_are_present_and_distinct_from_absent() {
+    let s = TestServer::default().await;
+    assert_eq!(
+        s.post_json("/put", r#"{"key":"e","value":""}"#)
+            .await
+            .status,
+        200
+    );
+    let r = s.get("/read?key=e").await;
+    assert_eq!((r.status, r.body.len()), (200, 0));
+    assert_eq!(
+        s.get("/readrange?start=a&end=z").await.text(),
+        r#"{"e":""}"#
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_binary_keys_and_values_round_trip() {
+    let s = TestServer::default().await;
+    let value: Vec<u8> = (0..=255u8).collect();
+    let r = s
+        .request(
+            "PUT",
+            "/v1/kv/bin%00%FF%2Fkey",
+            Some("application/octet-stream"),
+            &value,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["lsn"], 1);
+    let r = s.get("/v1/kv/bin%00%FF%2Fkey").await;
+    assert_eq!((r.status, &r.body), (200, &value));
+    assert_eq!(
+        s.snapshot(),
+        vec![(b"bin\x00\xff/key".to_vec(), value.clone())],
+        "the key is exactly the decoded bytes"
+    );
+    // The same bytes are reachable through the query-string API too.
+    assert_eq!(s.get("/read?key=bin%00%FF%2Fkey").await.body, value);
+    assert_eq!(
+        s.request("DELETE", "/v1/kv/bin%00%FF%2Fkey", None, b"")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(s.get("/v1/kv/bin%00%FF%2Fkey").await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listing_pages_with_a_cursor_and_uses_base64_for_binary() {
+    let s = TestServer::default().await;
+    for i in 0..25 {
+        s.request(
+            "PUT",
+            &format!("/v1/kv/k{i:02}"),
+            None,
+            format!("v{i}").as_bytes(),
+        )
+        .await;
+    }
+    s.request("PUT", "/v1/kv/k99", None, &[0xff, 0xfe]).await;
+    let mut keys = Vec::new();
+    let mut cursor = String::new();
+    let mut pages = 0;
+    loop {
+        let r = s
+            .get(&format!(
+                "/v1/kv?start=k00&end=k99&limit=10&cursor={cursor}"
+            ))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let page = r.json();
+        for item in page["items"].as_array().unwrap() {
+            keys.push(item["key"].as_str().unwrap().to_string());
+            if item["key"] == "k99" {
+                assert_eq!(
+                    item["value_base64"], "//4=",
+                    "a non-UTF-8 value comes as base64"
+                );
+            }
+        }
+        pages += 1;
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = c.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    let mut expected: Vec<String> = (0..25).map(|i| format!("k{i:02}")).collect();
+    expected.push("k99".into());
+    assert_eq!(keys, expected);
+    let r = s.get("/v1/kv?start=k00&end=k00&encoding=base64").await;
+    assert_eq!(r.json()["items"][0]["key_base64"], "azAw");
+    assert_eq!(r.json()["items"][0]["value_base64"], "djA=");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_ranges_stream_completely_and_in_order() {
+    let s = TestServer::start(
+        kv_app::Limits::default(),
+        Default::default(),
+        kv_domain::Durability::Never,
+    )
+    .await;
+    let mut body = String::from("{");
+    for i in 0..3000 {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&format!("\"key{i:05}\":\"{}\"", "x".repeat(i % 50)));
+    }
+    body.push('}');
+    assert_eq!(s.post_json("/batchput", &body).await.status, 200);
+    let r = s.get("/readrange?start=key00000&end=key99999").await;
+    assert_eq!(
+        r.header("transfer-encoding"),
+        Some("chunked"),
+        "range responses are streamed"
+    );
+    let got: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(got.len(), 3000);
+    let r = s
+        .get("/readrange?start=key00000&end=key99999&limit=1000")
+        .await;
+    let text = r.text();
+    assert_eq!(text.matches("\"key").count(), 1000);
+    assert!(text.starts_with("{\"key00000\"") && text.ends_with("}"));
+    let r = s.get("/v1/kv?limit=2999").await;
+    assert_eq!(r.json()["items"].as_array().unwrap().len(), 2999);
+    assert!(r.json()["next_cursor"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_metrics_report_the_engine_and_requests() {
+    let s = TestServer::default().await;
+    s.post_json("/put", r#"{"key":"a","value":"1"}"#).await;
+    s.post_json("/put", r#"{"key":"a","value":"2"}"#).await;
+    s.get("/read?key=zz").await;
+    let st = s.get("/v1/status").await.json();
+    assert_eq!(st["role"], "leader");
+    assert_eq!(st["last_lsn"], 2);
+    assert_eq!(st["keys"], 1);
+    assert_eq!(st["segments"], 1);
+    assert_eq!(st["durability"], "always");
+    assert!(st["garbage_ratio"].as_f64().unwrap() > 0.0);
+    assert!(st["disk_bytes"].as_u64().unwrap() > 0);
+    let m = s.get("/metrics").await.text();
+    for needle in [
+        "kv_http_requests_total{route=\"/put\",status=\"200\"} 2",
+        "kv_http_requests_total{route=\"/read\",status=\"404\"} 1",
+        "kv_http_request_duration_seconds_bucket{route=\"/put\",status=\"200\",le=\"+Inf\"} 2",
+        "kv_keys 1",
+        "kv_poisoned 0",
+        "kv_group_commit_size_sum 2",
+        "kv_http_request_bytes_total",
+        "kv_fsyncs_total",
+    ] {
+        assert!(m.contains(needle), "metrics lack {needle}:\n{m}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_of_the_maximum_size_round_trips() {
+    let s = TestServer::default().await;
+    let max = kv_app::Limits::DEFAULT_MAX_VALUE_BYTES;
+    let value: Vec<u8> = (0..max).map(|i| (i * 31 % 251) as u8).collect();
+    let r = s.request("PUT", "/v1/kv/big", None, &value).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = s.get("/v1/kv/big").await;
+    assert_eq!(r.body.len(), max);
+    assert!(r.body == value, "the 64 MiB value came back different");
+    let r = s
+        .request("PUT", "/v1/kv/big2", None, &vec![0u8; max + 1])
+        .await;
+    assert_eq!(r.status, 413, "{}", r.text());
+}
