@@ -2,10 +2,16 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help test lint bench bench-engine bench-index soak fmt clean-bench
+.PHONY: help run-leader test lint bench bench-engine bench-index bench-http soak fmt clean-bench
+
+PORT ?= 8080
+DATA ?= ./data
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+run-leader: ## Run the server: a standalone leader on $(PORT) with data in $(DATA) (no other configuration)
+	$(CARGO) run --release -p kv-server -- --port $(PORT) --data-path $(DATA)
 
 test: ## Run every test of the workspace (unit, property, golden, recovery, crash loops, HTTP, processes)
 	$(CARGO) build -p kv-server

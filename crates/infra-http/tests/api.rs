@@ -249,3 +249,46 @@ async fn a_value_of_the_maximum_size_round_trips() {
         .await;
     assert_eq!(r.status, 413, "{}", r.text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_accepting_and_finishes_in_flight_requests() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::default().await;
+    let (addr, engine) = (s.addr, s.engine.clone());
+    // A request whose body is only half sent when shutdown begins.
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.write_all(b"PUT /v1/kv/inflight HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n01234")
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let shutdown = tokio::spawn(s.shutdown());
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no new connections once shutdown began"
+    );
+    c.write_all(b"56789").await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), c.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let r = common::Resp::parse(&buf);
+    assert_eq!(
+        r.status,
+        200,
+        "the in-flight request completed: {}",
+        r.text()
+    );
+    tokio::time::timeout(std::time::Duration::from_secs(10), shutdown)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        kv_domain::Engine::get(&*engine, b"inflight")
+            .unwrap()
+            .unwrap()
+            .as_bytes(),
+        b"0123456789"
+    );
+}
