@@ -29,13 +29,16 @@ lint: ## rustfmt, clippy (warnings are errors) and rustdoc (warnings are errors)
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-bench: bench-engine bench-index ## All benchmarks (results go in docs/benchmarks.md)
+bench: bench-engine bench-index bench-http ## All benchmarks (results go in docs/benchmarks.md)
 
 bench-engine: ## Engine throughput, latency, open time (BENCH_INDEX, BENCH_KEYS, BENCH_SECS, BENCH_ONLY)
 	$(CARGO) bench -p kv-infra-fs --bench engine
 
 bench-index: ## Keydir memory per key and read latency under writes, at 1 M and 10 M keys
 	$(CARGO) bench -p kv-infra-fs --bench index
+
+bench-http: ## HTTP load with wrk against kv-server and a bare hyper ceiling server (needs wrk: apt-get install wrk)
+	bench/http/run.sh
 
 soak: ## Long reliability runs: 200 SIGKILL cycles, 1000 power-loss histories (release build)
 	$(CARGO) build --release -p kv-server

@@ -2,50 +2,88 @@
 //! bytes in and out, and the engine's gauges and counters (keys, segments, fsyncs, group-commit sizes,
 //! poisoned flag).
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use kv_domain::{EngineStatus, GroupCommitStats};
+
+use crate::routes;
 
 /// Latency histogram bucket bounds, in seconds.
 const BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-#[derive(Debug, Default, Clone)]
-struct RouteStats {
-    count: u64,
-    sum_secs: f64,
+/// Statuses with a series of their own; anything else is counted under "other".
+const STATUSES: [u16; 11] = [200, 400, 404, 405, 408, 411, 413, 415, 500, 503, 507];
+/// Route labels: the router's, then "other" for unknown paths.
+const ROUTE_COUNT: usize = routes::ROUTES.len() + 1;
+
+/// One (route, status) series: lock-free counters, so recording a request never contends on a lock.
+#[derive(Debug, Default)]
+struct Series {
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
     /// Non-cumulative counts per bucket; the last entry is "+Inf".
-    buckets: [u64; BUCKETS.len() + 1],
+    buckets: [AtomicU64; BUCKETS.len() + 1],
 }
 
-/// The server's metrics. A std `Mutex` guards the per-route table: the critical section is a few additions,
-/// never held across an `.await`.
-#[derive(Debug, Default)]
+/// The server's metrics: a fixed table of atomic series, one per route and status.
+#[derive(Debug)]
 pub struct Metrics {
-    routes: Mutex<BTreeMap<(&'static str, u16), RouteStats>>,
+    series: Vec<Series>,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            series: (0..ROUTE_COUNT * (STATUSES.len() + 1))
+                .map(|_| Series::default())
+                .collect(),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+        }
+    }
+}
+
+fn route_label(i: usize) -> &'static str {
+    routes::ROUTES.get(i).map_or("other", |(r, _)| *r)
+}
+
+fn status_label(i: usize) -> String {
+    STATUSES
+        .get(i)
+        .map_or_else(|| "other".to_string(), u16::to_string)
 }
 
 impl Metrics {
     /// Records one request.
     pub fn observe(&self, route: &'static str, status: u16, latency: Duration) {
+        let r = routes::ROUTES
+            .iter()
+            .position(|(label, _)| *label == route)
+            .unwrap_or(ROUTE_COUNT - 1);
+        let st = STATUSES
+            .iter()
+            .position(|&x| x == status)
+            .unwrap_or(STATUSES.len());
+        let Some(series) = self.series.get(r * (STATUSES.len() + 1) + st) else {
+            return;
+        };
         let secs = latency.as_secs_f64();
-        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
-        let stats = routes.entry((route, status)).or_default();
-        stats.count += 1;
-        stats.sum_secs += secs;
+        series.count.fetch_add(1, Ordering::Relaxed);
+        series
+            .sum_nanos
+            .fetch_add(latency.as_nanos() as u64, Ordering::Relaxed);
         let bucket = BUCKETS
             .iter()
             .position(|&b| secs <= b)
             .unwrap_or(BUCKETS.len());
-        if let Some(b) = stats.buckets.get_mut(bucket) {
-            *b += 1;
+        if let Some(b) = series.buckets.get(bucket) {
+            b.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -62,49 +100,63 @@ impl Metrics {
     /// The Prometheus text exposition of everything.
     pub fn render(&self, engine: &EngineStatus) -> String {
         let mut out = String::new();
-        let routes = self
-            .routes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        // Snapshot of the non-empty series: (labels, count, sum in seconds, bucket counts).
+        let series: Vec<(String, u64, f64, Vec<u64>)> = self
+            .series
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let count = s.count.load(Ordering::Relaxed);
+                (count > 0).then(|| {
+                    let (r, st) = (i / (STATUSES.len() + 1), i % (STATUSES.len() + 1));
+                    let labels = format!(
+                        "route=\"{}\",status=\"{}\"",
+                        route_label(r),
+                        status_label(st)
+                    );
+                    let sum = s.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+                    (
+                        labels,
+                        count,
+                        sum,
+                        s.buckets
+                            .iter()
+                            .map(|b| b.load(Ordering::Relaxed))
+                            .collect(),
+                    )
+                })
+            })
+            .collect();
         let _ = writeln!(
             out,
             "# HELP kv_http_requests_total HTTP requests by route and status."
         );
         let _ = writeln!(out, "# TYPE kv_http_requests_total counter");
-        for ((route, status), s) in &routes {
-            let _ = writeln!(
-                out,
-                "kv_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {}",
-                s.count
-            );
+        for (labels, count, _, _) in &series {
+            let _ = writeln!(out, "kv_http_requests_total{{{labels}}} {count}");
         }
         let _ = writeln!(
             out,
             "# HELP kv_http_request_duration_seconds Request latency by route and status."
         );
         let _ = writeln!(out, "# TYPE kv_http_request_duration_seconds histogram");
-        for ((route, status), s) in &routes {
-            let labels = format!("route=\"{route}\",status=\"{status}\"");
+        for (labels, count, sum, buckets) in &series {
             let mut cumulative = 0;
             for (i, bound) in BUCKETS.iter().enumerate() {
-                cumulative += s.buckets.get(i).copied().unwrap_or(0);
+                cumulative += buckets.get(i).copied().unwrap_or(0);
                 let _ = writeln!(out, "kv_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
             }
             let _ = writeln!(
                 out,
-                "kv_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
-                s.count
+                "kv_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}"
             );
             let _ = writeln!(
                 out,
-                "kv_http_request_duration_seconds_sum{{{labels}}} {}",
-                s.sum_secs
+                "kv_http_request_duration_seconds_sum{{{labels}}} {sum}"
             );
             let _ = writeln!(
                 out,
-                "kv_http_request_duration_seconds_count{{{labels}}} {}",
-                s.count
+                "kv_http_request_duration_seconds_count{{{labels}}} {count}"
             );
         }
         let counter = |out: &mut String, name: &str, help: &str, v: u64| {
@@ -198,6 +250,7 @@ mod tests {
         m.observe("/read", 200, Duration::from_micros(50));
         m.observe("/read", 200, Duration::from_millis(3));
         m.observe("/read", 404, Duration::from_millis(3));
+        m.observe("other", 418, Duration::from_millis(3));
         let text = m.render(&EngineStatus::default());
         assert!(
             text.contains("kv_http_requests_total{route=\"/read\",status=\"200\"} 2"),
@@ -206,5 +259,13 @@ mod tests {
         assert!(text.contains("kv_http_request_duration_seconds_bucket{route=\"/read\",status=\"200\",le=\"0.0001\"} 1"));
         assert!(text.contains("kv_http_request_duration_seconds_bucket{route=\"/read\",status=\"200\",le=\"0.005\"} 2"));
         assert!(text.contains("kv_poisoned 0"));
+        assert!(
+            text.contains("kv_http_requests_total{route=\"other\",status=\"other\"} 1"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("route=\"/put\""),
+            "series with no requests are not rendered"
+        );
     }
 }

@@ -32,6 +32,9 @@ pub struct ServerState {
     pub max_body_bytes: usize,
     /// `leader` or `follower`, for the status endpoint.
     pub role: &'static str,
+    /// Run writes on the async workers instead of the blocking pool: true only when writes never wait for
+    /// an fsync (durability `never` or `interval`).
+    pub inline_writes: bool,
 }
 
 /// Connection-level limits.
