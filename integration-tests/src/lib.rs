@@ -74,7 +74,7 @@ impl Server {
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if let Ok(r) = server.try_request("GET", "/health-check", b"") {
+            if let Ok(r) = server.client().try_request("GET", "/health-check", b"") {
                 if r.0 == 200 {
                     return server;
                 }
@@ -102,21 +102,6 @@ impl Server {
     /// A client of this server.
     pub fn client(&self) -> Client {
         Client { addr: self.addr }
-    }
-
-    /// One request: (status, body).
-    pub fn request(&self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
-        self.client().request(method, path, body)
-    }
-
-    /// One request; an I/O error if the server is unreachable or closes early.
-    pub fn try_request(
-        &self,
-        method: &str,
-        path: &str,
-        body: &[u8],
-    ) -> std::io::Result<(u16, Vec<u8>)> {
-        self.client().try_request(method, path, body)
     }
 }
 

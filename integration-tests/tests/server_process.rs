@@ -14,27 +14,34 @@ fn sigterm_drains_syncs_and_exits_zero_and_a_restart_reads_everything_back() {
     let port = free_port();
     let mut server = Server::start(dir.path(), port, &["--durability", "never"]);
     for i in 0..200 {
-        let (status, _) = server.request(
+        let (status, _) = server.client().request(
             "POST",
             "/put",
             format!(r#"{{"key":"k{i:03}","value":"v{i}"}}"#).as_bytes(),
         );
         assert_eq!(status, 200);
     }
-    server.request("POST", "/batchput", br#"{"b1":"x","b2":"y"}"#);
-    server.request("DELETE", "/delete?key=k000", b"");
+    server
+        .client()
+        .request("POST", "/batchput", br#"{"b1":"x","b2":"y"}"#);
+    server.client().request("DELETE", "/delete?key=k000", b"");
     server.signal("TERM");
     assert_eq!(server.wait(), Some(0), "SIGTERM exits 0");
 
     // The lock was released: a new process opens the directory.
     let server = Server::start(dir.path(), port, &[]);
     for i in 1..200 {
-        let (status, body) = server.request("GET", &format!("/read?key=k{i:03}"), b"");
+        let (status, body) = server
+            .client()
+            .request("GET", &format!("/read?key=k{i:03}"), b"");
         assert_eq!((status, body), (200, format!("v{i}").into_bytes()));
     }
-    assert_eq!(server.request("GET", "/read?key=k000", b"").0, 404);
+    assert_eq!(server.client().request("GET", "/read?key=k000", b"").0, 404);
     assert_eq!(
-        server.request("GET", "/readrange?start=b1&end=b2", b"").1,
+        server
+            .client()
+            .request("GET", "/readrange?start=b1&end=b2", b"")
+            .1,
         br#"{"b1":"x","b2":"y"}"#
     );
 }
@@ -80,7 +87,9 @@ fn sigkill_under_concurrent_writes_loses_no_acknowledged_write() {
 
     let server = Server::start(dir.path(), port, &[]);
     for key in &acked {
-        let (status, body) = server.request("GET", &format!("/v1/kv/{key}"), b"");
+        let (status, body) = server
+            .client()
+            .request("GET", &format!("/v1/kv/{key}"), b"");
         assert_eq!(
             (status, body),
             (200, key.clone().into_bytes()),

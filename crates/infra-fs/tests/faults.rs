@@ -14,6 +14,19 @@ use kv_infra_fs::{FsEngine, Options};
 
 const DIR: &str = "/data";
 
+/// Opens what a power loss right now would leave of `fs`.
+fn reopen_after_power_loss(fs: &SimFs) -> FsEngine {
+    FsEngine::open(
+        DIR,
+        sim_options(
+            &fs.crash_image().materialize(None),
+            Durability::Never,
+            1 << 20,
+        ),
+    )
+    .unwrap()
+}
+
 fn open(fs: &SimFs, durability: Durability) -> FsEngine {
     FsEngine::open(DIR, sim_options(fs, durability, 300)).unwrap()
 }
@@ -229,19 +242,7 @@ fn interval_mode_syncs_in_the_background_and_never_mode_on_request() {
     .unwrap();
     engine.put(b"k", b"v").unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while contents(
-        &FsEngine::open(
-            DIR,
-            sim_options(
-                &fs.crash_image().materialize(None),
-                Durability::Never,
-                1 << 20,
-            ),
-        )
-        .unwrap(),
-    )
-    .is_empty()
-    {
+    while contents(&reopen_after_power_loss(&fs)).is_empty() {
         assert!(
             std::time::Instant::now() < deadline,
             "interval syncer never made the write durable"
@@ -253,28 +254,12 @@ fn interval_mode_syncs_in_the_background_and_never_mode_on_request() {
     let fs = SimFs::new();
     let engine = FsEngine::open(DIR, sim_options(&fs, Durability::Never, 1 << 20)).unwrap();
     engine.put(b"k", b"v").unwrap();
-    let before = FsEngine::open(
-        DIR,
-        sim_options(
-            &fs.crash_image().materialize(None),
-            Durability::Never,
-            1 << 20,
-        ),
-    )
-    .unwrap();
+    let before = reopen_after_power_loss(&fs);
     assert!(
         contents(&before).is_empty(),
         "never mode does not fsync on its own"
     );
     engine.sync().unwrap();
-    let after = FsEngine::open(
-        DIR,
-        sim_options(
-            &fs.crash_image().materialize(None),
-            Durability::Never,
-            1 << 20,
-        ),
-    )
-    .unwrap();
+    let after = reopen_after_power_loss(&fs);
     assert_eq!(after.get(b"k").unwrap().unwrap().as_bytes(), b"v");
 }

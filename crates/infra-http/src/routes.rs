@@ -308,14 +308,28 @@ fn read(state: &ServerState, req: &Request<Incoming>) -> Result<Response<Body>, 
     let params = query(req.uri())?;
     let key = required(&params, "key")?;
     // A read is one keydir lookup and one positional read of (usually cached) bytes: run it inline.
-    let value = state.service.read(key)?;
+    Ok(value_response(state, state.service.read(key)?))
+}
+
+/// A value as raw bytes.
+fn value_response(state: &ServerState, value: kv_domain::Value) -> Response<Body> {
     state.metrics.add_bytes_out(value.len());
     let mut resp = Response::new(full(value.into_bytes()));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/octet-stream"),
     );
-    Ok(resp)
+    resp
+}
+
+/// A streamed JSON response.
+fn streamed_json(body: ChannelBody) -> Response<Body> {
+    let mut resp = Response::new(body.boxed());
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 async fn batch_put(
@@ -420,12 +434,7 @@ fn read_range(state: &ServerState, req: &Request<Incoming>) -> Result<Response<B
         }
         let _ = tx.blocking_send(Ok(Bytes::from_static(b"}")));
     });
-    let mut resp = Response::new(body.boxed());
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    Ok(resp)
+    Ok(streamed_json(body))
 }
 
 fn encoded_field(name: &str, bytes: &[u8], force_base64: bool) -> String {
@@ -539,12 +548,7 @@ fn listing(state: &ServerState, req: &Request<Incoming>) -> Result<Response<Body
         };
         let _ = tx.blocking_send(Ok(Bytes::from(format!("],\"next_cursor\":{next}}}"))));
     });
-    let mut resp = Response::new(body.boxed());
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    Ok(resp)
+    Ok(streamed_json(body))
 }
 
 async fn raw_kv(
@@ -557,16 +561,7 @@ async fn raw_kv(
         return Err(AppError::EmptyKey.into());
     }
     match *req.method() {
-        Method::GET => {
-            let value = state.service.read(&key)?;
-            state.metrics.add_bytes_out(value.len());
-            let mut resp = Response::new(full(value.into_bytes()));
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static("application/octet-stream"),
-            );
-            Ok(resp)
-        }
+        Method::GET => Ok(value_response(state, state.service.read(&key)?)),
         Method::DELETE => {
             let service = state.service.clone();
             let lsn = run_write(state, move || service.delete(&key)).await?;
