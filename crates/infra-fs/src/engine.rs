@@ -7,15 +7,17 @@
 //! durability is a mode with group commit; and hint files and merging arrive with compaction.
 //!
 //! ## Write path
-//! One writer at a time holds the writer lock: it assigns the next LSN, rotates the segment if needed,
-//! encodes the record(s) and `pwrite`s them in one call, all under the lock, so file order is LSN order.
-//! - `never` / `interval`: the keydir is updated under the same lock and the write is acknowledged: it has
-//!   reached the OS, so it survives a process crash.
-//! - `always` (group commit): the keydir update is queued and the writer waits until its LSN is durable.
-//!   The first waiter becomes the *sync leader*: it takes the queue and the last written LSN under the
-//!   writer lock, releases it, `fdatasync`s once for everyone who wrote until then, publishes the queued
-//!   keydir updates in LSN order, and wakes the others. Writers keep appending while the leader syncs, and
-//!   form the next group. No reader ever sees a write before it is durable.
+//! One writer at a time holds the writer lock: it assigns the next LSN, rotates the segment if needed and
+//! encodes the record(s), all under the lock, so file order is LSN order.
+//! - `never` / `interval`: the records are `pwrite`n in one call and the keydir is updated under the same
+//!   lock; the write is acknowledged once it has reached the OS, so it survives a process crash.
+//! - `always` (group commit): the records are appended to an in-memory group buffer and their keydir
+//!   updates queued; the writer then waits until its LSN is durable. The first waiter becomes the *sync
+//!   leader*: under the writer lock it `pwrite`s the whole buffer (one call for the group) and takes the
+//!   queue; then, without the lock, it `fdatasync`s once for everyone in the group, publishes the queued
+//!   keydir updates in LSN order, and unparks exactly the waiters now durable (plus one to lead the next
+//!   group). Writers keep appending while the leader syncs, forming the next group. No reader ever sees a
+//!   write before it is durable.
 //!
 //! ## Fail-stop
 //! A failed `pwrite`, `fdatasync`, or rotation poisons the engine: the failure is recorded once, every
@@ -24,7 +26,10 @@
 //! succeeds proves nothing). Reads keep working. Reopening runs recovery, which trusts only the disk.
 //!
 //! ## Invariants
-//! - `acked LSN <= durable LSN <= written LSN` in `always` mode; the keydir reflects exactly the acked writes.
+//! - `acked LSN <= durable LSN <= last accepted LSN`; in `always` mode the keydir reflects exactly the
+//!   acknowledged writes.
+//! - The group buffer is written to the file under the writer lock, so a rotation never seals a segment
+//!   while a group's bytes are still on their way to it.
 //! - Segment ids only grow; the active segment is the one with the highest id.
 //! - A sealed segment was fsynced before its successor was created (so recovery never sees it torn).
 
