@@ -14,7 +14,7 @@ run-leader: ## Run the server: a standalone leader on $(PORT) with data in $(DAT
 	$(CARGO) run --release -p kv-server -- --port $(PORT) --data-path $(DATA)
 
 test: ## Run every test of the workspace (unit, property, golden, recovery, crash loops, HTTP, processes)
-	$(CARGO) build -p kv-server
+	$(CARGO) build -p kv-server -p kvctl
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \

@@ -8,18 +8,15 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The `kv-server` binary of the same build profile as this test (`make test` builds it first).
-pub fn server_binary() -> PathBuf {
+/// A binary of this workspace (`kv-server`, `kvctl`) from the same build profile as this test
+/// (`make test` builds them first).
+pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/<test> -> target/<profile>/kv-server
-    let path = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .unwrap()
-        .join("kv-server");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let path = exe.parent().and_then(|p| p.parent()).unwrap().join(name);
     assert!(
         path.exists(),
-        "{} not found: build it first with `cargo build -p kv-server` (make test does)",
+        "{} not found: build it first with `cargo build --bins` (make test does)",
         path.display()
     );
     path
@@ -53,7 +50,7 @@ pub struct Client {
 impl Server {
     /// Starts the server on `port` with `data_dir` and extra arguments, and waits until it answers.
     pub fn start(data_dir: &std::path::Path, port: u16, extra: &[&str]) -> Server {
-        let child = Command::new(server_binary())
+        let child = Command::new(binary("kv-server"))
             .args([
                 "--bind",
                 "127.0.0.1",

@@ -9,9 +9,11 @@
 //! - [`body`]: request bodies with limits enforced from `Content-Length` and while streaming;
 //! - [`stream`]: streamed response bodies with back-pressure, for ranges and listings;
 //! - [`metrics`]: counters and histograms rendered in the Prometheus text format;
-//! - [`server`]: connections, the connection cap, timeouts and graceful shutdown.
+//! - [`server`]: connections, the connection cap, timeouts and graceful shutdown;
+//! - [`client`]: a keep-alive client of the `/v1` API (used by the CLI).
 
 pub mod body;
+pub mod client;
 pub mod error;
 pub mod metrics;
 pub mod routes;

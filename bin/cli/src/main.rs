@@ -1,0 +1,321 @@
+//! `kvctl`: the command-line client of the Moniepoint storage engine, in the spirit of `etcdctl` and
+//! `redis-cli`. Talks to a server (`--url`, default `http://127.0.0.1:8080`) or opens a data directory
+//! directly (`--data-dir`). Values go to stdout as raw bytes; errors to stderr; exit codes:
+//! 0 ok, 1 key not found, 2 usage or bad input, 3 server, network or disk failure.
+
+mod error;
+mod input;
+mod shell;
+mod target;
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::error::CliError;
+use crate::input::{json_line, parse_all, parse_line, Pair};
+use crate::target::Target;
+
+/// Command-line client of the Moniepoint storage engine.
+///
+/// Exit codes: 0 ok, 1 key not found, 2 usage or bad input (nothing written), 3 server, network or disk
+/// failure.
+#[derive(Parser, Debug)]
+#[command(name = "kvctl", version, about, long_about = None)]
+struct Cli {
+    /// Server to talk to.
+    #[arg(
+        long,
+        env = "KV_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    url: String,
+    /// Open this data directory directly instead of talking to a server (fails if a server holds it).
+    /// Takes precedence over --url.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Text, global = true)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Output {
+    /// Raw values; `key<TAB>value` lines for ranges; `OK` for writes.
+    Text,
+    /// JSON: one object per result, JSON lines for ranges.
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Store a value: from the argument, from --file, or else from stdin (raw bytes).
+    Put {
+        /// The key.
+        key: String,
+        /// The value (omit to read --file or stdin).
+        value: Option<String>,
+        /// Read the value from this file.
+        #[arg(long, conflicts_with = "value")]
+        file: Option<PathBuf>,
+    },
+    /// Print a value (raw bytes, no newline added).
+    Get {
+        /// The key.
+        key: String,
+    },
+    /// Delete a key (succeeds whether or not it exists).
+    Delete {
+        /// The key.
+        key: String,
+    },
+    /// Print every pair with START <= key <= END in key order.
+    Range {
+        /// First key (need not exist).
+        start: String,
+        /// Last key (need not exist).
+        end: String,
+        /// At most this many pairs.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Write pairs atomically from FILE or stdin: a JSON object, JSON lines, or key<TAB>value lines.
+    Batch {
+        /// Input file (default or "-": stdin).
+        file: Option<PathBuf>,
+    },
+    /// Load a large file in batches (not atomic as a whole) with progress, then print the throughput.
+    Import {
+        /// Input file (JSON lines or key<TAB>value lines; "-" for stdin).
+        file: PathBuf,
+        /// Pairs per batch.
+        #[arg(long, default_value_t = 1000)]
+        batch_size: usize,
+    },
+    /// Write every pair with START <= key <= END as JSON lines (the format import reads).
+    Export {
+        /// First key.
+        start: String,
+        /// Last key.
+        end: String,
+    },
+    /// Show the server's (or data directory's) status.
+    Status,
+    /// Interactive shell: put, read, delete, readrange, batchput, status, help, exit.
+    Shell,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kvctl: cannot start: {e}");
+            return ExitCode::from(error::FAILURE);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::from(error::OK),
+        Err(e) => {
+            eprintln!("kvctl: {}", e.message);
+            ExitCode::from(e.code)
+        }
+    }
+}
+
+fn read_input(file: Option<&PathBuf>) -> Result<Vec<u8>, CliError> {
+    let mut buf = Vec::new();
+    match file {
+        Some(p) if p.as_os_str() != "-" => {
+            buf = std::fs::read(p)
+                .map_err(|e| CliError::usage(format!("cannot read {}: {e}", p.display())))?;
+        }
+        _ => {
+            std::io::stdin().read_to_end(&mut buf)?;
+        }
+    }
+    Ok(buf)
+}
+
+fn written(output: Output, lsn: u64) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    match output {
+        Output::Text => writeln!(out, "OK"),
+        Output::Json => writeln!(out, "{}", serde_json::json!({ "lsn": lsn })),
+    }?;
+    Ok(())
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    let mut target = match &cli.data_dir {
+        Some(dir) => Target::embedded(dir)?,
+        None => Target::remote(&cli.url)?,
+    };
+    let output = cli.output;
+    match cli.command {
+        Command::Put { key, value, file } => {
+            let value = match (value, file) {
+                (Some(v), _) => v.into_bytes(),
+                (None, Some(f)) => read_input(Some(&f))?,
+                (None, None) => read_input(None)?,
+            };
+            let lsn = target.put(key.as_bytes(), &value).await?;
+            written(output, lsn)
+        }
+        Command::Get { key } => {
+            let value = target.get(key.as_bytes()).await?;
+            let mut out = std::io::stdout().lock();
+            match output {
+                Output::Text => out.write_all(&value)?,
+                Output::Json => writeln!(out, "{}", json_line(key.as_bytes(), &value))?,
+            }
+            out.flush()?;
+            Ok(())
+        }
+        Command::Delete { key } => {
+            let lsn = target.delete(key.as_bytes()).await?;
+            written(output, lsn)
+        }
+        Command::Range { start, end, limit } => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            target
+                .scan(
+                    start.as_bytes(),
+                    end.as_bytes(),
+                    limit.unwrap_or(usize::MAX),
+                    |k, v| {
+                        match output {
+                            Output::Text => {
+                                out.write_all(k)?;
+                                out.write_all(b"\t")?;
+                                out.write_all(v)?;
+                                out.write_all(b"\n")?;
+                            }
+                            Output::Json => writeln!(out, "{}", json_line(k, v))?,
+                        }
+                        Ok(())
+                    },
+                )
+                .await?;
+            out.flush()?;
+            Ok(())
+        }
+        Command::Export { start, end } => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            target
+                .scan(start.as_bytes(), end.as_bytes(), usize::MAX, |k, v| {
+                    writeln!(out, "{}", json_line(k, v))?;
+                    Ok(())
+                })
+                .await?;
+            out.flush()?;
+            Ok(())
+        }
+        Command::Batch { file } => {
+            let input = read_input(file.as_ref())?;
+            let text = String::from_utf8(input)
+                .map_err(|_| CliError::usage("batch input must be UTF-8 text"))?;
+            let pairs = parse_all(&text)?;
+            let lsn = target.batch(&pairs).await?;
+            written(output, lsn)
+        }
+        Command::Import { file, batch_size } => import(&mut target, &file, batch_size.max(1)).await,
+        Command::Status => {
+            let status = target.status().await?;
+            let text = match output {
+                Output::Text => serde_json::to_string_pretty(&status),
+                Output::Json => serde_json::to_string(&status),
+            }
+            .map_err(|e| CliError::failure(e.to_string()))?;
+            println!("{text}");
+            Ok(())
+        }
+        Command::Shell => shell::run(&mut target).await,
+    }
+}
+
+/// Streams `file` into the target in batches. Every line is parsed before its batch is sent, so a bad line
+/// stops the import with the line number; batches already sent stay written (the summary says how many).
+async fn import(target: &mut Target, file: &PathBuf, batch_size: usize) -> Result<(), CliError> {
+    use std::io::BufRead;
+    let (reader, total): (Box<dyn BufRead>, u64) = if file.as_os_str() == "-" {
+        (Box::new(std::io::BufReader::new(std::io::stdin())), 0)
+    } else {
+        let f = std::fs::File::open(file)
+            .map_err(|e| CliError::usage(format!("cannot read {}: {e}", file.display())))?;
+        let len = f.metadata().map_or(0, |m| m.len());
+        (Box::new(std::io::BufReader::new(f)), len)
+    };
+    // A progress bar only for a person watching: never when stderr is piped.
+    let bar = if std::io::stderr().is_terminal() && total > 0 {
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {msg} ({eta})")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Some(bar)
+    } else {
+        None
+    };
+    let started = Instant::now();
+    let mut batch: Vec<Pair> = Vec::with_capacity(batch_size);
+    let mut imported = 0u64;
+    for (i, line) in reader.lines().enumerate() {
+        let line = line?;
+        if let Some(bar) = &bar {
+            bar.inc(line.len() as u64 + 1);
+        }
+        if let Some(pair) = parse_line(&line, i + 1).map_err(|e| CliError {
+            message: format!("{} ({imported} pairs imported before it)", e.message),
+            ..e
+        })? {
+            batch.push(pair);
+        }
+        if batch.len() >= batch_size {
+            imported += send_chunk(target, &mut batch).await?;
+            if let Some(bar) = &bar {
+                bar.set_message(format!("{imported} pairs"));
+            }
+        }
+    }
+    imported += send_chunk(target, &mut batch).await?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "imported {imported} pairs in {secs:.2} s ({:.0} pairs/s)",
+        imported as f64 / secs.max(1e-9)
+    );
+    Ok(())
+}
+
+/// Sends one chunk: as one batch when it is text (or embedded), else pair by pair (the REST batch API is JSON).
+async fn send_chunk(target: &mut Target, batch: &mut Vec<Pair>) -> Result<u64, CliError> {
+    if batch.is_empty() {
+        return Ok(0);
+    }
+    let n = batch.len() as u64;
+    let binary = matches!(target, Target::Remote(_))
+        && batch
+            .iter()
+            .any(|(k, v)| std::str::from_utf8(k).is_err() || std::str::from_utf8(v).is_err());
+    if binary {
+        for (k, v) in batch.iter() {
+            target.put(k, v).await?;
+        }
+    } else {
+        target.batch(batch).await?;
+    }
+    batch.clear();
+    Ok(n)
+}

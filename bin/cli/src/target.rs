@@ -1,0 +1,160 @@
+//! Where commands go: a server over REST, or a data directory opened in-process.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use kv_app::{AppError, KvService, Limits};
+use kv_domain::{Key, KeyRange, WriteBatch};
+use kv_infra_fs::{FsEngine, Options};
+use kv_infra_http::client::{cursor_after, Client};
+
+use crate::error::CliError;
+
+/// Entries per page when listing.
+const PAGE: usize = 1000;
+
+/// A server or a data directory.
+#[derive(Debug)]
+pub enum Target {
+    /// A server, over HTTP.
+    Remote(Client),
+    /// A data directory, opened (and locked) by this process.
+    Embedded(KvService),
+}
+
+impl Target {
+    /// A server at `url`.
+    pub fn remote(url: &str) -> Result<Self, CliError> {
+        Ok(Target::Remote(
+            Client::new(url).map_err(|e| CliError::usage(e.to_string()))?,
+        ))
+    }
+
+    /// The data directory `dir`, locked for the life of this process.
+    pub fn embedded(dir: &Path) -> Result<Self, CliError> {
+        let engine = FsEngine::open(dir, Options::default())?;
+        Ok(Target::Embedded(KvService::new(
+            Arc::new(engine),
+            Limits::default(),
+        )))
+    }
+
+    /// Stores a value; returns the LSN.
+    pub async fn put(&mut self, key: &[u8], value: &[u8]) -> Result<u64, CliError> {
+        match self {
+            Target::Remote(c) => Ok(c.put(key, value).await?),
+            Target::Embedded(s) => Ok(s.put(key, value)?.0),
+        }
+    }
+
+    /// The value of `key`; [`crate::error::NOT_FOUND`] when absent.
+    pub async fn get(&mut self, key: &[u8]) -> Result<Vec<u8>, CliError> {
+        match self {
+            Target::Remote(c) => c.get(key).await?.ok_or_else(|| CliError::not_found(key)),
+            Target::Embedded(s) => match s.read(key) {
+                Ok(v) => Ok(v.into_bytes()),
+                Err(AppError::NotFound(_)) => Err(CliError::not_found(key)),
+                Err(e) => Err(e.into()),
+            },
+        }
+    }
+
+    /// Deletes `key`; returns the LSN.
+    pub async fn delete(&mut self, key: &[u8]) -> Result<u64, CliError> {
+        match self {
+            Target::Remote(c) => Ok(c.delete(key).await?),
+            Target::Embedded(s) => Ok(s.delete(key)?.0),
+        }
+    }
+
+    /// Writes all pairs atomically; returns the LSN. Over REST the pairs must be UTF-8 (`/batchput` is JSON).
+    pub async fn batch(&mut self, pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<u64, CliError> {
+        match self {
+            Target::Remote(c) => {
+                let text = pairs
+                    .iter()
+                    .map(|(k, v)| Ok((String::from_utf8(k.clone())?, String::from_utf8(v.clone())?)))
+                    .collect::<Result<Vec<_>, std::string::FromUtf8Error>>()
+                    .map_err(|_| CliError::usage("a batch sent to a server must be UTF-8 text (its API is JSON); use import for binary pairs"))?;
+                Ok(c.batch(&text).await?)
+            }
+            Target::Embedded(s) => {
+                let mut batch = WriteBatch::new();
+                for (k, v) in pairs {
+                    batch.put(k.clone(), v.clone());
+                }
+                Ok(s.batch_put(&batch)?.0)
+            }
+        }
+    }
+
+    /// Calls `each` with every pair from `start` to `end` (inclusive) in key order, at most `limit` of them,
+    /// fetched a page at a time so memory stays bounded.
+    pub async fn scan(
+        &mut self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        mut each: impl FnMut(&[u8], &[u8]) -> Result<(), CliError>,
+    ) -> Result<u64, CliError> {
+        if start > end {
+            return Err(CliError::usage("range start is after its end"));
+        }
+        let mut seen = 0usize;
+        let mut cursor: Option<Vec<u8>> = None;
+        while seen < limit {
+            let want = PAGE.min(limit - seen);
+            let page: Vec<(Vec<u8>, Vec<u8>)> = match self {
+                Target::Remote(c) => {
+                    let after = cursor.as_deref().map(cursor_after);
+                    c.list_page(Some(start), Some(end), want, after.as_deref())
+                        .await?
+                        .0
+                }
+                Target::Embedded(s) => {
+                    let range = KeyRange::inclusive(start, end);
+                    let range = match &cursor {
+                        Some(last) => range.after(last),
+                        None => range,
+                    };
+                    s.read_range_page(&range, want)?
+                        .into_iter()
+                        .map(|e| (e.key.into_bytes(), e.value.into_bytes()))
+                        .collect()
+                }
+            };
+            for (k, v) in &page {
+                each(k, v)?;
+            }
+            seen += page.len();
+            match page.last() {
+                Some((k, _)) if page.len() == want => {
+                    cursor = Some(Key::from(k.as_slice()).into_bytes())
+                }
+                _ => break,
+            }
+        }
+        Ok(seen as u64)
+    }
+
+    /// The status document.
+    pub async fn status(&mut self) -> Result<serde_json::Value, CliError> {
+        match self {
+            Target::Remote(c) => Ok(c.status().await?),
+            Target::Embedded(s) => {
+                let st = s.engine().status();
+                Ok(serde_json::json!({
+                    "role": "embedded",
+                    "last_lsn": st.last_lsn.0,
+                    "keys": st.keys,
+                    "segments": st.segments,
+                    "disk_bytes": st.disk_bytes,
+                    "garbage_bytes": st.garbage_bytes,
+                    "durability": st.durability.to_string(),
+                    "poisoned": st.poisoned,
+                    "recovery": { "records": st.recovery.records, "truncated_bytes": st.recovery.truncated_bytes, "notes": st.recovery.notes },
+                }))
+            }
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! A small HTTP/1.1 client of this server's API over one keep-alive connection (hyper's low-level client),
+//! used by the CLI and its load generator. It speaks the binary-safe `/v1` endpoints.
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::Value as Json;
+
+/// What a client call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server could not be reached.
+    #[error("cannot reach {addr}: {source}")]
+    Unreachable {
+        /// host:port.
+        addr: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The connection failed mid-request (the outcome of a write is unknown).
+    #[error("connection to {addr} failed: {message}")]
+    Connection {
+        /// host:port.
+        addr: String,
+        /// Why.
+        message: String,
+    },
+    /// The server answered with an error status.
+    #[error("server answered {status}: {message}")]
+    Status {
+        /// The status.
+        status: StatusCode,
+        /// The server's `error` message.
+        message: String,
+    },
+    /// The URL or the answer could not be understood.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A key/value pair of a listing.
+pub type Pair = (Vec<u8>, Vec<u8>);
+
+/// One connection to a server.
+#[derive(Debug)]
+pub struct Client {
+    addr: String,
+    sender: Option<SendRequest<Full<Bytes>>>,
+}
+
+/// Percent-encodes every byte outside `[A-Za-z0-9-._~]` (a path segment or query value).
+pub fn percent_encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Client {
+    /// A client of `url` (`http://host:port`, a trailing slash allowed). Connects lazily.
+    pub fn new(url: &str) -> Result<Self, ClientError> {
+        let rest = url.strip_prefix("http://").ok_or_else(|| {
+            ClientError::Invalid(format!("{url:?}: only http:// URLs are supported"))
+        })?;
+        let addr = rest.trim_end_matches('/').to_string();
+        if addr.is_empty() || addr.contains('/') {
+            return Err(ClientError::Invalid(format!(
+                "{url:?} is not http://host:port"
+            )));
+        }
+        let addr = if addr.contains(':') {
+            addr
+        } else {
+            format!("{addr}:80")
+        };
+        Ok(Self { addr, sender: None })
+    }
+
+    async fn connect(&mut self) -> Result<&mut SendRequest<Full<Bytes>>, ClientError> {
+        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
+            let stream = tokio::net::TcpStream::connect(&self.addr)
+                .await
+                .map_err(|source| ClientError::Unreachable {
+                    addr: self.addr.clone(),
+                    source,
+                })?;
+            let _ = stream.set_nodelay(true);
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| ClientError::Connection {
+                    addr: self.addr.clone(),
+                    message: e.to_string(),
+                })?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            self.sender = Some(sender);
+        }
+        self.sender
+            .as_mut()
+            .ok_or_else(|| ClientError::Invalid("no connection".into()))
+    }
+
+    /// Sends one request; returns the status and body of any answer (errors only for transport failures).
+    pub async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let addr = self.addr.clone();
+        let sender = self.connect().await?;
+        sender.ready().await.map_err(|e| ClientError::Connection {
+            addr: addr.clone(),
+            message: e.to_string(),
+        })?;
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, addr.as_str())
+            .body(Full::new(body))
+            .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ClientError::Connection {
+                addr: addr.clone(),
+                message: e.to_string(),
+            })?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Connection {
+                addr,
+                message: e.to_string(),
+            })?
+            .to_bytes();
+        Ok((status, body))
+    }
+
+    /// Like `send`, but a non-2xx answer becomes [`ClientError::Status`] with the server's message.
+    async fn call(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<Bytes, ClientError> {
+        let (status, body) = self.send(method, path, body).await?;
+        if status.is_success() {
+            return Ok(body);
+        }
+        let message = serde_json::from_slice::<Json>(&body)
+            .ok()
+            .and_then(|j| j.get("error").and_then(Json::as_str).map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        Err(ClientError::Status { status, message })
+    }
+
+    fn lsn(body: &[u8]) -> Result<u64, ClientError> {
+        serde_json::from_slice::<Json>(body)
+            .ok()
+            .and_then(|j| j.get("lsn").and_then(Json::as_u64))
+            .ok_or_else(|| ClientError::Invalid("the answer carries no LSN".into()))
+    }
+
+    /// Stores `value` under `key`; returns the LSN.
+    pub async fn put(&mut self, key: &[u8], value: &[u8]) -> Result<u64, ClientError> {
+        let body = self
+            .call(
+                Method::PUT,
+                &format!("/v1/kv/{}", percent_encode(key)),
+                Bytes::copy_from_slice(value),
+            )
+            .await?;
+        Self::lsn(&body)
+    }
+
+    /// The value of `key`, or `None` when absent.
+    pub async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
+        match self
+            .call(
+                Method::GET,
+                &format!("/v1/kv/{}", percent_encode(key)),
+                Bytes::new(),
+            )
+            .await
+        {
+            Ok(v) => Ok(Some(v.to_vec())),
+            Err(ClientError::Status {
+                status: StatusCode::NOT_FOUND,
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes `key`; returns the LSN.
+    pub async fn delete(&mut self, key: &[u8]) -> Result<u64, ClientError> {
+        let body = self
+            .call(
+                Method::DELETE,
+                &format!("/v1/kv/{}", percent_encode(key)),
+                Bytes::new(),
+            )
+            .await?;
+        Self::lsn(&body)
+    }
+
+    /// Applies string pairs atomically (`/batchput`); returns the LSN.
+    pub async fn batch(&mut self, pairs: &[(String, String)]) -> Result<u64, ClientError> {
+        let object: serde_json::Map<String, Json> = pairs
+            .iter()
+            .map(|(k, v)| (k.clone(), Json::String(v.clone())))
+            .collect();
+        let body = self
+            .call(
+                Method::POST,
+                "/batchput",
+                Bytes::from(Json::Object(object).to_string()),
+            )
+            .await?;
+        Self::lsn(&body)
+    }
+
+    /// One page of the listing from `start` to `end` (inclusive, either optional), after `cursor`.
+    /// Returns the pairs and the cursor of the next page, if any.
+    pub async fn list_page(
+        &mut self,
+        start: Option<&[u8]>,
+        end: Option<&[u8]>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<Pair>, Option<String>), ClientError> {
+        let mut path = format!("/v1/kv?encoding=base64&limit={limit}");
+        if let Some(s) = start {
+            path.push_str(&format!("&start={}", percent_encode(s)));
+        }
+        if let Some(e) = end {
+            path.push_str(&format!("&end={}", percent_encode(e)));
+        }
+        if let Some(c) = cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let body = self.call(Method::GET, &path, Bytes::new()).await?;
+        let page: Json = serde_json::from_slice(&body)
+            .map_err(|e| ClientError::Invalid(format!("bad listing: {e}")))?;
+        let decode = |item: &Json, field: &str| -> Result<Vec<u8>, ClientError> {
+            let text = item
+                .get(field)
+                .and_then(Json::as_str)
+                .ok_or_else(|| ClientError::Invalid(format!("listing item lacks {field}")))?;
+            STANDARD
+                .decode(text)
+                .map_err(|e| ClientError::Invalid(format!("bad base64 in listing: {e}")))
+        };
+        let items = page
+            .get("items")
+            .and_then(Json::as_array)
+            .ok_or_else(|| ClientError::Invalid("listing lacks items".into()))?;
+        let pairs = items
+            .iter()
+            .map(|i| Ok((decode(i, "key_base64")?, decode(i, "value_base64")?)))
+            .collect::<Result<Vec<_>, ClientError>>()?;
+        let next = page
+            .get("next_cursor")
+            .and_then(Json::as_str)
+            .map(str::to_string);
+        Ok((pairs, next))
+    }
+
+    /// The server's status document.
+    pub async fn status(&mut self) -> Result<Json, ClientError> {
+        let body = self.call(Method::GET, "/v1/status", Bytes::new()).await?;
+        serde_json::from_slice(&body).map_err(|e| ClientError::Invalid(format!("bad status: {e}")))
+    }
+}
+
+/// The cursor the server would give after `key` (for callers that page by themselves).
+pub fn cursor_after(key: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_encoding_round_trips_through_the_server_decoder() {
+        let raw = b"a b/c%\x00\xff~";
+        let enc = percent_encode(raw);
+        assert_eq!(enc, "a%20b%2Fc%25%00%FF~");
+        assert_eq!(crate::routes::percent_decode(&enc, false).unwrap(), raw);
+    }
+
+    #[test]
+    fn urls_are_checked() {
+        assert!(Client::new("http://127.0.0.1:8080/").is_ok());
+        assert!(Client::new("https://x").is_err());
+        assert!(Client::new("http://x/y").is_err());
+    }
+}

@@ -1,0 +1,205 @@
+//! `kvctl` end to end: every subcommand against a spawned `kv-server` and against a data directory
+//! (embedded), exit codes, binary values through stdin/stdout, a 100 000-line import/export round trip,
+//! the shell driven by piped stdin, and bad input that must write nothing.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use integration_tests::{binary, free_port, Server};
+
+/// Runs kvctl with `args` (after the target arguments) and `stdin`; returns (exit code, stdout, stderr).
+fn kvctl(target: &[String], args: &[&str], stdin: &[u8]) -> (i32, Vec<u8>, String) {
+    let mut child = Command::new(binary("kvctl"))
+        .args(target)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The same checks for both kinds of target.
+fn exercise(target: &[String], what: &str) {
+    let ok = |args: &[&str], stdin: &[u8]| {
+        let (code, out, err) = kvctl(target, args, stdin);
+        assert_eq!(code, 0, "{what}: kvctl {args:?} failed: {err}");
+        out
+    };
+    assert_eq!(ok(&["put", "greeting", "hello world"], b""), b"OK\n");
+    assert_eq!(
+        ok(&["get", "greeting"], b""),
+        b"hello world",
+        "{what}: raw value, no newline added"
+    );
+    // Binary-exact through stdin and stdout.
+    let binary_value: Vec<u8> = (0..=255u8).chain((0..=255u8).rev()).collect();
+    ok(&["put", "bin"], &binary_value);
+    assert_eq!(
+        ok(&["get", "bin"], b""),
+        binary_value,
+        "{what}: binary value round-trips"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("value");
+    std::fs::write(&file, b"from a file").unwrap();
+    ok(&["put", "filed", "--file", file.to_str().unwrap()], b"");
+    assert_eq!(ok(&["get", "filed"], b""), b"from a file");
+    let json_put = String::from_utf8(ok(&["--output", "json", "put", "j", "v"], b"")).unwrap();
+    assert!(json_put.starts_with("{\"lsn\":"), "{what}: {json_put}");
+
+    // Batches: all three formats.
+    ok(&["batch"], br#"{"r1":"1","r2":"2"}"#);
+    ok(
+        &["batch"],
+        b"{\"key\":\"r3\",\"value\":\"3\"}\n{\"key\":\"r4\",\"value\":\"4\"}\n",
+    );
+    ok(&["batch"], b"r5\t5\nr6\tsix\n");
+    assert_eq!(
+        ok(&["range", "r1", "r6"], b""),
+        b"r1\t1\nr2\t2\nr3\t3\nr4\t4\nr5\t5\nr6\tsix\n"
+    );
+    assert_eq!(
+        ok(&["range", "r0", "r9", "--limit", "2"], b""),
+        b"r1\t1\nr2\t2\n"
+    );
+    assert_eq!(
+        ok(&["--output", "json", "range", "r2", "r2"], b""),
+        b"{\"key\":\"r2\",\"value\":\"2\"}\n"
+    );
+
+    // Delete is idempotent; a missing key exits 1.
+    assert_eq!(ok(&["delete", "r1"], b""), b"OK\n");
+    ok(&["delete", "r1"], b"");
+    let (code, out, err) = kvctl(target, &["get", "r1"], b"");
+    assert_eq!((code, out.len()), (1, 0), "{what}: missing key: {err}");
+    assert!(err.contains("not found"), "{err}");
+
+    // Bad input: exit 2 and nothing written.
+    let before = ok(&["export", "", "\u{10ffff}"], b"");
+    for (args, stdin) in [
+        (vec!["batch"], &b"good\t1\nbad line without a tab\n"[..]),
+        (vec!["batch"], &b"{\"a\": 5}"[..]),
+        (vec!["put", "", "v"], &b""[..]),
+        (vec!["range", "z", "a"], &b""[..]),
+    ] {
+        let (code, _, err) = kvctl(target, &args, stdin);
+        assert_eq!(code, 2, "{what}: {args:?} should be a usage error: {err}");
+        assert!(!err.is_empty());
+    }
+    assert_eq!(
+        ok(&["export", "", "\u{10ffff}"], b""),
+        before,
+        "{what}: bad input wrote nothing"
+    );
+    let (code, _, _) = kvctl(target, &["no-such-command"], b"");
+    assert_eq!(code, 2);
+
+    // Status.
+    let status: serde_json::Value =
+        serde_json::from_slice(&ok(&["--output", "json", "status"], b"")).unwrap();
+    assert!(status["keys"].as_u64().unwrap() >= 8, "{what}: {status}");
+
+    // The shell, driven by piped stdin: no prompt, errors on stderr, it goes on.
+    let (code, out, err) = kvctl(target, &["shell"], b"put s1 shell value\nread s1\nbatchput a1=1 a2=2\nreadrange a1 a2\nread nope\nbogus\nhelp\nexit\nput never run\n");
+    assert_eq!(code, 0, "{err}");
+    let out = String::from_utf8(out).unwrap();
+    assert!(
+        out.starts_with("OK\nshell value\nOK\na1\t1\na2\t2\n"),
+        "{what}: {out}"
+    );
+    assert!(out.contains("readrange START END"), "help text");
+    assert!(
+        err.contains("not found") && err.contains("unknown command"),
+        "{err}"
+    );
+    assert_eq!(
+        kvctl(target, &["get", "never"], b"").0,
+        1,
+        "nothing after exit ran"
+    );
+
+    // Import of 100 000 lines, then export gives the same pairs.
+    let mut lines = String::new();
+    for i in 0..100_000 {
+        lines.push_str(&format!("imp{i:06}\tvalue-{i}\n"));
+    }
+    let import_file = dir.path().join("import.tsv");
+    std::fs::write(&import_file, &lines).unwrap();
+    let (code, _, err) = kvctl(target, &["import", import_file.to_str().unwrap()], b"");
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("imported 100000 pairs"), "{err}");
+    let exported = ok(&["export", "imp000000", "imp999999"], b"");
+    let exported = String::from_utf8(exported).unwrap();
+    assert_eq!(exported.lines().count(), 100_000);
+    for (i, line) in exported.lines().enumerate() {
+        assert_eq!(
+            line,
+            format!("{{\"key\":\"imp{i:06}\",\"value\":\"value-{i}\"}}")
+        );
+    }
+    // export | import round-trips binary data too.
+    let bin_export = ok(&["export", "bin", "bin"], b"");
+    assert!(String::from_utf8_lossy(&bin_export).contains("value_base64"));
+    ok(&["delete", "bin"], b"");
+    let bin_file = dir.path().join("bin.jsonl");
+    std::fs::write(&bin_file, &bin_export).unwrap();
+    ok(&["import", bin_file.to_str().unwrap()], b"");
+    assert_eq!(ok(&["get", "bin"], b""), binary_value);
+}
+
+#[test]
+fn every_subcommand_against_a_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), free_port(), &["--durability", "never"]);
+    exercise(
+        &["--url".into(), format!("http://{}", server.addr)],
+        "remote",
+    );
+}
+
+#[test]
+fn every_subcommand_on_a_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    exercise(
+        &["--data-dir".into(), dir.path().to_str().unwrap().into()],
+        "embedded",
+    );
+}
+
+#[test]
+fn failures_have_their_exit_codes_and_messages() {
+    // Unreachable server: 3.
+    let (code, _, err) = kvctl(
+        &["--url".into(), format!("http://127.0.0.1:{}", free_port())],
+        &["get", "k"],
+        b"",
+    );
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("cannot reach"), "{err}");
+    // A data directory held by a server: 3, with a clear message.
+    let dir = tempfile::tempdir().unwrap();
+    let _server = Server::start(dir.path(), free_port(), &[]);
+    let (code, _, err) = kvctl(
+        &["--data-dir".into(), dir.path().to_str().unwrap().into()],
+        &["get", "k"],
+        b"",
+    );
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("locked by another process"), "{err}");
+    assert!(Path::new(dir.path()).exists());
+}
