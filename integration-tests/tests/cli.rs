@@ -203,3 +203,65 @@ fn failures_have_their_exit_codes_and_messages() {
     assert!(err.contains("locked by another process"), "{err}");
     assert!(Path::new(dir.path()).exists());
 }
+
+#[test]
+fn the_load_generator_reports_throughput_and_latency() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), free_port(), &["--durability", "never"]);
+    let target = ["--url".to_string(), format!("http://{}", server.addr)];
+    for args in [
+        vec![
+            "bench", "put", "-n", "300", "-c", "4", "--keys", "50", "--json",
+        ],
+        vec![
+            "bench",
+            "get",
+            "-n",
+            "300",
+            "-c",
+            "4",
+            "--keys",
+            "50",
+            "--preload",
+            "--distribution",
+            "zipfian",
+            "--json",
+        ],
+        vec![
+            "bench",
+            "range",
+            "-n",
+            "50",
+            "-c",
+            "2",
+            "--keys",
+            "200",
+            "--preload",
+            "--json",
+        ],
+        vec!["bench", "batch", "-n", "50", "-c", "2", "--json"],
+        vec![
+            "bench", "mixed", "-n", "200", "-c", "4", "--keys", "50", "--json",
+        ],
+    ] {
+        let (code, out, err) = kvctl(&target, &args, b"");
+        assert_eq!(code, 0, "{args:?}: {err}");
+        let summary: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let n: u64 = args[3].parse().unwrap();
+        assert_eq!(
+            summary["requests"].as_u64().unwrap() + summary["errors"].as_u64().unwrap(),
+            n,
+            "{args:?}: {summary}"
+        );
+        assert_eq!(summary["errors"], 0, "{args:?}: {summary}");
+        assert!(summary["requests_per_second"].as_f64().unwrap() > 0.0);
+        assert!(
+            summary["latency_us"]["p99"].as_u64().unwrap()
+                >= summary["latency_us"]["p50"].as_u64().unwrap()
+        );
+    }
+    let (_, out, _) = kvctl(&target, &["get", "key00000007"], b"");
+    assert_eq!(out.len(), 256, "preload wrote 256-byte values");
+    let (code, _, err) = kvctl(&target, &["bench", "get", "-c", "0"], b"");
+    assert_eq!(code, 2, "{err}");
+}

@@ -3,6 +3,7 @@
 //! directly (`--data-dir`). Values go to stdout as raw bytes; errors to stderr; exit codes:
 //! 0 ok, 1 key not found, 2 usage or bad input, 3 server, network or disk failure.
 
+mod bench;
 mod error;
 mod input;
 mod shell;
@@ -109,10 +110,29 @@ enum Command {
     Status,
     /// Interactive shell: put, read, delete, readrange, batchput, status, help, exit.
     Shell,
+    /// Load generator against a server: req/s and latency percentiles (HDR histogram).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Bench(args) = &cli.command {
+        // The load generator runs its own multi-threaded runtime, and only against a server.
+        let result = if cli.data_dir.is_some() {
+            Err(CliError::usage(
+                "bench needs a server (--url), not --data-dir",
+            ))
+        } else {
+            bench::run(&cli.url, args)
+        };
+        return match result {
+            Ok(()) => ExitCode::from(error::OK),
+            Err(e) => {
+                eprintln!("kvctl: {}", e.message);
+                ExitCode::from(e.code)
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -240,6 +260,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Shell => shell::run(&mut target).await,
+        Command::Bench(_) => Err(CliError::usage("bench runs on its own runtime")),
     }
 }
 
