@@ -29,8 +29,9 @@
 //! exactly that many put/tombstone records, all carrying the header's LSN.
 //!
 //! ## Invariants
-//! - Within a segment, LSNs never decrease; a record's LSN is greater than its predecessor's unless it is a
-//!   member of the batch whose header precedes it (then it is equal).
+//! - Within a segment, LSNs never decrease. They are equal only for the members of a batch (which follow
+//!   their header's LSN) and, in compaction outputs, for the surviving members of a batch whose header was
+//!   dropped; a batch header's LSN is always greater than its predecessor's.
 //! - A batch never spans two segments.
 //! - Keys of put and tombstone records are non-empty; lengths are below [`MAX_KEY_LEN`] / [`MAX_VALUE_LEN`].
 //! - Decoding never panics and never trusts a length before checking it against the bytes available.

@@ -51,9 +51,13 @@ use crate::codec::{
     MAX_VALUE_LEN, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 use crate::options::Options;
+
+#[path = "compaction.rs"]
+mod compaction;
 use crate::recovery::{apply_update, recover, Update};
-use crate::segment::{segment_name, Segment};
+use crate::segment::{segment_name, Segment, FIRST_SEGMENT_ID};
 use crate::vfs::{path_in, DirLock};
+pub use compaction::CompactionStats;
 
 /// The storage engine over a data directory. Cheap to share behind an `Arc`; dropping it stops the interval
 /// syncer and makes everything written durable (best effort; call [`FsEngine::close`] to see errors).
@@ -85,6 +89,13 @@ struct Inner {
     sync: Mutex<SyncState>,
     /// Everything up to this LSN is durable.
     durable_lsn: AtomicU64,
+    /// Serialises keydir mutations between the writer (`never`/`interval`), the sync leader (`always`) and
+    /// compaction's remapping, so a remap can never overwrite a newer location.
+    publish: Mutex<()>,
+    /// Held while a compaction runs: at most one at a time.
+    compacting: Mutex<()>,
+    /// Counters of finished compactions.
+    compactions: Mutex<CompactionStats>,
     /// Set once, by the first write-path I/O failure; read lock-free by everyone after.
     poison: OnceLock<String>,
     acked_lsn: AtomicU64,
@@ -215,7 +226,11 @@ impl FsEngine {
         let (active, offset, disk_bytes) = match rec.newest {
             Some((seg, len)) if len < opts.max_segment_bytes => (seg, len, rec.disk_bytes),
             _ => {
-                let id = rec.max_id + 1;
+                let id = if rec.max_id == 0 {
+                    FIRST_SEGMENT_ID
+                } else {
+                    rec.max_id + 1
+                };
                 let seg = create_segment(&*fs, &dir, id)?;
                 segments.insert(id, seg.clone());
                 (
@@ -245,6 +260,9 @@ impl FsEngine {
             }),
             sync: Mutex::new(SyncState::default()),
             durable_lsn: AtomicU64::new(rec.last_lsn),
+            publish: Mutex::new(()),
+            compacting: Mutex::new(()),
+            compactions: Mutex::new(CompactionStats::default()),
             poison: OnceLock::new(),
             acked_lsn: AtomicU64::new(rec.last_lsn),
             garbage_bytes: garbage,
@@ -290,6 +308,17 @@ impl FsEngine {
     /// What recovery did at open.
     pub fn recovery_report(&self) -> &RecoveryReport {
         &self.inner.report
+    }
+
+    /// Merges every sealed segment into new segments holding only live records (see `compaction.rs`).
+    /// Reads and writes continue meanwhile. Fails with `InvalidInput` if a compaction is already running.
+    pub fn compact(&self) -> EngineResult<CompactionStats> {
+        compaction::compact(&self.inner)
+    }
+
+    /// Totals of the compactions run since open.
+    pub fn compaction_stats(&self) -> CompactionStats {
+        self.inner.compactions.lock().clone()
     }
 }
 
@@ -449,6 +478,7 @@ impl Inner {
             w.offset += total;
             w.last_lsn = lsn;
             // The bytes are in the file: publish under the writer lock, so keydir order is LSN order.
+            let _publishing = self.publish.lock();
             for_each_record(&op, |at, len, kind, key| {
                 apply_update(
                     &*self.index,
@@ -534,6 +564,7 @@ impl Inner {
         // Records of a sealed segment were fsynced by `rotate`; the active file holds the rest.
         file.sync_data()
             .map_err(|e| self.io_failure(format!("syncing {name}"), e))?;
+        let publishing = self.publish.lock();
         for u in &pending {
             apply_update(
                 &*self.index,
@@ -541,6 +572,7 @@ impl Inner {
                 to_update(u.kind, &u.key, u.location),
             );
         }
+        drop(publishing);
         self.acked_lsn.fetch_max(target, Ordering::AcqRel);
         let before = self.durable_lsn.fetch_max(target, Ordering::AcqRel);
         let size = target.saturating_sub(before);
@@ -557,14 +589,29 @@ impl Inner {
         Ok(())
     }
 
-    /// Reads and verifies the record at `loc`, which the keydir says holds `key`'s latest value.
-    fn read_value(&self, key: &[u8], loc: Location) -> EngineResult<Value> {
-        let seg = self.segments.read().get(&loc.segment).cloned();
-        let seg = seg.ok_or_else(|| EngineError::Corrupted {
+    /// The value of `key`, starting from the location `loc` the keydir gave. If compaction retired that
+    /// segment in between (the keydir then points at the compacted copy), looks the key up again.
+    fn read_current(&self, key: &[u8], mut loc: Location) -> EngineResult<Option<Value>> {
+        for _ in 0..8 {
+            let seg = self.segments.read().get(&loc.segment).cloned();
+            match seg {
+                Some(seg) => return self.read_value(&seg, key, loc).map(Some),
+                None => match self.index.get(key) {
+                    Some(now) if now != loc => loc = now,
+                    Some(_) => break,
+                    None => return Ok(None),
+                },
+            }
+        }
+        Err(EngineError::Corrupted {
             file: segment_name(loc.segment),
             offset: loc.offset as u64,
             reason: "keydir points into a missing segment".into(),
-        })?;
+        })
+    }
+
+    /// Reads and verifies the record at `loc`, which the keydir says holds `key`'s latest value.
+    fn read_value(&self, seg: &Segment, key: &[u8], loc: Location) -> EngineResult<Value> {
         let mut buf = vec![0u8; loc.len as usize];
         seg.file
             .read_exact_at(&mut buf, loc.offset as u64)
@@ -648,7 +695,7 @@ impl Engine for FsEngine {
 
     fn get(&self, key: &[u8]) -> EngineResult<Option<Value>> {
         match self.inner.index.get(key) {
-            Some(loc) => self.inner.read_value(key, loc).map(Some),
+            Some(loc) => self.inner.read_current(key, loc),
             None => Ok(None),
         }
     }
@@ -669,9 +716,10 @@ impl Engine for FsEngine {
             .index
             .range(range, limit)
             .into_iter()
-            .map(|(key, loc)| {
-                let value = self.inner.read_value(&key, loc)?;
-                Ok(Entry { key, value })
+            .filter_map(|(key, loc)| match self.inner.read_current(&key, loc) {
+                Ok(Some(value)) => Some(Ok(Entry { key, value })),
+                Ok(None) => None,
+                Err(e) => Some(Err(e)),
             })
             .collect()
     }

@@ -32,6 +32,7 @@ use crate::codec::{
 };
 use crate::segment::{
     parse_segment_name, read_segment_header, scan_records, segment_name, ScanEnd, Segment,
+    TEMP_SUFFIX,
 };
 use crate::vfs::{path_in, FileSystem};
 
@@ -134,9 +135,11 @@ fn replay_segment(
                 }
                 return Ok(());
             }
-            if lsn <= last_lsn {
+            // Equal LSNs outside a batch are legal only in compaction outputs, where a batch's surviving
+            // members follow each other without their header.
+            if lsn < last_lsn || (lsn == last_lsn && r.header.kind == RecordKind::BatchHeader) {
                 return Err(DecodeError::OutOfSequence(
-                    "LSN not greater than its predecessor's",
+                    "LSN lower than its predecessor's",
                 ));
             }
             last_lsn = lsn;
@@ -196,12 +199,25 @@ pub(crate) fn recover(
     index: &dyn OrderedIndex,
     garbage: &AtomicU64,
 ) -> EngineResult<Recovered> {
+    let mut report = RecoveryReport::default();
+    // Leftovers of an interrupted compaction: outputs never committed (their inputs are all still there).
+    for name in fs
+        .list(dir)
+        .map_err(|e| EngineError::io(format!("listing {}", dir.display()), e))?
+    {
+        if name.ends_with(TEMP_SUFFIX) {
+            fs.remove(&path_in(dir, &name))
+                .map_err(|e| EngineError::io(format!("removing {name}"), e))?;
+            report
+                .notes
+                .push(format!("removed {name}, an uncommitted compaction output"));
+        }
+    }
     let names = fs
         .list(dir)
         .map_err(|e| EngineError::io(format!("listing {}", dir.display()), e))?;
     let mut ids: Vec<u32> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
     ids.sort_unstable();
-    let mut report = RecoveryReport::default();
     let mut segments = BTreeMap::new();
     let mut newest = None;
     let mut last_lsn = 0u64;

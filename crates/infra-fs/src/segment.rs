@@ -11,6 +11,11 @@ use crate::vfs::FileHandle;
 
 /// File-name suffix of segment files.
 pub const SEGMENT_SUFFIX: &str = ".seg";
+/// Suffix of a compaction output not yet committed (removed at open).
+pub const TEMP_SUFFIX: &str = ".seg.tmp";
+/// Id of a new store's first segment. New segments count up from it; compaction outputs take fresh ids
+/// below the lowest existing one, so they always replay before the newer segments (see `compaction`).
+pub const FIRST_SEGMENT_ID: u32 = 1 << 20;
 
 /// The file name of segment `id`: zero-padded so that lexical order is id order.
 pub fn segment_name(id: u32) -> String {

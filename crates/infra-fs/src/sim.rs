@@ -343,6 +343,12 @@ impl FileSystem for SimFs {
             .map(|_| ())
             .ok_or_else(|| missing(path))
     }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut st = self.state.lock();
+        let ino = st.live_dir.remove(from).ok_or_else(|| missing(from))?;
+        st.live_dir.insert(to.to_path_buf(), ino);
+        Ok(())
+    }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut st = self.state.lock();
         st.begin_sync()?;

@@ -58,6 +58,8 @@ pub trait FileSystem: Send + Sync + Debug {
     fn open(&self, path: &Path) -> io::Result<Arc<dyn FileHandle>>;
     /// Removes a file.
     fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Renames a file, replacing `to` if it exists (atomic on POSIX file systems).
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes `dir`'s entries (creations, removals, renames) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Takes the exclusive lock of `dir`; `ErrorKind::WouldBlock` when someone else holds it. The lock must be
@@ -126,6 +128,9 @@ impl FileSystem for RealFs {
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
         fs::remove_file(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()

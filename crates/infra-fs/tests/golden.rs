@@ -123,6 +123,18 @@ impl goldenscript::Runner for Runner {
                 }
             }
             "dump" => out = dump_dir(&self.fs, Path::new(DIR))?,
+            "compact" => {
+                let s = self.engine()?.compact()?;
+                writeln!(
+                    out,
+                    "compacted {} segments ({} bytes) into {} ({} bytes), {} live records",
+                    s.input_segments,
+                    s.input_bytes,
+                    s.output_segments,
+                    s.output_bytes,
+                    s.records_copied
+                )?;
+            }
             "reopen" => out = self.reopen()?,
             // truncate BYTES: cut bytes off the newest segment (a torn write), then reopen.
             "truncate" => {

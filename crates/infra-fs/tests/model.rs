@@ -21,6 +21,7 @@ enum Op {
     Get(u8),
     Range(u8, u8, bool, usize),
     Reopen,
+    Compact,
 }
 
 fn key(k: u8) -> Vec<u8> {
@@ -44,6 +45,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => any::<u8>().prop_map(Op::Get),
         2 => (any::<u8>(), any::<u8>(), any::<bool>(), 0usize..12).prop_map(|(a, b, x, l)| Op::Range(a, b, x, l)),
         1 => Just(Op::Reopen),
+        1 => Just(Op::Compact),
     ]
 }
 
@@ -103,6 +105,14 @@ fn run(ops: &[Op], mut open: impl FnMut() -> FsEngine) -> Result<(), TestCaseErr
                     .collect();
                 prop_assert_eq!(got, want);
             }
+            Op::Compact => {
+                engine.compact().unwrap();
+                prop_assert_eq!(
+                    contents(&engine),
+                    model.clone(),
+                    "compaction changes no contents"
+                );
+            }
             Op::Reopen => {
                 drop(engine);
                 engine = open();
@@ -111,6 +121,11 @@ fn run(ops: &[Op], mut open: impl FnMut() -> FsEngine) -> Result<(), TestCaseErr
                     engine.status().recovery.truncated_bytes,
                     0,
                     "a clean close leaves no torn tail"
+                );
+                prop_assert!(
+                    engine.status().recovery.notes.is_empty(),
+                    "{:?}",
+                    engine.status().recovery.notes
                 );
             }
         }

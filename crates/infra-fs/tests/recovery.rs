@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use common::{apply_batch, contents, sim_options, Model};
 use kv_domain::{Durability, Engine, EngineError, WriteBatch};
-use kv_infra_fs::segment::{parse_segment_name, segment_name};
+use kv_infra_fs::segment::{parse_segment_name, segment_name, FIRST_SEGMENT_ID};
 use kv_infra_fs::sim::SimFs;
 use kv_infra_fs::FsEngine;
 use rand::{Rng, SeedableRng};
@@ -195,7 +195,9 @@ fn damage_found_on_the_read_path_is_an_error_never_wrong_bytes() {
     bytes[last] ^= 0x20; // a flip inside the value, behind the running engine's back
     fs.set_file(&seg, bytes);
     match engine.get(b"k") {
-        Err(EngineError::Corrupted { file, .. }) => assert_eq!(file, segment_name(1)),
+        Err(EngineError::Corrupted { file, .. }) => {
+            assert_eq!(file, segment_name(FIRST_SEGMENT_ID))
+        }
         other => panic!("expected corruption, got {other:?}"),
     }
 }
@@ -210,7 +212,10 @@ fn a_newest_segment_with_a_torn_header_is_set_aside() {
     // A rotation that crashed after creating the file but before its header was durable.
     for partial in [vec![], b"MPKVL".to_vec()] {
         let copy = fs.deep_copy();
-        copy.set_file(&Path::new(DIR).join(segment_name(2)), partial.clone());
+        copy.set_file(
+            &Path::new(DIR).join(segment_name(FIRST_SEGMENT_ID + 1)),
+            partial.clone(),
+        );
         let engine = open(&copy, 1 << 20).unwrap();
         assert_eq!(engine.get(b"k").unwrap().unwrap().as_bytes(), b"v");
         let report = engine.recovery_report();

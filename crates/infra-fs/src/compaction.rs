@@ -1,0 +1,338 @@
+//! Compaction (Bitcask's merge): rewrite the sealed segments keeping only live records.
+//!
+//! ## Protocol
+//! 1. The inputs are the segments sealed when compaction starts (every id below the active one). Writes go
+//!    on into the active segment meanwhile; segments sealed later are left for the next compaction.
+//! 2. Each input is scanned in id order; a put record is *live* if the keydir still points at it. Live
+//!    records are copied byte for byte (same LSN, timestamp and checksum) into output segments written as
+//!    `<id>.seg.tmp`. Tombstones and batch headers are dropped: every older version of their key is in the
+//!    inputs too and is dropped with them.
+//! 3. Outputs take fresh ids from a block reserved *below* every existing segment (used bottom up), so
+//!    replay at open applies them in the order they were written, before any input that still exists and
+//!    before every newer segment.
+//! 4. Each output, once full, is committed on its own: `fdatasync`, rename to `<id>.seg`, directory fsync
+//!    (IMPORTANT: in that order), then added to the segment table, and the keydir entries of its records
+//!    are switched to it one by one — only where the keydir still points at the input record (a compare and
+//!    swap under the publish lock, so a concurrent newer write always wins).
+//! 5. When every output is committed, the inputs leave the segment table and their files are deleted in
+//!    ascending id order, then the directory is fsynced.
+//!
+//! ## Why every crash point is safe
+//! - Before an output's rename: it is a `.tmp` file, removed at open; the inputs are intact.
+//! - Committed outputs next to all or some inputs: an output holds only copies of the latest version of
+//!   keys whose history lies in the inputs, and replays first. Inputs are deleted oldest first, so what
+//!   remains is a suffix of the inputs, whose records are newer than anything deleted: replaying them after
+//!   the outputs re-applies the same latest versions and tombstones. The contents are the same either way.
+//! - Readers that looked a key up just before its input was retired retry the lookup and find the copy.
+//!
+//! Memory is bounded by one output segment's keys (their remap list), not by the data size.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use kv_domain::{EngineError, EngineResult, Location};
+
+use super::Inner;
+use crate::codec::{encode_record, encode_segment_header, RecordKind, SEGMENT_HEADER_LEN};
+use crate::segment::{scan_records, segment_name, ScanEnd, Segment, TEMP_SUFFIX};
+use crate::vfs::{path_in, FileHandle};
+
+/// What compaction did (one run, or totals since open).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompactionStats {
+    /// Compactions finished.
+    pub runs: u64,
+    /// Input segments merged.
+    pub input_segments: u64,
+    /// Output segments written.
+    pub output_segments: u64,
+    /// Bytes of the inputs.
+    pub input_bytes: u64,
+    /// Bytes of the outputs.
+    pub output_bytes: u64,
+    /// Live records copied.
+    pub records_copied: u64,
+    /// Milliseconds spent.
+    pub millis: u64,
+}
+
+/// An output segment being written.
+struct Output {
+    id: u32,
+    file: Arc<dyn FileHandle>,
+    tmp: PathBuf,
+    len: u64,
+    buf: Vec<u8>,
+    /// (key, input location, output location) of every record copied into it.
+    remaps: Vec<(Box<[u8]>, Location, Location)>,
+}
+
+pub(super) fn compact(inner: &Inner) -> EngineResult<CompactionStats> {
+    let Some(_running) = inner.compacting.try_lock() else {
+        return Err(EngineError::InvalidInput(
+            "a compaction is already running".into(),
+        ));
+    };
+    inner.poisoned()?;
+    let started = Instant::now();
+    let active_id = inner.writer.lock().active.id;
+    let inputs: Vec<Arc<Segment>> = inner
+        .segments
+        .read()
+        .values()
+        .filter(|s| s.id < active_id)
+        .cloned()
+        .collect();
+    let mut stats = CompactionStats::default();
+    if inputs.is_empty() {
+        return Ok(stats);
+    }
+    // Output ids: a block reserved just below the oldest segment, used from its bottom up, so outputs replay
+    // in the order they were written (LSNs keep rising from one output to the next). Outputs hold at most
+    // the inputs' bytes, so twice the input count (plus slack for oversized records) always suffices.
+    let oldest = inputs.first().map_or(0, |s| s.id);
+    let reserve = (inputs.len() as u32).saturating_mul(2).saturating_add(2);
+    let first = oldest.checked_sub(reserve).filter(|&f| f > 0).ok_or_else(|| {
+        EngineError::InvalidInput(format!("no segment ids left below {oldest} for compaction output; the id space is exhausted"))
+    })?;
+    let mut next_id = first;
+    let limit = oldest;
+    let mut out: Option<Output> = None;
+    let result = (|| -> EngineResult<()> {
+        for input in &inputs {
+            let len = input
+                .file
+                .len()
+                .map_err(|e| EngineError::io(format!("reading length of {}", input.name), e))?;
+            stats.input_bytes += len;
+            let mut failure: Option<EngineError> = None;
+            let end = scan_records(&*input.file, SEGMENT_HEADER_LEN as u64, len, |offset, r| {
+                if failure.is_some() || r.header.kind != RecordKind::Put {
+                    return Ok(());
+                }
+                let here = Location {
+                    segment: input.id,
+                    offset: offset as u32,
+                    len: (crate::codec::RECORD_HEADER_LEN + r.key.len() + r.value.len()) as u32,
+                };
+                if inner.index.get(r.key) != Some(here) {
+                    return Ok(());
+                }
+                if let Err(e) =
+                    copy_record(inner, &mut out, (&mut next_id, limit), &mut stats, here, r)
+                {
+                    failure = Some(e);
+                }
+                Ok(())
+            })
+            .map_err(|e| EngineError::io(format!("reading {}", input.name), e))?;
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            if let ScanEnd::Invalid { offset, error } = end {
+                return Err(EngineError::Corrupted {
+                    file: input.name.clone(),
+                    offset,
+                    reason: error.to_string(),
+                });
+            }
+        }
+        if let Some(o) = out.take() {
+            commit(inner, o, &mut stats)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        // Roll back the uncommitted output; committed ones are valid alongside the untouched inputs.
+        if let Some(o) = out {
+            let _ = inner.opts.fs.remove(&o.tmp);
+        }
+        tracing::error!("compaction failed, inputs kept: {e}");
+        return Err(e);
+    }
+    // Retire the inputs: out of the table (readers retry), then deleted oldest first.
+    {
+        let mut table = inner.segments.write();
+        for input in &inputs {
+            table.remove(&input.id);
+        }
+    }
+    for input in &inputs {
+        inner
+            .opts
+            .fs
+            .remove(&path_in(&inner.dir, &input.name))
+            .map_err(|e| EngineError::io(format!("deleting {}", input.name), e))?;
+    }
+    inner
+        .opts
+        .fs
+        .sync_dir(&inner.dir)
+        .map_err(|e| EngineError::io("syncing data directory", e))?;
+    inner.disk_bytes.fetch_sub(
+        stats
+            .input_bytes
+            .min(inner.disk_bytes.load(Ordering::Relaxed)),
+        Ordering::Relaxed,
+    );
+    // The inputs' dead records are gone; stale copies were counted when their output was committed.
+    let header = SEGMENT_HEADER_LEN as u64;
+    let input_records = stats
+        .input_bytes
+        .saturating_sub(header * inputs.len() as u64);
+    let output_records = stats
+        .output_bytes
+        .saturating_sub(header * stats.output_segments);
+    let dropped = input_records.saturating_sub(output_records);
+    let garbage = inner.garbage_bytes.load(Ordering::Relaxed);
+    inner
+        .garbage_bytes
+        .fetch_sub(dropped.min(garbage), Ordering::Relaxed);
+    stats.runs = 1;
+    stats.input_segments = inputs.len() as u64;
+    stats.millis = started.elapsed().as_millis() as u64;
+    tracing::info!(
+        inputs = stats.input_segments,
+        outputs = stats.output_segments,
+        input_bytes = stats.input_bytes,
+        output_bytes = stats.output_bytes,
+        records = stats.records_copied,
+        millis = stats.millis,
+        "compaction finished"
+    );
+    let mut totals = inner.compactions.lock();
+    totals.runs += 1;
+    totals.input_segments += stats.input_segments;
+    totals.output_segments += stats.output_segments;
+    totals.input_bytes += stats.input_bytes;
+    totals.output_bytes += stats.output_bytes;
+    totals.records_copied += stats.records_copied;
+    totals.millis += stats.millis;
+    Ok(stats)
+}
+
+/// Appends one live record to the current output, starting or committing outputs as they fill.
+fn copy_record(
+    inner: &Inner,
+    out: &mut Option<Output>,
+    (next_id, limit): (&mut u32, u32),
+    stats: &mut CompactionStats,
+    from: Location,
+    r: &crate::codec::Record<'_>,
+) -> EngineResult<()> {
+    let full = out.as_ref().is_some_and(|o| {
+        o.len > SEGMENT_HEADER_LEN as u64 && o.len + from.len as u64 > inner.opts.max_segment_bytes
+    });
+    if full {
+        if let Some(o) = out.take() {
+            commit(inner, o, stats)?;
+        }
+    }
+    if out.is_none() {
+        let id = *next_id;
+        if id >= limit {
+            return Err(EngineError::InvalidInput(
+                "compaction output outgrew its reserved ids".into(),
+            ));
+        }
+        *next_id += 1;
+        let name = format!("{}{TEMP_SUFFIX}", segment_name(id).trim_end_matches(".seg"));
+        let tmp = path_in(&inner.dir, &name);
+        let file = inner
+            .opts
+            .fs
+            .create(&tmp)
+            .map_err(|e| EngineError::io(format!("creating {name}"), e))?;
+        let mut buf = Vec::with_capacity(1 << 20);
+        buf.extend_from_slice(&encode_segment_header(id));
+        *out = Some(Output {
+            id,
+            file,
+            tmp,
+            len: SEGMENT_HEADER_LEN as u64,
+            buf,
+            remaps: Vec::new(),
+        });
+    }
+    let Some(o) = out.as_mut() else { return Ok(()) };
+    let at = o.len;
+    let n = encode_record(
+        &mut o.buf,
+        RecordKind::Put,
+        r.header.lsn,
+        r.header.timestamp_micros,
+        r.key,
+        r.value,
+    );
+    o.len += n as u64;
+    o.remaps.push((
+        r.key.into(),
+        from,
+        Location {
+            segment: o.id,
+            offset: at as u32,
+            len: n as u32,
+        },
+    ));
+    stats.records_copied += 1;
+    if o.buf.len() >= 1 << 20 {
+        flush(o)?;
+    }
+    Ok(())
+}
+
+fn flush(o: &mut Output) -> EngineResult<()> {
+    let start = o.len - o.buf.len() as u64;
+    o.file.write_all_at(&o.buf, start).map_err(|e| {
+        EngineError::io(format!("writing compaction output {}", o.tmp.display()), e)
+    })?;
+    o.buf.clear();
+    Ok(())
+}
+
+/// Makes an output durable and visible, then points the keydir at its records.
+fn commit(inner: &Inner, mut o: Output, stats: &mut CompactionStats) -> EngineResult<()> {
+    flush(&mut o)?;
+    let name = segment_name(o.id);
+    // IMPORTANT: data durable, then the name, then the directory entry, before anything refers to it.
+    o.file
+        .sync_data()
+        .map_err(|e| EngineError::io(format!("syncing {name}"), e))?;
+    inner
+        .opts
+        .fs
+        .rename(&o.tmp, &path_in(&inner.dir, &name))
+        .map_err(|e| EngineError::io(format!("renaming {name}"), e))?;
+    inner
+        .opts
+        .fs
+        .sync_dir(&inner.dir)
+        .map_err(|e| EngineError::io("syncing data directory", e))?;
+    inner.segments.write().insert(
+        o.id,
+        Arc::new(Segment {
+            id: o.id,
+            name,
+            file: o.file.clone(),
+        }),
+    );
+    inner.disk_bytes.fetch_add(o.len, Ordering::Relaxed);
+    let mut stale = 0u64;
+    {
+        let _publishing = inner.publish.lock();
+        for (key, from, to) in &o.remaps {
+            if inner.index.get(key) == Some(*from) {
+                inner.index.insert(key, *to);
+            } else {
+                // Overwritten or deleted since it was copied: the copy is garbage already.
+                stale += to.len as u64;
+            }
+        }
+    }
+    inner.garbage_bytes.fetch_add(stale, Ordering::Relaxed);
+    stats.output_segments += 1;
+    stats.output_bytes += o.len;
+    Ok(())
+}

@@ -1,0 +1,243 @@
+//! Compaction: contents never change, at any crash point or injected failure, and readers and writers
+//! running alongside always see the latest acknowledged values.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use common::{contents, sim_options, Model};
+use kv_domain::{Durability, Engine, WriteBatch};
+use kv_infra_fs::segment::TEMP_SUFFIX;
+use kv_infra_fs::sim::{Faults, SimFs};
+use kv_infra_fs::FsEngine;
+
+const DIR: &str = "/data";
+const SEGMENT: u64 = 400;
+
+fn open(fs: &SimFs) -> FsEngine {
+    FsEngine::open(DIR, sim_options(fs, Durability::Always, SEGMENT)).unwrap()
+}
+
+/// A store with overwrites, deletes and batches spread over many small segments.
+fn populated() -> (SimFs, Model) {
+    let fs = SimFs::new();
+    let engine = open(&fs);
+    let mut model = Model::new();
+    for round in 0..6u32 {
+        for k in 0..12u32 {
+            let (key, value) = (
+                format!("k{k:02}"),
+                format!("r{round}-{}", "x".repeat((k * 7 % 40) as usize)),
+            );
+            if (k + round) % 5 == 0 {
+                engine.delete(key.as_bytes()).unwrap();
+                model.remove(key.as_bytes());
+            } else {
+                engine.put(key.as_bytes(), value.as_bytes()).unwrap();
+                model.insert(key.into_bytes(), value.into_bytes());
+            }
+        }
+        let mut b = WriteBatch::new();
+        b.put(format!("b{round}"), "batch")
+            .delete(format!("k{:02}", round));
+        engine.write_batch(&b).unwrap();
+        model.insert(format!("b{round}").into_bytes(), b"batch".to_vec());
+        model.remove(format!("k{round:02}").as_bytes());
+    }
+    assert!(engine.status().segments > 5);
+    (fs, model)
+}
+
+fn no_temp_files(fs: &SimFs) -> bool {
+    !fs.paths()
+        .iter()
+        .any(|p| p.to_string_lossy().ends_with(TEMP_SUFFIX))
+}
+
+#[test]
+fn compaction_keeps_contents_and_reclaims_space() {
+    let (fs, model) = populated();
+    let engine = open(&fs);
+    let before = engine.status();
+    let stats = engine.compact().unwrap();
+    let after = engine.status();
+    assert_eq!(contents(&engine), model);
+    assert!(stats.records_copied > 0 && stats.output_bytes < stats.input_bytes);
+    assert!(
+        after.disk_bytes < before.disk_bytes,
+        "{} -> {}",
+        before.disk_bytes,
+        after.disk_bytes
+    );
+    assert!(after.garbage_bytes < before.garbage_bytes);
+    assert!(no_temp_files(&fs));
+    drop(engine);
+    let engine = open(&fs);
+    assert_eq!(
+        contents(&engine),
+        model,
+        "the compacted store reopens to the same contents"
+    );
+    assert!(engine.recovery_report().notes.is_empty());
+    assert_eq!(engine.compaction_stats().runs, 0);
+}
+
+#[test]
+fn a_crash_at_any_point_of_compaction_leaves_the_same_contents() {
+    let (fs, model) = populated();
+    let engine = open(&fs);
+    let syncs_before = fs.syncs();
+    fs.capture_crash_points();
+    engine.compact().unwrap();
+    let points = fs.crash_points();
+    assert!(
+        points.len() >= 4,
+        "compaction made {} sync points",
+        points.len()
+    );
+    assert!(fs.syncs() > syncs_before);
+    for (n, point) in points.iter().enumerate() {
+        for torn in [None, Some(n as u64)] {
+            let crashed = point.materialize(torn);
+            let engine = FsEngine::open(DIR, sim_options(&crashed, Durability::Always, SEGMENT))
+                .unwrap_or_else(|e| panic!("crash point {n} (torn {torn:?}): open failed: {e}"));
+            assert_eq!(contents(&engine), model, "crash point {n} (torn {torn:?})");
+            assert!(
+                no_temp_files(&crashed),
+                "crash point {n}: leftovers are cleaned up at open"
+            );
+            // And it can compact again from there.
+            engine.compact().unwrap();
+            assert_eq!(contents(&engine), model);
+        }
+    }
+}
+
+#[test]
+fn an_injected_failure_at_any_sync_of_compaction_changes_nothing() {
+    let (fs, model) = populated();
+    let total = {
+        let probe = fs.deep_copy();
+        let engine = open(&probe);
+        let start = probe.syncs();
+        engine.compact().unwrap();
+        probe.syncs() - start
+    };
+    for k in 1..=total {
+        let copy = fs.deep_copy();
+        let engine = open(&copy);
+        copy.set_faults(Faults {
+            fail_sync_number: Some(copy.syncs() + k),
+            ..Faults::default()
+        });
+        assert!(
+            engine.compact().is_err(),
+            "sync {k} of {total} failed but compaction reported success"
+        );
+        assert_eq!(
+            contents(&engine),
+            model,
+            "failure at sync {k}: the running engine still serves everything"
+        );
+        drop(engine);
+        copy.set_faults(Faults::default());
+        let engine = open(&copy);
+        assert_eq!(contents(&engine), model, "failure at sync {k}: reopen");
+        assert!(no_temp_files(&copy));
+    }
+}
+
+#[test]
+fn readers_and_writers_see_the_latest_values_during_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = kv_infra_fs::Options {
+        durability: Durability::Never,
+        max_segment_bytes: 4096,
+        ..kv_infra_fs::Options::default()
+    };
+    let engine = Arc::new(FsEngine::open(dir.path(), opts).unwrap());
+    // Stable keys never change: every read must return exactly them. Hot keys only count up.
+    for i in 0..2000u32 {
+        engine
+            .put(
+                format!("stable{i:04}").as_bytes(),
+                format!("value-{i}").as_bytes(),
+            )
+            .unwrap();
+        engine
+            .put(
+                format!("hot{}", i % 20).as_bytes(),
+                format!("{:010}", i).as_bytes(),
+            )
+            .unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (engine, stop) = (engine.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 500u32;
+            while !stop.load(Ordering::Relaxed) {
+                engine
+                    .put(
+                        format!("hot{}", n % 20).as_bytes(),
+                        format!("{n:010}").as_bytes(),
+                    )
+                    .unwrap();
+                n += 1;
+            }
+        })
+    };
+    let readers: Vec<_> = (0..2)
+        .map(|r| {
+            let (engine, stop) = (engine.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut last = [0u32; 20];
+                let mut reads = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let i = (reads as u32 * 7 + r) % 2000;
+                    let v = engine.get(format!("stable{i:04}").as_bytes()).unwrap();
+                    assert_eq!(
+                        v.unwrap().as_bytes(),
+                        format!("value-{i}").as_bytes(),
+                        "stable key read wrong during compaction"
+                    );
+                    let h = i % 20;
+                    let v = engine
+                        .get(format!("hot{h}").as_bytes())
+                        .unwrap()
+                        .expect("a hot key vanished");
+                    let n: u32 = std::str::from_utf8(v.as_bytes()).unwrap().parse().unwrap();
+                    assert!(
+                        n >= last[h as usize],
+                        "hot{h} went backwards: {n} after {}",
+                        last[h as usize]
+                    );
+                    last[h as usize] = n;
+                    let page = engine
+                        .scan(
+                            &kv_domain::KeyRange::inclusive("stable0000", "stable1999"),
+                            5000,
+                        )
+                        .unwrap();
+                    assert_eq!(page.len(), 2000, "a scan during compaction missed keys");
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    let mut runs = 0;
+    for _ in 0..10 {
+        let stats = engine.compact().unwrap();
+        runs += stats.runs;
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    for r in readers {
+        assert!(r.join().unwrap() > 0);
+    }
+    assert!(runs >= 1);
+    assert_eq!(engine.compaction_stats().runs, runs);
+}
