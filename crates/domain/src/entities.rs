@@ -213,6 +213,8 @@ pub struct RecoveryReport {
     pub segments: usize,
     /// Valid records replayed.
     pub records: u64,
+    /// Sealed segments loaded from their hint files instead of being scanned.
+    pub hinted_segments: usize,
     /// Bytes cut from the newest segment's torn or invalid tail (0 when it was clean).
     pub truncated_bytes: u64,
     /// Where the cut bytes were saved for forensics, if any were cut.

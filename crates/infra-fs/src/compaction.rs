@@ -14,6 +14,7 @@
 //!    (IMPORTANT: in that order), then added to the segment table, and the keydir entries of its records
 //!    are switched to it one by one — only where the keydir still points at the input record (a compare and
 //!    swap under the publish lock, so a concurrent newer write always wins).
+//!    A hint file (see `hint.rs`) is written for each committed output.
 //! 5. When every output is committed, the inputs leave the segment table and their files are deleted in
 //!    ascending id order, then the directory is fsynced.
 //!
@@ -36,6 +37,7 @@ use kv_domain::{EngineError, EngineResult, Location};
 
 use super::Inner;
 use crate::codec::{encode_record, encode_segment_header, RecordKind, SEGMENT_HEADER_LEN};
+use crate::hint;
 use crate::segment::{scan_records, segment_name, ScanEnd, Segment, TEMP_SUFFIX};
 use crate::vfs::{path_in, FileHandle};
 
@@ -65,8 +67,8 @@ struct Output {
     tmp: PathBuf,
     len: u64,
     buf: Vec<u8>,
-    /// (key, input location, output location) of every record copied into it.
-    remaps: Vec<(Box<[u8]>, Location, Location)>,
+    /// (key, LSN, input location, output location) of every record copied into it.
+    remaps: Vec<(Box<[u8]>, u64, Location, Location)>,
 }
 
 pub(super) fn compact(inner: &Inner) -> EngineResult<CompactionStats> {
@@ -165,6 +167,7 @@ pub(super) fn compact(inner: &Inner) -> EngineResult<CompactionStats> {
             .fs
             .remove(&path_in(&inner.dir, &input.name))
             .map_err(|e| EngineError::io(format!("deleting {}", input.name), e))?;
+        remove_if_present(inner, &hint::hint_name(input.id))?;
     }
     inner
         .opts
@@ -269,6 +272,7 @@ fn copy_record(
     o.len += n as u64;
     o.remaps.push((
         r.key.into(),
+        r.header.lsn,
         from,
         Location {
             segment: o.id,
@@ -281,6 +285,15 @@ fn copy_record(
         flush(o)?;
     }
     Ok(())
+}
+
+fn remove_if_present(inner: &Inner, name: &str) -> EngineResult<()> {
+    match inner.opts.fs.remove(&path_in(&inner.dir, name)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(EngineError::io(format!("deleting {name}"), e))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn flush(o: &mut Output) -> EngineResult<()> {
@@ -300,6 +313,8 @@ fn commit(inner: &Inner, mut o: Output, stats: &mut CompactionStats) -> EngineRe
     o.file
         .sync_data()
         .map_err(|e| EngineError::io(format!("syncing {name}"), e))?;
+    // A hint left by an earlier, failed use of this id must never describe the new file.
+    remove_if_present(inner, &hint::hint_name(o.id))?;
     inner
         .opts
         .fs
@@ -310,6 +325,20 @@ fn commit(inner: &Inner, mut o: Output, stats: &mut CompactionStats) -> EngineRe
         .fs
         .sync_dir(&inner.dir)
         .map_err(|e| EngineError::io("syncing data directory", e))?;
+    let entries: Vec<(u64, &[u8], Location)> = o
+        .remaps
+        .iter()
+        .map(|(k, lsn, _, to)| (*lsn, &k[..], *to))
+        .collect();
+    if let Err(e) = hint::write(
+        &*inner.opts.fs,
+        &inner.dir,
+        o.id,
+        &hint::encode(o.id, o.len, &entries),
+    ) {
+        // Only start-up speed depends on it: the next open scans this segment instead.
+        tracing::warn!("no hint file for {name}: {e}");
+    }
     inner.segments.write().insert(
         o.id,
         Arc::new(Segment {
@@ -322,7 +351,7 @@ fn commit(inner: &Inner, mut o: Output, stats: &mut CompactionStats) -> EngineRe
     let mut stale = 0u64;
     {
         let _publishing = inner.publish.lock();
-        for (key, from, to) in &o.remaps {
+        for (key, _, from, to) in &o.remaps {
             if inner.index.get(key) == Some(*from) {
                 inner.index.insert(key, *to);
             } else {

@@ -9,6 +9,7 @@
 pub mod codec;
 pub mod dump;
 mod engine;
+pub mod hint;
 pub mod index;
 mod options;
 pub mod recovery;

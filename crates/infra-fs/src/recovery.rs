@@ -15,6 +15,10 @@
 //! - A newest segment whose header is incomplete or invalid was created by a rotation that did not finish
 //!   (records are appended only after the header is durable); it is saved aside and removed.
 //!
+//! - A sealed segment with a valid hint file (see [`crate::hint`]) is loaded from the hints without reading
+//!   its records (their checksums are then verified when read); an unusable hint is reported and the
+//!   segment scanned instead.
+//!
 //! ## Invariants after recovery
 //! - The keydir holds exactly the latest put of every key not deleted afterwards, over the valid records.
 //! - Every batch is either wholly applied or wholly absent.
@@ -30,6 +34,7 @@ use kv_domain::{EngineError, EngineResult, Location, OrderedIndex, RecoveryRepor
 use crate::codec::{
     decode_record, DecodeError, Record, RecordKind, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
+use crate::hint::{self, hint_name, HintEntry};
 use crate::segment::{
     parse_segment_name, read_segment_header, scan_records, segment_name, ScanEnd, Segment,
     TEMP_SUFFIX,
@@ -205,7 +210,7 @@ pub(crate) fn recover(
         .list(dir)
         .map_err(|e| EngineError::io(format!("listing {}", dir.display()), e))?
     {
-        if name.ends_with(TEMP_SUFFIX) {
+        if name.ends_with(TEMP_SUFFIX) || name.ends_with(".hint.tmp") {
             fs.remove(&path_in(dir, &name))
                 .map_err(|e| EngineError::io(format!("removing {name}"), e))?;
             report
@@ -263,6 +268,31 @@ pub(crate) fn recover(
             name: name.clone(),
             file: file.clone(),
         });
+        // A sealed segment with a valid hint file is loaded from it, without reading values.
+        if !is_newest && names.iter().any(|n| *n == hint_name(id)) {
+            match load_hints(fs, dir, id, file_len) {
+                Ok(entries) => {
+                    for e in &entries {
+                        apply_update(index, garbage, Update::Put(&e.key, e.location));
+                        last_lsn = last_lsn.max(e.lsn);
+                    }
+                    report.records += entries.len() as u64;
+                    report.hinted_segments += 1;
+                    disk_bytes += file_len;
+                    report.segments += 1;
+                    segments.insert(id, seg);
+                    continue;
+                }
+                Err(why) => {
+                    let note = format!(
+                        "hint file {} unusable ({why}); scanned {name} instead",
+                        hint_name(id)
+                    );
+                    tracing::warn!("{note}");
+                    report.notes.push(note);
+                }
+            }
+        }
         let (end, seg_applied, seg_seen) =
             replay_segment(&seg, file_len, index, garbage, &mut report.records)?;
         let seen_before = last_lsn.max(seg_seen);
@@ -314,6 +344,23 @@ pub(crate) fn recover(
         disk_bytes,
         report,
     })
+}
+
+/// Reads and checks the hint file of segment `id`.
+fn load_hints(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    id: u32,
+    segment_len: u64,
+) -> Result<Vec<HintEntry>, String> {
+    let file = fs
+        .open(&path_in(dir, &hint_name(id)))
+        .map_err(|e| e.to_string())?;
+    let len = file.len().map_err(|e| e.to_string())?;
+    let mut bytes = vec![0u8; len as usize];
+    file.read_exact_at(&mut bytes, 0)
+        .map_err(|e| e.to_string())?;
+    hint::decode(&bytes, id, segment_len)
 }
 
 /// Copies bytes `[from, to)` of a segment to a new durable file beside it; returns its name (None if empty).

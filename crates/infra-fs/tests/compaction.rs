@@ -125,6 +125,7 @@ fn an_injected_failure_at_any_sync_of_compaction_changes_nothing() {
         engine.compact().unwrap();
         probe.syncs() - start
     };
+    let mut failed = 0u32;
     for k in 1..=total {
         let copy = fs.deep_copy();
         let engine = open(&copy);
@@ -132,10 +133,9 @@ fn an_injected_failure_at_any_sync_of_compaction_changes_nothing() {
             fail_sync_number: Some(copy.syncs() + k),
             ..Faults::default()
         });
-        assert!(
-            engine.compact().is_err(),
-            "sync {k} of {total} failed but compaction reported success"
-        );
+        // A failed hint write is tolerated (only start-up speed depends on hints); any other failure
+        // aborts the compaction. Either way nothing may change.
+        failed += u32::from(engine.compact().is_err());
         assert_eq!(
             contents(&engine),
             model,
@@ -147,6 +147,10 @@ fn an_injected_failure_at_any_sync_of_compaction_changes_nothing() {
         assert_eq!(contents(&engine), model, "failure at sync {k}: reopen");
         assert!(no_temp_files(&copy));
     }
+    assert!(
+        failed * 2 > total as u32,
+        "most syncs of a compaction are on its critical path ({failed} of {total} failed it)"
+    );
 }
 
 #[test]
@@ -240,4 +244,59 @@ fn readers_and_writers_see_the_latest_values_during_compaction() {
     }
     assert!(runs >= 1);
     assert_eq!(engine.compaction_stats().runs, runs);
+}
+
+#[test]
+fn start_up_reads_hint_files_and_falls_back_when_they_are_damaged() {
+    let (fs, model) = populated();
+    {
+        let engine = open(&fs);
+        engine.compact().unwrap();
+    }
+    let hints: Vec<_> = fs
+        .paths()
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".hint"))
+        .collect();
+    assert!(!hints.is_empty(), "compaction wrote hint files");
+    let engine = open(&fs);
+    assert_eq!(contents(&engine), model);
+    assert_eq!(
+        engine.recovery_report().hinted_segments,
+        hints.len(),
+        "every compacted segment loaded from its hints"
+    );
+    assert!(engine.recovery_report().notes.is_empty());
+    drop(engine);
+
+    let hint = &hints[0];
+    let good = fs.read_file(hint).unwrap();
+    let mut flipped = good.clone();
+    flipped[good.len() / 2] ^= 0x01;
+    for (what, damaged) in [
+        ("truncated", Some(good[..good.len() - 3].to_vec())),
+        ("corrupt", Some(flipped)),
+        ("missing", None),
+    ] {
+        let copy = fs.deep_copy();
+        match damaged {
+            Some(bytes) => copy.set_file(hint, bytes),
+            None => kv_infra_fs::vfs::FileSystem::remove(&copy, hint).unwrap(),
+        }
+        let engine = open(&copy);
+        assert_eq!(contents(&engine), model, "{what} hint: contents");
+        let report = engine.recovery_report();
+        assert_eq!(
+            report.hinted_segments,
+            hints.len() - 1,
+            "{what} hint: that segment was scanned"
+        );
+        if what != "missing" {
+            assert!(
+                report.notes.iter().any(|n| n.contains("unusable")),
+                "{what} hint: fallback reported: {:?}",
+                report.notes
+            );
+        }
+    }
 }
