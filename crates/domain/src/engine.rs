@@ -2,7 +2,7 @@
 
 use std::ops::Bound;
 
-use crate::{EngineResult, EngineStatus, Entry, Key, Lsn, Value, WriteBatch};
+use crate::{CompactionStats, EngineResult, EngineStatus, Entry, Key, Lsn, Value, WriteBatch};
 
 /// Inclusive/exclusive/unbounded limits of a range scan, over raw key bytes.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -91,4 +91,8 @@ pub trait Engine: Send + Sync {
 
     /// Counters and state for status endpoints and metrics.
     fn status(&self) -> EngineStatus;
+
+    /// Reclaims the space of overwritten and deleted records without changing any contents; reads and
+    /// writes continue meanwhile. Fails with `InvalidInput` while another compaction runs.
+    fn compact(&self) -> EngineResult<CompactionStats>;
 }

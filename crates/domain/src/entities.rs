@@ -248,6 +248,29 @@ pub struct EngineStatus {
     pub recovery: RecoveryReport,
     /// How many writes each group commit made durable with one `fdatasync` (`always` mode).
     pub group_commits: GroupCommitStats,
+    /// Totals of the compactions finished since open.
+    pub compaction: CompactionStats,
+    /// Whether a compaction is running now.
+    pub compacting: bool,
+}
+
+/// What compaction did: one run, or the totals since open.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompactionStats {
+    /// Compactions finished.
+    pub runs: u64,
+    /// Input segments merged.
+    pub input_segments: u64,
+    /// Output segments written.
+    pub output_segments: u64,
+    /// Bytes of the inputs.
+    pub input_bytes: u64,
+    /// Bytes of the outputs.
+    pub output_bytes: u64,
+    /// Live records copied.
+    pub records_copied: u64,
+    /// Milliseconds spent.
+    pub millis: u64,
 }
 
 /// A histogram of group-commit sizes: `counts[i]` groups held at most `GroupCommitStats::BOUNDS[i]` writes

@@ -19,8 +19,8 @@ mod memory;
 
 pub use engine::{Engine, KeyRange};
 pub use entities::{
-    BatchOp, Durability, EngineStatus, Entry, GroupCommitStats, Key, Location, Lsn, RecoveryReport,
-    Value, WriteBatch,
+    BatchOp, CompactionStats, Durability, EngineStatus, Entry, GroupCommitStats, Key, Location,
+    Lsn, RecoveryReport, Value, WriteBatch,
 };
 pub use error::{EngineError, EngineResult};
 pub use index::OrderedIndex;

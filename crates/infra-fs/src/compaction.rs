@@ -33,32 +33,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use kv_domain::{EngineError, EngineResult, Location};
+use kv_domain::{CompactionStats, EngineError, EngineResult, Location};
 
 use super::Inner;
 use crate::codec::{encode_record, encode_segment_header, RecordKind, SEGMENT_HEADER_LEN};
 use crate::hint;
 use crate::segment::{scan_records, segment_name, ScanEnd, Segment, TEMP_SUFFIX};
 use crate::vfs::{path_in, FileHandle};
-
-/// What compaction did (one run, or totals since open).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CompactionStats {
-    /// Compactions finished.
-    pub runs: u64,
-    /// Input segments merged.
-    pub input_segments: u64,
-    /// Output segments written.
-    pub output_segments: u64,
-    /// Bytes of the inputs.
-    pub input_bytes: u64,
-    /// Bytes of the outputs.
-    pub output_bytes: u64,
-    /// Live records copied.
-    pub records_copied: u64,
-    /// Milliseconds spent.
-    pub millis: u64,
-}
 
 /// An output segment being written.
 struct Output {

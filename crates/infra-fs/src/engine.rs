@@ -41,8 +41,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use kv_domain::{
-    BatchOp, Durability, Engine, EngineError, EngineResult, EngineStatus, Entry, GroupCommitStats,
-    Key, KeyRange, Location, Lsn, OrderedIndex, RecoveryReport, Value, WriteBatch,
+    BatchOp, CompactionStats, Durability, Engine, EngineError, EngineResult, EngineStatus, Entry,
+    GroupCommitStats, Key, KeyRange, Location, Lsn, OrderedIndex, RecoveryReport, Value,
+    WriteBatch,
 };
 use parking_lot::{Mutex, RwLock};
 
@@ -57,13 +58,13 @@ mod compaction;
 use crate::recovery::{apply_update, recover, Update};
 use crate::segment::{segment_name, Segment, FIRST_SEGMENT_ID};
 use crate::vfs::{path_in, DirLock};
-pub use compaction::CompactionStats;
 
 /// The storage engine over a data directory. Cheap to share behind an `Arc`; dropping it stops the interval
 /// syncer and makes everything written durable (best effort; call [`FsEngine::close`] to see errors).
 pub struct FsEngine {
     inner: Arc<Inner>,
-    syncer: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+    /// Background threads (interval syncer, compactor) and their stop flags.
+    background: Vec<(Arc<AtomicBool>, JoinHandle<()>)>,
 }
 
 impl std::fmt::Debug for FsEngine {
@@ -275,25 +276,54 @@ impl FsEngine {
             _lock: lock,
             opts,
         });
-        let syncer = match inner.opts.durability {
-            Durability::Interval { ms } => Some(spawn_syncer(
+        let mut background = Vec::new();
+        if let Durability::Interval { ms } = inner.opts.durability {
+            background.extend(spawn_background(
+                "kv-interval-sync",
                 Arc::downgrade(&inner),
                 Duration::from_millis(ms.max(1)),
-            )),
-            _ => None,
-        };
-        Ok(Self { inner, syncer })
+                |inner| {
+                    let target = inner.writer.lock().last_lsn;
+                    if inner.poison.get().is_none() {
+                        // A failure poisons the engine and is reported to writers; nothing to do here.
+                        let _ = inner.sync_to(target);
+                    }
+                },
+            ));
+        }
+        if let Some(auto) = inner.opts.auto_compaction {
+            background.extend(spawn_background(
+                "kv-compactor",
+                Arc::downgrade(&inner),
+                auto.check_every,
+                move |inner| {
+                    let garbage = inner.garbage_bytes.load(Ordering::Relaxed);
+                    let disk = inner.disk_bytes.load(Ordering::Relaxed).max(1);
+                    if inner.poison.get().is_none()
+                        && garbage >= auto.min_garbage_bytes
+                        && garbage as f64 / disk as f64 >= auto.garbage_ratio
+                    {
+                        tracing::info!(garbage, disk, "garbage over the threshold: compacting");
+                        if let Err(e) = compaction::compact(inner) {
+                            tracing::warn!("automatic compaction failed: {e}");
+                        }
+                    }
+                },
+            ));
+        }
+        Ok(Self { inner, background })
     }
 
-    /// Makes everything durable, stops the syncer and releases the directory lock, reporting any error.
+    /// Makes everything durable, stops the background threads and releases the directory lock, reporting
+    /// any error.
     pub fn close(mut self) -> EngineResult<()> {
-        self.stop_syncer();
+        self.stop_background();
         self.inner.poisoned()?;
         self.sync()
     }
 
-    fn stop_syncer(&mut self) {
-        if let Some((stop, handle)) = self.syncer.take() {
+    fn stop_background(&mut self) {
+        for (stop, handle) in self.background.drain(..) {
             stop.store(true, Ordering::Release);
             handle.thread().unpark();
             let _ = handle.join();
@@ -310,12 +340,6 @@ impl FsEngine {
         &self.inner.report
     }
 
-    /// Merges every sealed segment into new segments holding only live records (see `compaction.rs`).
-    /// Reads and writes continue meanwhile. Fails with `InvalidInput` if a compaction is already running.
-    pub fn compact(&self) -> EngineResult<CompactionStats> {
-        compaction::compact(&self.inner)
-    }
-
     /// Totals of the compactions run since open.
     pub fn compaction_stats(&self) -> CompactionStats {
         self.inner.compactions.lock().clone()
@@ -324,7 +348,7 @@ impl FsEngine {
 
 impl Drop for FsEngine {
     fn drop(&mut self) {
-        self.stop_syncer();
+        self.stop_background();
         if self.inner.poison.get().is_none() {
             let target = self.inner.writer.lock().last_lsn;
             if let Err(e) = self.inner.sync_to(target) {
@@ -334,28 +358,34 @@ impl Drop for FsEngine {
     }
 }
 
-fn spawn_syncer(inner: Weak<Inner>, every: Duration) -> (Arc<AtomicBool>, JoinHandle<()>) {
+/// Runs `task` every `every` on a named thread until the engine is dropped. The thread holds only a weak
+/// reference, so it never keeps the engine alive.
+fn spawn_background(
+    name: &str,
+    inner: Weak<Inner>,
+    every: Duration,
+    task: impl Fn(&Inner) + Send + 'static,
+) -> Option<(Arc<AtomicBool>, JoinHandle<()>)> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    let handle = std::thread::Builder::new()
-        .name("kv-interval-sync".into())
+    let spawned = std::thread::Builder::new()
+        .name(name.into())
         .spawn(move || {
             while !flag.load(Ordering::Acquire) {
                 std::thread::park_timeout(every);
-                let Some(inner) = inner.upgrade() else { return };
-                let target = inner.writer.lock().last_lsn;
-                if inner.poison.get().is_none() {
-                    // A failure poisons the engine and is reported to writers; nothing to do here.
-                    let _ = inner.sync_to(target);
+                if flag.load(Ordering::Acquire) {
+                    return;
                 }
+                let Some(inner) = inner.upgrade() else { return };
+                task(&inner);
             }
-        })
-        .map(Some)
-        .unwrap_or(None);
-    match handle {
-        Some(h) => (stop, h),
-        // Spawning a thread fails only under resource exhaustion; fall back to a finished dummy thread.
-        None => (stop, std::thread::spawn(|| {})),
+        });
+    match spawned {
+        Ok(handle) => Some((stop, handle)),
+        Err(e) => {
+            tracing::error!("cannot start the {name} thread: {e}");
+            None
+        }
     }
 }
 
@@ -734,6 +764,11 @@ impl Engine for FsEngine {
         self.inner.sync_to(target)
     }
 
+    /// Merges every sealed segment into new segments holding only live records (see `compaction.rs`).
+    fn compact(&self) -> EngineResult<CompactionStats> {
+        compaction::compact(&self.inner)
+    }
+
     fn status(&self) -> EngineStatus {
         let i = &self.inner;
         EngineStatus {
@@ -747,6 +782,8 @@ impl Engine for FsEngine {
             fsyncs: i.fsyncs.load(Ordering::Relaxed),
             writes: i.writes.load(Ordering::Relaxed),
             recovery: i.report.clone(),
+            compaction: i.compactions.lock().clone(),
+            compacting: i.compacting.is_locked(),
             group_commits: GroupCommitStats {
                 counts: i
                     .group_sizes

@@ -18,4 +18,4 @@ pub mod sim;
 pub mod vfs;
 
 pub use engine::FsEngine;
-pub use options::{Clock, IndexKind, Options};
+pub use options::{AutoCompaction, Clock, IndexKind, Options};

@@ -68,6 +68,30 @@ pub struct Options {
     pub clock: Clock,
     /// The file system (the real one, or a simulated one in tests).
     pub fs: Arc<dyn FileSystem>,
+    /// Compact automatically when garbage passes a threshold (`None`: only when asked).
+    pub auto_compaction: Option<AutoCompaction>,
+}
+
+/// When the background compactor runs: every `check_every` it compacts if garbage bytes are at least
+/// `min_garbage_bytes` and at least `garbage_ratio` of the bytes on disk.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AutoCompaction {
+    /// Garbage share of the disk bytes that triggers a compaction (default 0.5).
+    pub garbage_ratio: f64,
+    /// Garbage bytes below which nothing happens whatever the ratio (default 64 MiB).
+    pub min_garbage_bytes: u64,
+    /// How often to check (default 10 s).
+    pub check_every: std::time::Duration,
+}
+
+impl Default for AutoCompaction {
+    fn default() -> Self {
+        Self {
+            garbage_ratio: 0.5,
+            min_garbage_bytes: 64 << 20,
+            check_every: std::time::Duration::from_secs(10),
+        }
+    }
 }
 
 impl Options {
@@ -86,6 +110,7 @@ impl Default for Options {
             index: IndexKind::default(),
             clock: Clock::System,
             fs: Arc::new(RealFs),
+            auto_compaction: Some(AutoCompaction::default()),
         }
     }
 }

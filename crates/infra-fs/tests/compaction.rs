@@ -300,3 +300,58 @@ fn start_up_reads_hint_files_and_falls_back_when_they_are_damaged() {
         }
     }
 }
+
+#[test]
+fn the_background_compactor_runs_once_garbage_passes_the_threshold() {
+    let fs = SimFs::new();
+    let auto = kv_infra_fs::AutoCompaction {
+        garbage_ratio: 0.5,
+        min_garbage_bytes: 2_000,
+        check_every: std::time::Duration::from_millis(10),
+    };
+    let engine = FsEngine::open(
+        DIR,
+        kv_infra_fs::Options {
+            auto_compaction: Some(auto),
+            ..sim_options(&fs, Durability::Never, SEGMENT)
+        },
+    )
+    .unwrap();
+    let mut model = Model::new();
+    for i in 0..20u32 {
+        let (k, v) = (
+            format!("k{}", i % 4),
+            format!("value {i} {}", "p".repeat(30)),
+        );
+        engine.put(k.as_bytes(), v.as_bytes()).unwrap();
+        model.insert(k.into_bytes(), v.into_bytes());
+    }
+    assert_eq!(
+        engine.compaction_stats().runs,
+        0,
+        "below the byte threshold nothing runs"
+    );
+    for i in 20..400u32 {
+        let (k, v) = (
+            format!("k{}", i % 4),
+            format!("value {i} {}", "p".repeat(30)),
+        );
+        engine.put(k.as_bytes(), v.as_bytes()).unwrap();
+        model.insert(k.into_bytes(), v.into_bytes());
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while engine.compaction_stats().runs == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the compactor never ran: {:?}",
+            engine.status()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(contents(&engine), model);
+    let status = engine.status();
+    assert!(
+        status.garbage_bytes * 2 < status.disk_bytes,
+        "garbage was reclaimed: {status:?}"
+    );
+}
