@@ -152,6 +152,21 @@ fn exercise(target: &[String], what: &str) {
             format!("{{\"key\":\"imp{i:06}\",\"value\":\"value-{i}\"}}")
         );
     }
+    // compact: a report, and the same contents after it.
+    let report: serde_json::Value =
+        serde_json::from_slice(&ok(&["--output", "json", "compact"], b"")).unwrap();
+    // (64 MiB segments: nothing sealed yet, so this run merges nothing and says so.)
+    assert_eq!(report["input_segments"], 0, "{what}: {report}");
+    assert!(
+        report["runs"].is_u64() && report["millis"].is_u64(),
+        "{what}: {report}"
+    );
+    assert_eq!(
+        ok(&["export", "imp000000", "imp999999"], b"").len(),
+        exported.len(),
+        "{what}: contents kept by compaction"
+    );
+
     // export | import round-trips binary data too.
     let bin_export = ok(&["export", "bin", "bin"], b"");
     assert!(String::from_utf8_lossy(&bin_export).contains("value_base64"));

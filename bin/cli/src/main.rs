@@ -108,6 +108,8 @@ enum Command {
     },
     /// Show the server's (or data directory's) status.
     Status,
+    /// Compact now: reclaim the space of overwritten and deleted values; prints the report.
+    Compact,
     /// Interactive shell: put, read, delete, readrange, batchput, status, help, exit.
     Shell,
     /// Load generator against a server: req/s and latency percentiles (HDR histogram).
@@ -249,8 +251,12 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             written(output, lsn)
         }
         Command::Import { file, batch_size } => import(&mut target, &file, batch_size.max(1)).await,
-        Command::Status => {
-            let status = target.status().await?;
+        Command::Status | Command::Compact => {
+            let status = if matches!(cli.command, Command::Compact) {
+                target.compact().await?
+            } else {
+                target.status().await?
+            };
             let text = match output {
                 Output::Text => serde_json::to_string_pretty(&status),
                 Output::Json => serde_json::to_string(&status),

@@ -137,6 +137,21 @@ impl Target {
         Ok(seen as u64)
     }
 
+    /// Runs a compaction; returns its report.
+    pub async fn compact(&mut self) -> Result<serde_json::Value, CliError> {
+        match self {
+            Target::Remote(c) => Ok(c.compact().await?),
+            Target::Embedded(s) => {
+                let r = s.compact()?;
+                Ok(serde_json::json!({
+                    "runs": r.runs, "input_segments": r.input_segments, "output_segments": r.output_segments,
+                    "input_bytes": r.input_bytes, "output_bytes": r.output_bytes, "records_copied": r.records_copied,
+                    "millis": r.millis,
+                }))
+            }
+        }
+    }
+
     /// The status document.
     pub async fn status(&mut self) -> Result<serde_json::Value, CliError> {
         match self {

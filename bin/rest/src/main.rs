@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use kv_app::{KvService, Limits};
 use kv_domain::Durability;
-use kv_infra_fs::{FsEngine, IndexKind, Options};
+use kv_infra_fs::{AutoCompaction, FsEngine, IndexKind, Options};
 use kv_infra_http::metrics::Metrics;
 use kv_infra_http::{serve, ServerConfig, ServerState};
 
@@ -74,6 +74,15 @@ struct Config {
     /// Milliseconds shutdown waits for in-flight requests.
     #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     shutdown_grace_ms: u64,
+    /// Compact automatically when garbage reaches this share of the disk bytes (0 turns it off).
+    #[arg(long, env = "COMPACT_GARBAGE_RATIO", default_value_t = 0.5)]
+    compact_garbage_ratio: f64,
+    /// ... and at least this many garbage bytes.
+    #[arg(long, env = "COMPACT_MIN_GARBAGE_BYTES", default_value_t = 64 << 20)]
+    compact_min_garbage_bytes: u64,
+    /// Milliseconds between checks of the compaction threshold.
+    #[arg(long, env = "COMPACT_CHECK_MS", default_value_t = 10_000)]
+    compact_check_ms: u64,
     /// Log output format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -181,10 +190,16 @@ async fn run(config: Config) -> Result<(), String> {
         IndexArg::ConcurrentSkiplist => IndexKind::ConcurrentSkipList,
         IndexArg::LockedSkiplist => IndexKind::LockedSkipList,
     };
+    let auto_compaction = (config.compact_garbage_ratio > 0.0).then(|| AutoCompaction {
+        garbage_ratio: config.compact_garbage_ratio,
+        min_garbage_bytes: config.compact_min_garbage_bytes,
+        check_every: Duration::from_millis(config.compact_check_ms.max(1)),
+    });
     let opts = Options {
         durability: config.durability,
         max_segment_bytes: config.segment_bytes,
         index,
+        auto_compaction,
         ..Options::default()
     };
     let dir = config.data_path.clone();

@@ -173,6 +173,11 @@ impl KvService {
         Ok(self.engine.write_batch(batch)?)
     }
 
+    /// Compacts the store (reclaims the space of overwritten and deleted records).
+    pub fn compact(&self) -> Result<kv_domain::CompactionStats, AppError> {
+        Ok(self.engine.compact()?)
+    }
+
     /// Deletes `key`; succeeds whether or not it exists.
     pub fn delete(&self, key: &[u8]) -> Result<Lsn, AppError> {
         self.check_key(key)?;

@@ -51,6 +51,10 @@ pub enum EngineError {
         reason: String,
     },
 
+    /// The operation cannot run now because a conflicting one is running (e.g. a second compaction).
+    #[error("busy: {0}")]
+    Busy(String),
+
     /// Another process (or another engine in this process) holds the data directory's lock.
     #[error("data directory {path} is locked by another process")]
     Locked {

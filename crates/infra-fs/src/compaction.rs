@@ -54,9 +54,7 @@ struct Output {
 
 pub(super) fn compact(inner: &Inner) -> EngineResult<CompactionStats> {
     let Some(_running) = inner.compacting.try_lock() else {
-        return Err(EngineError::InvalidInput(
-            "a compaction is already running".into(),
-        ));
+        return Err(EngineError::Busy("a compaction is already running".into()));
     };
     inner.poisoned()?;
     let started = Instant::now();

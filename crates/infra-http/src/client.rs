@@ -280,6 +280,15 @@ impl Client {
         Ok((pairs, next))
     }
 
+    /// Runs a compaction on the server; returns its report.
+    pub async fn compact(&mut self) -> Result<Json, ClientError> {
+        let body = self
+            .call(Method::POST, "/v1/admin/compact", Bytes::new())
+            .await?;
+        serde_json::from_slice(&body)
+            .map_err(|e| ClientError::Invalid(format!("bad compaction report: {e}")))
+    }
+
     /// The server's status document.
     pub async fn status(&mut self) -> Result<Json, ClientError> {
         let body = self.call(Method::GET, "/v1/status", Bytes::new()).await?;

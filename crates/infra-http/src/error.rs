@@ -78,6 +78,7 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             EngineError::DiskFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
+            EngineError::Busy(_) => StatusCode::CONFLICT,
             EngineError::Corrupted { .. } | EngineError::Io { .. } => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }

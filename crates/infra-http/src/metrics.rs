@@ -218,6 +218,30 @@ impl Metrics {
             "fdatasync calls on segment files since start.",
             engine.fsyncs,
         );
+        counter(
+            &mut out,
+            "kv_compactions_total",
+            "Compactions finished since start.",
+            engine.compaction.runs,
+        );
+        counter(
+            &mut out,
+            "kv_compaction_input_bytes_total",
+            "Bytes of segments merged by compaction.",
+            engine.compaction.input_bytes,
+        );
+        counter(
+            &mut out,
+            "kv_compaction_output_bytes_total",
+            "Bytes of segments written by compaction.",
+            engine.compaction.output_bytes,
+        );
+        gauge(
+            &mut out,
+            "kv_compacting",
+            "1 while a compaction runs.",
+            u64::from(engine.compacting),
+        );
         let g = &engine.group_commits;
         let _ = writeln!(
             out,

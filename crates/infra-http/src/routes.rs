@@ -12,6 +12,7 @@
 //! | GET | `/v1/kv?start&end&limit&cursor&encoding` | a page of a listing, streamed, with a cursor to continue |
 //! | GET | `/v1/status` | role, LSN, keys, segments, disk and garbage bytes, durability, recovery |
 //! | GET | `/metrics` | Prometheus text |
+//! | POST | `/v1/admin/compact` | run a compaction now; 409 while one runs |
 //!
 //! Every write answers with its LSN in the `x-kv-lsn` header and a JSON body `{"lsn": N}`. Errors are JSON
 //! `{"error": "..."}` with the status chosen in [`crate::error`].
@@ -43,7 +44,7 @@ const LISTING_MAX: usize = 10_000;
 
 /// The routes, as (metric label, allowed methods). Kept in one table so the router, the 405 `Allow` header
 /// and the OpenAPI test agree.
-pub const ROUTES: [(&str, &[&str]); 10] = [
+pub const ROUTES: [(&str, &[&str]); 11] = [
     ("/put", &["POST"]),
     ("/read", &["GET"]),
     ("/readrange", &["GET"]),
@@ -54,6 +55,7 @@ pub const ROUTES: [(&str, &[&str]); 10] = [
     ("/v1/kv", &["GET"]),
     ("/v1/status", &["GET"]),
     ("/metrics", &["GET"]),
+    ("/v1/admin/compact", &["POST"]),
 ];
 
 /// The route a path belongs to (its metric label), if any.
@@ -107,6 +109,7 @@ pub async fn handle(
         "/v1/kv" => listing(&state, &req),
         "/v1/status" => status(&state),
         "/metrics" => Ok(metrics(&state)),
+        "/v1/admin/compact" => compact(&state).await,
         _ => Err(ApiError::not_found(format!("no route for {path}"))),
     };
     (route, result.unwrap_or_else(ApiError::into_response))
@@ -607,8 +610,35 @@ fn status(state: &ServerState) -> Result<Response<Body>, ApiError> {
                 "notes": s.recovery.notes,
             },
             "followers": [],
+            "compacting": s.compacting,
+            "compaction": compaction_json(&s.compaction),
         }),
     ))
+}
+
+async fn compact(state: &ServerState) -> Result<Response<Body>, ApiError> {
+    let service = state.service.clone();
+    let s = tokio::task::spawn_blocking(move || service.compact())
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("compaction task failed: {e}"),
+            )
+        })??;
+    Ok(json(state, &compaction_json(&s)))
+}
+
+fn compaction_json(s: &kv_domain::CompactionStats) -> serde_json::Value {
+    serde_json::json!({
+        "runs": s.runs,
+        "input_segments": s.input_segments,
+        "output_segments": s.output_segments,
+        "input_bytes": s.input_bytes,
+        "output_bytes": s.output_bytes,
+        "records_copied": s.records_copied,
+        "millis": s.millis,
+    })
 }
 
 fn metrics(state: &ServerState) -> Response<Body> {

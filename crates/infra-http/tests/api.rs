@@ -292,3 +292,40 @@ async fn shutdown_stops_accepting_and_finishes_in_flight_requests() {
         b"0123456789"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_endpoint_compacts_and_reports_it() {
+    let s = TestServer::start(
+        kv_app::Limits::default(),
+        Default::default(),
+        kv_domain::Durability::Never,
+    )
+    .await;
+    // Enough overwrites to seal segments full of garbage (64 MiB segments: write big values).
+    let big = vec![b'x'; 1 << 20];
+    for i in 0..70 {
+        let r = s
+            .request("PUT", &format!("/v1/kv/k{}", i % 3), None, &big)
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    let before = s.get("/v1/status").await.json();
+    let r = s.request("POST", "/v1/admin/compact", None, b"").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let report = r.json();
+    assert_eq!(report["runs"], 1);
+    assert!(report["input_bytes"].as_u64().unwrap() > report["output_bytes"].as_u64().unwrap());
+    let after = s.get("/v1/status").await.json();
+    assert!(after["disk_bytes"].as_u64().unwrap() < before["disk_bytes"].as_u64().unwrap());
+    assert_eq!(after["compaction"]["runs"], 1);
+    assert_eq!(after["compacting"], false);
+    for i in 0..3 {
+        assert_eq!(s.get(&format!("/v1/kv/k{i}")).await.body.len(), 1 << 20);
+    }
+    let m = s.get("/metrics").await.text();
+    assert!(
+        m.contains("kv_compactions_total 1") && m.contains("kv_compacting 0"),
+        "{m}"
+    );
+    assert_eq!(s.get("/v1/admin/compact").await.status, 405);
+}
