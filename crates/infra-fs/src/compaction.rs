@@ -3,13 +3,15 @@
 //! ## Protocol
 //! 1. The inputs are the segments sealed when compaction starts (every id below the active one). Writes go
 //!    on into the active segment meanwhile; segments sealed later are left for the next compaction.
-//! 2. Each input is scanned in id order; a put record is *live* if the keydir still points at it. Live
-//!    records are copied byte for byte (same LSN, timestamp and checksum) into output segments written as
-//!    `<id>.seg.tmp`. Tombstones and batch headers are dropped: every older version of their key is in the
-//!    inputs too and is dropped with them.
-//! 3. Outputs take fresh ids from a block reserved *below* every existing segment (used bottom up), so
-//!    replay at open applies them in the order they were written, before any input that still exists and
-//!    before every newer segment.
+//! 2. The keydir is walked in key order, a page at a time; every key whose latest record lies in an input
+//!    is *live* there, and that record is read, verified and copied (same LSN, timestamp and checksum) into
+//!    output segments written as `<id>.seg.tmp`. Outputs are thus sorted by key (and so are their hints,
+//!    which makes start-up's keydir rebuild a run of in-order inserts). Tombstones and batch headers are
+//!    dropped: every older version of their key is in the inputs too and is dropped with them.
+//! 3. Outputs take fresh ids from a block reserved *below* every existing segment, so replay at open
+//!    applies them before any input that still exists and before every newer segment. Every id below
+//!    `FIRST_SEGMENT_ID` is a compaction output (normal segments count up from it); recovery knows their
+//!    LSNs follow key order, not time. Each key appears in at most one output.
 //! 4. Each output, once full, is committed on its own: `fdatasync`, rename to `<id>.seg`, directory fsync
 //!    (IMPORTANT: in that order), then added to the segment table, and the keydir entries of its records
 //!    are switched to it one by one — only where the keydir still points at the input record (a compare and
@@ -33,12 +35,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use kv_domain::{CompactionStats, EngineError, EngineResult, Location};
+use kv_domain::{CompactionStats, EngineError, EngineResult, KeyRange, Location};
 
 use super::Inner;
-use crate::codec::{encode_record, encode_segment_header, RecordKind, SEGMENT_HEADER_LEN};
+use crate::codec::{
+    decode_record, encode_record, encode_segment_header, RecordKind, SEGMENT_HEADER_LEN,
+};
 use crate::hint;
-use crate::segment::{scan_records, segment_name, ScanEnd, Segment, TEMP_SUFFIX};
+use crate::segment::{segment_name, Segment, TEMP_SUFFIX};
 use crate::vfs::{path_in, FileHandle};
 
 /// An output segment being written.
@@ -70,9 +74,8 @@ pub(super) fn compact(inner: &Inner) -> EngineResult<CompactionStats> {
     if inputs.is_empty() {
         return Ok(stats);
     }
-    // Output ids: a block reserved just below the oldest segment, used from its bottom up, so outputs replay
-    // in the order they were written (LSNs keep rising from one output to the next). Outputs hold at most
-    // the inputs' bytes, so twice the input count (plus slack for oversized records) always suffices.
+    // Output ids: a block reserved just below the oldest segment. Outputs hold at most the inputs' bytes, so
+    // twice the input count (plus slack for oversized records) always suffices.
     let oldest = inputs.first().map_or(0, |s| s.id);
     let reserve = (inputs.len() as u32).saturating_mul(2).saturating_add(2);
     let first = oldest.checked_sub(reserve).filter(|&f| f > 0).ok_or_else(|| {
@@ -81,44 +84,51 @@ pub(super) fn compact(inner: &Inner) -> EngineResult<CompactionStats> {
     let mut next_id = first;
     let limit = oldest;
     let mut out: Option<Output> = None;
+    let input_ids: std::collections::HashSet<u32> = inputs.iter().map(|s| s.id).collect();
+    for input in &inputs {
+        stats.input_bytes += input
+            .file
+            .len()
+            .map_err(|e| EngineError::io(format!("reading length of {}", input.name), e))?;
+    }
     let result = (|| -> EngineResult<()> {
-        for input in &inputs {
-            let len = input
-                .file
-                .len()
-                .map_err(|e| EngineError::io(format!("reading length of {}", input.name), e))?;
-            stats.input_bytes += len;
-            let mut failure: Option<EngineError> = None;
-            let end = scan_records(&*input.file, SEGMENT_HEADER_LEN as u64, len, |offset, r| {
-                if failure.is_some() || r.header.kind != RecordKind::Put {
-                    return Ok(());
+        // Walk the keydir in key order, a page at a time (bounded memory), and copy every live record that
+        // lives in an input. Outputs are therefore sorted by key, and so are their hint files, which makes
+        // rebuilding the keydir from them at start-up a sequence of in-order inserts.
+        let mut range = KeyRange::all();
+        loop {
+            let page = inner.index.range(&range, 4096);
+            let Some((last, _)) = page.last() else { break };
+            let next = range.after(last);
+            for (key, loc) in page {
+                if !input_ids.contains(&loc.segment) {
+                    continue;
                 }
-                let here = Location {
-                    segment: input.id,
-                    offset: offset as u32,
-                    len: (crate::codec::RECORD_HEADER_LEN + r.key.len() + r.value.len()) as u32,
+                let Some(input) = inputs.iter().find(|s| s.id == loc.segment) else {
+                    continue;
                 };
-                if inner.index.get(r.key) != Some(here) {
-                    return Ok(());
-                }
-                if let Err(e) =
-                    copy_record(inner, &mut out, (&mut next_id, limit), &mut stats, here, r)
-                {
-                    failure = Some(e);
-                }
-                Ok(())
-            })
-            .map_err(|e| EngineError::io(format!("reading {}", input.name), e))?;
-            if let Some(e) = failure {
-                return Err(e);
-            }
-            if let ScanEnd::Invalid { offset, error } = end {
-                return Err(EngineError::Corrupted {
+                let mut buf = vec![0u8; loc.len as usize];
+                input
+                    .file
+                    .read_exact_at(&mut buf, loc.offset as u64)
+                    .map_err(|e| {
+                        EngineError::io(format!("reading {} at {}", input.name, loc.offset), e)
+                    })?;
+                let r = decode_record(&buf).map_err(|e| EngineError::Corrupted {
                     file: input.name.clone(),
-                    offset,
-                    reason: error.to_string(),
-                });
+                    offset: loc.offset as u64,
+                    reason: e.to_string(),
+                })?;
+                if r.header.kind != RecordKind::Put || r.key != key.as_bytes() {
+                    return Err(EngineError::Corrupted {
+                        file: input.name.clone(),
+                        offset: loc.offset as u64,
+                        reason: "the keydir points at another record".into(),
+                    });
+                }
+                copy_record(inner, &mut out, (&mut next_id, limit), &mut stats, loc, &r)?;
             }
+            range = next;
         }
         if let Some(o) = out.take() {
             commit(inner, o, &mut stats)?;

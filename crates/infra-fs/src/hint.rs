@@ -87,6 +87,36 @@ fn u64_of(b: &mut &[u8]) -> Result<u64, String> {
 
 /// Decodes and checks hints for segment `id` whose file is `segment_len` bytes long.
 pub fn decode(bytes: &[u8], id: u32, segment_len: u64) -> Result<Vec<HintEntry>, String> {
+    let mut out = Vec::new();
+    for_each(bytes, id, segment_len, |lsn, key, location| {
+        out.push(HintEntry {
+            lsn,
+            key: key.to_vec(),
+            location,
+        })
+    })?;
+    Ok(out)
+}
+
+/// Checks the whole file first, then calls `each(lsn, key, location)` for every entry, without allocating:
+/// either every entry is delivered or none is.
+pub fn for_each(
+    bytes: &[u8],
+    id: u32,
+    segment_len: u64,
+    mut each: impl FnMut(u64, &[u8], Location),
+) -> Result<usize, String> {
+    let n = walk(bytes, id, segment_len, |_, _, _| {})?;
+    walk(bytes, id, segment_len, &mut each)?;
+    Ok(n)
+}
+
+fn walk(
+    bytes: &[u8],
+    id: u32,
+    segment_len: u64,
+    mut each: impl FnMut(u64, &[u8], Location),
+) -> Result<usize, String> {
     if bytes.len() < HEADER_LEN + 4 {
         return Err("truncated".into());
     }
@@ -106,31 +136,30 @@ pub fn decode(bytes: &[u8], id: u32, segment_len: u64) -> Result<Vec<HintEntry>,
     if u64_of(&mut b)? != segment_len {
         return Err("the segment's length changed since the hints were written".into());
     }
-    let n = u32_of(&mut b)?;
-    let mut out = Vec::with_capacity(n as usize);
+    let n = u32_of(&mut b)? as usize;
     for _ in 0..n {
         let lsn = u64_of(&mut b)?;
         let offset = u32_of(&mut b)?;
         let len = u32_of(&mut b)?;
         let key_len = u32_of(&mut b)? as usize;
-        let key = take(&mut b, key_len)?.to_vec();
+        let key = take(&mut b, key_len)?;
         if key.is_empty() || offset as u64 + len as u64 > segment_len {
             return Err("entry outside the segment".into());
         }
-        out.push(HintEntry {
+        each(
             lsn,
             key,
-            location: Location {
+            Location {
                 segment: id,
                 offset,
                 len,
             },
-        });
+        );
     }
     if !b.is_empty() {
         return Err("trailing bytes".into());
     }
-    Ok(out)
+    Ok(n)
 }
 
 /// Writes `bytes` as the hint file of segment `id`, durably (temp file, fsync, rename, directory fsync).

@@ -34,10 +34,10 @@ use kv_domain::{EngineError, EngineResult, Location, OrderedIndex, RecoveryRepor
 use crate::codec::{
     decode_record, DecodeError, Record, RecordKind, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
-use crate::hint::{self, hint_name, HintEntry};
+use crate::hint::{self, hint_name};
 use crate::segment::{
     parse_segment_name, read_segment_header, scan_records, segment_name, ScanEnd, Segment,
-    TEMP_SUFFIX,
+    FIRST_SEGMENT_ID, TEMP_SUFFIX,
 };
 use crate::vfs::{path_in, FileSystem};
 
@@ -140,14 +140,16 @@ fn replay_segment(
                 }
                 return Ok(());
             }
-            // Equal LSNs outside a batch are legal only in compaction outputs, where a batch's surviving
-            // members follow each other without their header.
-            if lsn < last_lsn || (lsn == last_lsn && r.header.kind == RecordKind::BatchHeader) {
+            // Compaction outputs (every id below FIRST_SEGMENT_ID) are in key order, not LSN order.
+            let ordered = seg.id >= FIRST_SEGMENT_ID;
+            if ordered
+                && (lsn < last_lsn || (lsn == last_lsn && r.header.kind == RecordKind::BatchHeader))
+            {
                 return Err(DecodeError::OutOfSequence(
                     "LSN lower than its predecessor's",
                 ));
             }
-            last_lsn = lsn;
+            last_lsn = last_lsn.max(lsn);
             match r.header.kind {
                 RecordKind::BatchHeader => {
                     let count = r.batch_count();
@@ -165,12 +167,12 @@ fn replay_segment(
                 RecordKind::Put => {
                     apply_update(index, garbage, Update::Put(r.key, loc(offset, r)));
                     *records += 1;
-                    applied_lsn = lsn;
+                    applied_lsn = applied_lsn.max(lsn);
                 }
                 RecordKind::Tombstone => {
                     apply_update(index, garbage, Update::Delete(r.key, loc(offset, r)));
                     *records += 1;
-                    applied_lsn = lsn;
+                    applied_lsn = applied_lsn.max(lsn);
                 }
             }
             Ok(())
@@ -270,13 +272,17 @@ pub(crate) fn recover(
         });
         // A sealed segment with a valid hint file is loaded from it, without reading values.
         if !is_newest && names.iter().any(|n| *n == hint_name(id)) {
-            match load_hints(fs, dir, id, file_len) {
+            let mut hinted_lsn = last_lsn;
+            let loaded = read_hints(fs, dir, id).and_then(|bytes| {
+                hint::for_each(&bytes, id, file_len, |lsn, key, location| {
+                    apply_update(index, garbage, Update::Put(key, location));
+                    hinted_lsn = hinted_lsn.max(lsn);
+                })
+            });
+            match loaded {
                 Ok(entries) => {
-                    for e in &entries {
-                        apply_update(index, garbage, Update::Put(&e.key, e.location));
-                        last_lsn = last_lsn.max(e.lsn);
-                    }
-                    report.records += entries.len() as u64;
+                    last_lsn = hinted_lsn;
+                    report.records += entries as u64;
                     report.hinted_segments += 1;
                     disk_bytes += file_len;
                     report.segments += 1;
@@ -346,13 +352,8 @@ pub(crate) fn recover(
     })
 }
 
-/// Reads and checks the hint file of segment `id`.
-fn load_hints(
-    fs: &dyn FileSystem,
-    dir: &Path,
-    id: u32,
-    segment_len: u64,
-) -> Result<Vec<HintEntry>, String> {
+/// Reads the hint file of segment `id`.
+fn read_hints(fs: &dyn FileSystem, dir: &Path, id: u32) -> Result<Vec<u8>, String> {
     let file = fs
         .open(&path_in(dir, &hint_name(id)))
         .map_err(|e| e.to_string())?;
@@ -360,7 +361,7 @@ fn load_hints(
     let mut bytes = vec![0u8; len as usize];
     file.read_exact_at(&mut bytes, 0)
         .map_err(|e| e.to_string())?;
-    hint::decode(&bytes, id, segment_len)
+    Ok(bytes)
 }
 
 /// Copies bytes `[from, to)` of a segment to a new durable file beside it; returns its name (None if empty).
