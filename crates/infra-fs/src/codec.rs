@@ -29,9 +29,9 @@
 //! exactly that many put/tombstone records, all carrying the header's LSN.
 //!
 //! ## Invariants
-//! - Within a segment, LSNs never decrease. They are equal only for the members of a batch (which follow
-//!   their header's LSN) and, in compaction outputs, for the surviving members of a batch whose header was
-//!   dropped; a batch header's LSN is always greater than its predecessor's.
+//! - Within a normal segment (id at least `segment::FIRST_SEGMENT_ID`) LSNs never decrease, and are equal
+//!   only for the members of a batch, which carry their header's LSN. Compaction outputs (ids below it) hold
+//!   puts only, in key order, each with its original LSN.
 //! - A batch never spans two segments.
 //! - Keys of put and tombstone records are non-empty; lengths are below [`MAX_KEY_LEN`] / [`MAX_VALUE_LEN`].
 //! - Decoding never panics and never trusts a length before checking it against the bytes available.
