@@ -74,6 +74,9 @@ struct Config {
     /// Milliseconds shutdown waits for in-flight requests.
     #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     shutdown_grace_ms: u64,
+    /// Most segment files open at once (least recently used ones are closed beyond it).
+    #[arg(long, env = "MAX_OPEN_FILES", default_value_t = 256)]
+    max_open_files: usize,
     /// Compact automatically when garbage reaches this share of the disk bytes (0 turns it off).
     #[arg(long, env = "COMPACT_GARBAGE_RATIO", default_value_t = 0.5)]
     compact_garbage_ratio: f64,
@@ -200,6 +203,7 @@ async fn run(config: Config) -> Result<(), String> {
         max_segment_bytes: config.segment_bytes,
         index,
         auto_compaction,
+        max_open_files: config.max_open_files,
         ..Options::default()
     };
     let dir = config.data_path.clone();

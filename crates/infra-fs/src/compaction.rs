@@ -87,8 +87,8 @@ pub(super) fn compact(inner: &Inner) -> EngineResult<CompactionStats> {
     let input_ids: std::collections::HashSet<u32> = inputs.iter().map(|s| s.id).collect();
     for input in &inputs {
         stats.input_bytes += input
-            .file
-            .len()
+            .file()
+            .and_then(|f| f.len())
             .map_err(|e| EngineError::io(format!("reading length of {}", input.name), e))?;
     }
     let result = (|| -> EngineResult<()> {
@@ -109,8 +109,8 @@ pub(super) fn compact(inner: &Inner) -> EngineResult<CompactionStats> {
                 };
                 let mut buf = vec![0u8; loc.len as usize];
                 input
-                    .file
-                    .read_exact_at(&mut buf, loc.offset as u64)
+                    .file()
+                    .and_then(|f| f.read_exact_at(&mut buf, loc.offset as u64))
                     .map_err(|e| {
                         EngineError::io(format!("reading {} at {}", input.name, loc.offset), e)
                     })?;
@@ -148,6 +148,8 @@ pub(super) fn compact(inner: &Inner) -> EngineResult<CompactionStats> {
         let mut table = inner.segments.write();
         for input in &inputs {
             table.remove(&input.id);
+            // No descriptor stays on a file about to be deleted (readers in flight keep theirs until done).
+            input.close();
         }
     }
     for input in &inputs {
@@ -328,14 +330,15 @@ fn commit(inner: &Inner, mut o: Output, stats: &mut CompactionStats) -> EngineRe
         // Only start-up speed depends on it: the next open scans this segment instead.
         tracing::warn!("no hint file for {name}: {e}");
     }
-    inner.segments.write().insert(
+    let path = path_in(&inner.dir, &name);
+    let seg = Segment::new(
         o.id,
-        Arc::new(Segment {
-            id: o.id,
-            name,
-            file: o.file.clone(),
-        }),
+        path,
+        inner.opts.fs.clone(),
+        inner.budget.clone(),
+        Some(o.file.clone()),
     );
+    inner.segments.write().insert(o.id, seg);
     inner.disk_bytes.fetch_add(o.len, Ordering::Relaxed);
     let mut stale = 0u64;
     {

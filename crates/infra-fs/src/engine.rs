@@ -56,7 +56,7 @@ use crate::options::Options;
 #[path = "compaction.rs"]
 mod compaction;
 use crate::recovery::{apply_update, recover, Update};
-use crate::segment::{segment_name, Segment, FIRST_SEGMENT_ID};
+use crate::segment::{segment_name, FdBudget, Segment, FIRST_SEGMENT_ID};
 use crate::vfs::{path_in, DirLock};
 
 /// The storage engine over a data directory. Cheap to share behind an `Arc`; dropping it stops the interval
@@ -79,6 +79,8 @@ impl std::fmt::Debug for FsEngine {
 struct Inner {
     dir: PathBuf,
     opts: Options,
+    /// Bounds the open segment descriptors.
+    budget: Arc<FdBudget>,
     /// The keydir. Mutated only by the writer (never/interval) or the sync leader (always).
     index: Box<dyn OrderedIndex>,
     /// Every segment by id. Readers clone an `Arc<Segment>` out and drop the guard before any I/O.
@@ -113,6 +115,8 @@ struct Inner {
 
 struct Writer {
     active: Arc<Segment>,
+    /// The active segment's file (pinned open).
+    active_file: Arc<dyn crate::vfs::FileHandle>,
     /// Where the next record goes in the active segment (counting records still in `buf`).
     offset: u64,
     /// LSN of the latest write accepted (in the file, or in `buf` in `always` mode).
@@ -222,7 +226,8 @@ impl FsEngine {
         })?;
         let index = opts.index.build();
         let garbage = AtomicU64::new(0);
-        let rec = recover(&*fs, &dir, &*index, &garbage)?;
+        let budget = FdBudget::new(opts.max_open_files);
+        let rec = recover(&fs, &dir, &*index, &garbage, &budget)?;
         let mut segments = rec.segments;
         let (active, offset, disk_bytes) = match rec.newest {
             Some((seg, len)) if len < opts.max_segment_bytes => (seg, len, rec.disk_bytes),
@@ -232,7 +237,7 @@ impl FsEngine {
                 } else {
                     rec.max_id + 1
                 };
-                let seg = create_segment(&*fs, &dir, id)?;
+                let seg = create_segment(&fs, &dir, id, &budget)?;
                 segments.insert(id, seg.clone());
                 (
                     seg,
@@ -246,12 +251,18 @@ impl FsEngine {
             keys = index.len(), last_lsn = rec.last_lsn, truncated_bytes = rec.report.truncated_bytes,
             "recovered data directory"
         );
+        active.pin(true);
+        let active_file = active
+            .file()
+            .map_err(|e| EngineError::io(format!("opening {}", active.name), e))?;
         let inner = Arc::new(Inner {
+            budget,
             dir,
             index,
             segments: RwLock::new(segments),
             writer: Mutex::new(Writer {
                 active,
+                active_file,
                 offset,
                 last_lsn: rec.last_lsn,
                 buf: Vec::new(),
@@ -391,9 +402,10 @@ fn spawn_background(
 
 /// Creates segment `id` with its header, durably (file and directory entry).
 fn create_segment(
-    fs: &dyn crate::vfs::FileSystem,
+    fs: &Arc<dyn crate::vfs::FileSystem>,
     dir: &Path,
     id: u32,
+    budget: &Arc<FdBudget>,
 ) -> EngineResult<Arc<Segment>> {
     let name = segment_name(id);
     let path = path_in(dir, &name);
@@ -406,7 +418,13 @@ fn create_segment(
         .and_then(|_| file.sync_data())
         .and_then(|_| fs.sync_dir(dir))
         .map_err(|e| EngineError::io(format!("initialising {name}"), e))?;
-    Ok(Arc::new(Segment { id, name, file }))
+    Ok(Segment::new(
+        id,
+        path,
+        fs.clone(),
+        budget.clone(),
+        Some(file),
+    ))
 }
 
 impl Inner {
@@ -439,7 +457,7 @@ impl Inner {
         if w.buf.is_empty() {
             return Ok(());
         }
-        let written = w.active.file.write_all_at(&w.buf, w.buf_start);
+        let written = w.active_file.write_all_at(&w.buf, w.buf_start);
         w.buf.clear();
         written.map_err(|e| self.io_failure(format!("appending to {}", w.active.name), e))
     }
@@ -449,17 +467,22 @@ impl Inner {
         self.flush_buffer(w)?;
         // IMPORTANT: fsync the old segment before its successor exists, so only the newest can be torn.
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
-        w.active
-            .file
+        w.active_file
             .sync_data()
             .map_err(|e| self.io_failure(format!("syncing {}", w.active.name), e))?;
-        let seg = create_segment(&*self.opts.fs, &self.dir, w.active.id + 1)
+        let seg = create_segment(&self.opts.fs, &self.dir, w.active.id + 1, &self.budget)
             .inspect_err(|e| self.poison_with(e))?;
+        seg.pin(true);
+        let file = seg
+            .file()
+            .map_err(|e| self.io_failure(format!("opening {}", seg.name), e))?;
         self.fsyncs.fetch_add(2, Ordering::Relaxed);
         self.segments.write().insert(seg.id, seg.clone());
         self.disk_bytes
             .fetch_add(SEGMENT_HEADER_LEN as u64, Ordering::Relaxed);
+        w.active.pin(false);
         w.active = seg;
+        w.active_file = file;
         w.offset = SEGMENT_HEADER_LEN as u64;
         Ok(())
     }
@@ -502,7 +525,7 @@ impl Inner {
             let mut scratch = std::mem::take(&mut w.scratch);
             scratch.clear();
             encode_op(&op, lsn, ts, &mut scratch);
-            let written = w.active.file.write_all_at(&scratch, base);
+            let written = w.active_file.write_all_at(&scratch, base);
             w.scratch = scratch;
             written.map_err(|e| self.io_failure(format!("appending to {}", w.active.name), e))?;
             w.offset += total;
@@ -584,7 +607,7 @@ impl Inner {
             self.flush_buffer(&mut w)?;
             let pending = std::mem::take(&mut w.pending);
             (
-                w.active.file.clone(),
+                w.active_file.clone(),
                 w.active.name.clone(),
                 w.last_lsn,
                 pending,
@@ -624,9 +647,22 @@ impl Inner {
     fn read_current(&self, key: &[u8], mut loc: Location) -> EngineResult<Option<Value>> {
         for _ in 0..8 {
             let seg = self.segments.read().get(&loc.segment).cloned();
-            match seg {
-                Some(seg) => return self.read_value(&seg, key, loc).map(Some),
-                None => match self.index.get(key) {
+            // A segment retired (and deleted) by compaction after we looked it up reads as missing too.
+            let file = match seg.as_ref().map(|s| s.file()) {
+                Some(Ok(file)) => Some(file),
+                Some(Err(e)) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(EngineError::io(
+                        format!("opening {}", segment_name(loc.segment)),
+                        e,
+                    ));
+                }
+                _ => None,
+            };
+            match (seg, file) {
+                (Some(seg), Some(file)) => {
+                    return self.read_value(&seg, &*file, key, loc).map(Some)
+                }
+                _ => match self.index.get(key) {
                     Some(now) if now != loc => loc = now,
                     Some(_) => break,
                     None => return Ok(None),
@@ -641,10 +677,15 @@ impl Inner {
     }
 
     /// Reads and verifies the record at `loc`, which the keydir says holds `key`'s latest value.
-    fn read_value(&self, seg: &Segment, key: &[u8], loc: Location) -> EngineResult<Value> {
+    fn read_value(
+        &self,
+        seg: &Segment,
+        file: &dyn crate::vfs::FileHandle,
+        key: &[u8],
+        loc: Location,
+    ) -> EngineResult<Value> {
         let mut buf = vec![0u8; loc.len as usize];
-        seg.file
-            .read_exact_at(&mut buf, loc.offset as u64)
+        file.read_exact_at(&mut buf, loc.offset as u64)
             .map_err(|e| EngineError::io(format!("reading {} at {}", seg.name, loc.offset), e))?;
         let corrupted = |reason: String| EngineError::Corrupted {
             file: seg.name.clone(),

@@ -70,6 +70,8 @@ pub struct Options {
     pub fs: Arc<dyn FileSystem>,
     /// Compact automatically when garbage passes a threshold (`None`: only when asked).
     pub auto_compaction: Option<AutoCompaction>,
+    /// Most segment files kept open at once (least recently used ones are closed beyond it; default 256).
+    pub max_open_files: usize,
 }
 
 /// When the background compactor runs: every `check_every` it compacts if garbage bytes are at least
@@ -111,6 +113,7 @@ impl Default for Options {
             clock: Clock::System,
             fs: Arc::new(RealFs),
             auto_compaction: Some(AutoCompaction::default()),
+            max_open_files: 256,
         }
     }
 }

@@ -36,10 +36,10 @@ use crate::codec::{
 };
 use crate::hint::{self, hint_name};
 use crate::segment::{
-    parse_segment_name, read_segment_header, scan_records, segment_name, ScanEnd, Segment,
-    FIRST_SEGMENT_ID, TEMP_SUFFIX,
+    parse_segment_name, read_segment_header, scan_records, segment_name, FdBudget, ScanEnd,
+    Segment, FIRST_SEGMENT_ID, TEMP_SUFFIX,
 };
-use crate::vfs::{path_in, FileSystem};
+use crate::vfs::{path_in, FileHandle, FileSystem};
 
 /// One change to the keydir, with the garbage accounting that goes with it.
 #[derive(Debug, Clone, Copy)]
@@ -95,6 +95,7 @@ struct OpenBatch {
 /// an incomplete batch).
 fn replay_segment(
     seg: &Segment,
+    file: &dyn FileHandle,
     file_len: u64,
     index: &dyn OrderedIndex,
     garbage: &AtomicU64,
@@ -108,76 +109,71 @@ fn replay_segment(
         offset: offset as u32,
         len: (RECORD_HEADER_LEN + r.key.len() + r.value.len()) as u32,
     };
-    let end = scan_records(
-        &*seg.file,
-        SEGMENT_HEADER_LEN as u64,
-        file_len,
-        |offset, r| {
-            let lsn = r.header.lsn;
-            if let Some(b) = batch.as_mut() {
-                if r.header.kind == RecordKind::BatchHeader || lsn != b.lsn {
-                    return Err(DecodeError::OutOfSequence(
-                        "batch member missing or interleaved",
-                    ));
-                }
-                b.members
-                    .push((r.key.to_vec(), r.header.kind, loc(offset, r)));
-                b.remaining -= 1;
-                if b.remaining == 0 {
-                    if let Some(done) = batch.take() {
-                        apply_update(index, garbage, Update::Framing(done.header));
-                        for (key, kind, l) in &done.members {
-                            let u = if *kind == RecordKind::Put {
-                                Update::Put(key, *l)
-                            } else {
-                                Update::Delete(key, *l)
-                            };
-                            apply_update(index, garbage, u);
-                        }
-                        *records += done.members.len() as u64 + 1;
-                        applied_lsn = done.lsn;
-                    }
-                }
-                return Ok(());
-            }
-            // Compaction outputs (every id below FIRST_SEGMENT_ID) are in key order, not LSN order.
-            let ordered = seg.id >= FIRST_SEGMENT_ID;
-            if ordered
-                && (lsn < last_lsn || (lsn == last_lsn && r.header.kind == RecordKind::BatchHeader))
-            {
+    let end = scan_records(file, SEGMENT_HEADER_LEN as u64, file_len, |offset, r| {
+        let lsn = r.header.lsn;
+        if let Some(b) = batch.as_mut() {
+            if r.header.kind == RecordKind::BatchHeader || lsn != b.lsn {
                 return Err(DecodeError::OutOfSequence(
-                    "LSN lower than its predecessor's",
+                    "batch member missing or interleaved",
                 ));
             }
-            last_lsn = last_lsn.max(lsn);
-            match r.header.kind {
-                RecordKind::BatchHeader => {
-                    let count = r.batch_count();
-                    if count == 0 {
-                        return Err(DecodeError::OutOfSequence("empty batch"));
+            b.members
+                .push((r.key.to_vec(), r.header.kind, loc(offset, r)));
+            b.remaining -= 1;
+            if b.remaining == 0 {
+                if let Some(done) = batch.take() {
+                    apply_update(index, garbage, Update::Framing(done.header));
+                    for (key, kind, l) in &done.members {
+                        let u = if *kind == RecordKind::Put {
+                            Update::Put(key, *l)
+                        } else {
+                            Update::Delete(key, *l)
+                        };
+                        apply_update(index, garbage, u);
                     }
-                    batch = Some(OpenBatch {
-                        header_offset: offset,
-                        lsn,
-                        remaining: count,
-                        members: Vec::new(),
-                        header: loc(offset, r),
-                    });
-                }
-                RecordKind::Put => {
-                    apply_update(index, garbage, Update::Put(r.key, loc(offset, r)));
-                    *records += 1;
-                    applied_lsn = applied_lsn.max(lsn);
-                }
-                RecordKind::Tombstone => {
-                    apply_update(index, garbage, Update::Delete(r.key, loc(offset, r)));
-                    *records += 1;
-                    applied_lsn = applied_lsn.max(lsn);
+                    *records += done.members.len() as u64 + 1;
+                    applied_lsn = done.lsn;
                 }
             }
-            Ok(())
-        },
-    )
+            return Ok(());
+        }
+        // Compaction outputs (every id below FIRST_SEGMENT_ID) are in key order, not LSN order.
+        let ordered = seg.id >= FIRST_SEGMENT_ID;
+        if ordered
+            && (lsn < last_lsn || (lsn == last_lsn && r.header.kind == RecordKind::BatchHeader))
+        {
+            return Err(DecodeError::OutOfSequence(
+                "LSN lower than its predecessor's",
+            ));
+        }
+        last_lsn = last_lsn.max(lsn);
+        match r.header.kind {
+            RecordKind::BatchHeader => {
+                let count = r.batch_count();
+                if count == 0 {
+                    return Err(DecodeError::OutOfSequence("empty batch"));
+                }
+                batch = Some(OpenBatch {
+                    header_offset: offset,
+                    lsn,
+                    remaining: count,
+                    members: Vec::new(),
+                    header: loc(offset, r),
+                });
+            }
+            RecordKind::Put => {
+                apply_update(index, garbage, Update::Put(r.key, loc(offset, r)));
+                *records += 1;
+                applied_lsn = applied_lsn.max(lsn);
+            }
+            RecordKind::Tombstone => {
+                apply_update(index, garbage, Update::Delete(r.key, loc(offset, r)));
+                *records += 1;
+                applied_lsn = applied_lsn.max(lsn);
+            }
+        }
+        Ok(())
+    })
     .map_err(|e| EngineError::io(format!("reading segment {}", seg.name), e))?;
     // Members of a batch that never completed were not applied: the cut starts at its header.
     let end = match batch {
@@ -201,11 +197,13 @@ fn valid_record_follows(tail: &[u8], after_lsn: u64) -> bool {
 
 /// Opens every segment in `dir`, replays them into `index`, repairs a torn tail of the newest one.
 pub(crate) fn recover(
-    fs: &dyn FileSystem,
+    fs_arc: &Arc<dyn FileSystem>,
     dir: &Path,
     index: &dyn OrderedIndex,
     garbage: &AtomicU64,
+    budget: &Arc<FdBudget>,
 ) -> EngineResult<Recovered> {
+    let fs: &dyn FileSystem = &**fs_arc;
     let mut report = RecoveryReport::default();
     // Leftovers of an interrupted compaction: outputs never committed (their inputs are all still there).
     for name in fs
@@ -265,11 +263,13 @@ pub(crate) fn recover(
             }
             Err(error) => return Err(corrupted(0, format!("segment header: {error}"))),
         }
-        let seg = Arc::new(Segment {
+        let seg = Segment::new(
             id,
-            name: name.clone(),
-            file: file.clone(),
-        });
+            path.clone(),
+            fs_arc.clone(),
+            budget.clone(),
+            Some(file.clone()),
+        );
         // A sealed segment with a valid hint file is loaded from it, without reading values.
         if !is_newest && names.iter().any(|n| *n == hint_name(id)) {
             let mut hinted_lsn = last_lsn;
@@ -300,7 +300,7 @@ pub(crate) fn recover(
             }
         }
         let (end, seg_applied, seg_seen) =
-            replay_segment(&seg, file_len, index, garbage, &mut report.records)?;
+            replay_segment(&seg, &*file, file_len, index, garbage, &mut report.records)?;
         let seen_before = last_lsn.max(seg_seen);
         last_lsn = last_lsn.max(seg_applied);
         let mut len = file_len;

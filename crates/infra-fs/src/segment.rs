@@ -2,12 +2,16 @@
 //! `dump`.
 
 use std::io;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
 
 use crate::codec::{
     decode_record, decode_record_header, DecodeError, Record, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
-use crate::vfs::FileHandle;
+use crate::vfs::{FileHandle, FileSystem};
 
 /// File-name suffix of segment files.
 pub const SEGMENT_SUFFIX: &str = ".seg";
@@ -31,15 +35,143 @@ pub fn parse_segment_name(name: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
-/// An open segment file. Sealed segments are immutable; the active one only grows, under the writer lock.
-#[derive(Debug)]
+/// A segment file. Sealed segments are immutable; the active one only grows, under the writer lock.
+///
+/// Its descriptor is opened on demand and may be closed again by the [`FdBudget`] it belongs to, so the
+/// number of open descriptors stays bounded however many segments exist. A reader holds the `Arc` of the
+/// handle for the duration of one read, so closing never interrupts a read.
 pub struct Segment {
     /// Segment id (also in its header and its file name).
     pub id: u32,
     /// File name, for error messages.
     pub name: String,
-    /// The open file.
-    pub file: Arc<dyn FileHandle>,
+    path: PathBuf,
+    fs: Arc<dyn FileSystem>,
+    budget: Arc<FdBudget>,
+    handle: Mutex<Option<Arc<dyn FileHandle>>>,
+    last_used: AtomicU64,
+    /// The active segment is never closed by the budget.
+    pinned: AtomicBool,
+}
+
+impl std::fmt::Debug for Segment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segment")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Segment {
+    /// A segment at `path`, with its file already open if `handle` is given.
+    pub fn new(
+        id: u32,
+        path: PathBuf,
+        fs: Arc<dyn FileSystem>,
+        budget: Arc<FdBudget>,
+        handle: Option<Arc<dyn FileHandle>>,
+    ) -> Arc<Self> {
+        let seg = Arc::new(Segment {
+            id,
+            name: segment_name(id),
+            path,
+            fs,
+            budget: budget.clone(),
+            handle: Mutex::new(None),
+            last_used: AtomicU64::new(0),
+            pinned: AtomicBool::new(false),
+        });
+        if let Some(h) = handle {
+            *seg.handle.lock() = Some(h);
+            budget.admit(&seg);
+        }
+        seg
+    }
+
+    /// The open file, opening it (and perhaps closing the least recently used other segment) if needed.
+    pub fn file(self: &Arc<Self>) -> io::Result<Arc<dyn FileHandle>> {
+        self.last_used.store(self.budget.tick(), Ordering::Relaxed);
+        if let Some(h) = self.handle.lock().as_ref() {
+            return Ok(h.clone());
+        }
+        let h = self.fs.open(&self.path)?;
+        *self.handle.lock() = Some(h.clone());
+        self.budget.admit(self);
+        Ok(h)
+    }
+
+    /// Keeps this segment's descriptor open whatever the budget (the active segment).
+    pub fn pin(&self, pinned: bool) {
+        self.pinned.store(pinned, Ordering::Relaxed);
+    }
+
+    /// Closes the descriptor now (a retired segment: no descriptor stays on a deleted file).
+    pub fn close(&self) {
+        self.handle.lock().take();
+    }
+
+    fn is_open(&self) -> bool {
+        self.handle.lock().is_some()
+    }
+}
+
+/// Bounds the segment descriptors open at once: when opening one more would exceed `max`, the least recently
+/// used unpinned segment is closed. (In-flight reads keep their handle until they finish, so the true count
+/// can briefly exceed `max` by the number of concurrent reads.)
+#[derive(Debug)]
+pub struct FdBudget {
+    max: usize,
+    clock: AtomicU64,
+    open: Mutex<Vec<Weak<Segment>>>,
+}
+
+impl FdBudget {
+    /// A budget of `max` descriptors (at least 2: the active segment and one more).
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max: max.max(2),
+            clock: AtomicU64::new(0),
+            open: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn admit(&self, seg: &Arc<Segment>) {
+        let mut open = self.open.lock();
+        open.retain(|w| {
+            w.upgrade()
+                .is_some_and(|s| s.is_open() && !Arc::ptr_eq(&s, seg))
+        });
+        open.push(Arc::downgrade(seg));
+        while open.len() > self.max {
+            let victim = open
+                .iter()
+                .enumerate()
+                .filter_map(|(i, w)| w.upgrade().map(|s| (i, s)))
+                .filter(|(_, s)| !s.pinned.load(Ordering::Relaxed) && !Arc::ptr_eq(s, seg))
+                .min_by_key(|(_, s)| s.last_used.load(Ordering::Relaxed));
+            match victim {
+                Some((i, s)) => {
+                    s.close();
+                    open.swap_remove(i);
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// Segments with an open descriptor now.
+    pub fn open_count(&self) -> usize {
+        self.open
+            .lock()
+            .iter()
+            .filter(|w| w.upgrade().is_some_and(|s| s.is_open()))
+            .count()
+    }
 }
 
 /// How a scan ended.
