@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help run-leader test lint bench bench-engine bench-index bench-http soak fmt clean-bench
+.PHONY: help run-leader test lint bench bench-engine bench-index bench-http larger-than-ram soak fmt clean-bench
 
 PORT ?= 8080
 DATA ?= ./data
@@ -19,6 +19,11 @@ test: ## Run every test of the workspace (unit, property, golden, recovery, cras
 		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
 		$(CARGO) test --workspace --no-fail-fast; \
+	fi
+	@if [ "$$(id -u)" = 0 ]; then \
+		python3 scripts/larger_than_ram.py target/debug/kv-server 512 128; \
+	else \
+		echo "larger-than-RAM check skipped: it needs root to create a memory cgroup (see make larger-than-ram)"; \
 	fi
 
 lint: ## rustfmt, clippy (warnings are errors) and rustdoc (warnings are errors)
@@ -39,6 +44,10 @@ bench-index: ## Keydir memory per key and read latency under writes, at 1 M and 
 
 bench-http: ## HTTP load with wrk against kv-server and a bare hyper ceiling server (needs wrk: apt-get install wrk)
 	bench/http/run.sh
+
+larger-than-ram: ## 4 GiB of values through a server limited to 256 MiB of memory, read back and compared (root)
+	$(CARGO) build --release -p kv-server
+	python3 scripts/larger_than_ram.py target/release/kv-server 4096 256
 
 soak: ## Long reliability runs: 200 SIGKILL cycles, 1000 power-loss histories (release build)
 	$(CARGO) build --release -p kv-server
