@@ -51,7 +51,7 @@ larger-than-ram: ## 4 GiB of values through a server limited to 256 MiB of memor
 
 soak: ## Long reliability runs: 200 SIGKILL cycles, 1000 power-loss histories (release build)
 	$(CARGO) build --release -p kv-server
-	CRASH_CYCLES=200 $(CARGO) test --release -p integration-tests --test crash_recovery -- --nocapture
+	CRASH_CYCLES=200 COMPACTION_CRASH_CYCLES=100 $(CARGO) test --release -p integration-tests --test crash_recovery -- --nocapture
 	POWER_LOSS_HISTORIES=1000 $(CARGO) test --release -p kv-infra-fs --test power_loss -- --nocapture
 	PROPTEST_CASES=2000 $(CARGO) test --release -p kv-infra-fs --test model
 

@@ -1,8 +1,10 @@
 //! Compaction (Bitcask's merge): rewrite the sealed segments keeping only live records.
 //!
 //! ## Protocol
-//! 1. The inputs are the segments sealed when compaction starts (every id below the active one). Writes go
-//!    on into the active segment meanwhile; segments sealed later are left for the next compaction.
+//! 1. The inputs are the segments sealed when compaction starts (every id below the active one). Every
+//!    write accepted before that moment is first made durable and published (a group commit may still hold
+//!    a write that a rotation sealed into an input). Writes go on into the active segment meanwhile;
+//!    segments sealed later are left for the next compaction.
 //! 2. The keydir is walked in key order, a page at a time; every key whose latest record lies in an input
 //!    is *live* there, and that record is read, verified and copied (same LSN, timestamp and checksum) into
 //!    output segments written as `<id>.seg.tmp`. Outputs are thus sorted by key (and so are their hints,
@@ -62,7 +64,15 @@ pub(super) fn compact(inner: &Inner) -> EngineResult<CompactionStats> {
     };
     inner.poisoned()?;
     let started = Instant::now();
-    let active_id = inner.writer.lock().active.id;
+    let (active_id, accepted) = {
+        let w = inner.writer.lock();
+        (w.active.id, w.last_lsn)
+    };
+    // IMPORTANT: in `always` mode a write sealed into an input by a rotation may still wait for its group
+    // commit to publish it in the keydir. Wait until every write accepted so far is published, or the
+    // keydir walk below would miss it and retiring its segment would lose an acknowledged write. Writes
+    // accepted from now on go to the active segment or later ones, which are not inputs.
+    inner.sync_to(accepted)?;
     let inputs: Vec<Arc<Segment>> = inner
         .segments
         .read()

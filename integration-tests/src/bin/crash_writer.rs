@@ -1,7 +1,8 @@
 //! Child process of the crash tests: many threads write to a data directory with durability `always`
 //! and print every acknowledged write on stdout, until they are killed.
 //!
-//! Usage: `crash_writer DATA_DIR WRITERS SEGMENT_BYTES RUN_ID`
+//! Usage: `crash_writer DATA_DIR WRITERS SEGMENT_BYTES RUN_ID [compact]` — with `compact`, another thread
+//! compacts the store over and over while the writers run.
 //!
 //! Lines printed (each only after the engine acknowledged the write):
 //! - `put KEY VALUE` for a single put;
@@ -35,6 +36,15 @@ fn main() {
             std::process::exit(3);
         }
     };
+    if args.get(5).map(String::as_str) == Some("compact") {
+        let engine = engine.clone();
+        std::thread::spawn(move || loop {
+            if let Err(e) = engine.compact() {
+                eprintln!("compaction failed: {e}");
+                return;
+            }
+        });
+    }
     println!("ready");
     let threads: Vec<_> = (0..writers)
         .map(|t| {
