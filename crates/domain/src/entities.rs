@@ -252,6 +252,8 @@ pub struct EngineStatus {
     pub compaction: CompactionStats,
     /// Whether a compaction is running now.
     pub compacting: bool,
+    /// How far the running compaction has got (inputs' total bytes, outputs and records so far).
+    pub compaction_progress: Option<CompactionStats>,
 }
 
 /// What compaction did: one run, or the totals since open.

@@ -101,6 +101,7 @@ pub(super) fn compact(inner: &Inner) -> EngineResult<CompactionStats> {
             .and_then(|f| f.len())
             .map_err(|e| EngineError::io(format!("reading length of {}", input.name), e))?;
     }
+    *inner.compaction_progress.lock() = Some(stats.clone());
     let result = (|| -> EngineResult<()> {
         // Walk the keydir in key order, a page at a time (bounded memory), and copy every live record that
         // lives in an input. Outputs are therefore sorted by key, and so are their hint files, which makes
@@ -139,12 +140,14 @@ pub(super) fn compact(inner: &Inner) -> EngineResult<CompactionStats> {
                 copy_record(inner, &mut out, (&mut next_id, limit), &mut stats, loc, &r)?;
             }
             range = next;
+            *inner.compaction_progress.lock() = Some(stats.clone());
         }
         if let Some(o) = out.take() {
             commit(inner, o, &mut stats)?;
         }
         Ok(())
     })();
+    *inner.compaction_progress.lock() = None;
     if let Err(e) = result {
         // Roll back the uncommitted output; committed ones are valid alongside the untouched inputs.
         if let Some(o) = out {

@@ -99,6 +99,8 @@ struct Inner {
     compacting: Mutex<()>,
     /// Counters of finished compactions.
     compactions: Mutex<CompactionStats>,
+    /// Progress of the running compaction, if any.
+    compaction_progress: Mutex<Option<CompactionStats>>,
     /// Set once, by the first write-path I/O failure; read lock-free by everyone after.
     poison: OnceLock<String>,
     acked_lsn: AtomicU64,
@@ -275,6 +277,7 @@ impl FsEngine {
             publish: Mutex::new(()),
             compacting: Mutex::new(()),
             compactions: Mutex::new(CompactionStats::default()),
+            compaction_progress: Mutex::new(None),
             poison: OnceLock::new(),
             acked_lsn: AtomicU64::new(rec.last_lsn),
             garbage_bytes: garbage,
@@ -825,6 +828,7 @@ impl Engine for FsEngine {
             recovery: i.report.clone(),
             compaction: i.compactions.lock().clone(),
             compacting: i.compacting.is_locked(),
+            compaction_progress: i.compaction_progress.lock().clone(),
             group_commits: GroupCommitStats {
                 counts: i
                     .group_sizes

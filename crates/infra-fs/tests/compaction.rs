@@ -233,11 +233,30 @@ fn readers_and_writers_see_the_latest_values_during_compaction() {
         })
         .collect();
     let mut runs = 0;
-    for _ in 0..10 {
-        let stats = engine.compact().unwrap();
-        runs += stats.runs;
-    }
-    stop.store(true, Ordering::Relaxed);
+    let progress_seen = std::thread::scope(|s| {
+        let watcher = s.spawn(|| {
+            let mut seen = false;
+            while !stop.load(Ordering::Relaxed) {
+                let st = engine.status();
+                if let Some(p) = st.compaction_progress {
+                    assert!(p.input_bytes > 0, "progress while compacting: {p:?}");
+                    seen = true;
+                }
+            }
+            seen
+        });
+        for _ in 0..10 {
+            let stats = engine.compact().unwrap();
+            runs += stats.runs;
+        }
+        stop.store(true, Ordering::Relaxed);
+        watcher.join().unwrap()
+    });
+    assert!(
+        progress_seen,
+        "the status never showed a compaction in progress"
+    );
+    assert!(engine.status().compaction_progress.is_none() && !engine.status().compacting);
     writer.join().unwrap();
     for r in readers {
         assert!(r.join().unwrap() > 0);

@@ -612,6 +612,7 @@ fn status(state: &ServerState) -> Result<Response<Body>, ApiError> {
             "followers": [],
             "compacting": s.compacting,
             "compaction": compaction_json(&s.compaction),
+            "compaction_progress": s.compaction_progress.as_ref().map(compaction_json),
         }),
     ))
 }
