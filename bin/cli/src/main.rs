@@ -86,14 +86,14 @@ enum Command {
         #[arg(long)]
         limit: Option<usize>,
     },
-    /// Write pairs atomically from FILE or stdin: a JSON object, JSON lines, or key<TAB>value lines.
+    /// Write pairs atomically from FILE or stdin: a JSON object, JSON lines, or `key<TAB>value` lines.
     Batch {
         /// Input file (default or "-": stdin).
         file: Option<PathBuf>,
     },
     /// Load a large file in batches (not atomic as a whole) with progress, then print the throughput.
     Import {
-        /// Input file (JSON lines or key<TAB>value lines; "-" for stdin).
+        /// Input file (JSON lines or `key<TAB>value` lines; "-" for stdin).
         file: PathBuf,
         /// Pairs per batch.
         #[arg(long, default_value_t = 1000)]
