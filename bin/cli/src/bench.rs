@@ -1,7 +1,8 @@
 //! `kvctl bench`: a load generator against a server, like `redis-benchmark` or etcd's benchmark tool.
 //!
-//! Each of `--connections` tasks owns one keep-alive HTTP/1.1 connection and sends requests back to back
-//! (closed loop) on a multi-threaded runtime; every request's latency goes into a per-task HDR histogram,
+//! Each of `--connections` tasks owns one keep-alive HTTP/1.1 connection, driven with raw bytes as wrk does,
+//! and sends requests back to back (closed loop); `--threads` threads each run a single-threaded runtime
+//! with their share of the connections. Every request's latency goes into a per-connection HDR histogram,
 //! merged at the end. Keys are `key00000000`-style over `--keys`, drawn uniformly or from a Zipf
 //! distribution. Workloads: `put` (raw `PUT /v1/kv/{key}`), `get` (`GET /v1/kv/{key}`), `range`
 //! (`GET /readrange` over 100 consecutive keys), `batch` (`POST /batchput` of 10 pairs), `mixed`
@@ -205,7 +206,11 @@ async fn connection(
     deadline: Instant,
     c: usize,
 ) -> Result<(u64, u64, Histogram<u64>), CliError> {
-    let mut client = Client::new(&url).map_err(|e| CliError::usage(e.to_string()))?;
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let mut conn = RawConn::new(addr);
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
         .map_err(|e| CliError::failure(e.to_string()))?;
     let mut rng = rand::rngs::SmallRng::seed_from_u64(c as u64 + 1);
@@ -270,21 +275,19 @@ async fn connection(
             }
         };
         let t = Instant::now();
-        match client.send(method, &path, body).await {
-            Ok((status, _))
-                if status.is_success()
-                    || (status.as_u16() == 404 && args.workload != Workload::Put) =>
+        match conn.request(method.as_str(), &path, &body).await {
+            Ok(status)
+                if (200..300).contains(&status)
+                    || (status == 404 && args.workload != Workload::Put) =>
             {
                 ok += 1;
                 let _ = hist.record((t.elapsed().as_micros() as u64).max(1));
             }
             Ok(_) => errors += 1,
-            Err(e) => {
-                errors += 1;
-                if matches!(e, kv_infra_http::client::ClientError::Unreachable { .. }) {
-                    return Err(CliError::from(e));
-                }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                return Err(CliError::failure(format!("cannot reach {url}: {e}")));
             }
+            Err(_) => errors += 1,
         }
     }
     Ok((ok, errors, hist))
@@ -324,4 +327,166 @@ fn print_summary(args: &BenchArgs, s: &Summary) {
             s.latency.max()
         );
     }
+}
+
+/// One keep-alive HTTP/1.1 connection driven with raw bytes, as wrk does: each request is formatted into a
+/// reused buffer, and the response is parsed just enough (status, then `Content-Length` or chunked framing)
+/// to find where it ends. This keeps the generator's own cost per request far below the server's.
+struct RawConn {
+    addr: String,
+    stream: Option<tokio::net::TcpStream>,
+    out: Vec<u8>,
+    /// Read buffer: unconsumed bytes are `buf[pos..end]`.
+    buf: Vec<u8>,
+    pos: usize,
+    end: usize,
+}
+
+impl RawConn {
+    fn new(addr: String) -> Self {
+        Self {
+            addr,
+            stream: None,
+            out: Vec::with_capacity(4096),
+            buf: vec![0; 1 << 16],
+            pos: 0,
+            end: 0,
+        }
+    }
+
+    /// Sends one request and reads its whole response; returns the status. On an error the connection is
+    /// dropped (and reopened by the next request).
+    async fn request(&mut self, method: &str, path: &str, body: &[u8]) -> std::io::Result<u16> {
+        let result = self.exchange(method, path, body).await;
+        if result.is_err() {
+            self.stream = None;
+        }
+        result
+    }
+
+    async fn exchange(&mut self, method: &str, path: &str, body: &[u8]) -> std::io::Result<u16> {
+        use std::io::Write as _;
+        use tokio::io::AsyncWriteExt;
+        if self.stream.is_none() {
+            let s = tokio::net::TcpStream::connect(&self.addr).await?;
+            s.set_nodelay(true)?;
+            self.stream = Some(s);
+            self.pos = 0;
+            self.end = 0;
+        }
+        self.out.clear();
+        write!(
+            self.out,
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n",
+            self.addr,
+            body.len()
+        )?;
+        self.out.extend_from_slice(body);
+        let stream = self
+            .stream
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("no connection"))?;
+        stream.write_all(&self.out).await?;
+        // Head.
+        let head_end = loop {
+            if let Some(i) = find(&self.buf[self.pos..self.end], b"\r\n\r\n") {
+                break self.pos + i + 4;
+            }
+            self.fill().await?;
+        };
+        let head = std::str::from_utf8(&self.buf[self.pos..head_end])
+            .map_err(|_| bad("response head is not UTF-8"))?;
+        let status: u16 = head
+            .get(9..12)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("no status"))?;
+        let mut length = None;
+        let mut chunked = false;
+        for line in head.split("\r\n").skip(1) {
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse::<usize>().ok();
+                } else if name.eq_ignore_ascii_case("transfer-encoding")
+                    && value.to_ascii_lowercase().contains("chunked")
+                {
+                    chunked = true;
+                }
+            }
+        }
+        self.pos = head_end;
+        if chunked {
+            loop {
+                let line_end = loop {
+                    if let Some(i) = find(&self.buf[self.pos..self.end], b"\r\n") {
+                        break self.pos + i;
+                    }
+                    self.fill().await?;
+                };
+                let size_text = std::str::from_utf8(&self.buf[self.pos..line_end])
+                    .map_err(|_| bad("bad chunk size"))?;
+                let size =
+                    usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+                        .map_err(|_| bad("bad chunk size"))?;
+                self.pos = line_end + 2;
+                self.need(size + 2).await?;
+                self.pos += size + 2;
+                if size == 0 {
+                    break;
+                }
+            }
+        } else {
+            let n = length.unwrap_or(0);
+            self.need(n).await?;
+            self.pos += n;
+        }
+        Ok(status)
+    }
+
+    /// Reads until at least `n` unconsumed bytes are buffered.
+    async fn need(&mut self, n: usize) -> std::io::Result<()> {
+        while self.end - self.pos < n {
+            self.fill().await?;
+        }
+        Ok(())
+    }
+
+    /// Reads more bytes from the socket into the buffer, making room first.
+    async fn fill(&mut self) -> std::io::Result<()> {
+        use tokio::io::AsyncReadExt;
+        if self.pos == self.end {
+            self.pos = 0;
+            self.end = 0;
+        }
+        if self.end == self.buf.len() {
+            if self.pos > 0 {
+                self.buf.copy_within(self.pos..self.end, 0);
+                self.end -= self.pos;
+                self.pos = 0;
+            } else {
+                let grown = self.buf.len() * 2;
+                self.buf.resize(grown, 0);
+            }
+        }
+        let stream = self
+            .stream
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("no connection"))?;
+        let k = stream.read(&mut self.buf[self.end..]).await?;
+        if k == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "server closed the connection",
+            ));
+        }
+        self.end += k;
+        Ok(())
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn bad(what: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string())
 }
