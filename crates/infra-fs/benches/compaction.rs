@@ -140,7 +140,11 @@ fn main() {
         );
         return;
     }
-    let base = PathBuf::from(arg("dir", "BENCH_DIR").unwrap_or_else(|| "target/bench-data".into()));
+    let base =
+        PathBuf::from(arg("dir", "BENCH_DIR").unwrap_or_else(|| {
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/bench-data").into()
+        }));
+    let keep = arg("keep", "COMPACTION_BENCH_KEEP").is_some();
     let n: u64 = arg("keys", "COMPACTION_BENCH_KEYS")
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
@@ -212,8 +216,17 @@ fn main() {
     );
     drop(engine);
     let (with, rss, hinted) = open_in_child(&dir);
+    if keep {
+        println!(
+            "kept {} (with hints) for profiling; open took {with:.2} s",
+            dir.display()
+        );
+        return;
+    }
     remove_hints(&dir);
     let (without, _, _) = open_in_child(&dir);
     println!("Open of {big} keys: {with:.2} s with hint files ({hinted} segments hinted), {without:.2} s without; RSS {rss:.0} bytes/key");
-    let _ = std::fs::remove_dir_all(&dir);
+    if !keep {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -132,7 +132,10 @@ fn main() {
     }
     let only = arg("only", "BENCH_ONLY").unwrap_or_else(|| "put,read,batch,open".into());
     let wants = |section: &str| only.split(',').any(|s| s.trim() == section);
-    let base = PathBuf::from(arg("dir", "BENCH_DIR").unwrap_or_else(|| "target/bench-data".into()));
+    let base =
+        PathBuf::from(arg("dir", "BENCH_DIR").unwrap_or_else(|| {
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/bench-data").into()
+        }));
     std::fs::create_dir_all(&base).expect("bench dir");
     let keys_n: usize = arg("keys", "BENCH_KEYS")
         .and_then(|v| v.parse().ok())

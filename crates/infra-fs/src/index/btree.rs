@@ -1,5 +1,6 @@
 //! Keydir over `std`'s `BTreeMap` of inline keys behind a reader-writer lock.
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 
 use kv_domain::{Key, KeyRange, Location, OrderedIndex};
@@ -25,6 +26,17 @@ impl BTreeIndex {
 impl OrderedIndex for BTreeIndex {
     fn insert(&self, key: &[u8], location: Location) -> Option<Location> {
         let mut map = self.map.write();
+        if key.len() <= InlineKey::INLINE {
+            // One tree search: building an inline key costs no allocation.
+            return match map.entry(InlineKey::from(key)) {
+                Entry::Occupied(mut e) => Some(std::mem::replace(e.get_mut(), location)),
+                Entry::Vacant(e) => {
+                    e.insert(location);
+                    None
+                }
+            };
+        }
+        // A long key would be allocated just to find out it exists: look it up first.
         if let Some(slot) = map.get_mut(key) {
             return Some(std::mem::replace(slot, location));
         }

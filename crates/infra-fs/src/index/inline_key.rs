@@ -21,6 +21,9 @@ pub enum InlineKey {
 }
 
 impl InlineKey {
+    /// Longest key stored inline.
+    pub const INLINE: usize = INLINE;
+
     /// The key's bytes.
     pub fn as_slice(&self) -> &[u8] {
         match self {
