@@ -374,3 +374,50 @@ fn the_background_compactor_runs_once_garbage_passes_the_threshold() {
         "garbage was reclaimed: {status:?}"
     );
 }
+
+#[test]
+fn a_second_compaction_while_one_runs_is_refused_as_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = kv_infra_fs::Options {
+        durability: Durability::Never,
+        max_segment_bytes: 1 << 16,
+        auto_compaction: None,
+        ..kv_infra_fs::Options::default()
+    };
+    let engine = Arc::new(FsEngine::open(dir.path(), opts).unwrap());
+    for i in 0..60_000u32 {
+        engine
+            .put(format!("key{:06}", i % 30_000).as_bytes(), &[b'v'; 100])
+            .unwrap();
+    }
+    let mut busy_seen = false;
+    for _attempt in 0..3 {
+        let running = {
+            let engine = engine.clone();
+            std::thread::spawn(move || engine.compact().unwrap())
+        };
+        while !running.is_finished() {
+            if engine.status().compacting {
+                match engine.compact() {
+                    Err(kv_domain::EngineError::Busy(why)) => {
+                        assert!(why.contains("already running"), "{why}");
+                        busy_seen = true;
+                        break;
+                    }
+                    Err(e) => panic!("unexpected error {e}"),
+                    Ok(_) => {} // the first one finished just before: try again
+                }
+            }
+        }
+        running.join().unwrap();
+        if busy_seen {
+            break;
+        }
+        for i in 0..30_000u32 {
+            engine
+                .put(format!("key{i:06}").as_bytes(), &[b'w'; 100])
+                .unwrap();
+        }
+    }
+    assert!(busy_seen, "never caught a compaction running");
+}

@@ -119,5 +119,9 @@ mod tests {
             })),
             StatusCode::INSUFFICIENT_STORAGE
         );
+        assert_eq!(
+            s(AppError::Engine(EngineError::Busy("compacting".into()))),
+            StatusCode::CONFLICT
+        );
     }
 }
