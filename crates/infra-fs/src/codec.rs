@@ -1,13 +1,17 @@
 //! The on-disk format: segment header and records. Also described in `docs/storage-format.md`.
 //!
-//! ## Segment header (16 bytes, at offset 0 of every segment file)
+//! ## Segment header (24 bytes, at offset 0 of every segment file)
 //!
-//! | offset | size | type     | endianness | meaning                                             |
-//! |-------:|-----:|----------|------------|-----------------------------------------------------|
-//! | 0      | 7    | bytes    | -          | magic `MPKVLOG`                                     |
-//! | 7      | 1    | u8       | -          | format version ([`FORMAT_VERSION`])                 |
-//! | 8      | 4    | u32      | little     | segment id (must match the file name)               |
-//! | 12     | 4    | u32      | little     | CRC32C of bytes 0..12                               |
+//! | offset | size | type     | endianness | meaning                                                     |
+//! |-------:|-----:|----------|------------|-------------------------------------------------------------|
+//! | 0      | 7    | bytes    | -          | magic `MPKVLOG`                                             |
+//! | 7      | 1    | u8       | -          | format version ([`FORMAT_VERSION`])                         |
+//! | 8      | 4    | u32      | little     | segment id (must match the file name)                       |
+//! | 12     | 8    | u64      | little     | base LSN: the store's last LSN when the segment was created |
+//! | 20     | 4    | u32      | little     | CRC32C of bytes 0..20                                       |
+//!
+//! The base LSN keeps the LSN sequence alive when compaction drops the newest records (say, a final
+//! delete): recovery resumes from the highest LSN of any record *or* header, so LSNs never go backwards.
 //!
 //! ## Record (29-byte header, then key, then value), repeated until the end of the file
 //!
@@ -43,7 +47,7 @@ pub const MAGIC: &[u8; 7] = b"MPKVLOG";
 /// Version of the format described above.
 pub const FORMAT_VERSION: u8 = 1;
 /// Size of the segment header.
-pub const SEGMENT_HEADER_LEN: usize = 16;
+pub const SEGMENT_HEADER_LEN: usize = 24;
 /// Size of a record header.
 pub const RECORD_HEADER_LEN: usize = 4 + 8 + 8 + 1 + 4 + 4;
 /// Hard ceiling on key length the decoder accepts (the configurable service limit is far lower).
@@ -161,18 +165,19 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
 }
 
 /// Encodes a segment header.
-pub fn encode_segment_header(id: u32) -> [u8; SEGMENT_HEADER_LEN] {
+pub fn encode_segment_header(id: u32, base_lsn: u64) -> [u8; SEGMENT_HEADER_LEN] {
     let mut h = [0u8; SEGMENT_HEADER_LEN];
     h[..7].copy_from_slice(MAGIC);
     h[7] = FORMAT_VERSION;
     h[8..12].copy_from_slice(&id.to_le_bytes());
-    let crc = Crc::of(&h[..12]);
-    h[12..16].copy_from_slice(&crc.0.to_le_bytes());
+    h[12..20].copy_from_slice(&base_lsn.to_le_bytes());
+    let crc = Crc::of(&h[..20]);
+    h[20..24].copy_from_slice(&crc.0.to_le_bytes());
     h
 }
 
-/// Decodes a segment header, returning the segment id it names.
-pub fn decode_segment_header(b: &[u8]) -> Result<u32, DecodeError> {
+/// Decodes a segment header, returning the segment id it names and its base LSN.
+pub fn decode_segment_header(b: &[u8]) -> Result<(u32, u64), DecodeError> {
     let h = b.get(..SEGMENT_HEADER_LEN).ok_or(DecodeError::Truncated {
         need: SEGMENT_HEADER_LEN,
         have: b.len(),
@@ -180,12 +185,12 @@ pub fn decode_segment_header(b: &[u8]) -> Result<u32, DecodeError> {
     if h.get(..7) != Some(&MAGIC[..]) {
         return Err(DecodeError::BadMagic);
     }
-    Crc(le_u32(h, 12)).check(&h[..12])?;
+    Crc(le_u32(h, 20)).check(&h[..20])?;
     let version = h.get(7).copied().unwrap_or(0);
     if version != FORMAT_VERSION {
         return Err(DecodeError::UnsupportedVersion(version));
     }
-    Ok(le_u32(h, 8))
+    Ok((le_u32(h, 8), le_u64(h, 12)))
 }
 
 /// A record's fixed-size header, decoded.
@@ -327,8 +332,8 @@ mod tests {
 
     #[test]
     fn segment_header_round_trips_and_rejects_damage() {
-        let h = encode_segment_header(42);
-        assert_eq!(decode_segment_header(&h), Ok(42));
+        let h = encode_segment_header(42, 7);
+        assert_eq!(decode_segment_header(&h), Ok((42, 7)));
         let mut bad = h;
         bad[9] ^= 1;
         assert!(matches!(

@@ -253,7 +253,8 @@ fn copy_record(
             .create(&tmp)
             .map_err(|e| EngineError::io(format!("creating {name}"), e))?;
         let mut buf = Vec::with_capacity(1 << 20);
-        buf.extend_from_slice(&encode_segment_header(id));
+        // Outputs hold old records only; the LSN sequence is carried by the newer segments' headers.
+        buf.extend_from_slice(&encode_segment_header(id, 0));
         *out = Some(Output {
             id,
             file,

@@ -33,10 +33,10 @@ pub fn dump_dir(fs: &dyn FileSystem, dir: &Path) -> io::Result<String> {
         let len = file.len()?;
         let _ = writeln!(out, "{name} ({len} bytes)");
         match read_segment_header(&*file, len)? {
-            Ok(hid) => {
+            Ok((hid, base_lsn)) => {
                 let _ = writeln!(
                     out,
-                    "  header: segment {hid}, format v{}",
+                    "  header: segment {hid}, base lsn {base_lsn}, format v{}",
                     crate::codec::FORMAT_VERSION
                 );
             }

@@ -239,7 +239,7 @@ impl FsEngine {
                 } else {
                     rec.max_id + 1
                 };
-                let seg = create_segment(&fs, &dir, id, &budget)?;
+                let seg = create_segment(&fs, &dir, id, rec.last_lsn, &budget)?;
                 segments.insert(id, seg.clone());
                 (
                     seg,
@@ -408,6 +408,7 @@ fn create_segment(
     fs: &Arc<dyn crate::vfs::FileSystem>,
     dir: &Path,
     id: u32,
+    base_lsn: u64,
     budget: &Arc<FdBudget>,
 ) -> EngineResult<Arc<Segment>> {
     let name = segment_name(id);
@@ -417,7 +418,7 @@ fn create_segment(
         .map_err(|e| EngineError::io(format!("creating {name}"), e))?;
     // IMPORTANT: header durable, then the directory entry, before any record is appended: recovery relies
     // on "a segment with a bad header holds no acknowledged record".
-    file.write_all_at(&encode_segment_header(id), 0)
+    file.write_all_at(&encode_segment_header(id, base_lsn), 0)
         .and_then(|_| file.sync_data())
         .and_then(|_| fs.sync_dir(dir))
         .map_err(|e| EngineError::io(format!("initialising {name}"), e))?;
@@ -473,8 +474,14 @@ impl Inner {
         w.active_file
             .sync_data()
             .map_err(|e| self.io_failure(format!("syncing {}", w.active.name), e))?;
-        let seg = create_segment(&self.opts.fs, &self.dir, w.active.id + 1, &self.budget)
-            .inspect_err(|e| self.poison_with(e))?;
+        let seg = create_segment(
+            &self.opts.fs,
+            &self.dir,
+            w.active.id + 1,
+            w.last_lsn,
+            &self.budget,
+        )
+        .inspect_err(|e| self.poison_with(e))?;
         seg.pin(true);
         let file = seg
             .file()

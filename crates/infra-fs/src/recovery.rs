@@ -245,8 +245,8 @@ pub(crate) fn recover(
         match read_segment_header(&*file, file_len)
             .map_err(|e| EngineError::io(format!("reading {name}"), e))?
         {
-            Ok(found) if found == id => {}
-            Ok(found) => return Err(corrupted(8, format!("header names segment {found}"))),
+            Ok((found, base_lsn)) if found == id => last_lsn = last_lsn.max(base_lsn),
+            Ok((found, _)) => return Err(corrupted(8, format!("header names segment {found}"))),
             Err(error) if is_newest => {
                 // A rotation that never finished: the header was not durable, so no record was appended.
                 let copy = save_tail(fs, dir, &name, &*file, 0, file_len)?;

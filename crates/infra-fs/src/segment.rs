@@ -243,7 +243,7 @@ pub fn scan_records(
 pub fn read_segment_header(
     file: &dyn FileHandle,
     file_len: u64,
-) -> io::Result<Result<u32, DecodeError>> {
+) -> io::Result<Result<(u32, u64), DecodeError>> {
     let mut h = [0u8; SEGMENT_HEADER_LEN];
     let n = (file_len as usize).min(SEGMENT_HEADER_LEN);
     file.read_exact_at(&mut h[..n], 0)?;

@@ -393,7 +393,7 @@ async fn a_poisoned_engine_answers_503_to_writes_and_keeps_serving_reads() {
 async fn a_full_disk_answers_507() {
     let fs = SimFs::new();
     let s = TestServer::start_sim(&fs).await;
-    // So far the simulated disk holds one 16-byte segment header: a 4 KiB value does not fit in 1 000 bytes.
+    // So far the simulated disk holds one 24-byte segment header: a 4 KiB value does not fit in 1 000 bytes.
     fs.set_faults(Faults {
         disk_bytes: Some(1_000),
         ..Faults::default()
