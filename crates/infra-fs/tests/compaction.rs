@@ -181,7 +181,7 @@ fn readers_and_writers_see_the_latest_values_during_compaction() {
     let writer = {
         let (engine, stop) = (engine.clone(), stop.clone());
         std::thread::spawn(move || {
-            let mut n = 500u32;
+            let mut n = 2000u32; // above every value the preload wrote, so values only grow
             while !stop.load(Ordering::Relaxed) {
                 engine
                     .put(
