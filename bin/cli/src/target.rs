@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use kv_app::{AppError, KvService, Limits};
-use kv_domain::{Key, KeyRange, WriteBatch};
+use kv_domain::{KeyRange, WriteBatch};
 use kv_infra_fs::{FsEngine, Options};
 use kv_infra_http::client::{cursor_after, Client};
 
@@ -128,9 +128,7 @@ impl Target {
             }
             seen += page.len();
             match page.last() {
-                Some((k, _)) if page.len() == want => {
-                    cursor = Some(Key::from(k.as_slice()).into_bytes())
-                }
+                Some((k, _)) if page.len() == want => cursor = Some(k.clone()),
                 _ => break,
             }
         }

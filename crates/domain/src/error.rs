@@ -73,9 +73,4 @@ impl EngineError {
             EngineError::Io { context, source }
         }
     }
-
-    /// Whether this error poisons the engine (fail-stop) when it happens on the write path.
-    pub fn is_io_failure(&self) -> bool {
-        matches!(self, EngineError::Io { .. } | EngineError::DiskFull { .. })
-    }
 }

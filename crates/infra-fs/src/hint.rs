@@ -33,17 +33,6 @@ pub fn hint_name(id: u32) -> String {
     format!("{id:010}.hint")
 }
 
-/// One entry: a put record of the segment.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HintEntry {
-    /// The record's LSN.
-    pub lsn: u64,
-    /// Its key.
-    pub key: Vec<u8>,
-    /// Where it is.
-    pub location: Location,
-}
-
 /// Encodes hints for segment `id` of `segment_len` bytes.
 pub fn encode(id: u32, segment_len: u64, entries: &[(u64, &[u8], Location)]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + entries.len() * 32 + 4);
@@ -83,19 +72,6 @@ fn u64_of(b: &mut &[u8]) -> Result<u64, String> {
     let mut a = [0u8; 8];
     a.copy_from_slice(take(b, 8)?);
     Ok(u64::from_le_bytes(a))
-}
-
-/// Decodes and checks hints for segment `id` whose file is `segment_len` bytes long.
-pub fn decode(bytes: &[u8], id: u32, segment_len: u64) -> Result<Vec<HintEntry>, String> {
-    let mut out = Vec::new();
-    for_each(bytes, id, segment_len, |lsn, key, location| {
-        out.push(HintEntry {
-            lsn,
-            key: key.to_vec(),
-            location,
-        })
-    })?;
-    Ok(out)
 }
 
 /// Checks the whole file first, then calls `each(lsn, key, location)` for every entry, without allocating:
@@ -179,6 +155,30 @@ pub fn write(fs: &dyn FileSystem, dir: &Path, id: u32, bytes: &[u8]) -> EngineRe
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One entry: a put record of the segment.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    struct HintEntry {
+        /// The record's LSN.
+        lsn: u64,
+        /// Its key.
+        key: Vec<u8>,
+        /// Where it is.
+        location: Location,
+    }
+
+    /// Decodes and checks hints for segment `id` whose file is `segment_len` bytes long.
+    fn decode(bytes: &[u8], id: u32, segment_len: u64) -> Result<Vec<HintEntry>, String> {
+        let mut out = Vec::new();
+        for_each(bytes, id, segment_len, |lsn, key, location| {
+            out.push(HintEntry {
+                lsn,
+                key: key.to_vec(),
+                location,
+            })
+        })?;
+        Ok(out)
+    }
 
     #[test]
     fn round_trips_and_rejects_damage_and_staleness() {

@@ -163,15 +163,6 @@ impl FdBudget {
             }
         }
     }
-
-    /// Segments with an open descriptor now.
-    pub fn open_count(&self) -> usize {
-        self.open
-            .lock()
-            .iter()
-            .filter(|w| w.upgrade().is_some_and(|s| s.is_open()))
-            .count()
-    }
 }
 
 /// How a scan ended.
