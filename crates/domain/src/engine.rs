@@ -2,7 +2,10 @@
 
 use std::ops::Bound;
 
-use crate::{CompactionStats, EngineResult, EngineStatus, Entry, Key, Lsn, Value, WriteBatch};
+use crate::{
+    BatchOp, CompactionStats, EngineResult, EngineStatus, Entry, Key, LogCursor, LogEntry, LogRead, Lsn,
+    Value, WriteBatch,
+};
 
 /// Inclusive/exclusive/unbounded limits of a range scan, over raw key bytes.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -95,4 +98,29 @@ pub trait Engine: Send + Sync {
     /// Reclaims the space of overwritten and deleted records without changing any contents; reads and
     /// writes continue meanwhile. Fails with `InvalidInput` while another compaction runs.
     fn compact(&self) -> EngineResult<CompactionStats>;
+
+    // ----- Log shipping (replication). -----
+
+    /// The highest LSN that is safe to ship to followers: durable on disk (`always`, `interval`), or
+    /// written to the OS (`never`, which promises nothing more). Never above [`Engine::last_lsn`].
+    fn durable_lsn(&self) -> Lsn;
+
+    /// Entries with LSNs in `(from.after, durable_lsn]`, in LSN order, about `max_bytes` of payload at most
+    /// (at least one entry when any is available). [`LogRead::Gone`] when the entry after `from.after` is no
+    /// longer in the log (compaction dropped that history): the reader must take a snapshot.
+    fn read_log(&self, from: &LogCursor, max_bytes: usize) -> EngineResult<LogRead>;
+
+    /// Asks compaction to keep the log history of every LSN above `lsn` readable by [`Engine::read_log`]
+    /// (`None`: no reader needs history). Followers being served pin their position with this.
+    fn retain_log_after(&self, lsn: Option<Lsn>);
+
+    /// Follower side: applies leader log entries with their own LSNs, skipping every entry at or below
+    /// [`Engine::last_lsn`] (so re-delivery is harmless), each entry atomically. Everything applied is
+    /// durable when this returns; returns the new last LSN.
+    fn apply_log(&self, entries: &[LogEntry]) -> EngineResult<Lsn>;
+
+    /// Follower side, snapshot installation: writes each op as its own record at LSN `at`, which must be at
+    /// least [`Engine::last_lsn`] (every page of one snapshot shares the snapshot's base LSN). Durable when
+    /// this returns. Pages are not atomic; the caller records that a snapshot is in progress.
+    fn install_snapshot_page(&self, at: Lsn, ops: &[BatchOp]) -> EngineResult<()>;
 }

@@ -16,6 +16,7 @@ mod entities;
 mod error;
 mod index;
 mod memory;
+mod replication;
 
 pub use engine::{Engine, KeyRange};
 pub use entities::{
@@ -25,3 +26,4 @@ pub use entities::{
 pub use error::{EngineError, EngineResult};
 pub use index::OrderedIndex;
 pub use memory::MemoryEngine;
+pub use replication::{LogCursor, LogEntry, LogRead};

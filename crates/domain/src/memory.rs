@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use crate::{
-    BatchOp, CompactionStats, Durability, Engine, EngineResult, EngineStatus, Entry, Key, KeyRange,
-    Lsn, Value, WriteBatch,
+    BatchOp, CompactionStats, Durability, Engine, EngineError, EngineResult, EngineStatus, Entry, Key,
+    KeyRange, LogCursor, LogEntry, LogRead, Lsn, Value, WriteBatch,
 };
 
 /// A `BTreeMap` behind a mutex. A std `Mutex` is right here: every critical section is a short map operation
@@ -20,6 +20,26 @@ struct State {
     map: BTreeMap<Key, Value>,
     last_lsn: Lsn,
     writes: u64,
+    /// Every write ever made, for [`Engine::read_log`] (this engine never compacts its history).
+    log: Vec<LogEntry>,
+}
+
+impl State {
+    fn apply(&mut self, op: &BatchOp) {
+        match op {
+            BatchOp::Put { key, value } => self.map.insert(key.clone(), value.clone()),
+            BatchOp::Delete { key } => self.map.remove(key),
+        };
+    }
+
+    /// Applies `ops` as one write at `lsn` and logs it.
+    fn commit(&mut self, lsn: Lsn, ops: Vec<BatchOp>) -> Lsn {
+        ops.iter().for_each(|op| self.apply(op));
+        self.writes += 1;
+        self.last_lsn = lsn;
+        self.log.push(LogEntry { lsn, ops });
+        lsn
+    }
 }
 
 impl MemoryEngine {
@@ -38,12 +58,11 @@ impl MemoryEngine {
 
 impl Engine for MemoryEngine {
     fn put(&self, key: &[u8], value: &[u8]) -> EngineResult<Lsn> {
-        Ok(self.with(|s| {
-            s.map.insert(Key::from(key), Value::from(value));
-            s.writes += 1;
-            s.last_lsn = s.last_lsn.next();
-            s.last_lsn
-        }))
+        let op = BatchOp::Put {
+            key: Key::from(key),
+            value: Value::from(value),
+        };
+        Ok(self.with(|s| s.commit(s.last_lsn.next(), vec![op])))
     }
 
     fn get(&self, key: &[u8]) -> EngineResult<Option<Value>> {
@@ -51,12 +70,10 @@ impl Engine for MemoryEngine {
     }
 
     fn delete(&self, key: &[u8]) -> EngineResult<Lsn> {
-        Ok(self.with(|s| {
-            s.map.remove(key);
-            s.writes += 1;
-            s.last_lsn = s.last_lsn.next();
-            s.last_lsn
-        }))
+        let op = BatchOp::Delete {
+            key: Key::from(key),
+        };
+        Ok(self.with(|s| s.commit(s.last_lsn.next(), vec![op])))
     }
 
     fn write_batch(&self, batch: &WriteBatch) -> EngineResult<Lsn> {
@@ -64,15 +81,7 @@ impl Engine for MemoryEngine {
             if batch.is_empty() {
                 return s.last_lsn;
             }
-            for op in batch.ops() {
-                match op {
-                    BatchOp::Put { key, value } => s.map.insert(key.clone(), value.clone()),
-                    BatchOp::Delete { key } => s.map.remove(key),
-                };
-            }
-            s.writes += 1;
-            s.last_lsn = s.last_lsn.next();
-            s.last_lsn
+            s.commit(s.last_lsn.next(), batch.ops().to_vec())
         }))
     }
 
@@ -112,6 +121,57 @@ impl Engine for MemoryEngine {
             durability: Durability::Never,
             writes: s.writes,
             ..EngineStatus::default()
+        })
+    }
+
+    fn durable_lsn(&self) -> Lsn {
+        self.last_lsn()
+    }
+
+    fn read_log(&self, from: &LogCursor, max_bytes: usize) -> EngineResult<LogRead> {
+        Ok(self.with(|s| {
+            let start = s.log.partition_point(|e| e.lsn <= from.after);
+            let mut bytes = 0;
+            let entries: Vec<LogEntry> = s.log[start..]
+                .iter()
+                .take_while(|e| {
+                    let take = bytes == 0 || bytes + e.payload_bytes() <= max_bytes;
+                    bytes += e.payload_bytes().max(1);
+                    take
+                })
+                .cloned()
+                .collect();
+            let next = LogCursor::after(entries.last().map_or(from.after, |e| e.lsn));
+            LogRead::Entries { entries, next }
+        }))
+    }
+
+    fn retain_log_after(&self, _lsn: Option<Lsn>) {}
+
+    fn apply_log(&self, entries: &[LogEntry]) -> EngineResult<Lsn> {
+        Ok(self.with(|s| {
+            for e in entries {
+                if e.lsn > s.last_lsn {
+                    s.commit(e.lsn, e.ops.clone());
+                }
+            }
+            s.last_lsn
+        }))
+    }
+
+    fn install_snapshot_page(&self, at: Lsn, ops: &[BatchOp]) -> EngineResult<()> {
+        self.with(|s| {
+            if at < s.last_lsn {
+                return Err(EngineError::InvalidInput(format!(
+                    "snapshot at LSN {at} is behind the last LSN {}",
+                    s.last_lsn
+                )));
+            }
+            ops.iter().for_each(|op| s.apply(op));
+            s.last_lsn = at;
+            // A snapshot replaces history: readers of this engine's log must snapshot too.
+            s.log.clear();
+            Ok(())
         })
     }
 }

@@ -44,7 +44,7 @@ use crate::codec::{
     decode_record, encode_record, encode_segment_header, RecordKind, SEGMENT_HEADER_LEN,
 };
 use crate::hint;
-use crate::segment::{segment_name, Segment, TEMP_SUFFIX};
+use crate::segment::{segment_name, Segment, FIRST_SEGMENT_ID, TEMP_SUFFIX};
 use crate::vfs::{path_in, FileHandle};
 
 /// An output segment being written.
@@ -73,13 +73,31 @@ pub(super) fn compact(inner: &Inner) -> EngineResult<CompactionStats> {
     // keydir walk below would miss it and retiring its segment would lose an acknowledged write. Writes
     // accepted from now on go to the active segment or later ones, which are not inputs.
     inner.sync_to(accepted)?;
-    let inputs: Vec<Arc<Segment>> = inner
+    let sealed: Vec<Arc<Segment>> = inner
         .segments
         .read()
         .values()
         .filter(|s| s.id < active_id)
         .cloned()
         .collect();
+    // Keep the history followers still need (see `history.rs`): a normal segment is an input only if its
+    // successor's base LSN, the last LSN it holds, is at or below the retention point. Base LSNs grow with
+    // ids, so the inputs stay a prefix of the segments.
+    let mut inputs = Vec::with_capacity(sealed.len());
+    let all = inner.segments.read().clone();
+    for seg in sealed {
+        if seg.id >= FIRST_SEGMENT_ID {
+            let next = all.range(seg.id + 1..).next().map(|(_, s)| s.clone());
+            let next_base = match next {
+                Some(n) => super::history::base_lsn(&n)?,
+                None => break,
+            };
+            if !super::history::compactable(inner, next_base) {
+                break;
+            }
+        }
+        inputs.push(seg);
+    }
     let mut stats = CompactionStats::default();
     if inputs.is_empty() {
         return Ok(stats);

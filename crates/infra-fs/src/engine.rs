@@ -42,8 +42,8 @@ use std::time::Duration;
 
 use kv_domain::{
     BatchOp, CompactionStats, Durability, Engine, EngineError, EngineResult, EngineStatus, Entry,
-    GroupCommitStats, Key, KeyRange, Location, Lsn, OrderedIndex, RecoveryReport, Value,
-    WriteBatch,
+    GroupCommitStats, Key, KeyRange, Location, LogCursor, LogEntry, LogRead, Lsn, OrderedIndex,
+    RecoveryReport, Value, WriteBatch,
 };
 use parking_lot::{Mutex, RwLock};
 
@@ -55,6 +55,8 @@ use crate::options::Options;
 
 #[path = "compaction.rs"]
 mod compaction;
+#[path = "history.rs"]
+mod history;
 use crate::recovery::{apply_update, recover, Update};
 use crate::segment::{segment_name, FdBudget, Segment, FIRST_SEGMENT_ID};
 use crate::vfs::{path_in, DirLock};
@@ -104,6 +106,8 @@ struct Inner {
     /// Set once, by the first write-path I/O failure; read lock-free by everyone after.
     poison: OnceLock<String>,
     acked_lsn: AtomicU64,
+    /// Compaction keeps the history of every LSN above this (see `history.rs`); `RETAIN_NOTHING` if none.
+    retain_after: AtomicU64,
     garbage_bytes: AtomicU64,
     disk_bytes: AtomicU64,
     fsyncs: AtomicU64,
@@ -280,6 +284,7 @@ impl FsEngine {
             compaction_progress: Mutex::new(None),
             poison: OnceLock::new(),
             acked_lsn: AtomicU64::new(rec.last_lsn),
+            retain_after: AtomicU64::new(history::RETAIN_NOTHING),
             garbage_bytes: garbage,
             disk_bytes: AtomicU64::new(disk_bytes),
             fsyncs: AtomicU64::new(0),
@@ -498,6 +503,23 @@ impl Inner {
     }
 
     fn write(&self, op: WriteOp<'_>) -> EngineResult<Lsn> {
+        self.write_at(op, None, true)
+    }
+
+    /// The highest LSN safe to ship to followers (see [`Engine::durable_lsn`]).
+    fn shippable_lsn(&self) -> u64 {
+        let acked = self.acked_lsn.load(Ordering::Acquire);
+        match self.opts.durability {
+            Durability::Never => acked,
+            _ => self.durable_lsn.load(Ordering::Acquire).min(acked),
+        }
+    }
+
+    /// Writes `op` with the LSN `at` (replication: the leader's LSN; must not be below the last one, and a
+    /// batch must be strictly above it, the invariant recovery checks) or else the next LSN. With `wait`
+    /// false, `always` mode returns before the group commit: the caller syncs (and until then the write
+    /// is neither durable nor visible).
+    fn write_at(&self, op: WriteOp<'_>, at: Option<u64>, wait: bool) -> EngineResult<Lsn> {
         op.validate()?;
         let always = self.opts.durability == Durability::Always;
         let total = op.encoded_len();
@@ -506,7 +528,20 @@ impl Inner {
         if w.offset + total > self.opts.max_segment_bytes && w.offset > SEGMENT_HEADER_LEN as u64 {
             self.rotate(&mut w)?;
         }
-        let lsn = w.last_lsn + 1;
+        let lsn = match at {
+            None => w.last_lsn + 1,
+            Some(at)
+                if at > w.last_lsn || (at == w.last_lsn && !matches!(op, WriteOp::Batch(_))) =>
+            {
+                at
+            }
+            Some(at) => {
+                return Err(EngineError::InvalidInput(format!(
+                    "cannot write at LSN {at}: the log is already at LSN {}",
+                    w.last_lsn
+                )))
+            }
+        };
         let ts = self.opts.clock.now_micros();
         let base = w.offset;
         let seg_id = w.active.id;
@@ -553,7 +588,7 @@ impl Inner {
         }
         drop(w);
         self.disk_bytes.fetch_add(total, Ordering::Relaxed);
-        if always {
+        if always && wait {
             self.sync_to(lsn)?;
         }
         self.writes.fetch_add(1, Ordering::Relaxed);
@@ -818,6 +853,58 @@ impl Engine for FsEngine {
     /// Merges every sealed segment into new segments holding only live records (see `compaction.rs`).
     fn compact(&self) -> EngineResult<CompactionStats> {
         compaction::compact(&self.inner)
+    }
+
+    fn durable_lsn(&self) -> Lsn {
+        Lsn(self.inner.shippable_lsn())
+    }
+
+    fn read_log(&self, from: &LogCursor, max_bytes: usize) -> EngineResult<LogRead> {
+        history::read_log(&self.inner, from, max_bytes)
+    }
+
+    fn retain_log_after(&self, lsn: Option<Lsn>) {
+        self.inner.retain_after.store(
+            lsn.map_or(history::RETAIN_NOTHING, |l| l.0),
+            Ordering::Release,
+        );
+    }
+
+    fn apply_log(&self, entries: &[LogEntry]) -> EngineResult<Lsn> {
+        let i = &self.inner;
+        let mut last = None;
+        for e in entries {
+            if e.lsn.0 <= i.writer.lock().last_lsn {
+                continue; // Already applied: re-delivery after a reconnect.
+            }
+            let batch;
+            let op = match e.ops.as_slice() {
+                [BatchOp::Put { key, value }] => WriteOp::Put(key, value),
+                [BatchOp::Delete { key }] => WriteOp::Delete(key),
+                ops => {
+                    batch = WriteBatch::from(ops.to_vec());
+                    WriteOp::Batch(&batch)
+                }
+            };
+            last = Some(i.write_at(op, Some(e.lsn.0), false)?);
+        }
+        if let Some(lsn) = last {
+            i.sync_to(lsn.0)?;
+        }
+        Ok(self.last_lsn())
+    }
+
+    fn install_snapshot_page(&self, at: Lsn, ops: &[BatchOp]) -> EngineResult<()> {
+        let i = &self.inner;
+        for op in ops {
+            let op = match op {
+                BatchOp::Put { key, value } => WriteOp::Put(key, value),
+                BatchOp::Delete { key } => WriteOp::Delete(key),
+            };
+            i.write_at(op, Some(at.0), false)?;
+        }
+        let target = i.writer.lock().last_lsn;
+        i.sync_to(target)
     }
 
     fn status(&self) -> EngineStatus {

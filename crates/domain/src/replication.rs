@@ -1,0 +1,66 @@
+//! Entities of log shipping: what a leader reads from its log and a follower applies.
+//!
+//! Followers store the leader's LSNs unchanged, so a follower's last LSN *is* its applied position, made
+//! durable atomically with the data it describes (no side file that could disagree with the log).
+
+use crate::{BatchOp, Lsn};
+
+/// One write of the leader's log: its LSN and its operations (one for a put or a delete; a batch's members
+/// for a batch, applied atomically).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogEntry {
+    /// The leader's LSN of the write.
+    pub lsn: Lsn,
+    /// The operations, in order.
+    pub ops: Vec<BatchOp>,
+}
+
+impl LogEntry {
+    /// Bytes of keys and values (a size estimate for batching).
+    pub fn payload_bytes(&self) -> usize {
+        self.ops
+            .iter()
+            .map(|op| match op {
+                BatchOp::Put { key, value } => key.len() + value.len(),
+                BatchOp::Delete { key } => key.len(),
+            })
+            .sum()
+    }
+}
+
+/// Where a log reader is: every entry up to `after` has been read. The position is an engine-private hint
+/// that lets the next read continue without searching; it is ignored when no longer valid.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogCursor {
+    /// The last LSN read.
+    pub after: Lsn,
+    /// Engine-specific resume position (for the file engine: segment id and byte offset).
+    pub position: Option<(u32, u64)>,
+}
+
+impl LogCursor {
+    /// A cursor that starts after `lsn`, with no position hint.
+    pub fn after(lsn: Lsn) -> Self {
+        Self {
+            after: lsn,
+            position: None,
+        }
+    }
+}
+
+/// The answer of [`crate::Engine::read_log`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogRead {
+    /// The entries after the cursor (possibly none yet), and the cursor to continue from.
+    Entries {
+        /// In LSN order, all durable.
+        entries: Vec<LogEntry>,
+        /// Pass this to the next read.
+        next: LogCursor,
+    },
+    /// The log no longer holds the entry after the cursor (compacted away): the reader needs a snapshot.
+    Gone {
+        /// The oldest LSN still readable, when known.
+        oldest: Lsn,
+    },
+}
