@@ -10,3 +10,6 @@ mod service;
 
 pub use limits::Limits;
 pub use service::{AppError, KvService};
+mod replica;
+
+pub use replica::{MemoryMetaStore, Replica, ReplicaError, ReplicaState, SnapshotPage};

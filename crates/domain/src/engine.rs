@@ -3,8 +3,8 @@
 use std::ops::Bound;
 
 use crate::{
-    BatchOp, CompactionStats, EngineResult, EngineStatus, Entry, Key, LogCursor, LogEntry, LogRead, Lsn,
-    Value, WriteBatch,
+    BatchOp, CompactionStats, EngineResult, EngineStatus, Entry, Key, LogCursor, LogEntry, LogRead,
+    Lsn, Value, WriteBatch,
 };
 
 /// Inclusive/exclusive/unbounded limits of a range scan, over raw key bytes.

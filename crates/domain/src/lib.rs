@@ -26,4 +26,4 @@ pub use entities::{
 pub use error::{EngineError, EngineResult};
 pub use index::OrderedIndex;
 pub use memory::MemoryEngine;
-pub use replication::{LogCursor, LogEntry, LogRead};
+pub use replication::{LogCursor, LogEntry, LogRead, MetaStore, ReplicaMeta};

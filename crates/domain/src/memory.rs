@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use crate::{
-    BatchOp, CompactionStats, Durability, Engine, EngineError, EngineResult, EngineStatus, Entry, Key,
-    KeyRange, LogCursor, LogEntry, LogRead, Lsn, Value, WriteBatch,
+    BatchOp, CompactionStats, Durability, Engine, EngineError, EngineResult, EngineStatus, Entry,
+    Key, KeyRange, LogCursor, LogEntry, LogRead, Lsn, Value, WriteBatch,
 };
 
 /// A `BTreeMap` behind a mutex. A std `Mutex` is right here: every critical section is a short map operation

@@ -64,3 +64,22 @@ pub enum LogRead {
         oldest: Lsn,
     },
 }
+
+/// What a node remembers about replication beside its log (the applied LSN is the log's own last LSN).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplicaMeta {
+    /// The id of the history this node's log belongs to: a leader creates one for a new data directory;
+    /// a follower adopts its leader's with its first snapshot. `None`: a follower that never synced.
+    pub history: Option<String>,
+    /// A snapshot at this base LSN was started and not finished: the contents are a mix until a snapshot
+    /// completes, and the next catch-up must be a snapshot.
+    pub snapshot_base: Option<Lsn>,
+}
+
+/// Durable storage of [`ReplicaMeta`] (a small file next to the log). `store` is atomic and durable.
+pub trait MetaStore: Send + Sync {
+    /// The stored metadata (the default when none was ever stored).
+    fn load(&self) -> crate::EngineResult<ReplicaMeta>;
+    /// Replaces the stored metadata; durable when this returns.
+    fn store(&self, meta: &ReplicaMeta) -> crate::EngineResult<()>;
+}

@@ -11,6 +11,7 @@ pub mod dump;
 mod engine;
 pub mod hint;
 pub mod index;
+pub mod meta;
 mod options;
 pub mod recovery;
 pub mod segment;
@@ -18,4 +19,5 @@ pub mod sim;
 pub mod vfs;
 
 pub use engine::FsEngine;
+pub use meta::FileMetaStore;
 pub use options::{AutoCompaction, Clock, IndexKind, Options};

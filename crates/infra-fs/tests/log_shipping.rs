@@ -171,7 +171,9 @@ fn snapshot_pages_then_incremental_entries_survive_reopen() {
             ],
         )
         .unwrap();
-    follower.install_snapshot_page(base, &[put("c", "3")]).unwrap();
+    follower
+        .install_snapshot_page(base, &[put("c", "3")])
+        .unwrap();
     assert_eq!(follower.last_lsn(), base);
     let behind = follower.install_snapshot_page(Lsn(499), &[put("x", "y")]);
     assert!(behind.is_err(), "a snapshot behind the log is refused");
