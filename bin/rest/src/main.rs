@@ -31,7 +31,8 @@ struct Config {
     /// Data directory (created if missing; locked while the server runs).
     #[arg(long, env = "DATA_PATH", default_value = "./data")]
     data_path: PathBuf,
-    /// Replication role. Replication is not built yet: only `leader` (standalone) runs.
+    /// Replication role: `leader` (accepts writes, ships them to REPLICATION_REPLICA_HOSTS) or `follower`
+    /// (applies the leader's log, forwards client writes to REPLICATION_LEADER_HOST).
     #[arg(long, env = "REPLICATION_MODE", value_enum, default_value_t = Role::Leader)]
     replication_mode: Role,
     /// Follower only: base URL of the leader.
@@ -40,6 +41,20 @@ struct Config {
     /// Leader only: comma-separated base URLs of the followers.
     #[arg(long, env = "REPLICATION_REPLICA_HOSTS", value_delimiter = ',')]
     replication_replica_hosts: Vec<String>,
+    /// Shared secret of the replication endpoints; when set, requests without it are refused (401). Set
+    /// the same value on the leader and every follower.
+    #[arg(long, env = "REPLICATION_TOKEN", hide_env_values = true)]
+    replication_token: Option<String>,
+    /// Leader only: answer a write only after this many followers have durably applied it (0: asynchronous).
+    #[arg(long, env = "REPLICATION_ACK_FOLLOWERS", default_value_t = 0)]
+    replication_ack_followers: usize,
+    /// Leader only: how long a write waits for those acknowledgements before answering 504 (committed on
+    /// the leader, replication unconfirmed).
+    #[arg(long, env = "REPLICATION_ACK_TIMEOUT_MS", default_value_t = 5_000)]
+    replication_ack_timeout_ms: u64,
+    /// Longest time a read with `min_lsn` waits for this node to apply that LSN.
+    #[arg(long, env = "READ_MAX_WAIT_MS", default_value_t = 5_000)]
+    read_max_wait_ms: u64,
     /// When writes are fsynced: `always` (before acknowledging; group commit), `never`, or `interval:MS`.
     #[arg(long, env = "DURABILITY", default_value = "always", value_parser = parse_durability)]
     durability: Durability,
@@ -160,11 +175,8 @@ async fn shutdown_signal() {
 fn main() -> ExitCode {
     let config = Config::parse();
     init_logging(config.log_format);
-    if config.replication_mode == Role::Follower || !config.replication_replica_hosts.is_empty() {
-        tracing::error!(
-            "replication is not built yet: start without REPLICATION_MODE=follower and without REPLICATION_REPLICA_HOSTS \
-             (a leader that silently did not replicate would lose the followers' copies)"
-        );
+    if let Err(e) = check_replication_config(&config) {
+        tracing::error!("invalid replication configuration: {e}");
         return ExitCode::from(2);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -184,6 +196,120 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn check_replication_config(c: &Config) -> Result<(), String> {
+    match c.replication_mode {
+        Role::Follower => {
+            if c.replication_leader_host
+                .as_deref()
+                .unwrap_or("")
+                .is_empty()
+            {
+                return Err(
+                    "a follower needs REPLICATION_LEADER_HOST (the leader's base URL)".into(),
+                );
+            }
+            if !c.replication_replica_hosts.is_empty() {
+                return Err(
+                    "REPLICATION_REPLICA_HOSTS is a leader setting; a follower does not ship"
+                        .into(),
+                );
+            }
+        }
+        Role::Leader => {
+            let followers = c
+                .replication_replica_hosts
+                .iter()
+                .filter(|h| !h.is_empty())
+                .count();
+            if c.replication_ack_followers > followers {
+                return Err(format!(
+                    "REPLICATION_ACK_FOLLOWERS is {} but only {followers} followers are configured",
+                    c.replication_ack_followers
+                ));
+            }
+        }
+    }
+    if c.replication_token.as_deref() == Some("") {
+        return Err("REPLICATION_TOKEN must not be empty when set".into());
+    }
+    Ok(())
+}
+
+/// The replication role: a leader's hub (with its history id) or a follower's state.
+fn replication(
+    config: &Config,
+    engine: &Arc<FsEngine>,
+) -> Result<kv_infra_http::replication::Replication, String> {
+    use kv_domain::MetaStore;
+    use kv_infra_http::replication::{AckPolicy, FollowerNode, LeaderHub, Replication, Role as R};
+    let store = Arc::new(kv_infra_fs::FileMetaStore::new(&config.data_path));
+    let dyn_engine: Arc<dyn kv_domain::Engine> = engine.clone();
+    let role = match config.replication_mode {
+        Role::Follower => {
+            let leader = config.replication_leader_host.clone().unwrap_or_default();
+            let replica = kv_app::Replica::open(dyn_engine, store)
+                .map_err(|e| format!("reading replication metadata: {e}"))?;
+            let st = replica.state();
+            tracing::info!(%leader, history = ?st.history, applied = st.applied.0,
+                snapshot_in_progress = st.snapshot_in_progress, "following");
+            R::Follower(FollowerNode::new(replica, &leader).map_err(|e| e.to_string())?)
+        }
+        Role::Leader => {
+            let mut meta = store
+                .load()
+                .map_err(|e| format!("reading replication metadata: {e}"))?;
+            if meta.snapshot_base.is_some() {
+                return Err("this data directory holds an unfinished snapshot from a leader; it cannot lead (finish the sync as a follower first)".into());
+            }
+            let history = match &meta.history {
+                Some(h) => h.clone(),
+                None => {
+                    // A new history: followers of any other one will refuse this leader.
+                    let id = format!("{:032x}", rand::random::<u128>());
+                    meta.history = Some(id.clone());
+                    store
+                        .store(&meta)
+                        .map_err(|e| format!("writing replication metadata: {e}"))?;
+                    tracing::info!(history = %id, "created a new replication history");
+                    id
+                }
+            };
+            let followers: Vec<String> = config
+                .replication_replica_hosts
+                .iter()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .collect();
+            if followers.is_empty() {
+                R::Leader(None)
+            } else {
+                tracing::info!(%history, ?followers, ack = config.replication_ack_followers, "leading");
+                R::Leader(Some(LeaderHub::new(
+                    dyn_engine,
+                    history,
+                    config.replication_token.clone(),
+                    AckPolicy {
+                        followers: config.replication_ack_followers,
+                        timeout: Duration::from_millis(config.replication_ack_timeout_ms),
+                    },
+                    &followers,
+                )))
+            }
+        }
+    };
+    if config.replication_token.is_none()
+        && (config.replication_mode == Role::Follower
+            || !config.replication_replica_hosts.is_empty())
+    {
+        tracing::warn!("REPLICATION_TOKEN is not set: the replication endpoints accept anyone who can reach this port");
+    }
+    Ok(Replication {
+        role,
+        token: config.replication_token.clone(),
+        max_read_wait: Duration::from_millis(config.read_max_wait_ms),
+    })
 }
 
 async fn run(config: Config) -> Result<(), String> {
@@ -227,13 +353,18 @@ async fn run(config: Config) -> Result<(), String> {
         max_value_bytes: config.max_value_bytes,
         max_batch_ops: config.max_batch_ops,
     };
+    let replication = replication(&config, &engine)?;
+    let (stop_shipping, shipping_stopped) = tokio::sync::watch::channel(false);
+    if let Some(hub) = replication.hub() {
+        hub.start(shipping_stopped);
+    }
     let state = Arc::new(ServerState {
         service: KvService::new(engine.clone(), limits),
         metrics: Arc::new(Metrics::default()),
         max_body_bytes: config
             .max_body_bytes
             .unwrap_or(config.max_value_bytes.saturating_add(1 << 20)),
-        role: "leader",
+        replication,
         inline_writes: config.durability != Durability::Always,
     });
     let addr = SocketAddr::new(config.bind, config.port);
@@ -250,6 +381,7 @@ async fn run(config: Config) -> Result<(), String> {
     serve(listener, state.clone(), server_config, shutdown_signal())
         .await
         .map_err(|e| format!("server failed: {e}"))?;
+    let _ = stop_shipping.send(true);
     drop(state);
     // Requests are drained: make everything durable and release the lock.
     let closed = tokio::task::spawn_blocking(move || match Arc::try_unwrap(engine) {

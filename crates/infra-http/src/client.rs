@@ -118,18 +118,36 @@ impl Client {
         path: &str,
         body: Bytes,
     ) -> Result<(StatusCode, Bytes), ClientError> {
+        let (status, _, body) = self.send_with(method, path, &[], body).await?;
+        Ok((status, body))
+    }
+
+    /// Like [`Client::send`], with extra request headers, returning the answer's headers too.
+    /// [`ClientError::Unreachable`] means the request was never sent; [`ClientError::Connection`] that it
+    /// may have been (a write's outcome is then unknown).
+    pub async fn send_with(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(hyper::header::HeaderName, hyper::header::HeaderValue)],
+        body: Bytes,
+    ) -> Result<(StatusCode, hyper::HeaderMap, Bytes), ClientError> {
         let addr = self.addr.clone();
         let sender = self.connect().await?;
-        sender.ready().await.map_err(|e| ClientError::Connection {
+        // Not ready means the connection closed before this request was written: it was not sent.
+        sender.ready().await.map_err(|e| ClientError::Unreachable {
             addr: addr.clone(),
-            message: e.to_string(),
+            source: std::io::Error::other(e),
         })?;
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(method)
             .uri(path)
             .header(hyper::header::HOST, addr.as_str())
             .body(Full::new(body))
             .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        for (name, value) in headers {
+            req.headers_mut().insert(name.clone(), value.clone());
+        }
         let resp = sender
             .send_request(req)
             .await
@@ -138,8 +156,8 @@ impl Client {
                 message: e.to_string(),
             })?;
         let status = resp.status();
-        let body = resp
-            .into_body()
+        let (parts, body) = resp.into_parts();
+        let body = body
             .collect()
             .await
             .map_err(|e| ClientError::Connection {
@@ -147,7 +165,7 @@ impl Client {
                 message: e.to_string(),
             })?
             .to_bytes();
-        Ok((status, body))
+        Ok((status, parts.headers, body))
     }
 
     /// Like `send`, but a non-2xx answer becomes [`ClientError::Status`] with the server's message.

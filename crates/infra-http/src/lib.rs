@@ -16,6 +16,7 @@ pub mod body;
 pub mod client;
 pub mod error;
 pub mod metrics;
+pub mod replication;
 pub mod routes;
 pub mod server;
 pub mod stream;

@@ -13,9 +13,15 @@
 //! | GET | `/v1/status` | role, LSN, keys, segments, disk and garbage bytes, durability, recovery |
 //! | GET | `/metrics` | Prometheus text |
 //! | POST | `/v1/admin/compact` | run a compaction now; 409 while one runs |
+//! | GET, POST | `/v1/replication/{state,apply,snapshot}` | internal, see [`crate::replication`] |
 //!
 //! Every write answers with its LSN in the `x-kv-lsn` header and a JSON body `{"lsn": N}`. Errors are JSON
 //! `{"error": "..."}` with the status chosen in [`crate::error`].
+//!
+//! On a follower, writes are forwarded to the leader ([`crate::replication::follower`]). Any read may
+//! name a minimum LSN (`min_lsn` query parameter or `x-kv-min-lsn` header, e.g. the LSN a write returned):
+//! it then waits until this node has applied that LSN, up to `max_wait_ms` (query; default and cap set by
+//! the server), and answers 503 if it has not.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -44,7 +50,7 @@ const LISTING_MAX: usize = 10_000;
 
 /// The routes, as (metric label, allowed methods). Kept in one table so the router, the 405 `Allow` header
 /// and the OpenAPI test agree.
-pub const ROUTES: [(&str, &[&str]); 11] = [
+pub const ROUTES: [(&str, &[&str]); 14] = [
     ("/put", &["POST"]),
     ("/read", &["GET"]),
     ("/readrange", &["GET"]),
@@ -56,6 +62,9 @@ pub const ROUTES: [(&str, &[&str]); 11] = [
     ("/v1/status", &["GET"]),
     ("/metrics", &["GET"]),
     ("/v1/admin/compact", &["POST"]),
+    ("/v1/replication/state", &["GET"]),
+    ("/v1/replication/apply", &["POST"]),
+    ("/v1/replication/snapshot", &["POST"]),
 ];
 
 /// The route a path belongs to (its metric label), if any.
@@ -98,6 +107,23 @@ pub async fn handle(
         }
         return (route, resp);
     }
+    let is_write = matches!(route, "/put" | "/batchput" | "/delete")
+        || (route == "/v1/kv/{key}" && req.method() != Method::GET);
+    if is_write {
+        if let Some(node) = state.replication.follower() {
+            return (
+                route,
+                forward(&state, node, req)
+                    .await
+                    .unwrap_or_else(ApiError::into_response),
+            );
+        }
+    }
+    if matches!(route, "/read" | "/readrange" | "/v1/kv" | "/v1/kv/{key}") {
+        if let Err(e) = wait_min_lsn(&state, &req).await {
+            return (route, e.into_response());
+        }
+    }
     let result = match route {
         "/put" => put_json(&state, req).await,
         "/read" => read(&state, &req),
@@ -110,6 +136,11 @@ pub async fn handle(
         "/v1/status" => status(&state),
         "/metrics" => Ok(metrics(&state)),
         "/v1/admin/compact" => compact(&state).await,
+        "/v1/replication/state" | "/v1/replication/apply" | "/v1/replication/snapshot" => {
+            crate::replication::handle(&state.replication, req, state.max_body_bytes)
+                .await
+                .map(|v| json(&state, &v))
+        }
         _ => Err(ApiError::not_found(format!("no route for {path}"))),
     };
     (route, result.unwrap_or_else(ApiError::into_response))
@@ -136,11 +167,119 @@ fn json(state: &ServerState, value: &serde_json::Value) -> Response<Body> {
     resp
 }
 
-fn written(state: &ServerState, lsn: Lsn) -> Response<Body> {
-    let mut resp = json(state, &serde_json::json!({ "lsn": lsn.0 }));
+fn lsn_response(
+    state: &ServerState,
+    status: StatusCode,
+    body: serde_json::Value,
+    lsn: Lsn,
+) -> Response<Body> {
+    let mut resp = json(state, &body);
+    *resp.status_mut() = status;
     resp.headers_mut()
         .insert("x-kv-lsn", header::HeaderValue::from(lsn.0));
     resp
+}
+
+/// The answer to a write that the engine acknowledged at `lsn` (`payload`: its key and value bytes). On a
+/// leader with followers it wakes the shippers and, with synchronous acknowledgement, waits for the
+/// configured number of followers: if they do not confirm within the timeout the answer is 504 with the
+/// LSN (the write is durable on the leader and will still replicate; only the replication is unconfirmed).
+async fn written(state: &ServerState, lsn: Lsn, payload: usize) -> Response<Body> {
+    if let Some(hub) = state.replication.hub() {
+        hub.record_write(lsn, payload);
+        if let Err(have) = hub.wait_acks(lsn).await {
+            let policy = hub.ack_policy();
+            let message = format!(
+                "write committed on the leader at LSN {lsn} but only {have} of the {} required followers confirmed it within {} ms; it is durable here and replication continues",
+                policy.followers,
+                policy.timeout.as_millis()
+            );
+            return lsn_response(
+                state,
+                StatusCode::GATEWAY_TIMEOUT,
+                serde_json::json!({ "error": message, "lsn": lsn.0, "committed": true, "replicated": have }),
+                lsn,
+            );
+        }
+    }
+    lsn_response(
+        state,
+        StatusCode::OK,
+        serde_json::json!({ "lsn": lsn.0 }),
+        lsn,
+    )
+}
+
+/// Forwards a client write from a follower to its leader.
+async fn forward(
+    state: &ServerState,
+    node: &crate::replication::FollowerNode,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let (parts, body) = req.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string());
+    let raw = parts.uri.path().starts_with("/v1/kv/") && parts.method == Method::PUT;
+    let bytes = read_body(&parts.headers, body, state.max_body_bytes, raw).await?;
+    state.metrics.add_bytes_in(bytes.len());
+    node.forward(parts.method, &path, &parts.headers, bytes)
+        .await
+}
+
+/// Waits until this node has applied the request's minimum LSN, if it names one.
+async fn wait_min_lsn(state: &ServerState, req: &Request<Incoming>) -> Result<(), ApiError> {
+    let params = query(req.uri())?;
+    let number = |v: &[u8], what: &str| {
+        std::str::from_utf8(v)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .ok_or_else(|| ApiError::bad_request(format!("{what} must be a non-negative integer")))
+    };
+    let min = match (
+        params.get("min_lsn"),
+        req.headers().get(crate::replication::MIN_LSN_HEADER),
+    ) {
+        (Some(v), _) => number(v, "min_lsn")?,
+        (None, Some(h)) => number(h.as_bytes(), crate::replication::MIN_LSN_HEADER)?,
+        (None, None) => return Ok(()),
+    };
+    let cap = state.replication.max_read_wait;
+    let wait = match params.get("max_wait_ms") {
+        Some(v) => std::time::Duration::from_millis(number(v, "max_wait_ms")?).min(cap),
+        None => cap,
+    };
+    let engine = state.service.engine();
+    if engine.last_lsn().0 >= min {
+        return Ok(());
+    }
+    let reached = match state.replication.follower() {
+        Some(node) => node.wait_applied(min, wait).await,
+        None => {
+            // A leader has every LSN it handed out; a higher one may still be in flight on another request.
+            let deadline = tokio::time::Instant::now() + wait;
+            loop {
+                let now = engine.last_lsn().0;
+                if now >= min {
+                    break Ok(());
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    break Err(now);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+    };
+    reached.map_err(|applied| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "this node has applied up to LSN {applied}; the requested min_lsn {min} was not reached within {} ms",
+                wait.as_millis()
+            ),
+        )
+    })
 }
 
 /// Decodes `%XX` escapes strictly (a `%` not followed by two hex digits is an error); with `plus_is_space`,
@@ -300,11 +439,12 @@ async fn put_json(state: &ServerState, req: Request<Incoming>) -> Result<Respons
         (None, None) => return Err(ApiError::bad_request("missing field \"value\"")),
     };
     let service = state.service.clone();
+    let payload = body.key.len() + value.len();
     let lsn = run_write(state, move || {
         service.put(body.key.as_bytes(), value.as_bytes())
     })
     .await?;
-    Ok(written(state, lsn))
+    Ok(written(state, lsn, payload).await)
 }
 
 fn read(state: &ServerState, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
@@ -347,25 +487,28 @@ async fn batch_put(
             ))
         })?;
     let mut batch = WriteBatch::new();
+    let mut payload = 0;
     for (k, v) in object {
         let serde_json::Value::String(v) = v else {
             return Err(ApiError::bad_request(format!(
                 "value of key {k:?} must be a string"
             )));
         };
+        payload += k.len() + v.len();
         batch.put(k, v);
     }
     let service = state.service.clone();
     let lsn = run_write(state, move || service.batch_put(&batch)).await?;
-    Ok(written(state, lsn))
+    Ok(written(state, lsn, payload).await)
 }
 
 async fn delete(state: &ServerState, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let params = query(req.uri())?;
     let key = required(&params, "key")?.to_vec();
+    let payload = key.len();
     let service = state.service.clone();
     let lsn = run_write(state, move || service.delete(&key)).await?;
-    Ok(written(state, lsn))
+    Ok(written(state, lsn, payload).await)
 }
 
 fn utf8(bytes: &[u8], what: &str) -> Result<String, std::io::Error> {
@@ -566,17 +709,19 @@ async fn raw_kv(
     match *req.method() {
         Method::GET => Ok(value_response(state, state.service.read(&key)?)),
         Method::DELETE => {
+            let payload = key.len();
             let service = state.service.clone();
             let lsn = run_write(state, move || service.delete(&key)).await?;
-            Ok(written(state, lsn))
+            Ok(written(state, lsn, payload).await)
         }
         _ => {
             let (parts, body) = req.into_parts();
             let value = read_body(&parts.headers, body, state.max_body_bytes, true).await?;
             state.metrics.add_bytes_in(value.len());
+            let payload = key.len() + value.len();
             let service = state.service.clone();
             let lsn = run_write(state, move || service.put(&key, &value)).await?;
-            Ok(written(state, lsn))
+            Ok(written(state, lsn, payload).await)
         }
     }
 }
@@ -591,7 +736,7 @@ fn status(state: &ServerState) -> Result<Response<Body>, ApiError> {
     Ok(json(
         state,
         &serde_json::json!({
-            "role": state.role,
+            "role": state.replication.role_name(),
             "last_lsn": s.last_lsn.0,
             "keys": s.keys,
             "segments": s.segments,
@@ -609,7 +754,8 @@ fn status(state: &ServerState) -> Result<Response<Body>, ApiError> {
                 "truncated_copy": s.recovery.truncated_copy,
                 "notes": s.recovery.notes,
             },
-            "followers": [],
+            "followers": state.replication.hub().map_or(serde_json::json!([]), |h| h.followers_json()),
+            "replication": state.replication.follower().map(|f| f.status_json()),
             "compacting": s.compacting,
             "compaction": compaction_json(&s.compaction),
             "compaction_progress": s.compaction_progress.as_ref().map(compaction_json),
@@ -643,7 +789,13 @@ fn compaction_json(s: &kv_domain::CompactionStats) -> serde_json::Value {
 }
 
 fn metrics(state: &ServerState) -> Response<Body> {
-    let text = state.metrics.render(&state.service.engine().status());
+    let mut text = state.metrics.render(&state.service.engine().status());
+    if let Some(hub) = state.replication.hub() {
+        text.push_str(&hub.metrics_text());
+    }
+    if let Some(node) = state.replication.follower() {
+        text.push_str(&node.metrics_text());
+    }
     let mut resp = Response::new(full(text));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

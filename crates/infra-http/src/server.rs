@@ -30,8 +30,8 @@ pub struct ServerState {
     pub metrics: Arc<Metrics>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
-    /// `leader` or `follower`, for the status endpoint.
-    pub role: &'static str,
+    /// Leader or follower, and the replication state.
+    pub replication: crate::replication::Replication,
     /// Run writes on the async workers instead of the blocking pool: true only when writes never wait for
     /// an fsync (durability `never` or `interval`).
     pub inline_writes: bool,

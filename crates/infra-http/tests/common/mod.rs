@@ -64,7 +64,7 @@ impl TestServer {
             service: KvService::new(engine.clone(), limits),
             metrics: Arc::new(Metrics::default()),
             max_body_bytes: limits.max_value_bytes + (1 << 20),
-            role: "leader",
+            replication: kv_infra_http::replication::Replication::standalone(),
             inline_writes: engine.status().durability != Durability::Always,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

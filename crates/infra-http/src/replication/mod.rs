@@ -1,0 +1,231 @@
+//! Leader-follower replication over HTTP (DESIGN §6).
+//!
+//! The leader pushes: one shipper task per follower in `REPLICATION_REPLICA_HOSTS` ([`leader`]). Followers
+//! serve three internal endpoints, which need the replication token when one is configured (compared in
+//! constant time) and which only a follower accepts writes on:
+//!
+//! | method | path | body | answer |
+//! |---|---|---|---|
+//! | GET | `/v1/replication/state` | | `{"role","history","applied_lsn","snapshot_in_progress"}` |
+//! | POST | `/v1/replication/apply` | log entries ([`wire`]) | `{"applied_lsn"}`, durable |
+//! | POST | `/v1/replication/snapshot` | a snapshot page ([`wire`]) | `{"applied_lsn"}`, durable |
+//!
+//! Requests carry the leader's history id (`x-kv-history`) and last LSN (`x-kv-leader-lsn`). A refusal
+//! (another history, a gap, a snapshot needed) is 409 with the reason; a missing or wrong token is 401.
+
+pub mod follower;
+pub mod leader;
+pub mod wire;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::{HeaderMap, Request, StatusCode};
+use kv_app::ReplicaError;
+use serde_json::json;
+
+use crate::body::read_body;
+use crate::error::ApiError;
+pub use follower::FollowerNode;
+pub use leader::{AckPolicy, LeaderHub};
+
+/// The replication token header.
+pub const TOKEN_HEADER: &str = "x-kv-replication-token";
+/// The leader's history id header.
+pub const HISTORY_HEADER: &str = "x-kv-history";
+/// The leader's last LSN header.
+pub const LEADER_LSN_HEADER: &str = "x-kv-leader-lsn";
+/// A read's minimum LSN header (also the `min_lsn` query parameter).
+pub const MIN_LSN_HEADER: &str = "x-kv-min-lsn";
+
+/// This node's part in replication.
+#[derive(Debug, Clone)]
+pub enum Role {
+    /// Accepts writes; ships them to its followers (none: standalone).
+    Leader(Option<Arc<LeaderHub>>),
+    /// Applies the leader's log; forwards client writes.
+    Follower(Arc<FollowerNode>),
+}
+
+/// Replication settings and state of a server.
+#[derive(Debug, Clone)]
+pub struct Replication {
+    /// Leader or follower.
+    pub role: Role,
+    /// Token the replication endpoints require (`None`: open, for trusted networks only).
+    pub token: Option<String>,
+    /// Longest wait of a read for its minimum LSN.
+    pub max_read_wait: Duration,
+}
+
+impl Replication {
+    /// A standalone leader with no followers and no token.
+    pub fn standalone() -> Self {
+        Self {
+            role: Role::Leader(None),
+            token: None,
+            max_read_wait: Duration::from_secs(5),
+        }
+    }
+
+    /// `leader` or `follower`.
+    pub fn role_name(&self) -> &'static str {
+        match self.role {
+            Role::Leader(_) => "leader",
+            Role::Follower(_) => "follower",
+        }
+    }
+
+    /// The follower state, on a follower.
+    pub fn follower(&self) -> Option<&Arc<FollowerNode>> {
+        match &self.role {
+            Role::Follower(f) => Some(f),
+            Role::Leader(_) => None,
+        }
+    }
+
+    /// The shipping hub, on a leader with followers.
+    pub fn hub(&self) -> Option<&Arc<LeaderHub>> {
+        match &self.role {
+            Role::Leader(h) => h.as_ref(),
+            Role::Follower(_) => None,
+        }
+    }
+
+    /// Refuses a request without the configured token (constant-time comparison).
+    pub fn check_token(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(expected) = &self.token else {
+            return Ok(());
+        };
+        let given = headers
+            .get(TOKEN_HEADER)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        if constant_time_eq(given, expected.as_bytes()) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                format!("replication endpoints need the replication token in {TOKEN_HEADER}"),
+            ))
+        }
+    }
+}
+
+/// Compares without an early exit, so the time taken does not reveal how much of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let len_diff = (a.len() ^ b.len()) as u64;
+    let mut diff = 0u8;
+    for i in 0..a.len().max(b.len()) {
+        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0xff);
+    }
+    len_diff == 0 && diff == 0
+}
+
+impl From<ReplicaError> for ApiError {
+    fn from(e: ReplicaError) -> Self {
+        match e {
+            ReplicaError::Engine(e) => ApiError::from_engine(&e),
+            other => ApiError::new(StatusCode::CONFLICT, other.to_string()),
+        }
+    }
+}
+
+/// Handles the replication endpoints (`path` under `/v1/replication/`).
+pub async fn handle(
+    repl: &Replication,
+    req: Request<Incoming>,
+    max_body: usize,
+) -> Result<serde_json::Value, ApiError> {
+    repl.check_token(req.headers())?;
+    let path = req.uri().path().to_string();
+    if path == "/v1/replication/state" {
+        return Ok(match &repl.role {
+            Role::Follower(f) => {
+                let st = f.replica.state();
+                json!({
+                    "role": "follower",
+                    "history": st.history,
+                    "applied_lsn": st.applied.0,
+                    "snapshot_in_progress": st.snapshot_in_progress,
+                })
+            }
+            Role::Leader(hub) => json!({
+                "role": "leader",
+                "history": hub.as_ref().map(|h| h.history().to_string()),
+            }),
+        });
+    }
+    let Role::Follower(node) = &repl.role else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "this node is a leader: it accepts no replicated writes",
+        ));
+    };
+    let (parts, body) = req.into_parts();
+    let history = parts
+        .headers
+        .get(HISTORY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| ApiError::bad_request(format!("missing {HISTORY_HEADER} header")))?
+        .to_string();
+    let leader_lsn = parts
+        .headers
+        .get(LEADER_LSN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    // A frame holds whole entries, and one entry may hold a maximal batch: allow twice the client limit.
+    let bytes = read_body(&parts.headers, body, max_body.saturating_mul(2), true).await?;
+    let node = node.clone();
+    let is_apply = path == "/v1/replication/apply";
+    if !is_apply && path != "/v1/replication/snapshot" {
+        return Err(ApiError::not_found(format!("no route for {path}")));
+    }
+    let applied = tokio::task::spawn_blocking(move || -> Result<u64, ApiError> {
+        let applied = if is_apply {
+            let entries =
+                wire::decode_entries(&bytes).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            node.replica.apply(&history, &entries)
+        } else {
+            let page =
+                wire::decode_page(&bytes).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            node.replica.snapshot_page(&history, &page)
+        };
+        match applied {
+            Ok(lsn) => {
+                node.contact(leader_lsn, lsn.0);
+                Ok(lsn.0)
+            }
+            Err(e) => {
+                if matches!(e, ReplicaError::HistoryMismatch { .. }) {
+                    tracing::error!("REFUSING the leader's data: {e}");
+                }
+                Err(e.into())
+            }
+        }
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("apply task failed: {e}"),
+        )
+    })??;
+    Ok(json!({ "applied_lsn": applied }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret1"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert!(constant_time_eq(b"", b""));
+    }
+}
