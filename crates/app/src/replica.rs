@@ -68,7 +68,8 @@ pub struct SnapshotPage {
 pub struct ReplicaState {
     /// The history followed (`None`: never synced).
     pub history: Option<String>,
-    /// The last applied LSN.
+    /// The last applied LSN: everything up to it is here, nothing after it (zero while a snapshot is
+    /// unfinished, when the contents are a mix).
     pub applied: Lsn,
     /// A snapshot is unfinished: the next catch-up must be a snapshot.
     pub snapshot_in_progress: bool,
@@ -107,10 +108,16 @@ impl Replica {
     /// The position to report to the leader.
     pub fn state(&self) -> ReplicaState {
         let meta = self.lock();
+        let snapshot_in_progress = meta.snapshot_base.is_some();
         ReplicaState {
             history: meta.history.clone(),
-            applied: self.engine.last_lsn(),
-            snapshot_in_progress: meta.snapshot_base.is_some(),
+            // Mid-snapshot the contents are a mix of old and new: no LSN is faithfully applied.
+            applied: if snapshot_in_progress {
+                Lsn::ZERO
+            } else {
+                self.engine.last_lsn()
+            },
+            snapshot_in_progress,
         }
     }
 
@@ -150,7 +157,8 @@ impl Replica {
         Ok(self.engine.apply_log(entries)?)
     }
 
-    /// Installs one snapshot page of `history`; returns the applied LSN (the base once the last page is in).
+    /// Installs one snapshot page of `history`; returns the applied LSN: the base once the last page is in,
+    /// zero before (see [`ReplicaState::applied`]).
     pub fn snapshot_page(&self, history: &str, page: &SnapshotPage) -> Result<Lsn, ReplicaError> {
         let mut meta = self.lock();
         Self::check_history(&meta, history)?;
@@ -221,8 +229,9 @@ impl Replica {
             };
             self.store.store(&done)?;
             *meta = done;
+            return Ok(self.engine.last_lsn());
         }
-        Ok(self.engine.last_lsn())
+        Ok(Lsn::ZERO)
     }
 }
 
@@ -363,8 +372,13 @@ mod tests {
                 (Key::from("b"), Value::from("2")),
             ],
         };
-        r.snapshot_page("h1", &first).unwrap();
+        assert_eq!(r.snapshot_page("h1", &first).unwrap(), Lsn::ZERO);
         assert!(r.state().snapshot_in_progress);
+        assert_eq!(
+            r.state().applied,
+            Lsn::ZERO,
+            "mid-snapshot nothing counts as applied"
+        );
         assert!(matches!(
             r.apply("h1", &all),
             Err(ReplicaError::Snapshot(_))

@@ -620,6 +620,14 @@ impl Inner {
             }
             s.syncing = true;
             drop(s);
+            self.lead_group()?;
+        }
+    }
+
+    /// Runs one group commit as the sync leader (`SyncState::syncing` is set by the caller) and wakes the
+    /// waiters it made durable plus one to lead the next group.
+    fn lead_group(&self) -> EngineResult<()> {
+        {
             let result = self.sync_group();
             let mut s = self.sync.lock();
             s.syncing = false;
@@ -639,7 +647,26 @@ impl Inner {
             });
             drop(s);
             wake.into_iter().chain(next_leader).for_each(|t| t.unpark());
-            result?;
+            result
+        }
+    }
+
+    /// A group commit now, whatever the durable LSN says. Snapshot pages are all written at one LSN, so
+    /// after the first page `sync_to(base)` would find the base already durable and neither fsync nor
+    /// publish the later pages.
+    fn sync_forced(&self) -> EngineResult<()> {
+        loop {
+            self.poisoned()?;
+            let mut s = self.sync.lock();
+            if s.syncing {
+                // Another group is in flight (rare: a follower has one writer); let it finish.
+                drop(s);
+                std::thread::sleep(Duration::from_micros(50));
+                continue;
+            }
+            s.syncing = true;
+            drop(s);
+            return self.lead_group();
         }
     }
 
@@ -903,8 +930,7 @@ impl Engine for FsEngine {
             };
             i.write_at(op, Some(at.0), false)?;
         }
-        let target = i.writer.lock().last_lsn;
-        i.sync_to(target)
+        i.sync_forced()
     }
 
     fn status(&self) -> EngineStatus {

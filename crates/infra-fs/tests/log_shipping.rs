@@ -175,6 +175,11 @@ fn snapshot_pages_then_incremental_entries_survive_reopen() {
         .install_snapshot_page(base, &[put("c", "3")])
         .unwrap();
     assert_eq!(follower.last_lsn(), base);
+    // Every page is visible (and durable) when the call returns, not only the first at this LSN.
+    assert_eq!(follower.get(b"c").unwrap(), Some(Value::from("3")));
+    drop(follower);
+    let follower = open(&fs, "/follower", Durability::Always);
+    assert_eq!(follower.get(b"c").unwrap(), Some(Value::from("3")));
     let behind = follower.install_snapshot_page(Lsn(499), &[put("x", "y")]);
     assert!(behind.is_err(), "a snapshot behind the log is refused");
     follower

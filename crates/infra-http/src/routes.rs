@@ -251,7 +251,11 @@ async fn wait_min_lsn(state: &ServerState, req: &Request<Incoming>) -> Result<()
         None => cap,
     };
     let engine = state.service.engine();
-    if engine.last_lsn().0 >= min {
+    let applied = match state.replication.follower() {
+        Some(node) => node.replica.state().applied.0,
+        None => engine.last_lsn().0,
+    };
+    if applied >= min {
         return Ok(());
     }
     let reached = match state.replication.follower() {

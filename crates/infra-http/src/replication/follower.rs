@@ -77,6 +77,9 @@ impl FollowerNode {
     /// Records a leader request: its last LSN (header) and our applied LSN after it.
     pub fn contact(&self, leader_lsn: Option<u64>, applied: u64) {
         *self.last_contact.lock() = Some(Instant::now());
+        if applied == 0 {
+            return; // a snapshot page: nothing counts as applied until the last one
+        }
         if let Some(l) = leader_lsn {
             self.leader_lsn.fetch_max(l, Ordering::Relaxed);
         }

@@ -1,0 +1,218 @@
+//! A leader and followers as real `kv-server` processes on 127.0.0.1, for the replication tests.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value as Json;
+
+use crate::{free_port, Client, Server};
+
+/// The replication token the test clusters use.
+pub const TOKEN: &str = "test-token-0123";
+
+/// One node: its data directory, port and settings survive restarts.
+#[derive(Debug)]
+pub struct Node {
+    /// Data directory.
+    pub dir: PathBuf,
+    /// Port.
+    pub port: u16,
+    /// Arguments after `--data-path`/`--port`.
+    pub args: Vec<String>,
+    /// The running process, if any.
+    pub server: Option<Server>,
+}
+
+impl Node {
+    /// A node (not started) in `dir` on a free port.
+    pub fn new(dir: &Path, args: Vec<String>) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            port: free_port(),
+            args,
+            server: None,
+        }
+    }
+
+    /// Base URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the process and waits until it is healthy.
+    pub fn start(&mut self) {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.server = Some(Server::start(&self.dir, self.port, &args));
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            s.signal("KILL");
+            s.wait();
+        }
+    }
+
+    /// SIGTERM; asserts a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            s.signal("TERM");
+            assert_eq!(s.wait(), Some(0), "SIGTERM exits 0");
+        }
+    }
+
+    /// A client (the node need not be running).
+    pub fn client(&self) -> Client {
+        Client {
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], self.port)),
+        }
+    }
+
+    /// The status document.
+    pub fn status(&self) -> Json {
+        let (code, body) = self.client().request("GET", "/v1/status", b"");
+        assert_eq!(code, 200);
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    /// `last_lsn` from the status.
+    pub fn last_lsn(&self) -> u64 {
+        self.status()["last_lsn"].as_u64().unwrap()
+    }
+
+    /// A follower's applied LSN (zero while a snapshot is unfinished); a leader's last LSN.
+    pub fn applied(&self) -> u64 {
+        let st = self.status();
+        st["replication"]["applied_lsn"]
+            .as_u64()
+            .unwrap_or_else(|| st["last_lsn"].as_u64().unwrap())
+    }
+
+    /// Every key/value (text keys and values), by paging the listing.
+    pub fn contents(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let path = match &cursor {
+                Some(c) => format!("/v1/kv?limit=10000&cursor={c}"),
+                None => "/v1/kv?limit=10000".to_string(),
+            };
+            let (code, body) = self.client().request("GET", &path, b"");
+            assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+            let page: Json = serde_json::from_slice(&body).unwrap();
+            for item in page["items"].as_array().unwrap() {
+                out.insert(
+                    item["key"].as_str().unwrap().to_string(),
+                    item["value"].as_str().unwrap().to_string(),
+                );
+            }
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => return out,
+            }
+        }
+    }
+}
+
+/// Arguments of a leader shipping to `followers`.
+pub fn leader_args(followers: &[&Node], extra: &[&str]) -> Vec<String> {
+    let hosts: Vec<String> = followers.iter().map(|f| f.url()).collect();
+    let mut args = vec![
+        "--replication-replica-hosts".to_string(),
+        hosts.join(","),
+        "--replication-token".to_string(),
+        TOKEN.to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Arguments of a follower of `leader_port`.
+pub fn follower_args(leader_port: u16, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "--replication-mode".to_string(),
+        "follower".to_string(),
+        "--replication-leader-host".to_string(),
+        format!("http://127.0.0.1:{leader_port}"),
+        "--replication-token".to_string(),
+        TOKEN.to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// A digest of contents (order-sensitive FNV-1a over keys and values), to compare nodes cheaply first.
+pub fn digest(contents: &BTreeMap<String, String>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (k, v) in contents {
+        for b in k.bytes().chain([0]).chain(v.bytes()).chain([0]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// Waits until every follower has applied the leader's last LSN, then asserts each holds exactly the
+/// leader's contents (digest, then the sets). Returns the leader's contents.
+pub fn assert_converged(
+    leader: &Node,
+    followers: &[&Node],
+    within: Duration,
+) -> BTreeMap<String, String> {
+    let target = leader.last_lsn();
+    let deadline = Instant::now() + within;
+    for f in followers {
+        loop {
+            let applied = f.applied();
+            assert!(
+                applied <= target,
+                "follower {} is ahead of the leader: {applied} > {target}",
+                f.url()
+            );
+            if applied == target {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "follower {} did not catch up: applied {applied}, leader {target}; leader status {}",
+                f.url(),
+                leader.status()["followers"]
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let want = leader.contents();
+    for f in followers {
+        let got = f.contents();
+        if digest(&got) != digest(&want) {
+            let missing: Vec<_> = want
+                .iter()
+                .filter(|(k, v)| got.get(*k) != Some(v))
+                .take(5)
+                .collect();
+            let extra: Vec<_> = got
+                .iter()
+                .filter(|(k, _)| !want.contains_key(*k))
+                .take(5)
+                .collect();
+            panic!(
+                "follower {} differs from the leader ({} vs {} keys); differing: {missing:?}; extra: {extra:?}",
+                f.url(),
+                got.len(),
+                want.len()
+            );
+        }
+        assert_eq!(got, want);
+    }
+    want
+}
+
+/// The LSN in a write's JSON answer.
+pub fn lsn_of(body: &[u8]) -> Option<u64> {
+    serde_json::from_slice::<Json>(body)
+        .ok()?
+        .get("lsn")?
+        .as_u64()
+}

@@ -1,0 +1,638 @@
+//! Leader-follower replication with real `kv-server` processes on 127.0.0.1 (DESIGN §6): convergence,
+//! follower and leader crashes, snapshots, refusal of a foreign leader, synchronous acknowledgement,
+//! read-your-writes, a linearizability check, and the replication token.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use integration_tests::cluster::{
+    assert_converged, follower_args, leader_args, lsn_of, Node, TOKEN,
+};
+use integration_tests::wgl::{linearizable, Event, Op};
+use integration_tests::Client;
+
+const CONVERGE: Duration = Duration::from_secs(60);
+
+/// A leader and `n` followers, not started; the followers' ports are known to the leader up front.
+fn cluster(root: &std::path::Path, n: usize, leader_extra: &[&str]) -> (Node, Vec<Node>) {
+    let leader_port = integration_tests::free_port();
+    let followers: Vec<Node> = (0..n)
+        .map(|i| Node::new(&root.join(format!("f{i}")), follower_args(leader_port, &[])))
+        .collect();
+    let refs: Vec<&Node> = followers.iter().collect();
+    let mut leader = Node::new(&root.join("leader"), leader_args(&refs, leader_extra));
+    leader.port = leader_port;
+    (leader, followers)
+}
+
+fn put(c: Client, key: &str, value: &str) -> (u16, Vec<u8>) {
+    c.request("PUT", &format!("/v1/kv/{key}"), value.as_bytes())
+}
+
+fn get(c: Client, key: &str) -> Option<String> {
+    match c.request("GET", &format!("/v1/kv/{key}"), b"") {
+        (200, v) => Some(String::from_utf8(v).unwrap()),
+        (404, _) => None,
+        (s, b) => panic!("GET {key}: {s} {}", String::from_utf8_lossy(&b)),
+    }
+}
+
+/// A mixed workload (puts, deletes, batches over a small key space) through `c` until `stop`.
+fn workload(c: Client, seed: u64, ops: usize) -> usize {
+    let mut ok = 0;
+    for i in 0..ops as u64 {
+        let k = (seed * 7919 + i * 31) % 97;
+        let (status, _) = match i % 5 {
+            0 => c.request("DELETE", &format!("/delete?key=k{k}"), b""),
+            1 => c.request(
+                "POST",
+                "/batchput",
+                format!(
+                    r#"{{"k{k}":"b{seed}-{i}","k{}":"b{seed}-{i}"}}"#,
+                    (k + 1) % 97
+                )
+                .as_bytes(),
+            ),
+            2 => c.request(
+                "POST",
+                "/put",
+                format!(r#"{{"key":"k{k}","value":"p{seed}-{i}"}}"#).as_bytes(),
+            ),
+            _ => put(c, &format!("k{k}"), &format!("r{seed}-{i}")),
+        };
+        assert_eq!(status, 200, "write {i} of client {seed}");
+        ok += 1;
+    }
+    ok
+}
+
+#[test]
+fn writes_through_the_leader_and_followers_converge_everywhere() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut leader, mut followers) = cluster(root.path(), 2, &["--durability", "interval:5"]);
+    for f in &mut followers {
+        f.start();
+    }
+    leader.start();
+    let mut targets = vec![leader.client(), leader.client()];
+    targets.extend(followers.iter().map(Node::client));
+    let threads: Vec<_> = targets
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| std::thread::spawn(move || workload(c, i as u64, 300)))
+        .collect();
+    let written: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(written, 1200);
+    let refs: Vec<&Node> = followers.iter().collect();
+    let contents = assert_converged(&leader, &refs, CONVERGE);
+    assert!(!contents.is_empty());
+    // Forwarded writes were counted on the followers and shipped to both.
+    for f in &followers {
+        let st = f.status();
+        assert_eq!(st["role"], "follower");
+        assert_eq!(st["replication"]["forwarded_writes"], 300);
+        assert_eq!(st["replication"]["lag_entries"], 0);
+    }
+    let st = leader.status();
+    for f in st["followers"].as_array().unwrap() {
+        assert_eq!(f["state"], "streaming", "{f}");
+        assert_eq!(f["lag_entries"], 0, "{f}");
+    }
+    let (_, metrics) = leader.client().request("GET", "/metrics", b"");
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(metrics.contains("kv_replication_follower_applied_lsn{follower=\"http://127.0.0.1:"));
+}
+
+#[test]
+fn a_follower_killed_during_writes_catches_up_and_never_goes_backwards() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut leader, mut followers) = cluster(root.path(), 1, &[]);
+    let mut f = followers.remove(0);
+    f.start();
+    leader.start();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (c, stop) = (leader.client(), stop.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                assert_eq!(put(c, &format!("k{}", i % 500), &format!("v{i}")).0, 200);
+                i += 1;
+            }
+            i
+        })
+    };
+    let mut last_seen = 0;
+    for round in 0..3 {
+        std::thread::sleep(Duration::from_millis(300));
+        let before = f.applied();
+        assert!(
+            before >= last_seen,
+            "applied LSN went backwards: {before} < {last_seen}"
+        );
+        f.kill();
+        std::thread::sleep(Duration::from_millis(200 + 100 * round));
+        f.start();
+        let after = f.applied();
+        assert!(
+            after >= before,
+            "applied LSN after restart {after} < {before} before the kill"
+        );
+        last_seen = after;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let writes = writer.join().unwrap();
+    assert!(writes > 100, "the writer made progress ({writes} writes)");
+    assert_converged(&leader, &[&f], CONVERGE);
+    // Every kill lost nothing the follower had acknowledged, and it resumed rather than re-snapshotting.
+    let st = leader.status();
+    assert_eq!(
+        st["followers"][0]["snapshots_sent"], 1,
+        "{}",
+        st["followers"][0]
+    );
+}
+
+#[test]
+fn a_new_follower_after_100k_writes_takes_a_snapshot_then_streams() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut leader, mut followers) = cluster(root.path(), 1, &["--durability", "never"]);
+    leader.start();
+    let c = leader.client();
+    for b in 0..100 {
+        let pairs: Vec<String> = (0..1000)
+            .map(|i| format!(r#""key{:06}":"value-{b}-{i}""#, b * 1000 + i))
+            .collect();
+        let body = format!("{{{}}}", pairs.join(","));
+        assert_eq!(c.request("POST", "/batchput", body.as_bytes()).0, 200);
+    }
+    for i in 0..300 {
+        assert_eq!(
+            c.request("DELETE", &format!("/v1/kv/key{:06}", i * 7), b"")
+                .0,
+            200
+        );
+    }
+    let f = &mut followers[0];
+    f.start();
+    // Writes continue while it syncs.
+    for i in 0..500 {
+        assert_eq!(put(c, &format!("late{i}"), "x").0, 200);
+    }
+    let contents = assert_converged(&leader, &[f], CONVERGE);
+    assert_eq!(contents.len(), 100_000 - 300 + 500);
+    let st = leader.status();
+    assert_eq!(st["followers"][0]["snapshots_sent"], 1);
+    // Then incremental.
+    for i in 0..200 {
+        assert_eq!(put(c, &format!("after{i}"), "y").0, 200);
+    }
+    assert_converged(&leader, &[f], CONVERGE);
+    assert_eq!(leader.status()["followers"][0]["snapshots_sent"], 1);
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_follower_whose_gap_was_compacted_away_gets_exactly_one_snapshot() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut leader, mut followers) = cluster(
+        root.path(),
+        1,
+        &["--segment-bytes", "65536", "--durability", "never"],
+    );
+    let f = &mut followers[0];
+    f.start();
+    leader.start();
+    let c = leader.client();
+    let value = "v".repeat(200);
+    for i in 0..500 {
+        assert_eq!(put(c, &format!("k{}", i % 100), &value).0, 200);
+    }
+    assert_converged(&leader, &[f], CONVERGE);
+    assert_eq!(leader.status()["followers"][0]["snapshots_sent"], 1);
+    f.stop();
+    // Overwrites across many segments, then a compaction: the follower's next entry is gone.
+    for i in 0..5000 {
+        assert_eq!(
+            put(c, &format!("k{}", i % 100), &format!("{value}{i}")).0,
+            200
+        );
+    }
+    assert_eq!(c.request("POST", "/v1/admin/compact", b"").0, 200);
+    let pid = leader.server.as_ref().unwrap().child.id();
+    let rss_before = rss_kib(pid);
+    // Writes and compactions continue while it catches up.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, value) = (stop.clone(), value.clone());
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                assert_eq!(
+                    put(c, &format!("k{}", i % 100), &format!("{value}w{i}")).0,
+                    200
+                );
+                if i % 500 == 0 {
+                    // 409 while one already runs is fine.
+                    let s = c.request("POST", "/v1/admin/compact", b"").0;
+                    assert!(s == 200 || s == 409, "compact answered {s}");
+                }
+                i += 1;
+            }
+        })
+    };
+    f.start();
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    assert_converged(&leader, &[f], CONVERGE);
+    let st = leader.status();
+    assert_eq!(
+        st["followers"][0]["snapshots_sent"], 2,
+        "one snapshot at first, exactly one for the compacted gap: {}",
+        st["followers"][0]
+    );
+    let rss_after = rss_kib(pid);
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "leader memory grew from {rss_before} KiB to {rss_after} KiB during the catch-up"
+    );
+}
+
+#[test]
+fn leader_restarts_lose_no_acknowledged_write_and_followers_continue() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut leader, mut followers) = cluster(root.path(), 2, &["--durability", "always"]);
+    for f in &mut followers {
+        f.start();
+    }
+    leader.start();
+    let acked = Arc::new(Mutex::new(BTreeMap::new()));
+    for (round, how) in ["KILL", "TERM"].iter().enumerate() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let (c, stop, acked) = (leader.client(), stop.clone(), acked.clone());
+                std::thread::spawn(move || {
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let key = format!("r{round}w{w}i{i}");
+                        if let Ok((200, _)) = c.try_request("PUT", &format!("/v1/kv/{key}"), b"v") {
+                            acked.lock().unwrap().insert(key, "v".to_string());
+                        }
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(700));
+        if *how == "KILL" {
+            leader.kill();
+        } else {
+            leader.stop();
+        }
+        // Followers are never ahead of the (stopped) leader's durable log: checked once it is back.
+        std::thread::sleep(Duration::from_millis(300));
+        leader.start();
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::Relaxed);
+        for w in writers {
+            w.join().unwrap();
+        }
+        let refs: Vec<&Node> = followers.iter().collect();
+        let contents = assert_converged(&leader, &refs, CONVERGE);
+        let acked = acked.lock().unwrap();
+        let lost: Vec<_> = acked
+            .keys()
+            .filter(|k| !contents.contains_key(*k))
+            .take(5)
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "acknowledged writes lost after SIG{how}: {lost:?}"
+        );
+        assert!(acked.len() > 50, "writers made progress");
+    }
+}
+
+#[test]
+fn followers_refuse_a_leader_restarted_on_an_empty_directory_and_keep_their_data() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut leader, mut followers) = cluster(root.path(), 1, &[]);
+    let f = &mut followers[0];
+    f.start();
+    leader.start();
+    for i in 0..50 {
+        assert_eq!(put(leader.client(), &format!("k{i}"), "v").0, 200);
+    }
+    let before = assert_converged(&leader, &[f], CONVERGE);
+    let history = f.status()["replication"]["history"].clone();
+    leader.stop();
+    // Same port, a new empty data directory: a new history.
+    leader.dir = root.path().join("empty");
+    leader.start();
+    assert_eq!(put(leader.client(), "new", "x").0, 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = leader.status();
+        if st["followers"][0]["state"] == "refused" {
+            let detail = st["followers"][0]["detail"].as_str().unwrap().to_string();
+            assert!(detail.contains("history mismatch"), "{detail}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leader never reported the refusal: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(f.contents(), before, "the follower kept its data");
+    assert_eq!(f.status()["replication"]["history"], history);
+    assert_eq!(get(f.client(), "new"), None);
+}
+
+#[test]
+fn synchronous_acknowledgement_waits_for_a_follower_and_times_out_as_documented() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut leader, mut followers) = cluster(
+        root.path(),
+        1,
+        &[
+            "--replication-ack-followers",
+            "1",
+            "--replication-ack-timeout-ms",
+            "500",
+        ],
+    );
+    let f = &mut followers[0];
+    f.start();
+    leader.start();
+    // Running follower: every acknowledged write is readable on it at once, without min_lsn.
+    for i in 0..100 {
+        let (status, _) = put(leader.client(), &format!("s{i}"), &format!("v{i}"));
+        assert_eq!(status, 200);
+        assert_eq!(
+            get(f.client(), &format!("s{i}")),
+            Some(format!("v{i}")),
+            "write {i}"
+        );
+    }
+    // Stopped follower: the write answers 504 after the timeout, committed on the leader.
+    f.stop();
+    let started = Instant::now();
+    let (status, body) = put(leader.client(), "lonely", "v");
+    let took = started.elapsed();
+    assert_eq!(status, 504, "{}", String::from_utf8_lossy(&body));
+    assert!(
+        took >= Duration::from_millis(450),
+        "answered after {took:?}"
+    );
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["committed"], true);
+    assert!(body["lsn"].as_u64().unwrap() > 100);
+    assert_eq!(get(leader.client(), "lonely"), Some("v".into()));
+    // Back: it catches up and acknowledgements flow again.
+    f.start();
+    assert_converged(&leader, &[f], CONVERGE);
+    assert_eq!(put(leader.client(), "again", "v").0, 200);
+    assert_eq!(get(f.client(), "again"), Some("v".into()));
+}
+
+#[test]
+fn reads_with_min_lsn_on_a_follower_see_its_own_forwarded_writes() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut leader, mut followers) = cluster(root.path(), 1, &["--durability", "interval:20"]);
+    let f = &mut followers[0];
+    f.start();
+    leader.start();
+    for i in 0..200 {
+        let (status, body) = f.client().request(
+            "POST",
+            "/put",
+            format!(r#"{{"key":"ryw{i}","value":"v{i}"}}"#).as_bytes(),
+        );
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let lsn = lsn_of(&body).unwrap();
+        let (status, value) =
+            f.client()
+                .request("GET", &format!("/read?key=ryw{i}&min_lsn={lsn}"), b"");
+        assert_eq!(
+            (status, value),
+            (200, format!("v{i}").into_bytes()),
+            "write {i} at LSN {lsn}"
+        );
+    }
+    // Beyond what the leader has: 503 after max_wait_ms, with a message.
+    let (status, body) =
+        f.client()
+            .request("GET", "/read?key=ryw1&min_lsn=999999&max_wait_ms=100", b"");
+    assert_eq!(status, 503);
+    assert!(String::from_utf8_lossy(&body).contains("min_lsn"));
+    // Leader down: writes through the follower answer 503 and say why; reads keep working.
+    leader.stop();
+    let (status, body) = f
+        .client()
+        .request("POST", "/put", br#"{"key":"x","value":"y"}"#);
+    assert_eq!(status, 503);
+    assert!(
+        String::from_utf8_lossy(&body).contains("leader unreachable"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(f.client().request("DELETE", "/v1/kv/ryw1", b"").0, 503);
+    assert_eq!(get(f.client(), "ryw1"), Some("v1".into()));
+}
+
+/// Records a small concurrent history on three keys (writes and reads on the leader, reads on a
+/// follower) and checks that per key the leader's operations are linearizable and each client's follower
+/// reads never go back in the leader's write order.
+#[test]
+fn leader_histories_are_linearizable_and_follower_reads_monotonic() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut leader, mut followers) = cluster(root.path(), 1, &["--durability", "interval:5"]);
+    let f = &mut followers[0];
+    f.start();
+    leader.start();
+    let epoch = Instant::now();
+    let now = move || epoch.elapsed().as_nanos();
+    // Values are unique: value -> LSN of its write, to order follower observations.
+    let history: Arc<Mutex<Vec<(usize, Event)>>> = Arc::default();
+    let value_lsn: Arc<Mutex<BTreeMap<u64, u64>>> = Arc::default();
+    let follower_reads: Arc<Mutex<Vec<(usize, usize, Option<u64>)>>> = Arc::default();
+    let next_value = Arc::new(AtomicU64::new(1));
+    let clients: Vec<_> = (0..4)
+        .map(|client| {
+            let (lc, fc) = (leader.client(), f.client());
+            let (history, value_lsn, follower_reads, next_value) = (
+                history.clone(),
+                value_lsn.clone(),
+                follower_reads.clone(),
+                next_value.clone(),
+            );
+            std::thread::spawn(move || {
+                for i in 0..45usize {
+                    let key = (client + i) % 3;
+                    let parse = |b: &[u8]| std::str::from_utf8(b).unwrap().parse::<u64>().unwrap();
+                    match (client + i) % 4 {
+                        0 | 1 => {
+                            let v = next_value.fetch_add(1, Ordering::Relaxed);
+                            let invoke = now();
+                            let r = lc.try_request(
+                                "PUT",
+                                &format!("/v1/kv/h{key}"),
+                                v.to_string().as_bytes(),
+                            );
+                            let complete = match &r {
+                                Ok((200, body)) => {
+                                    value_lsn.lock().unwrap().insert(v, lsn_of(body).unwrap());
+                                    Some(now())
+                                }
+                                _ => None,
+                            };
+                            history.lock().unwrap().push((
+                                key,
+                                Event {
+                                    op: Op::Write(Some(v)),
+                                    invoke,
+                                    complete,
+                                },
+                            ));
+                        }
+                        2 => {
+                            let invoke = now();
+                            let seen = match lc.request("GET", &format!("/v1/kv/h{key}"), b"") {
+                                (200, b) => Some(parse(&b)),
+                                (404, _) => None,
+                                (s, _) => panic!("read answered {s}"),
+                            };
+                            let complete = Some(now());
+                            history.lock().unwrap().push((
+                                key,
+                                Event {
+                                    op: Op::Read(seen),
+                                    invoke,
+                                    complete,
+                                },
+                            ));
+                        }
+                        _ => {
+                            let seen = match fc.request("GET", &format!("/v1/kv/h{key}"), b"") {
+                                (200, b) => Some(parse(&b)),
+                                (404, _) => None,
+                                (s, _) => panic!("follower read answered {s}"),
+                            };
+                            follower_reads.lock().unwrap().push((client, key, seen));
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let history = history.lock().unwrap();
+    for key in 0..3 {
+        let events: Vec<Event> = history
+            .iter()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, e)| *e)
+            .collect();
+        assert!(events.len() > 20);
+        assert!(
+            linearizable(&events, None),
+            "key h{key}: leader history not linearizable: {events:?}"
+        );
+    }
+    let value_lsn = value_lsn.lock().unwrap();
+    let mut last: BTreeMap<(usize, usize), u64> = BTreeMap::new();
+    for &(client, key, seen) in follower_reads.lock().unwrap().iter() {
+        let lsn = seen.map_or(0, |v| value_lsn[&v]);
+        let prev = last.entry((client, key)).or_insert(0);
+        assert!(
+            lsn >= *prev,
+            "client {client} read h{key} at LSN {lsn} after LSN {prev} on the follower"
+        );
+        *prev = lsn;
+    }
+    assert_converged(&leader, &[f], CONVERGE);
+}
+
+#[test]
+fn replication_endpoints_refuse_missing_or_wrong_tokens_and_leaders_refuse_replicated_writes() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut leader, mut followers) = cluster(root.path(), 1, &[]);
+    let f = &mut followers[0];
+    f.start();
+    leader.start();
+    assert_eq!(put(leader.client(), "a", "1").0, 200);
+    assert_converged(&leader, &[f], CONVERGE);
+    for node in [&leader, &*f] {
+        for (method, path) in [
+            ("GET", "/v1/replication/state"),
+            ("POST", "/v1/replication/apply"),
+            ("POST", "/v1/replication/snapshot"),
+        ] {
+            for headers in [
+                vec![],
+                vec![("x-kv-replication-token", "wrong")],
+                vec![("x-kv-replication-token", "test-token-012")],
+            ] {
+                let (status, body) = node
+                    .client()
+                    .try_request_with(method, path, &headers, b"")
+                    .unwrap();
+                assert_eq!(
+                    status,
+                    401,
+                    "{method} {path} with {headers:?}: {}",
+                    String::from_utf8_lossy(&body)
+                );
+            }
+        }
+    }
+    let token = [("x-kv-replication-token", TOKEN)];
+    let (status, _) = f
+        .client()
+        .try_request_with("GET", "/v1/replication/state", &token, b"")
+        .unwrap();
+    assert_eq!(status, 200);
+    // A client with the token still cannot write through the leader's replication endpoint ...
+    let (status, _) = leader
+        .client()
+        .try_request_with(
+            "POST",
+            "/v1/replication/apply",
+            &[token[0], ("x-kv-history", "h")],
+            b"",
+        )
+        .unwrap();
+    assert_eq!(status, 409);
+    // ... and a follower refuses entries of another history (the data stays).
+    let entry = [
+        7u8, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 1, 0, 0, 0, b'a', 1, 0, 0, 0, b'X',
+    ];
+    let (status, body) = f
+        .client()
+        .try_request_with(
+            "POST",
+            "/v1/replication/apply",
+            &[token[0], ("x-kv-history", "foreign")],
+            &entry,
+        )
+        .unwrap();
+    assert_eq!(status, 409, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(get(f.client(), "a"), Some("1".into()));
+}
