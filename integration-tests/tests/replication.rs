@@ -470,7 +470,9 @@ fn leader_histories_are_linearizable_and_follower_reads_monotonic() {
     // Values are unique: value -> LSN of its write, to order follower observations.
     let history: Arc<Mutex<Vec<(usize, Event)>>> = Arc::default();
     let value_lsn: Arc<Mutex<BTreeMap<u64, u64>>> = Arc::default();
-    let follower_reads: Arc<Mutex<Vec<(usize, usize, Option<u64>)>>> = Arc::default();
+    // (client, key, value seen) of every follower read, in each client's order.
+    type FollowerReads = Arc<Mutex<Vec<(usize, usize, Option<u64>)>>>;
+    let follower_reads: FollowerReads = Arc::default();
     let next_value = Arc::new(AtomicU64::new(1));
     let clients: Vec<_> = (0..4)
         .map(|client| {
