@@ -176,6 +176,11 @@ fn a_new_follower_after_100k_writes_takes_a_snapshot_then_streams() {
             200
         );
     }
+    // Large values among them: snapshot pages are cut by bytes as well as by count.
+    for i in 0..6 {
+        let big = format!("{i}").repeat(3 << 20);
+        assert_eq!(put(c, &format!("key{:06}", 500 + i * 3), &big).0, 200);
+    }
     let f = &mut followers[0];
     f.start();
     // Writes continue while it syncs.

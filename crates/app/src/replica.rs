@@ -197,16 +197,16 @@ impl Replica {
         let mut theirs = page.entries.iter().map(|(k, _)| k).peekable();
         let mut cursor = range.clone();
         loop {
-            let ours = self.engine.scan(&cursor, 1024)?;
-            let Some(last) = ours.last().map(|e| e.key.clone()) else {
+            let ours = self.engine.scan_keys(&cursor, 1024)?;
+            let Some(last) = ours.last().cloned() else {
                 break;
             };
-            for e in &ours {
-                while theirs.next_if(|k| **k < e.key).is_some() {}
-                if theirs.peek().is_some_and(|k| **k == e.key) {
+            for key in ours {
+                while theirs.next_if(|k| **k < key).is_some() {}
+                if theirs.peek().is_some_and(|k| **k == key) {
                     continue;
                 }
-                ops.push(BatchOp::Delete { key: e.key.clone() });
+                ops.push(BatchOp::Delete { key });
             }
             cursor = range.after(&last);
         }

@@ -86,6 +86,10 @@ pub trait Engine: Send + Sync {
     /// by `limit`; to page, call again with [`KeyRange::after`] the last key returned.
     fn scan(&self, range: &KeyRange, limit: usize) -> EngineResult<Vec<Entry>>;
 
+    /// Up to `limit` live keys in `range`, ascending, without reading their values (memory bounded by the
+    /// keys alone, whatever the value sizes).
+    fn scan_keys(&self, range: &KeyRange, limit: usize) -> EngineResult<Vec<Key>>;
+
     /// LSN of the latest acknowledged write (`Lsn::ZERO` for a new store).
     fn last_lsn(&self) -> Lsn;
 

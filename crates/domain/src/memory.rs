@@ -98,6 +98,16 @@ impl Engine for MemoryEngine {
         }))
     }
 
+    fn scan_keys(&self, range: &KeyRange, limit: usize) -> EngineResult<Vec<Key>> {
+        Ok(self.with(|s| {
+            s.map
+                .range((range.start.clone(), range.end.clone()))
+                .take(limit)
+                .map(|(k, _)| k.clone())
+                .collect()
+        }))
+    }
+
     fn last_lsn(&self) -> Lsn {
         self.with(|s| s.last_lsn)
     }

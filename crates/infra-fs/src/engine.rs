@@ -867,6 +867,16 @@ impl Engine for FsEngine {
             .collect()
     }
 
+    fn scan_keys(&self, range: &KeyRange, limit: usize) -> EngineResult<Vec<Key>> {
+        Ok(self
+            .inner
+            .index
+            .range(range, limit)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
+    }
+
     fn last_lsn(&self) -> Lsn {
         Lsn(self.inner.acked_lsn.load(Ordering::Acquire))
     }

@@ -38,8 +38,10 @@ use crate::client::{Client, ClientError};
 
 /// Payload bytes per apply request (at least one entry is always sent).
 const FRAME_BYTES: usize = 1 << 20;
-/// Entries per snapshot page.
+/// Most entries per snapshot page ...
 const PAGE_ENTRIES: usize = 512;
+/// ... and about this many payload bytes (at least one entry).
+const PAGE_BYTES: usize = 4 << 20;
 /// Writes remembered for lag accounting.
 const RECENT_WRITES: usize = 1 << 16;
 /// Time allowed for one replication request.
@@ -593,16 +595,40 @@ impl LeaderHub {
         loop {
             let engine = self.engine.clone();
             let r = range.clone();
-            let entries = tokio::task::spawn_blocking(move || engine.scan(&r, PAGE_ENTRIES))
-                .await
-                .map_err(|e| End::Down(format!("snapshot reader failed: {e}")))?
-                .map_err(|e| End::Down(format!("reading the snapshot: {e}")))?;
-            let last = entries.len() < PAGE_ENTRIES;
-            let through = if last {
-                None
-            } else {
-                entries.last().map(|e| e.key.clone())
-            };
+            // Keys first, then values up to PAGE_BYTES: memory stays bounded whatever the value sizes.
+            let (entries, through) = tokio::task::spawn_blocking(move || {
+                let keys = engine.scan_keys(&r, PAGE_ENTRIES)?;
+                let mut entries = Vec::new();
+                let mut bytes = 0;
+                let mut processed = 0;
+                for key in &keys {
+                    if bytes >= PAGE_BYTES {
+                        break;
+                    }
+                    processed += 1;
+                    // A key deleted meanwhile is left out; the page's range still covers it, and the
+                    // delete's log entry follows the snapshot anyway.
+                    if let Some(value) = engine.get(key)? {
+                        bytes += key.len() + value.len();
+                        entries.push(kv_domain::Entry {
+                            key: key.clone(),
+                            value,
+                        });
+                    }
+                }
+                // The page covers up to the last key looked at; the final page is open-ended.
+                let complete = processed == keys.len() && keys.len() < PAGE_ENTRIES;
+                let through = if complete {
+                    None
+                } else {
+                    keys.get(processed.wrapping_sub(1)).cloned()
+                };
+                Ok::<_, kv_domain::EngineError>((entries, through))
+            })
+            .await
+            .map_err(|e| End::Down(format!("snapshot reader failed: {e}")))?
+            .map_err(|e| End::Down(format!("reading the snapshot: {e}")))?;
+            let last = through.is_none();
             if last {
                 // Values read above may be newer than the durable LSN (interval mode): finish only once
                 // they are durable, so a completed snapshot never holds a write a crash could take back.
