@@ -2,16 +2,43 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help run-leader test lint bench bench-engine bench-index bench-http larger-than-ram soak fmt clean-bench
+.PHONY: help run-leader run-follower docker compose-up compose-down bench-replication soak-replication test lint bench bench-engine bench-index bench-http larger-than-ram soak fmt clean-bench
 
 PORT ?= 8080
 DATA ?= ./data
+# run-leader: followers to ship to (comma-separated base URLs); empty: a standalone leader.
+REPLICAS ?=
+# run-follower: its port and data directory, and the leader it follows.
+FOLLOWER_PORT ?= 8081
+FOLLOWER_DATA ?= ./data-follower
+LEADER ?= http://127.0.0.1:8080
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-run-leader: ## Run the server: a standalone leader on $(PORT) with data in $(DATA) (no other configuration)
-	$(CARGO) run --release -p kv-server -- --port $(PORT) --data-path $(DATA)
+run-leader: ## Run the server: a leader on $(PORT) with data in $(DATA); standalone unless REPLICAS=url,url
+	$(CARGO) run --release -p kv-server -- --port $(PORT) --data-path $(DATA) \
+		$(if $(REPLICAS),--replication-replica-hosts $(REPLICAS))
+
+run-follower: ## Run a follower on $(FOLLOWER_PORT) with data in $(FOLLOWER_DATA), following $(LEADER)
+	$(CARGO) run --release -p kv-server -- --port $(FOLLOWER_PORT) --data-path $(FOLLOWER_DATA) \
+		--replication-mode follower --replication-leader-host $(LEADER)
+
+IMAGE ?= moniepoint-kv:latest
+COMPOSE := docker-compose -f docker/compose.yaml -p moniepoint-kv
+
+docker: ## Build the kv-server image from scratch (nothing pulled): release binary + its shared libraries
+	docker/build.sh $(IMAGE)
+
+compose-up: docker ## Start the cluster: a leader on 8080, followers on 8081-8084 (waits until all are healthy)
+	KV_IMAGE=$(IMAGE) $(COMPOSE) up -d
+	@for i in $$(seq 120); do \
+		[ "$$(docker ps --filter label=com.docker.compose.project=moniepoint-kv --filter health=healthy -q | wc -l)" -ge 5 ] && { $(COMPOSE) ps; exit 0; }; \
+		sleep 1; \
+	done; $(COMPOSE) ps; echo "the cluster did not become healthy" >&2; exit 1
+
+compose-down: ## Stop the cluster (volumes are kept; docker-compose -f docker/compose.yaml -p moniepoint-kv down -v drops them)
+	$(COMPOSE) down
 
 test: ## Run every test of the workspace (unit, property, golden, recovery, crash loops, HTTP, processes)
 	$(CARGO) build -p kv-server -p kvctl
@@ -34,7 +61,7 @@ lint: ## rustfmt, clippy (warnings are errors) and rustdoc (warnings are errors)
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-bench: bench-engine bench-index bench-http ## All benchmarks (results go in docs/benchmarks.md)
+bench: bench-engine bench-index bench-http bench-replication ## All benchmarks (results go in docs/benchmarks.md)
 
 bench-engine: ## Engine throughput, latency, open time (BENCH_INDEX, BENCH_KEYS, BENCH_SECS, BENCH_ONLY)
 	$(CARGO) bench -p kv-infra-fs --bench engine
@@ -45,6 +72,9 @@ bench-index: ## Keydir memory per key and read latency under writes, at 1 M and 
 bench-http: ## HTTP load with wrk against kv-server and a bare hyper ceiling server (needs wrk: apt-get install wrk)
 	bench/http/run.sh
 
+bench-replication: ## Leader throughput with 0-4 followers (async, N=1), lag under steady load, catch-up of 1 M writes
+	bench/replication/run.sh
+
 larger-than-ram: ## 4 GiB of values through a server limited to 256 MiB of memory, read back and compared (root)
 	$(CARGO) build --release -p kv-server
 	python3 scripts/larger_than_ram.py target/release/kv-server 4096 256
@@ -54,6 +84,10 @@ soak: ## Long reliability runs: 200 SIGKILL cycles, 1000 power-loss histories (r
 	CRASH_CYCLES=200 COMPACTION_CRASH_CYCLES=100 $(CARGO) test --release -p integration-tests --test crash_recovery -- --nocapture
 	POWER_LOSS_HISTORIES=1000 $(CARGO) test --release -p kv-infra-fs --test power_loss -- --nocapture
 	PROPTEST_CASES=2000 $(CARGO) test --release -p kv-infra-fs --test model
+
+soak-replication: ## Long replication fault runs: 30 follower SIGKILLs, 20 leader restarts (release build)
+	$(CARGO) build --release -p kv-server
+	REPLICATION_KILL_ROUNDS=30 LEADER_RESTART_ROUNDS=10 $(CARGO) test --release -p integration-tests --test replication -- --nocapture --test-threads 1
 
 clean-bench: ## Remove benchmark data
 	rm -rf target/bench-data

@@ -75,6 +75,10 @@ pub struct BenchArgs {
     /// Share of gets in the mixed workload.
     #[arg(long, default_value_t = 0.9)]
     pub read_ratio: f64,
+    /// Limit the total request rate to this many per second, spread evenly over the connections (a
+    /// steady load for latency and replication-lag measurements; default: as fast as possible).
+    #[arg(long)]
+    pub rate: Option<f64>,
     /// Write every key once before measuring (needed for get, range and mixed on an empty server).
     #[arg(long)]
     pub preload: bool,
@@ -98,9 +102,13 @@ fn key(i: u64) -> String {
 
 /// Runs the benchmark against `url` and prints the summary.
 pub fn run(url: &str, args: &BenchArgs) -> Result<(), CliError> {
-    if args.connections == 0 || args.keys == 0 || !(0.0..=1.0).contains(&args.read_ratio) {
+    if args.connections == 0
+        || args.keys == 0
+        || !(0.0..=1.0).contains(&args.read_ratio)
+        || args.rate.is_some_and(|r| r.is_nan() || r <= 0.0)
+    {
         return Err(CliError::usage(
-            "--connections and --keys must be positive, --read-ratio within 0..=1",
+            "--connections, --keys and --rate must be positive, --read-ratio within 0..=1",
         ));
     }
     Client::new(url).map_err(|e| CliError::usage(e.to_string()))?;
@@ -218,7 +226,17 @@ async fn connection(
         rand_distr::Zipf::new(args.keys, 0.99).map_err(|e| CliError::usage(e.to_string()))?;
     let value = Bytes::from(vec![b'v'; args.value_size]);
     let (mut ok, mut errors) = (0u64, 0u64);
+    // With --rate, each connection sends on a fixed schedule of its share of the rate.
+    let interval = args
+        .rate
+        .filter(|r| *r > 0.0)
+        .map(|r| Duration::from_secs_f64(args.connections as f64 / r));
+    let mut next_send = tokio::time::Instant::now();
     loop {
+        if let Some(interval) = interval {
+            tokio::time::sleep_until(next_send).await;
+            next_send += interval;
+        }
         if args.requests.is_none() && Instant::now() >= deadline {
             break;
         }

@@ -22,6 +22,9 @@ use kv_infra_http::{serve, ServerConfig, ServerState};
 #[derive(Parser, Debug)]
 #[command(name = "kv-server", version, about, long_about = None)]
 struct Config {
+    /// A one-shot command instead of serving (for container health checks).
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TCP port to listen on.
     #[arg(long, env = "HTTP_PORT", default_value_t = 8080)]
     port: u16,
@@ -106,6 +109,13 @@ struct Config {
     log_format: LogFormat,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Exit 0 if the server on HTTP_PORT (--port) of this host answers `GET /health-check` with 200 within
+    /// two seconds, 1 otherwise. Needs no shell or curl: a container's HEALTHCHECK runs the binary itself.
+    Health,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Role {
     Leader,
@@ -172,8 +182,39 @@ async fn shutdown_signal() {
     }
 }
 
+/// `kv-server health`: one `GET /health-check` on the loopback interface.
+fn health(port: u16) -> ExitCode {
+    use std::io::{Read, Write};
+    let timeout = Duration::from_secs(2);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let answer = std::net::TcpStream::connect_timeout(&addr, timeout).and_then(|mut s| {
+        s.set_read_timeout(Some(timeout))?;
+        s.write_all(b"GET /health-check HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head)?;
+        Ok(head)
+    });
+    match answer {
+        Ok(head) if head.starts_with(b"HTTP/1.1 200") => ExitCode::SUCCESS,
+        Ok(head) => {
+            eprintln!(
+                "unhealthy: {addr} answered {:?}",
+                String::from_utf8_lossy(&head)
+            );
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {addr}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let config = Config::parse();
+    if let Some(Command::Health) = config.command {
+        return health(config.port);
+    }
     init_logging(config.log_format);
     if let Err(e) = check_replication_config(&config) {
         tracing::error!("invalid replication configuration: {e}");

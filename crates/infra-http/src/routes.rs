@@ -119,7 +119,9 @@ pub async fn handle(
             );
         }
     }
-    if matches!(route, "/read" | "/readrange" | "/v1/kv" | "/v1/kv/{key}") {
+    if req.method() == Method::GET
+        && matches!(route, "/read" | "/readrange" | "/v1/kv" | "/v1/kv/{key}")
+    {
         if let Err(e) = wait_min_lsn(&state, &req).await {
             return (route, e.into_response());
         }

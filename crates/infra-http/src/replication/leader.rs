@@ -44,6 +44,8 @@ const PAGE_ENTRIES: usize = 512;
 const PAGE_BYTES: usize = 4 << 20;
 /// Writes remembered for lag accounting.
 const RECENT_WRITES: usize = 1 << 16;
+/// A shipper this close to the newest LSN reads the log inline (see `session_inner`).
+const NEAR_TIP: u64 = 256;
 /// Time allowed for one replication request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -72,6 +74,7 @@ struct LinkInfo {
     detail: String,
     snapshots: u64,
     entries: u64,
+    frames: u64,
     bytes: u64,
     sessions: u64,
     last_contact: Option<Instant>,
@@ -289,6 +292,7 @@ impl LeaderHub {
                         "lag_seconds": secs,
                         "snapshots_sent": i.snapshots,
                         "entries_shipped": i.entries,
+                        "frames_shipped": i.frames,
                         "bytes_shipped": i.bytes,
                         "sessions": i.sessions,
                         "last_contact_ms_ago": i.last_contact.map(|t| t.elapsed().as_millis() as u64),
@@ -518,12 +522,19 @@ impl LeaderHub {
         let mut written = self.written.subscribe();
         loop {
             self.pin(i, Some(cursor.after));
-            let engine = self.engine.clone();
-            let from = cursor.clone();
-            let read = tokio::task::spawn_blocking(move || engine.read_log(&from, FRAME_BYTES))
-                .await
-                .map_err(|e| End::Down(format!("log reader failed: {e}")))?
-                .map_err(|e| End::Down(format!("reading the log: {e}")))?;
+            // Near the tip the entries were just written (page cache, a few KiB): read them inline rather
+            // than pay a hop to the blocking pool per frame. Far behind (catch-up), read on the pool.
+            let near_tip = self.engine.last_lsn().0.saturating_sub(cursor.after.0) < NEAR_TIP;
+            let read = if near_tip {
+                self.engine.read_log(&cursor, FRAME_BYTES)
+            } else {
+                let engine = self.engine.clone();
+                let from = cursor.clone();
+                tokio::task::spawn_blocking(move || engine.read_log(&from, FRAME_BYTES))
+                    .await
+                    .map_err(|e| End::Down(format!("log reader failed: {e}")))?
+            }
+            .map_err(|e| End::Down(format!("reading the log: {e}")))?;
             match read {
                 LogRead::Gone { oldest } => {
                     tracing::info!(follower = %link.url, after = cursor.after.0, oldest = oldest.0,
@@ -562,6 +573,7 @@ impl LeaderHub {
                     {
                         let mut info = link.info.lock();
                         info.entries += count;
+                        info.frames += 1;
                         info.bytes += payload as u64;
                         info.last_contact = Some(Instant::now());
                     }
