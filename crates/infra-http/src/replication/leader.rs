@@ -34,7 +34,7 @@ use tokio::sync::{watch, Notify};
 
 use super::wire;
 use super::{HISTORY_HEADER, LEADER_LSN_HEADER, TOKEN_HEADER};
-use crate::client::{Client, ClientError};
+use crate::client::Client;
 
 /// Payload bytes per apply request (at least one entry is always sent).
 const FRAME_BYTES: usize = 1 << 20;
@@ -379,10 +379,7 @@ impl LeaderHub {
         )
         .await
         .map_err(|_| End::Down(format!("{path} timed out")))?;
-        let (status, _, body) = sent.map_err(|e| match e {
-            ClientError::Unreachable { .. } => End::Down(e.to_string()),
-            other => End::Down(other.to_string()),
-        })?;
+        let (status, _, body) = sent.map_err(|e| End::Down(e.to_string()))?;
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         let message = json
             .get("error")
@@ -418,8 +415,16 @@ impl LeaderHub {
         let mut backoff = Duration::from_millis(50);
         let mut last_problem = String::new();
         loop {
+            let sessions_before = link.info.lock().sessions;
             let end = self.session(i, &link, &mut client, &mut shutdown).await;
             self.pin(i, None);
+            // A request that failed or timed out may have left the connection mid-exchange: start afresh.
+            if let Ok(fresh) = Client::new(&link.url) {
+                client = fresh;
+            }
+            if link.info.lock().sessions != sessions_before {
+                backoff = Duration::from_millis(50); // it was reachable: retry soon
+            }
             let wait = match end {
                 End::Shutdown => return,
                 End::Down(msg) => {
