@@ -40,8 +40,9 @@ compose-up: docker ## Start the cluster: a leader on 8080, followers on 8081-808
 compose-down: ## Stop the cluster (volumes are kept; docker-compose -f docker/compose.yaml -p moniepoint-kv down -v drops them)
 	$(COMPOSE) down
 
-test: ## Run every test of the workspace (unit, property, golden, recovery, crash loops, HTTP, processes)
+test: ## Run every test (unit, property, golden, recovery, crash loops, HTTP, processes, containers; needs Docker)
 	$(CARGO) build -p kv-server -p kvctl
+	docker/build.sh moniepoint-kv:test debug
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \

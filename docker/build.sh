@@ -1,19 +1,26 @@
 #!/usr/bin/env bash
 # Builds the kv-server image without pulling anything (see docker/Dockerfile): a release build of the server
 # on this machine, stripped, plus the shared libraries it links, on top of `scratch`.
-# Usage: docker/build.sh [image tag, default moniepoint-kv:latest]
+# Usage: docker/build.sh [image tag, default moniepoint-kv:latest] [cargo profile: release (default) or debug]
+# (`make test` builds moniepoint-kv:test from the debug build it already has, for the container tests.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IMAGE=${1:-${KV_IMAGE:-moniepoint-kv:latest}}
+PROFILE=${2:-release}
 command -v docker >/dev/null || { echo "docker not found: install Docker Engine (e.g. apt-get install docker.io)" >&2; exit 1; }
-cargo build --release -q -p kv-server
+case $PROFILE in
+  release) cargo build --release -q -p kv-server ;;
+  debug) cargo build -q -p kv-server ;;
+  *) echo "profile must be release or debug, not $PROFILE" >&2; exit 2 ;;
+esac
+BIN=target/$PROFILE/kv-server
 CTX=$(mktemp -d)
 trap 'rm -rf "$CTX"' EXIT
 ROOT=$CTX/rootfs
 mkdir -p "$ROOT/usr/local/bin" "$ROOT/etc" "$CTX/data"
-strip -o "$ROOT/usr/local/bin/kv-server" target/release/kv-server
+strip -o "$ROOT/usr/local/bin/kv-server" "$BIN"
 # Every library the binary links, and the loader, at the paths the binary expects.
-for lib in $(ldd target/release/kv-server | grep -o '/[^ )]*'); do
+for lib in $(ldd "$BIN" | grep -o '/[^ )]*'); do
   mkdir -p "$ROOT$(dirname "$lib")"
   cp -L "$lib" "$ROOT$lib"
 done
@@ -22,5 +29,8 @@ printf 'root:x:0:\nkv:x:10001:\n' > "$ROOT/etc/group"
 printf 'hosts: files dns\n' > "$ROOT/etc/nsswitch.conf"
 cp docker/Dockerfile "$CTX/Dockerfile"
 # The legacy builder needs nothing but the engine (BuildKit may want to pull its frontend).
-DOCKER_BUILDKIT=0 docker build -q -t "$IMAGE" "$CTX" >/dev/null
+if ! out=$(DOCKER_BUILDKIT=0 docker build -q -t "$IMAGE" "$CTX" 2>&1); then
+  echo "$out" >&2
+  exit 1
+fi
 echo "built $IMAGE: $(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.1f MB", $1 / 1e6}')"

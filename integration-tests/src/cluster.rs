@@ -71,9 +71,7 @@ impl Node {
 
     /// The status document.
     pub fn status(&self) -> Json {
-        let (code, body) = self.client().request("GET", "/v1/status", b"");
-        assert_eq!(code, 200);
-        serde_json::from_slice(&body).unwrap()
+        status(self.client())
     }
 
     /// `last_lsn` from the status.
@@ -83,34 +81,51 @@ impl Node {
 
     /// A follower's applied LSN (zero while a snapshot is unfinished); a leader's last LSN.
     pub fn applied(&self) -> u64 {
-        let st = self.status();
-        st["replication"]["applied_lsn"]
-            .as_u64()
-            .unwrap_or_else(|| st["last_lsn"].as_u64().unwrap())
+        applied(self.client())
     }
 
     /// Every key/value (text keys and values), by paging the listing.
     pub fn contents(&self) -> BTreeMap<String, String> {
-        let mut out = BTreeMap::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let path = match &cursor {
-                Some(c) => format!("/v1/kv?limit=10000&cursor={c}"),
-                None => "/v1/kv?limit=10000".to_string(),
-            };
-            let (code, body) = self.client().request("GET", &path, b"");
-            assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
-            let page: Json = serde_json::from_slice(&body).unwrap();
-            for item in page["items"].as_array().unwrap() {
-                out.insert(
-                    item["key"].as_str().unwrap().to_string(),
-                    item["value"].as_str().unwrap().to_string(),
-                );
-            }
-            match page["next_cursor"].as_str() {
-                Some(c) => cursor = Some(c.to_string()),
-                None => return out,
-            }
+        contents(self.client())
+    }
+}
+
+/// The status document of the server behind `c`.
+pub fn status(c: Client) -> Json {
+    let (code, body) = c.request("GET", "/v1/status", b"");
+    assert_eq!(code, 200);
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// A follower's applied LSN (zero while a snapshot is unfinished); a leader's last LSN.
+pub fn applied(c: Client) -> u64 {
+    let st = status(c);
+    st["replication"]["applied_lsn"]
+        .as_u64()
+        .unwrap_or_else(|| st["last_lsn"].as_u64().unwrap())
+}
+
+/// Every key/value (text keys and values) of the server behind `c`, by paging the listing.
+pub fn contents(c: Client) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/kv?limit=10000&cursor={c}"),
+            None => "/v1/kv?limit=10000".to_string(),
+        };
+        let (code, body) = c.request("GET", &path, b"");
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+        let page: Json = serde_json::from_slice(&body).unwrap();
+        for item in page["items"].as_array().unwrap() {
+            out.insert(
+                item["key"].as_str().unwrap().to_string(),
+                item["value"].as_str().unwrap().to_string(),
+            );
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => return out,
         }
     }
 }
@@ -161,15 +176,25 @@ pub fn assert_converged(
     followers: &[&Node],
     within: Duration,
 ) -> BTreeMap<String, String> {
-    let target = leader.last_lsn();
+    let clients: Vec<Client> = followers.iter().map(|f| f.client()).collect();
+    assert_clients_converged(leader.client(), &clients, within)
+}
+
+/// [`assert_converged`] over clients (of processes or containers).
+pub fn assert_clients_converged(
+    leader: Client,
+    followers: &[Client],
+    within: Duration,
+) -> BTreeMap<String, String> {
+    let target = status(leader)["last_lsn"].as_u64().unwrap();
     let deadline = Instant::now() + within;
     for f in followers {
         loop {
-            let applied = f.applied();
+            let applied = applied(*f);
             assert!(
                 applied <= target,
                 "follower {} is ahead of the leader: {applied} > {target}",
-                f.url()
+                f.addr
             );
             if applied == target {
                 break;
@@ -177,15 +202,15 @@ pub fn assert_converged(
             assert!(
                 Instant::now() < deadline,
                 "follower {} did not catch up: applied {applied}, leader {target}; leader status {}",
-                f.url(),
-                leader.status()["followers"]
+                f.addr,
+                status(leader)["followers"]
             );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    let want = leader.contents();
+    let want = contents(leader);
     for f in followers {
-        let got = f.contents();
+        let got = contents(*f);
         if digest(&got) != digest(&want) {
             let missing: Vec<_> = want
                 .iter()
@@ -199,7 +224,7 @@ pub fn assert_converged(
                 .collect();
             panic!(
                 "follower {} differs from the leader ({} vs {} keys); differing: {missing:?}; extra: {extra:?}",
-                f.url(),
+                f.addr,
                 got.len(),
                 want.len()
             );
@@ -215,4 +240,38 @@ pub fn lsn_of(body: &[u8]) -> Option<u64> {
         .ok()?
         .get("lsn")?
         .as_u64()
+}
+
+/// A mixed workload through `c`: `ops` puts (both APIs), deletes and batches over 97 keys; asserts each
+/// answers 200 and returns how many did.
+pub fn workload(c: Client, seed: u64, ops: usize) -> usize {
+    let mut ok = 0;
+    for i in 0..ops as u64 {
+        let k = (seed * 7919 + i * 31) % 97;
+        let (status, _) = match i % 5 {
+            0 => c.request("DELETE", &format!("/delete?key=k{k}"), b""),
+            1 => c.request(
+                "POST",
+                "/batchput",
+                format!(
+                    r#"{{"k{k}":"b{seed}-{i}","k{}":"b{seed}-{i}"}}"#,
+                    (k + 1) % 97
+                )
+                .as_bytes(),
+            ),
+            2 => c.request(
+                "POST",
+                "/put",
+                format!(r#"{{"key":"k{k}","value":"p{seed}-{i}"}}"#).as_bytes(),
+            ),
+            _ => c.request(
+                "PUT",
+                &format!("/v1/kv/k{k}"),
+                format!("r{seed}-{i}").as_bytes(),
+            ),
+        };
+        assert_eq!(status, 200, "write {i} of client {seed}");
+        ok += 1;
+    }
+    ok
 }

@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod cluster;
+pub mod docker;
 pub mod wgl;
 
 /// A binary of this workspace (`kv-server`, `kvctl`) from the same build profile as this test

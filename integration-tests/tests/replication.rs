@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use integration_tests::cluster::{
-    assert_converged, follower_args, leader_args, lsn_of, Node, TOKEN,
+    assert_converged, follower_args, leader_args, lsn_of, workload, Node, TOKEN,
 };
 use integration_tests::wgl::{linearizable, Event, Op};
 use integration_tests::Client;
@@ -46,35 +46,6 @@ fn get(c: Client, key: &str) -> Option<String> {
         (404, _) => None,
         (s, b) => panic!("GET {key}: {s} {}", String::from_utf8_lossy(&b)),
     }
-}
-
-/// A mixed workload (puts, deletes, batches over a small key space) through `c` until `stop`.
-fn workload(c: Client, seed: u64, ops: usize) -> usize {
-    let mut ok = 0;
-    for i in 0..ops as u64 {
-        let k = (seed * 7919 + i * 31) % 97;
-        let (status, _) = match i % 5 {
-            0 => c.request("DELETE", &format!("/delete?key=k{k}"), b""),
-            1 => c.request(
-                "POST",
-                "/batchput",
-                format!(
-                    r#"{{"k{k}":"b{seed}-{i}","k{}":"b{seed}-{i}"}}"#,
-                    (k + 1) % 97
-                )
-                .as_bytes(),
-            ),
-            2 => c.request(
-                "POST",
-                "/put",
-                format!(r#"{{"key":"k{k}","value":"p{seed}-{i}"}}"#).as_bytes(),
-            ),
-            _ => put(c, &format!("k{k}"), &format!("r{seed}-{i}")),
-        };
-        assert_eq!(status, 200, "write {i} of client {seed}");
-        ok += 1;
-    }
-    ok
 }
 
 #[test]

@@ -4,6 +4,9 @@
 //! [`KvService::read`], [`KvService::read_range`], [`KvService::batch_put`] and [`KvService::delete`].
 //! Input is validated here, against configurable [`Limits`], before anything reaches the engine: an invalid
 //! request is rejected with a typed [`AppError`] and writes nothing.
+//!
+//! [`Replica`] holds the follower's use cases: applying the leader's log and installing its snapshots, with
+//! the history, gap and snapshot checks that keep a follower a faithful prefix of its leader.
 
 mod limits;
 mod service;

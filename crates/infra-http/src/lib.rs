@@ -10,7 +10,9 @@
 //! - [`stream`]: streamed response bodies with back-pressure, for ranges and listings;
 //! - [`metrics`]: counters and histograms rendered in the Prometheus text format;
 //! - [`server`]: connections, the connection cap, timeouts and graceful shutdown;
-//! - [`client`]: a keep-alive client of the `/v1` API (used by the CLI).
+//! - [`client`]: a keep-alive client of the `/v1` API (used by the CLI, the shippers and forwarding);
+//! - [`replication`]: leader-follower replication — the leader's shippers, the follower's endpoints,
+//!   write forwarding, acknowledgement waits and the binary wire format (see `docs/replication.md`).
 
 pub mod body;
 pub mod client;

@@ -1,0 +1,278 @@
+//! Containers of the kv-server image for the container tests, through the `testcontainers` crate.
+//!
+//! - **Engine**: [`require_docker`] fails (never skips) with instructions when no engine answers.
+//!   `testcontainers` 0.28 talks to the engine through `bollard`, which sends unversioned API paths, so
+//!   the engine's own API version is used: this works with the Debian engine here (20.10, API 1.41) as
+//!   well as with current ones; nothing needs pinning.
+//! - **Image**: `KV_TEST_IMAGE` (default `moniepoint-kv:test`); `make test` rebuilds it from the debug build
+//!   first, and [`ensure_image`] builds it with `docker/build.sh` if it is missing.
+//! - **Isolation**: every cluster gets a user-defined network created for it and container names with a
+//!   unique `kvtest-<id>-` prefix (also a label); the test reaches containers only through ports published
+//!   on 127.0.0.1. Containers, their anonymous volumes and the network are removed when the cluster is
+//!   dropped; `.ci/run` removes what a killed run left (names starting `kvtest-`).
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use testcontainers::bollard::models::{HostConfig, PortBinding};
+use testcontainers::core::{ContainerPort, WaitFor};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+
+use crate::cluster::TOKEN;
+use crate::Client;
+
+/// The image the tests run.
+pub fn image() -> String {
+    std::env::var("KV_TEST_IMAGE").unwrap_or_else(|_| "moniepoint-kv:test".into())
+}
+
+fn docker(args: &[&str]) -> std::process::Output {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `docker {}`: {e}", args.join(" ")))
+}
+
+/// Runs `docker args...`, panicking with its stderr on failure.
+pub fn docker_ok(args: &[&str]) -> String {
+    let out = docker(args);
+    assert!(
+        out.status.success(),
+        "`docker {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Panics with instructions unless a Docker engine answers.
+pub fn require_docker() {
+    let ok = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "no Docker engine is reachable: these tests run the server in containers and cannot pass without one. \
+         Install Docker Engine (Debian: apt-get install docker.io docker-compose), start it (systemctl start docker, \
+         or dockerd &), and make sure this user may use it (or set DOCKER_HOST)."
+    );
+}
+
+/// Builds the test image with `docker/build.sh` if it does not exist (once per process).
+pub fn ensure_image() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        require_docker();
+        let image = image();
+        if docker(&["image", "inspect", &image]).status.success() {
+            return;
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let status = Command::new(root.join("docker/build.sh"))
+            .args([image.as_str(), "debug"])
+            .current_dir(&root)
+            .status()
+            .expect("running docker/build.sh");
+        assert!(status.success(), "docker/build.sh {image} debug failed");
+    });
+}
+
+/// A fresh unique id for names.
+fn unique_id() -> String {
+    format!("{}-{:x}", std::process::id(), rand::random::<u32>())
+}
+
+/// One container of the cluster.
+#[derive(Debug)]
+pub struct NodeContainer {
+    /// Container (and host) name on the cluster network.
+    pub name: String,
+    /// The container.
+    pub container: ContainerAsync<GenericImage>,
+    port: u16,
+}
+
+impl NodeContainer {
+    /// A client through the port published on 127.0.0.1.
+    pub fn client(&self) -> Client {
+        Client {
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], self.port)),
+        }
+    }
+
+    /// Base URL on the cluster network.
+    pub fn url(&self) -> String {
+        format!("http://{}:8080", self.name)
+    }
+
+    async fn refresh_port(&mut self) {
+        self.port = self
+            .container
+            .get_host_port_ipv4(ContainerPort::Tcp(8080))
+            .await
+            .expect("published port");
+    }
+
+    /// SIGKILL (`docker kill`).
+    pub fn kill(&self) {
+        docker_ok(&["kill", self.container.id()]);
+    }
+
+    /// SIGTERM, then SIGKILL after 10 s (`docker stop`).
+    pub fn stop(&self) {
+        docker_ok(&["stop", self.container.id()]);
+    }
+
+    /// Starts the stopped container again (same volume) and waits until it answers.
+    pub async fn start(&mut self) {
+        self.container.start().await.expect("docker start");
+        self.refresh_port().await;
+        wait_healthy(self.client());
+    }
+
+    /// Cuts the container off the cluster network (and so off its published port).
+    pub fn disconnect(&self, network: &str) {
+        docker_ok(&["network", "disconnect", network, self.container.id()]);
+    }
+
+    /// Joins the cluster network again (its name resolves again).
+    pub async fn reconnect(&mut self, network: &str) {
+        docker_ok(&["network", "connect", network, self.container.id()]);
+        self.refresh_port().await;
+        wait_healthy(self.client());
+    }
+
+    /// When the container's current run started (unchanged if it was never restarted).
+    pub fn started_at(&self) -> String {
+        docker_ok(&["inspect", "-f", "{{.State.StartedAt}}", self.container.id()])
+    }
+}
+
+/// Waits until `GET /health-check` answers 200 (up to 60 s).
+pub fn wait_healthy(c: Client) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok((200, _)) = c.try_request("GET", "/health-check", b"") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{} did not become healthy", c.addr);
+}
+
+/// A leader and followers as containers on their own network.
+#[derive(Debug)]
+pub struct DockerCluster {
+    /// Unique prefix of every name.
+    pub prefix: String,
+    /// The user-defined network.
+    pub network: String,
+    /// The leader.
+    pub leader: NodeContainer,
+    /// The followers.
+    pub followers: Vec<NodeContainer>,
+}
+
+async fn start_node(
+    prefix: &str,
+    network: &str,
+    name: String,
+    env: Vec<(&str, String)>,
+) -> NodeContainer {
+    let mut req = GenericImage::new(image_repo(), image_tag())
+        .with_wait_for(WaitFor::healthcheck())
+        .with_container_name(name.clone())
+        .with_network(network.to_string())
+        .with_label("moniepoint-kv-test", prefix.to_string())
+        .with_env_var("REPLICATION_TOKEN", TOKEN)
+        .with_env_var("RUST_LOG", "info")
+        .with_startup_timeout(Duration::from_secs(60))
+        // Publish the API on the loopback interface only, on a port the engine picks.
+        .with_host_config_modifier(|hc: &mut HostConfig| {
+            hc.publish_all_ports = Some(false);
+            hc.port_bindings = Some(HashMap::from([(
+                "8080/tcp".to_string(),
+                Some(vec![PortBinding {
+                    host_ip: Some("127.0.0.1".into()),
+                    host_port: Some(String::new()),
+                }]),
+            )]));
+        });
+    for (k, v) in env {
+        req = req.with_env_var(k, v);
+    }
+    let container = req
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("starting container {name} of {}: {e}", image()));
+    let mut node = NodeContainer {
+        name,
+        container,
+        port: 0,
+    };
+    node.refresh_port().await;
+    wait_healthy(node.client());
+    node
+}
+
+fn image_repo() -> String {
+    image()
+        .rsplit_once(':')
+        .map_or(image(), |(r, _)| r.to_string())
+}
+
+fn image_tag() -> String {
+    image()
+        .rsplit_once(':')
+        .map_or("latest".to_string(), |(_, t)| t.to_string())
+}
+
+impl DockerCluster {
+    /// Starts `followers` followers and a leader (with `leader_env` on top of the replication settings).
+    pub async fn start(followers: usize, leader_env: &[(&str, &str)]) -> Self {
+        ensure_image();
+        let prefix = format!("kvtest-{}", unique_id());
+        let network = format!("{prefix}-net");
+        let leader_name = format!("{prefix}-leader");
+        let mut nodes = Vec::new();
+        for i in 0..followers {
+            nodes.push(
+                start_node(
+                    &prefix,
+                    &network,
+                    format!("{prefix}-f{i}"),
+                    vec![
+                        ("REPLICATION_MODE", "follower".into()),
+                        (
+                            "REPLICATION_LEADER_HOST",
+                            format!("http://{leader_name}:8080"),
+                        ),
+                    ],
+                )
+                .await,
+            );
+        }
+        let hosts: Vec<String> = nodes.iter().map(NodeContainer::url).collect();
+        let mut env = vec![
+            ("REPLICATION_MODE", "leader".to_string()),
+            ("REPLICATION_REPLICA_HOSTS", hosts.join(",")),
+        ];
+        env.extend(leader_env.iter().map(|(k, v)| (*k, v.to_string())));
+        let leader = start_node(&prefix, &network, leader_name, env).await;
+        Self {
+            prefix,
+            network,
+            leader,
+            followers: nodes,
+        }
+    }
+
+    /// Clients of the followers.
+    pub fn follower_clients(&self) -> Vec<Client> {
+        self.followers.iter().map(NodeContainer::client).collect()
+    }
+}
