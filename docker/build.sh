@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 IMAGE=${1:-${KV_IMAGE:-moniepoint-kv:latest}}
 PROFILE=${2:-release}
 command -v docker >/dev/null || { echo "docker not found: install Docker Engine (e.g. apt-get install docker.io)" >&2; exit 1; }
+docker info >/dev/null 2>&1 || { echo "no Docker engine answers: start it (systemctl start docker, or dockerd &) or set DOCKER_HOST" >&2; exit 1; }
 case $PROFILE in
   release) cargo build --release -q -p kv-server ;;
   debug) cargo build -q -p kv-server ;;
