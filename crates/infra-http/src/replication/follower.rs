@@ -37,7 +37,7 @@ pub struct FollowerNode {
     /// The leader's base URL.
     pub leader: String,
     pool: Mutex<Vec<(Client, Instant)>>,
-    /// The applied LSN, for read-your-writes waits.
+    /// Bumped after every apply, to wake read-your-writes waits.
     applied: watch::Sender<u64>,
     /// The leader's last LSN as of its latest request, and when that was.
     leader_lsn: AtomicU64,
@@ -80,22 +80,26 @@ impl FollowerNode {
         if applied == 0 {
             return; // a snapshot page: nothing counts as applied until the last one
         }
+        // Wake waiters even if the value is unchanged (a snapshot can finish below an earlier position).
         if let Some(l) = leader_lsn {
             self.leader_lsn.fetch_max(l, Ordering::Relaxed);
         }
         if applied >= self.leader_lsn.load(Ordering::Relaxed) {
             *self.caught_up_at.lock() = Instant::now();
         }
-        self.applied.send_modify(|a| *a = (*a).max(applied));
+        self.applied.send_modify(|a| *a = applied);
     }
 
-    /// Waits until this node has applied `lsn`, up to `timeout`.
+    /// Waits until this node has applied `lsn`, up to `timeout`. The watch only wakes the waiter; the
+    /// decision reads the replica's state, which is 0 while a (new) snapshot is unfinished, whatever was
+    /// applied before it.
     pub async fn wait_applied(&self, lsn: u64, timeout: Duration) -> Result<(), u64> {
         let mut rx = self.applied.subscribe();
-        let waited = tokio::time::timeout(timeout, rx.wait_for(|a| *a >= lsn)).await;
+        let reached = |_: &u64| self.replica.state().applied.0 >= lsn;
+        let waited = tokio::time::timeout(timeout, rx.wait_for(reached)).await;
         match waited {
             Ok(Ok(_)) => Ok(()),
-            _ => Err(*self.applied.borrow()),
+            _ => Err(self.replica.state().applied.0),
         }
     }
 
