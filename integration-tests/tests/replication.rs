@@ -133,6 +133,16 @@ fn a_follower_killed_during_writes_catches_up_and_never_goes_backwards() {
         "{}",
         st["followers"][0]
     );
+    // The follower's log holds every leader write exactly once, in LSN order, with no gap.
+    let last = leader.last_lsn();
+    f.stop();
+    let lsns = integration_tests::cluster::entry_lsns(&f.dir);
+    assert_eq!(lsns.len() as u64, last, "one entry per leader write");
+    assert!(
+        lsns.iter().zip(1..).all(|(&l, want)| l == want),
+        "entries out of order, duplicated or missing: first difference at {:?}",
+        lsns.iter().zip(1u64..).find(|(&l, w)| l != *w)
+    );
     eprintln!(
         "SUMMARY: {} follower SIGKILLs during {writes} writes; applied LSN never went backwards; converged, no re-snapshot",
         env_count("REPLICATION_KILL_ROUNDS", 3)
