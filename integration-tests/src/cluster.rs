@@ -320,3 +320,69 @@ pub fn entry_lsns(dir: &Path) -> Vec<u64> {
     }
     out
 }
+
+/// Threads writing unique keys `{tag}-{thread}-{i}` (value `v`) through one client until stopped, keeping
+/// the keys whose write was acknowledged (answered 200). Failed writes (a server down) are not retried.
+#[derive(Debug)]
+pub struct AckedWriters {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl AckedWriters {
+    /// Starts `threads` writers through `c`.
+    pub fn start(c: Client, tag: &str, threads: usize) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let threads = (0..threads)
+            .map(|t| {
+                let (stop, acked, tag) = (stop.clone(), acked.clone(), tag.to_string());
+                std::thread::spawn(move || {
+                    let mut i = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let key = format!("{tag}-{t}-{i}");
+                        if let Ok((200, _)) = c.try_request("PUT", &format!("/v1/kv/{key}"), b"v") {
+                            acked.lock().unwrap().push(key);
+                        } else {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            acked,
+            threads,
+        }
+    }
+
+    /// How many writes were acknowledged so far.
+    pub fn count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Stops the writers and returns every acknowledged key.
+    pub fn stop(self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        std::mem::take(&mut *self.acked.lock().unwrap())
+    }
+}
+
+/// Panics, naming up to five, if `contents` lacks any of the `acked` keys.
+pub fn assert_all_present(acked: &[String], contents: &BTreeMap<String, String>, context: &str) {
+    let missing: Vec<_> = acked
+        .iter()
+        .filter(|k| !contents.contains_key(*k))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged writes missing {context}: {missing:?}"
+    );
+}

@@ -5,36 +5,15 @@
 #![allow(clippy::unwrap_used)]
 
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use integration_tests::cluster::{assert_clients_converged, contents, status, workload};
+use integration_tests::cluster::{
+    applied, assert_all_present, assert_clients_converged, contents, status, workload, AckedWriters,
+};
 use integration_tests::docker::{docker_ok, ensure_image, image, wait_healthy, DockerCluster};
 use integration_tests::{free_port, Client};
 
 const CONVERGE: Duration = Duration::from_secs(90);
-
-/// Writes unique keys `{tag}-{i}` through `c` until `stop`, recording those answered 200.
-fn writer(
-    c: Client,
-    tag: String,
-    stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<Vec<String>>>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut i = 0u64;
-        while !stop.load(Ordering::Relaxed) {
-            let key = format!("{tag}-{i}");
-            if let Ok((200, _)) = c.try_request("PUT", &format!("/v1/kv/{key}"), b"v") {
-                acked.lock().unwrap().push(key);
-            } else {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            i += 1;
-        }
-    })
-}
 
 fn wait_for_state(leader: Client, follower: usize, state: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -78,78 +57,53 @@ async fn writes_through_the_leader_and_followers_converge_across_containers() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_follower_killed_during_writes_catches_up_after_a_restart() {
     let mut cluster = DockerCluster::start(2, &[]).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(Mutex::new(Vec::new()));
-    let w = writer(
-        cluster.leader.client(),
-        "kill".into(),
-        stop.clone(),
-        acked.clone(),
-    );
+    let writers = AckedWriters::start(cluster.leader.client(), "kill", 1);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = status(cluster.followers[0].client())["replication"]["applied_lsn"]
-        .as_u64()
-        .unwrap();
+    let before = applied(cluster.followers[0].client());
     cluster.followers[0].kill();
     tokio::time::sleep(Duration::from_millis(800)).await;
     cluster.followers[0].start().await;
-    let after = status(cluster.followers[0].client())["replication"]["applied_lsn"]
-        .as_u64()
-        .unwrap();
+    let after = applied(cluster.followers[0].client());
     assert!(
         after >= before,
         "applied LSN went backwards across the kill: {after} < {before}"
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    w.join().unwrap();
+    let acked = writers.stop();
     let contents = assert_clients_converged(
         cluster.leader.client(),
         &cluster.follower_clients(),
         CONVERGE,
     );
-    let acked = acked.lock().unwrap();
     assert!(acked.len() > 20, "the writer made progress");
-    assert!(acked.iter().all(|k| contents.contains_key(k)));
+    assert_all_present(&acked, &contents, "everywhere");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_follower_cut_off_the_network_converges_after_reconnecting_without_a_restart() {
     let mut cluster = DockerCluster::start(2, &[]).await;
     let started = cluster.followers[0].started_at();
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(Mutex::new(Vec::new()));
-    let w = writer(
-        cluster.leader.client(),
-        "part".into(),
-        stop.clone(),
-        acked.clone(),
-    );
+    let writers = AckedWriters::start(cluster.leader.client(), "part", 1);
     tokio::time::sleep(Duration::from_millis(300)).await;
     cluster.followers[0].disconnect(&cluster.network);
     // The leader notices and keeps serving writes.
     wait_for_state(cluster.leader.client(), 0, "down");
-    let during = acked.lock().unwrap().len();
+    let during = writers.count();
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert!(
-        acked.lock().unwrap().len() > during,
+        writers.count() > during,
         "the leader kept taking writes during the partition"
     );
     let network = cluster.network.clone();
     cluster.followers[0].reconnect(&network).await;
     wait_for_state(cluster.leader.client(), 0, "streaming");
-    stop.store(true, Ordering::Relaxed);
-    w.join().unwrap();
+    let acked = writers.stop();
     let contents = assert_clients_converged(
         cluster.leader.client(),
         &cluster.follower_clients(),
         CONVERGE,
     );
-    assert!(acked
-        .lock()
-        .unwrap()
-        .iter()
-        .all(|k| contents.contains_key(k)));
+    assert_all_present(&acked, &contents, "everywhere");
     assert_eq!(
         cluster.followers[0].started_at(),
         started,
@@ -160,24 +114,17 @@ async fn a_follower_cut_off_the_network_converges_after_reconnecting_without_a_r
 #[tokio::test(flavor = "multi_thread")]
 async fn the_leader_restarted_during_writes_loses_no_acknowledged_write() {
     let mut cluster = DockerCluster::start(2, &[]).await;
-    let acked = Arc::new(Mutex::new(Vec::new()));
+    let mut acked = Vec::new();
     for (round, kill) in [(0, false), (1, true)] {
-        let stop = Arc::new(AtomicBool::new(false));
-        let w = writer(
-            cluster.leader.client(),
-            format!("r{round}"),
-            stop.clone(),
-            acked.clone(),
-        );
+        let writers = AckedWriters::start(cluster.leader.client(), &format!("r{round}"), 1);
         tokio::time::sleep(Duration::from_millis(600)).await;
         if kill {
             cluster.leader.kill();
         } else {
             cluster.leader.stop();
         }
-        // The writer's client points at the old published port; stop it while the leader is down.
-        stop.store(true, Ordering::Relaxed);
-        w.join().unwrap();
+        // The writers' client points at the old published port; stop them while the leader is down.
+        acked.extend(writers.stop());
         cluster.leader.start().await;
         // Writes after the restart reach the followers too.
         for i in 0..20 {
@@ -190,25 +137,20 @@ async fn the_leader_restarted_during_writes_loses_no_acknowledged_write() {
                     .0,
                 200
             );
-            acked.lock().unwrap().push(key);
+            acked.push(key);
         }
         let contents = assert_clients_converged(
             cluster.leader.client(),
             &cluster.follower_clients(),
             CONVERGE,
         );
-        let acked = acked.lock().unwrap();
-        let lost: Vec<_> = acked
-            .iter()
-            .filter(|k| !contents.contains_key(*k))
-            .take(5)
-            .collect();
-        assert!(
-            lost.is_empty(),
-            "acknowledged writes lost (kill = {kill}): {lost:?}"
+        assert_all_present(
+            &acked,
+            &contents,
+            &format!("after the restart (kill = {kill})"),
         );
     }
-    assert!(acked.lock().unwrap().len() > 20);
+    assert!(acked.len() > 40);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -221,49 +163,18 @@ async fn the_leader_killed_with_synchronous_acknowledgement_keeps_every_acknowle
         ],
     )
     .await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(Mutex::new(Vec::new()));
-    let writers: Vec<_> = (0..4)
-        .map(|t| {
-            writer(
-                cluster.leader.client(),
-                format!("sync{t}"),
-                stop.clone(),
-                acked.clone(),
-            )
-        })
-        .collect();
+    let writers = AckedWriters::start(cluster.leader.client(), "sync", 4);
     tokio::time::sleep(Duration::from_millis(800)).await;
     cluster.leader.kill();
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        w.join().unwrap();
-    }
-    let acked = acked.lock().unwrap().clone();
+    let acked = writers.stop();
     assert!(acked.len() > 20, "writes were acknowledged before the kill");
     // Every acknowledged write is already on the follower that acknowledged it ...
     let on_follower = contents(cluster.followers[0].client());
-    let missing: Vec<_> = acked
-        .iter()
-        .filter(|k| !on_follower.contains_key(*k))
-        .take(5)
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "acknowledged but not on the follower: {missing:?}"
-    );
+    assert_all_present(&acked, &on_follower, "on the acknowledging follower");
     // ... and on the leader after its restart.
     cluster.leader.start().await;
     let on_leader = contents(cluster.leader.client());
-    let missing: Vec<_> = acked
-        .iter()
-        .filter(|k| !on_leader.contains_key(*k))
-        .take(5)
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "acknowledged but not on the restarted leader: {missing:?}"
-    );
+    assert_all_present(&acked, &on_leader, "on the restarted leader");
     assert_clients_converged(
         cluster.leader.client(),
         &cluster.follower_clients(),

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use integration_tests::cluster::{
-    assert_converged, follower_args, leader_args, lsn_of, workload, Node, TOKEN,
+    assert_all_present, assert_converged, follower_args, leader_args, lsn_of, workload,
+    AckedWriters, Node, TOKEN,
 };
 use integration_tests::wgl::{linearizable, Event, Op};
 use integration_tests::Client;
@@ -277,58 +278,32 @@ fn leader_restarts_lose_no_acknowledged_write_and_followers_continue() {
         f.start();
     }
     leader.start();
-    let acked = Arc::new(Mutex::new(BTreeMap::new()));
+    let mut acked = Vec::new();
     let rounds = env_count("LEADER_RESTART_ROUNDS", 1);
     let plan: Vec<&str> = (0..rounds).flat_map(|_| ["KILL", "TERM"]).collect();
     for (round, how) in plan.iter().enumerate() {
-        let stop = Arc::new(AtomicBool::new(false));
-        let writers: Vec<_> = (0..4)
-            .map(|w| {
-                let (c, stop, acked) = (leader.client(), stop.clone(), acked.clone());
-                std::thread::spawn(move || {
-                    let mut i = 0;
-                    while !stop.load(Ordering::Relaxed) {
-                        let key = format!("r{round}w{w}i{i}");
-                        if let Ok((200, _)) = c.try_request("PUT", &format!("/v1/kv/{key}"), b"v") {
-                            acked.lock().unwrap().insert(key, "v".to_string());
-                        }
-                        i += 1;
-                    }
-                })
-            })
-            .collect();
+        let writers = AckedWriters::start(leader.client(), &format!("r{round}"), 4);
         std::thread::sleep(Duration::from_millis(700));
+        let before = writers.count();
         if *how == "KILL" {
             leader.kill();
         } else {
             leader.stop();
         }
-        // Followers are never ahead of the (stopped) leader's durable log: checked once it is back.
         std::thread::sleep(Duration::from_millis(300));
         leader.start();
         std::thread::sleep(Duration::from_millis(500));
-        stop.store(true, Ordering::Relaxed);
-        for w in writers {
-            w.join().unwrap();
-        }
+        acked.extend(writers.stop());
         let refs: Vec<&Node> = followers.iter().collect();
+        // Also checks that no follower is ahead of the restarted leader.
         let contents = assert_converged(&leader, &refs, CONVERGE);
-        let acked = acked.lock().unwrap();
-        let lost: Vec<_> = acked
-            .keys()
-            .filter(|k| !contents.contains_key(*k))
-            .take(5)
-            .collect();
-        assert!(
-            lost.is_empty(),
-            "acknowledged writes lost after SIG{how}: {lost:?}"
-        );
-        assert!(acked.len() > 50, "writers made progress");
+        assert_all_present(&acked, &contents, &format!("after SIG{how}"));
+        assert!(before > 50, "writers made progress");
     }
     eprintln!(
         "SUMMARY: {} leader restarts (half SIGKILL, half SIGTERM) with 2 followers, {} acknowledged writes, 0 lost, followers converged",
         plan.len(),
-        acked.lock().unwrap().len()
+        acked.len()
     );
 }
 
@@ -439,6 +414,16 @@ fn reads_with_min_lsn_on_a_follower_see_its_own_forwarded_writes() {
             "write {i} at LSN {lsn}"
         );
     }
+    // The minimum LSN may come as a header too.
+    let (_, body) = f
+        .client()
+        .request("POST", "/put", br#"{"key":"hdr","value":"h"}"#);
+    let lsn = lsn_of(&body).unwrap().to_string();
+    let (status, value) = f
+        .client()
+        .try_request_with("GET", "/v1/kv/hdr", &[("x-kv-min-lsn", &lsn)], b"")
+        .unwrap();
+    assert_eq!((status, value), (200, b"h".to_vec()));
     // Beyond what the leader has: 503 after max_wait_ms, with a message.
     let (status, body) =
         f.client()
@@ -642,4 +627,43 @@ fn replication_endpoints_refuse_missing_or_wrong_tokens_and_leaders_refuse_repli
         .unwrap();
     assert_eq!(status, 409, "{}", String::from_utf8_lossy(&body));
     assert_eq!(get(f.client(), "a"), Some("1".into()));
+}
+
+/// A forwarded write whose connection to the leader breaks after the request was sent is reported as an
+/// unknown outcome (504), and is not retried: the "leader" here sees exactly one request.
+#[test]
+fn a_forwarded_write_without_an_answer_is_an_unknown_outcome_and_not_retried() {
+    use std::io::Read;
+    let root = tempfile::tempdir().unwrap();
+    let fake = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let fake_port = fake.local_addr().unwrap().port();
+    let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let requests = requests.clone();
+        std::thread::spawn(move || {
+            for conn in fake.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let mut buf = [0u8; 4096];
+                if conn.read(&mut buf).unwrap_or(0) > 0 {
+                    requests.fetch_add(1, Ordering::SeqCst);
+                }
+                // Read the request, then hang up without answering.
+            }
+        });
+    }
+    let mut f = Node::new(&root.path().join("f"), follower_args(fake_port, &[]));
+    f.start();
+    let (status, body) = f
+        .client()
+        .request("POST", "/put", br#"{"key":"k","value":"v"}"#);
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("outcome unknown"), "{body}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        1,
+        "the write was sent once, not retried"
+    );
+    assert_eq!(f.status()["replication"]["forward_failures"], 1);
 }

@@ -103,19 +103,31 @@ impl FollowerNode {
         }
     }
 
+    /// (applied LSN, the leader's last LSN as last reported, entries behind, seconds since last caught up).
+    fn lag(&self) -> (u64, u64, u64, f64) {
+        let applied = self.replica.state().applied.0;
+        let leader_lsn = self.leader_lsn.load(Ordering::Relaxed);
+        let behind = leader_lsn.saturating_sub(applied);
+        let secs = if behind == 0 {
+            0.0
+        } else {
+            self.caught_up_at.lock().elapsed().as_secs_f64()
+        };
+        (applied, leader_lsn, behind, secs)
+    }
+
     /// The follower part of the status document.
     pub fn status_json(&self) -> serde_json::Value {
         let st = self.replica.state();
-        let leader_lsn = self.leader_lsn.load(Ordering::Relaxed);
-        let lag = leader_lsn.saturating_sub(st.applied.0);
+        let (applied, leader_lsn, behind, secs) = self.lag();
         json!({
             "leader": self.leader,
             "history": st.history,
-            "applied_lsn": st.applied.0,
+            "applied_lsn": applied,
             "snapshot_in_progress": st.snapshot_in_progress,
             "leader_lsn": leader_lsn,
-            "lag_entries": lag,
-            "lag_seconds": if lag == 0 { 0.0 } else { self.caught_up_at.lock().elapsed().as_secs_f64() },
+            "lag_entries": behind,
+            "lag_seconds": secs,
             "last_contact_ms_ago": self.last_contact.lock().map(|t| t.elapsed().as_millis() as u64),
             "forwarded_writes": self.forwarded.load(Ordering::Relaxed),
             "forward_failures": self.forward_failures.load(Ordering::Relaxed),
@@ -124,20 +136,13 @@ impl FollowerNode {
 
     /// Prometheus lines.
     pub fn metrics_text(&self) -> String {
-        let st = self.replica.state();
-        let leader_lsn = self.leader_lsn.load(Ordering::Relaxed);
-        let lag = leader_lsn.saturating_sub(st.applied.0);
-        let secs = if lag == 0 {
-            0.0
-        } else {
-            self.caught_up_at.lock().elapsed().as_secs_f64()
-        };
+        let (applied, leader_lsn, behind, secs) = self.lag();
         let mut out = String::new();
         for (name, help, value) in [
             (
                 "kv_replication_applied_lsn",
                 "Durable applied LSN of this follower.",
-                st.applied.0 as f64,
+                applied as f64,
             ),
             (
                 "kv_replication_leader_lsn",
@@ -147,7 +152,7 @@ impl FollowerNode {
             (
                 "kv_replication_lag_entries",
                 "Writes this follower lacks, as of the leader's last report.",
-                lag as f64,
+                behind as f64,
             ),
             (
                 "kv_replication_lag_seconds",

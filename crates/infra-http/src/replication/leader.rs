@@ -304,8 +304,26 @@ impl LeaderHub {
 
     /// Prometheus lines for every follower.
     pub fn metrics_text(&self) -> String {
-        let mut out = String::new();
-        for (name, help) in [
+        // One sample per follower (a consistent row), then one family per metric.
+        let rows: Vec<[f64; 6]> = self
+            .links
+            .iter()
+            .map(|l| {
+                let applied = l.applied.load(Ordering::Acquire);
+                let (entries, bytes, secs) = self.lag(applied);
+                let i = l.info.lock();
+                let up = matches!(i.phase, "streaming" | "snapshot");
+                [
+                    applied as f64,
+                    entries as f64,
+                    bytes as f64,
+                    secs,
+                    f64::from(u8::from(up)),
+                    i.snapshots as f64,
+                ]
+            })
+            .collect();
+        let families = [
             (
                 "kv_replication_follower_applied_lsn",
                 "Durable applied LSN of each follower.",
@@ -330,23 +348,15 @@ impl LeaderHub {
                 "kv_replication_snapshots_sent_total",
                 "Snapshots sent to each follower.",
             ),
-        ] {
+        ];
+        let mut out = String::new();
+        for (column, (name, help)) in families.iter().enumerate() {
             out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
-            for l in &self.links {
-                let applied = l.applied.load(Ordering::Acquire);
-                let (entries, bytes, secs) = self.lag(applied);
-                let i = l.info.lock();
-                let value = match name {
-                    "kv_replication_follower_applied_lsn" => applied as f64,
-                    "kv_replication_follower_lag_entries" => entries as f64,
-                    "kv_replication_follower_lag_bytes" => bytes as f64,
-                    "kv_replication_follower_lag_seconds" => secs,
-                    "kv_replication_follower_up" => {
-                        f64::from(u8::from(matches!(i.phase, "streaming" | "snapshot")))
-                    }
-                    _ => i.snapshots as f64,
-                };
-                out.push_str(&format!("{name}{{follower=\"{}\"}} {value}\n", l.url));
+            for (l, row) in self.links.iter().zip(&rows) {
+                out.push_str(&format!(
+                    "{name}{{follower=\"{}\"}} {}\n",
+                    l.url, row[column]
+                ));
             }
         }
         out
@@ -686,5 +696,54 @@ impl LeaderHub {
         tracing::info!(follower = %link.url, base = base.0, keys = sent,
             millis = started.elapsed().as_millis() as u64, "snapshot: complete, streaming from its base");
         Ok(LogCursor::after(base))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use kv_domain::MemoryEngine;
+
+    #[test]
+    fn lag_counts_the_entries_and_bytes_a_follower_lacks() {
+        let engine = Arc::new(MemoryEngine::new());
+        let hub = LeaderHub::new(
+            engine.clone(),
+            "h".into(),
+            None,
+            AckPolicy {
+                followers: 0,
+                timeout: Duration::from_secs(1),
+            },
+            &["http://127.0.0.1:1".to_string()],
+        );
+        for i in 1..=10u64 {
+            let lsn = engine.put(format!("k{i}").as_bytes(), b"v").unwrap();
+            hub.record_write(lsn, 100 * i as usize);
+        }
+        // Caught up: nothing.
+        assert_eq!(hub.lag(10), (0, 0, 0.0));
+        // Lacks writes 7..=10: 700 + 800 + 900 + 1000 bytes.
+        let (entries, bytes, secs) = hub.lag(6);
+        assert_eq!((entries, bytes), (4, 3400));
+        assert!(secs >= 0.0);
+        // Lacks everything.
+        assert_eq!(hub.lag(0).0, 10);
+        assert_eq!(hub.lag(0).1, 5500);
+        // The same figures reach the status document and the metrics.
+        hub.links[0].applied.store(6, Ordering::Release);
+        let json = hub.followers_json();
+        assert_eq!(json[0]["lag_entries"], 4);
+        assert_eq!(json[0]["lag_bytes"], 3400);
+        let metrics = hub.metrics_text();
+        assert!(
+            metrics.contains(
+                "kv_replication_follower_lag_bytes{follower=\"http://127.0.0.1:1\"} 3400\n"
+            ),
+            "{metrics}"
+        );
+        assert!(metrics
+            .contains("kv_replication_follower_applied_lsn{follower=\"http://127.0.0.1:1\"} 6\n"));
     }
 }
