@@ -155,7 +155,8 @@ struct SyncState {
 enum WriteOp<'a> {
     Put(&'a [u8], &'a [u8]),
     Delete(&'a [u8]),
-    Batch(&'a WriteBatch),
+    /// A batch's operations (non-empty).
+    Batch(&'a [BatchOp]),
 }
 
 fn check_record(key: &[u8], value: &[u8]) -> EngineResult<()> {
@@ -177,7 +178,11 @@ impl WriteOp<'_> {
         match self {
             WriteOp::Put(k, v) => check_record(k, v),
             WriteOp::Delete(k) => check_record(k, &[]),
-            WriteOp::Batch(b) => b.ops().iter().try_for_each(|op| match op {
+            // An empty batch would be a header recovery rejects (write_batch returns before this).
+            WriteOp::Batch([]) => Err(EngineError::InvalidInput(
+                "a batch needs at least one operation".into(),
+            )),
+            WriteOp::Batch(b) => b.iter().try_for_each(|op| match op {
                 BatchOp::Put { key, value } => check_record(key, value),
                 BatchOp::Delete { key } => check_record(key, &[]),
             }),
@@ -191,8 +196,7 @@ impl WriteOp<'_> {
             WriteOp::Batch(b) => {
                 RECORD_HEADER_LEN
                     + 4
-                    + b.ops()
-                        .iter()
+                    + b.iter()
                         .map(|op| match op {
                             BatchOp::Put { key, value } => record_len(key, value),
                             BatchOp::Delete { key } => record_len(key, &[]),
@@ -789,7 +793,7 @@ fn encode_op(op: &WriteOp<'_>, lsn: u64, ts: u64, out: &mut Vec<u8>) {
         WriteOp::Batch(b) => {
             let count = (b.len() as u32).to_le_bytes();
             encode_record(out, RecordKind::BatchHeader, lsn, ts, &[], &count);
-            for member in b.ops() {
+            for member in b.iter() {
                 let (kind, key, value) = member_parts(member);
                 encode_record(out, kind, lsn, ts, key, value);
             }
@@ -813,7 +817,7 @@ fn for_each_record<'a>(op: &WriteOp<'a>, mut f: impl FnMut(usize, usize, RecordK
             let header = RECORD_HEADER_LEN + 4;
             f(0, header, RecordKind::BatchHeader, &[]);
             let mut at = header;
-            for member in b.ops() {
+            for member in b.iter() {
                 let (kind, key, value) = member_parts(member);
                 let len = record_len(key, value);
                 f(at, len, kind, key);
@@ -851,7 +855,7 @@ impl Engine for FsEngine {
         if batch.is_empty() {
             return Ok(self.last_lsn());
         }
-        self.inner.write(WriteOp::Batch(batch))
+        self.inner.write(WriteOp::Batch(batch.ops()))
     }
 
     fn scan(&self, range: &KeyRange, limit: usize) -> EngineResult<Vec<Entry>> {
@@ -910,19 +914,15 @@ impl Engine for FsEngine {
     fn apply_log(&self, entries: &[LogEntry]) -> EngineResult<Lsn> {
         let i = &self.inner;
         let mut last = None;
-        for e in entries {
-            if e.lsn.0 <= i.writer.lock().last_lsn {
-                continue; // Already applied: re-delivery after a reconnect.
-            }
-            let batch;
+        // The applier is a follower's only writer, so the position read once stays current.
+        let applied = i.writer.lock().last_lsn;
+        for e in entries.iter().filter(|e| e.lsn.0 > applied) {
             let op = match e.ops.as_slice() {
                 [BatchOp::Put { key, value }] => WriteOp::Put(key, value),
                 [BatchOp::Delete { key }] => WriteOp::Delete(key),
-                ops => {
-                    batch = WriteBatch::from(ops.to_vec());
-                    WriteOp::Batch(&batch)
-                }
+                ops => WriteOp::Batch(ops),
             };
+            // write_at refuses an LSN at or below the last one, so concurrent writers could not reorder it.
             last = Some(i.write_at(op, Some(e.lsn.0), false)?);
         }
         if let Some(lsn) = last {

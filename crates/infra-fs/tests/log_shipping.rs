@@ -180,6 +180,11 @@ fn snapshot_pages_then_incremental_entries_survive_reopen() {
     drop(follower);
     let follower = open(&fs, "/follower", Durability::Always);
     assert_eq!(follower.get(b"c").unwrap(), Some(Value::from("3")));
+    let empty = follower.apply_log(&[LogEntry {
+        lsn: Lsn(900),
+        ops: vec![],
+    }]);
+    assert!(empty.is_err(), "an entry without operations is refused");
     let behind = follower.install_snapshot_page(Lsn(499), &[put("x", "y")]);
     assert!(behind.is_err(), "a snapshot behind the log is refused");
     follower
