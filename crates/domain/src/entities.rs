@@ -240,6 +240,10 @@ pub struct EngineStatus {
     pub durability: Durability,
     /// Why the engine stopped accepting writes, if it did (fail-stop after an I/O error).
     pub poisoned: Option<String>,
+    /// Why the engine was opened read-only, if it was (the disk was full at open, so recovery could not
+    /// repair the log's tail): reads are served, writes fail with [`crate::EngineError::DiskFull`] until a
+    /// restart with free space.
+    pub read_only: Option<String>,
     /// `fdatasync` calls made on segment files since open.
     pub fsyncs: u64,
     /// Writes acknowledged since open.

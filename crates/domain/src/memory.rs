@@ -77,12 +77,12 @@ impl Engine for MemoryEngine {
     }
 
     fn write_batch(&self, batch: &WriteBatch) -> EngineResult<Lsn> {
-        Ok(self.with(|s| {
-            if batch.is_empty() {
-                return s.last_lsn;
-            }
-            s.commit(s.last_lsn.next(), batch.ops().to_vec())
-        }))
+        if batch.is_empty() {
+            return Err(EngineError::InvalidInput(
+                "a batch needs at least one operation".into(),
+            ));
+        }
+        Ok(self.with(|s| s.commit(s.last_lsn.next(), batch.ops().to_vec())))
     }
 
     fn scan(&self, range: &KeyRange, limit: usize) -> EngineResult<Vec<Entry>> {
@@ -241,6 +241,9 @@ mod tests {
         let lsn = e.write_batch(&b).unwrap();
         assert_eq!(lsn, Lsn(1));
         assert_eq!(e.get(b"k").unwrap(), Some(Value::from("2")));
-        assert_eq!(e.write_batch(&WriteBatch::new()).unwrap(), Lsn(1));
+        assert!(matches!(
+            e.write_batch(&WriteBatch::new()),
+            Err(EngineError::InvalidInput(_))
+        ));
     }
 }

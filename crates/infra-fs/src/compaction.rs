@@ -1,7 +1,10 @@
-//! Compaction (Bitcask's merge): rewrite the sealed segments keeping only live records.
+//! Compaction (Bitcask's merge): rewrite the sealed segments that hold garbage, keeping only live records.
 //!
 //! ## Protocol
-//! 1. The inputs are the segments sealed when compaction starts (every id below the active one). Every
+//! 1. A manual compaction first seals the active segment when it holds garbage (so its dead bytes are
+//!    reclaimed too); an automatic one leaves it. The inputs are the segments sealed when compaction starts
+//!    (every id below the active one) that hold garbage (see `garbage.rs`): a segment without garbage has
+//!    only live records, which no tombstone elsewhere refers to, so rewriting it would only copy it. Every
 //!    write accepted before that moment is first made durable and published (a group commit may still hold
 //!    a write that a rotation sealed into an input). Writes go on into the active segment meanwhile;
 //!    segments sealed later are left for the next compaction.
@@ -9,25 +12,28 @@
 //!    is *live* there, and that record is read, verified and copied (same LSN, timestamp and checksum) into
 //!    output segments written as `<id>.seg.tmp`. Outputs are thus sorted by key (and so are their hints,
 //!    which makes start-up's keydir rebuild a run of in-order inserts). Tombstones and batch headers are
-//!    dropped: every older version of their key is in the inputs too and is dropped with them.
+//!    dropped: every older version of their key is in the inputs too (a segment holding one has garbage)
+//!    and is dropped with them.
 //! 3. Outputs take fresh ids from a block reserved *below* every existing segment, so replay at open
-//!    applies them before any input that still exists and before every newer segment. Every id below
+//!    applies them before any input that still exists and before every newer segment (a skipped segment
+//!    holds other keys, so its order against the outputs does not matter). Every id below
 //!    `FIRST_SEGMENT_ID` is a compaction output (normal segments count up from it); recovery knows their
 //!    LSNs follow key order, not time. Each key appears in at most one output.
-//! 4. Each output, once full, is committed on its own: `fdatasync`, rename to `<id>.seg`, directory fsync
-//!    (IMPORTANT: in that order), then added to the segment table, and the keydir entries of its records
-//!    are switched to it one by one — only where the keydir still points at the input record (a compare and
-//!    swap under the publish lock, so a concurrent newer write always wins).
+//! 4. Each output, once full, is committed on its own: `fdatasync`, rename to `<id>.seg`, directory fsync,
+//!    then listed in the manifest (IMPORTANT: in that order) and added to the segment table, and the keydir
+//!    entries of its records are switched to it one by one — only where the keydir still points at the
+//!    input record (a compare and swap under the publish lock, so a concurrent newer write always wins).
 //!    A hint file (see `hint.rs`) is written for each committed output.
-//! 5. When every output is committed, the inputs leave the segment table and their files are deleted in
-//!    ascending id order, then the directory is fsynced.
+//! 5. When every output is committed, the inputs leave the manifest and the segment table in one step,
+//!    then their files are deleted and the directory is fsynced.
 //!
 //! ## Why every crash point is safe
-//! - Before an output's rename: it is a `.tmp` file, removed at open; the inputs are intact.
-//! - Committed outputs next to all or some inputs: an output holds only copies of the latest version of
-//!   keys whose history lies in the inputs, and replays first. Inputs are deleted oldest first, so what
-//!   remains is a suffix of the inputs, whose records are newer than anything deleted: replaying them after
-//!   the outputs re-applies the same latest versions and tombstones. The contents are the same either way.
+//! - Before an output is listed: it is a `.tmp` file, or an unlisted `.seg` below every listed id; both
+//!   are removed at open (see `manifest.rs`); the inputs are intact and listed.
+//! - Listed outputs next to the listed inputs: an output holds only copies of the latest version of keys
+//!   whose history lies in the inputs, and replays first; replaying the inputs after it re-applies the same
+//!   latest versions and tombstones. The contents are the same either way.
+//! - Inputs unlisted but not yet deleted: unlisted files below the newest listed id, removed at open.
 //! - Readers that looked a key up just before its input was retired retry the lookup and find the copy.
 //!
 //! Memory is bounded by one output segment's keys (their remap list), not by the data size.
@@ -58,12 +64,22 @@ struct Output {
     remaps: Vec<(Box<[u8]>, u64, Location, Location)>,
 }
 
-pub(super) fn compact(inner: &Inner) -> EngineResult<CompactionStats> {
+/// Runs one compaction. With `seal_active` (a manual compaction), the active segment is sealed first when
+/// it holds garbage, so that its dead bytes are reclaimed too.
+pub(super) fn compact(inner: &Inner, seal_active: bool) -> EngineResult<CompactionStats> {
     let Some(_running) = inner.compacting.try_lock() else {
         return Err(EngineError::Busy("a compaction is already running".into()));
     };
     inner.poisoned()?;
+    inner.writable()?;
     let started = Instant::now();
+    if seal_active {
+        let mut w = inner.writer.lock();
+        let reclaimable = inner.publish.lock().of(w.active.id) > 0;
+        if reclaimable && w.offset > SEGMENT_HEADER_LEN as u64 {
+            inner.rotate(&mut w)?;
+        }
+    }
     let (active_id, accepted) = {
         let w = inner.writer.lock();
         (w.active.id, w.last_lsn)
@@ -85,6 +101,7 @@ pub(super) fn compact(inner: &Inner) -> EngineResult<CompactionStats> {
     // ids, so the inputs stay a prefix of the segments.
     let mut inputs = Vec::with_capacity(sealed.len());
     let all = inner.segments.read().clone();
+    let garbage = inner.publish.lock().clone();
     for seg in sealed {
         if seg.id >= FIRST_SEGMENT_ID {
             let next = all.range(seg.id + 1..).next().map(|(_, s)| s.clone());
@@ -96,15 +113,21 @@ pub(super) fn compact(inner: &Inner) -> EngineResult<CompactionStats> {
                 break;
             }
         }
+        // Nothing to reclaim: every record in it is the live version of its key, so no tombstone in
+        // another input refers to it, and rewriting it would only copy it.
+        if garbage.of(seg.id) == 0 {
+            continue;
+        }
         inputs.push(seg);
     }
     let mut stats = CompactionStats::default();
     if inputs.is_empty() {
         return Ok(stats);
     }
-    // Output ids: a block reserved just below the oldest segment. Outputs hold at most the inputs' bytes, so
-    // twice the input count (plus slack for oversized records) always suffices.
-    let oldest = inputs.first().map_or(0, |s| s.id);
+    // Output ids: a block reserved just below the oldest segment (an input, or one skipped for having no
+    // garbage). Outputs hold at most the inputs' bytes, so twice the input count (plus slack for oversized
+    // records) always suffices.
+    let oldest = all.keys().next().copied().unwrap_or(0);
     let reserve = (inputs.len() as u32).saturating_mul(2).saturating_add(2);
     let first = oldest.checked_sub(reserve).filter(|&f| f > 0).ok_or_else(|| {
         EngineError::InvalidInput(format!("no segment ids left below {oldest} for compaction output; the id space is exhausted"))
@@ -174,15 +197,9 @@ pub(super) fn compact(inner: &Inner) -> EngineResult<CompactionStats> {
         tracing::error!("compaction failed, inputs kept: {e}");
         return Err(e);
     }
-    // Retire the inputs: out of the table (readers retry), then deleted oldest first.
-    {
-        let mut table = inner.segments.write();
-        for input in &inputs {
-            table.remove(&input.id);
-            // No descriptor stays on a file about to be deleted (readers in flight keep theirs until done).
-            input.close();
-        }
-    }
+    // Retire the inputs: out of the manifest and the table (readers retry), then deleted.
+    let retired: Vec<u32> = inputs.iter().map(|s| s.id).collect();
+    inner.update_segments(None, &retired)?;
     for input in &inputs {
         inner
             .opts
@@ -202,19 +219,16 @@ pub(super) fn compact(inner: &Inner) -> EngineResult<CompactionStats> {
             .min(inner.disk_bytes.load(Ordering::Relaxed)),
         Ordering::Relaxed,
     );
-    // The inputs' dead records are gone; stale copies were counted when their output was committed.
-    let header = SEGMENT_HEADER_LEN as u64;
-    let input_records = stats
-        .input_bytes
-        .saturating_sub(header * inputs.len() as u64);
-    let output_records = stats
-        .output_bytes
-        .saturating_sub(header * stats.output_segments);
-    let dropped = input_records.saturating_sub(output_records);
-    let garbage = inner.garbage_bytes.load(Ordering::Relaxed);
-    inner
-        .garbage_bytes
-        .fetch_sub(dropped.min(garbage), Ordering::Relaxed);
+    // The inputs' dead records are gone; stale copies were counted on their output when it was committed.
+    {
+        let mut garbage = inner.publish.lock();
+        for id in &retired {
+            garbage.remove(*id);
+        }
+        inner
+            .garbage_bytes
+            .store(garbage.total(), Ordering::Relaxed);
+    }
     stats.runs = 1;
     stats.input_segments = inputs.len() as u64;
     stats.millis = started.elapsed().as_millis() as u64;
@@ -370,21 +384,22 @@ fn commit(inner: &Inner, mut o: Output, stats: &mut CompactionStats) -> EngineRe
         inner.budget.clone(),
         Some(o.file.clone()),
     );
-    inner.segments.write().insert(o.id, seg);
+    inner.update_segments(Some(seg), &[])?;
     inner.disk_bytes.fetch_add(o.len, Ordering::Relaxed);
-    let mut stale = 0u64;
     {
-        let _publishing = inner.publish.lock();
+        let mut garbage = inner.publish.lock();
         for (key, _, from, to) in &o.remaps {
             if inner.index.get(key) == Some(*from) {
                 inner.index.insert(key, *to);
             } else {
                 // Overwritten or deleted since it was copied: the copy is garbage already.
-                stale += to.len as u64;
+                garbage.add(o.id, to.len as u64);
             }
         }
+        inner
+            .garbage_bytes
+            .store(garbage.total(), Ordering::Relaxed);
     }
-    inner.garbage_bytes.fetch_add(stale, Ordering::Relaxed);
     stats.output_segments += 1;
     stats.output_bytes += o.len;
     Ok(())

@@ -33,7 +33,7 @@
 //! - Segment ids only grow; the active segment is the one with the highest id.
 //! - A sealed segment was fsynced before its successor was created (so recovery never sees it torn).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -57,7 +57,8 @@ use crate::options::Options;
 mod compaction;
 #[path = "history.rs"]
 mod history;
-use crate::recovery::{apply_update, recover, Update};
+use crate::garbage::{apply_update, Garbage, Update};
+use crate::recovery::recover;
 use crate::segment::{segment_name, FdBudget, Segment, FIRST_SEGMENT_ID};
 use crate::vfs::{path_in, DirLock};
 
@@ -83,7 +84,8 @@ struct Inner {
     opts: Options,
     /// Bounds the open segment descriptors.
     budget: Arc<FdBudget>,
-    /// The keydir. Mutated only by the writer (never/interval) or the sync leader (always).
+    /// The keydir. Mutated under the `publish` lock, by the writer (never/interval), the sync leader
+    /// (always) or compaction's remapping.
     index: Box<dyn OrderedIndex>,
     /// Every segment by id. Readers clone an `Arc<Segment>` out and drop the guard before any I/O.
     segments: RwLock<BTreeMap<u32, Arc<Segment>>>,
@@ -95,8 +97,13 @@ struct Inner {
     /// Everything up to this LSN is durable.
     durable_lsn: AtomicU64,
     /// Serialises keydir mutations between the writer (`never`/`interval`), the sync leader (`always`) and
-    /// compaction's remapping, so a remap can never overwrite a newer location.
-    publish: Mutex<()>,
+    /// compaction's remapping, so a remap can never overwrite a newer location; it guards the per-segment
+    /// garbage ledger, which every keydir mutation updates (`garbage_bytes` mirrors its total).
+    publish: Mutex<Garbage>,
+    /// Serialises manifest rewrites with the segment-table change each one records (see `update_segments`).
+    manifest: Mutex<()>,
+    /// Set at open when the disk was too full to repair the log: writes fail with `DiskFull`.
+    read_only: Option<String>,
     /// Held while a compaction runs: at most one at a time.
     compacting: Mutex<()>,
     /// Counters of finished compactions.
@@ -178,7 +185,7 @@ impl WriteOp<'_> {
         match self {
             WriteOp::Put(k, v) => check_record(k, v),
             WriteOp::Delete(k) => check_record(k, &[]),
-            // An empty batch would be a header recovery rejects (write_batch returns before this).
+            // An empty batch would take an LSN for nothing (and be a header recovery rejects).
             WriteOp::Batch([]) => Err(EngineError::InvalidInput(
                 "a batch needs at least one operation".into(),
             )),
@@ -235,12 +242,26 @@ impl FsEngine {
             }
         })?;
         let index = opts.index.build();
-        let garbage = AtomicU64::new(0);
+        let mut garbage = Garbage::default();
         let budget = FdBudget::new(opts.max_open_files);
-        let rec = recover(&fs, &dir, &*index, &garbage, &budget)?;
+        let rec = recover(&fs, &dir, &*index, &mut garbage, &budget)?;
         let mut segments = rec.segments;
-        let (active, offset, disk_bytes) = match rec.newest {
-            Some((seg, len)) if len < opts.max_segment_bytes => (seg, len, rec.disk_bytes),
+        let newest = match (rec.newest, &rec.read_only) {
+            // Read-only: never written to, so any segment serves as the writer's (idle) position.
+            (None, Some(why)) => segments
+                .values()
+                .next_back()
+                .map(|s| (s.clone(), 0))
+                .ok_or_else(|| EngineError::DiskFull {
+                    context: format!("opening an empty store read-only ({why})"),
+                })
+                .map(Some)?,
+            (newest, _) => newest,
+        };
+        let (active, offset, disk_bytes) = match newest {
+            Some((seg, len)) if len < opts.max_segment_bytes || rec.read_only.is_some() => {
+                (seg, len, rec.disk_bytes)
+            }
             _ => {
                 let id = if rec.max_id == 0 {
                     FIRST_SEGMENT_ID
@@ -282,14 +303,16 @@ impl FsEngine {
             }),
             sync: Mutex::new(SyncState::default()),
             durable_lsn: AtomicU64::new(rec.last_lsn),
-            publish: Mutex::new(()),
+            garbage_bytes: AtomicU64::new(garbage.total()),
+            publish: Mutex::new(garbage),
+            manifest: Mutex::new(()),
+            read_only: rec.read_only,
             compacting: Mutex::new(()),
             compactions: Mutex::new(CompactionStats::default()),
             compaction_progress: Mutex::new(None),
             poison: OnceLock::new(),
             acked_lsn: AtomicU64::new(rec.last_lsn),
             retain_after: AtomicU64::new(history::RETAIN_NOTHING),
-            garbage_bytes: garbage,
             disk_bytes: AtomicU64::new(disk_bytes),
             fsyncs: AtomicU64::new(0),
             writes: AtomicU64::new(0),
@@ -299,6 +322,11 @@ impl FsEngine {
             _lock: lock,
             opts,
         });
+        if inner.read_only.is_none() {
+            // The manifest names exactly the table recovery built (it adopts or drops what recovery
+            // reconciled, and a store from an older version gets its first manifest here).
+            inner.update_segments(None, &[])?;
+        }
         let mut background = Vec::new();
         if let Durability::Interval { ms } = inner.opts.durability {
             background.extend(spawn_background(
@@ -327,7 +355,7 @@ impl FsEngine {
                         && garbage as f64 / disk as f64 >= auto.garbage_ratio
                     {
                         tracing::info!(garbage, disk, "garbage over the threshold: compacting");
-                        if let Err(e) = compaction::compact(inner) {
+                        if let Err(e) = compaction::compact(inner, false) {
                             tracing::warn!("automatic compaction failed: {e}");
                         }
                     }
@@ -441,6 +469,44 @@ fn create_segment(
 }
 
 impl Inner {
+    /// Fails if the engine was opened read-only (see [`Inner::read_only`]).
+    fn writable(&self) -> EngineResult<()> {
+        match &self.read_only {
+            Some(why) => Err(EngineError::DiskFull {
+                context: format!("opening the store (read-only: {why})"),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Records a change of the segment set: rewrites the manifest to list the table plus `add` minus
+    /// `remove`, then makes the same change to the table, both under the manifest lock so concurrent
+    /// changes (a rotation during a compaction) never drop each other's entries. IMPORTANT: a segment is
+    /// added only once its file and directory entry are durable, and removed before its file is deleted
+    /// (see [`crate::manifest`]).
+    fn update_segments(&self, add: Option<Arc<Segment>>, remove: &[u32]) -> EngineResult<()> {
+        let _serialised = self.manifest.lock();
+        let mut ids: BTreeSet<u32> = self.segments.read().keys().copied().collect();
+        if let Some(seg) = &add {
+            ids.insert(seg.id);
+        }
+        for id in remove {
+            ids.remove(id);
+        }
+        crate::manifest::store(&*self.opts.fs, &self.dir, &ids)?;
+        let mut table = self.segments.write();
+        if let Some(seg) = add {
+            table.insert(seg.id, seg);
+        }
+        for id in remove {
+            if let Some(seg) = table.remove(id) {
+                // No descriptor stays on a file about to be deleted (reads in flight keep theirs).
+                seg.close();
+            }
+        }
+        Ok(())
+    }
+
     fn poisoned(&self) -> EngineResult<()> {
         match self.poison.get() {
             Some(reason) => Err(EngineError::Poisoned {
@@ -496,7 +562,8 @@ impl Inner {
             .file()
             .map_err(|e| self.io_failure(format!("opening {}", seg.name), e))?;
         self.fsyncs.fetch_add(2, Ordering::Relaxed);
-        self.segments.write().insert(seg.id, seg.clone());
+        self.update_segments(Some(seg.clone()), &[])
+            .inspect_err(|e| self.poison_with(e))?;
         self.disk_bytes
             .fetch_add(SEGMENT_HEADER_LEN as u64, Ordering::Relaxed);
         w.active.pin(false);
@@ -525,6 +592,7 @@ impl Inner {
     /// is neither durable nor visible).
     fn write_at(&self, op: WriteOp<'_>, at: Option<u64>, wait: bool) -> EngineResult<Lsn> {
         op.validate()?;
+        self.writable()?;
         let always = self.opts.durability == Durability::Always;
         let total = op.encoded_len();
         let mut w = self.writer.lock();
@@ -580,14 +648,16 @@ impl Inner {
             w.offset += total;
             w.last_lsn = lsn;
             // The bytes are in the file: publish under the writer lock, so keydir order is LSN order.
-            let _publishing = self.publish.lock();
+            let mut garbage = self.publish.lock();
             for_each_record(&op, |at, len, kind, key| {
                 apply_update(
                     &*self.index,
-                    &self.garbage_bytes,
+                    &mut garbage,
                     to_update(kind, key, location(at, len)),
                 );
             });
+            self.garbage_bytes.store(garbage.total(), Ordering::Relaxed);
+            drop(garbage);
             self.acked_lsn.store(lsn, Ordering::Release);
         }
         drop(w);
@@ -693,15 +763,16 @@ impl Inner {
         // Records of a sealed segment were fsynced by `rotate`; the active file holds the rest.
         file.sync_data()
             .map_err(|e| self.io_failure(format!("syncing {name}"), e))?;
-        let publishing = self.publish.lock();
+        let mut garbage = self.publish.lock();
         for u in &pending {
             apply_update(
                 &*self.index,
-                &self.garbage_bytes,
+                &mut garbage,
                 to_update(u.kind, &u.key, u.location),
             );
         }
-        drop(publishing);
+        self.garbage_bytes.store(garbage.total(), Ordering::Relaxed);
+        drop(garbage);
         self.acked_lsn.fetch_max(target, Ordering::AcqRel);
         let before = self.durable_lsn.fetch_max(target, Ordering::AcqRel);
         let size = target.saturating_sub(before);
@@ -852,9 +923,7 @@ impl Engine for FsEngine {
     }
 
     fn write_batch(&self, batch: &WriteBatch) -> EngineResult<Lsn> {
-        if batch.is_empty() {
-            return Ok(self.last_lsn());
-        }
+        // An empty batch is refused (by `validate`): it would need an LSN of its own for nothing.
         self.inner.write(WriteOp::Batch(batch.ops()))
     }
 
@@ -891,9 +960,10 @@ impl Engine for FsEngine {
         self.inner.sync_to(target)
     }
 
-    /// Merges every sealed segment into new segments holding only live records (see `compaction.rs`).
+    /// Merges the sealed segments that hold garbage into new segments holding only live records, sealing
+    /// the active segment first when it holds garbage too (see `compaction.rs`).
     fn compact(&self) -> EngineResult<CompactionStats> {
-        compaction::compact(&self.inner)
+        compaction::compact(&self.inner, true)
     }
 
     fn durable_lsn(&self) -> Lsn {
@@ -953,6 +1023,7 @@ impl Engine for FsEngine {
             garbage_bytes: i.garbage_bytes.load(Ordering::Relaxed),
             durability: i.opts.durability,
             poisoned: i.poison.get().cloned(),
+            read_only: i.read_only.clone(),
             fsyncs: i.fsyncs.load(Ordering::Relaxed),
             writes: i.writes.load(Ordering::Relaxed),
             recovery: i.report.clone(),

@@ -48,14 +48,20 @@ pub(super) fn base_lsn(seg: &Arc<Segment>) -> EngineResult<u64> {
     }
 }
 
-/// The normal (history) segments, oldest first.
+/// The history segments, oldest first: the run of consecutive normal segment ids that ends at the active
+/// segment. Compaction may keep an older normal segment that had nothing to reclaim while removing its
+/// neighbours; what lies before such a gap is no longer a complete history.
 fn history_segments(inner: &Inner) -> Vec<Arc<Segment>> {
-    inner
-        .segments
-        .read()
-        .range(FIRST_SEGMENT_ID..)
-        .map(|(_, s)| s.clone())
-        .collect()
+    let table = inner.segments.read();
+    let mut run: Vec<Arc<Segment>> = Vec::new();
+    for (_, seg) in table.range(FIRST_SEGMENT_ID..).rev() {
+        if run.last().is_some_and(|newer| newer.id != seg.id + 1) {
+            break;
+        }
+        run.push(seg.clone());
+    }
+    run.reverse();
+    run
 }
 
 /// Whether compaction may take the sealed normal segment `seg`, whose successor starts after `next_base`:

@@ -9,8 +9,10 @@
 pub mod codec;
 pub mod dump;
 mod engine;
+mod garbage;
 pub mod hint;
 pub mod index;
+pub mod manifest;
 pub mod meta;
 mod options;
 pub mod recovery;

@@ -15,6 +15,16 @@
 //! - A newest segment whose header is incomplete or invalid was created by a rotation that did not finish
 //!   (records are appended only after the header is durable); it is saved aside and removed.
 //!
+//! - If the disk is too full to save the cut bytes aside (or the unfinished segment), nothing is cut or
+//!   removed: the store opens **read-only** (reads are served from the valid records before the damage;
+//!   writes fail with `DiskFull`, HTTP 507) and the next open with free space repairs the tail as above.
+//!   A partial copy is removed, never left to look like a complete one.
+//! - Which segment files exist is checked against the manifest first (see [`crate::manifest`]): a listed
+//!   file that is missing is a hard [`EngineError::Corrupted`] naming it; unlisted leftovers of an
+//!   interrupted compaction are removed, an unlisted newest segment left by an interrupted rotation is
+//!   adopted, and any other unlisted segment file is refused. Only an *unlisted* newest segment can have an
+//!   unfinished header (a segment is listed after its header is durable).
+//!
 //! - A sealed segment with a valid hint file (see [`crate::hint`]) is loaded from the hints without reading
 //!   its records (their checksums are then verified when read); an unusable hint is reported and the
 //!   segment scanned instead.
@@ -24,9 +34,8 @@
 //! - Every batch is either wholly applied or wholly absent.
 //! - The newest segment ends on a record boundary, so appends continue from its end.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use kv_domain::{EngineError, EngineResult, Location, OrderedIndex, RecoveryReport};
@@ -34,35 +43,14 @@ use kv_domain::{EngineError, EngineResult, Location, OrderedIndex, RecoveryRepor
 use crate::codec::{
     decode_record, DecodeError, Record, RecordKind, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
+use crate::garbage::{apply_update, Garbage, Update};
 use crate::hint::{self, hint_name};
+use crate::manifest::{self, MANIFEST, MANIFEST_TMP};
 use crate::segment::{
     parse_segment_name, read_segment_header, scan_records, segment_name, FdBudget, ScanEnd,
     Segment, FIRST_SEGMENT_ID, TEMP_SUFFIX,
 };
 use crate::vfs::{path_in, FileHandle, FileSystem};
-
-/// One change to the keydir, with the garbage accounting that goes with it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Update<'a> {
-    /// `key` now lives at the location.
-    Put(&'a [u8], Location),
-    /// `key` was deleted by the tombstone at the location.
-    Delete(&'a [u8], Location),
-    /// A batch header record (garbage from the start: it carries no data).
-    Framing(Location),
-}
-
-/// Applies `update` to the keydir and adds the bytes it makes obsolete to `garbage`.
-pub(crate) fn apply_update(index: &dyn OrderedIndex, garbage: &AtomicU64, update: Update<'_>) {
-    let dead = match update {
-        Update::Put(key, loc) => index.insert(key, loc).map_or(0, |old| old.len as u64),
-        Update::Delete(key, loc) => {
-            index.remove(key).map_or(0, |old| old.len as u64) + loc.len as u64
-        }
-        Update::Framing(loc) => loc.len as u64,
-    };
-    garbage.fetch_add(dead, Ordering::Relaxed);
-}
 
 /// What recovery hands the engine.
 #[derive(Debug)]
@@ -79,6 +67,8 @@ pub(crate) struct Recovered {
     pub disk_bytes: u64,
     /// What was done.
     pub report: RecoveryReport,
+    /// Set when the disk was too full to repair the log's tail: the store must open read-only.
+    pub read_only: Option<String>,
 }
 
 /// A batch whose members are still being read.
@@ -98,7 +88,7 @@ fn replay_segment(
     file: &dyn FileHandle,
     file_len: u64,
     index: &dyn OrderedIndex,
-    garbage: &AtomicU64,
+    garbage: &mut Garbage,
     records: &mut u64,
 ) -> EngineResult<(ScanEnd, u64, u64)> {
     let mut last_lsn = 0u64;
@@ -200,33 +190,50 @@ pub(crate) fn recover(
     fs_arc: &Arc<dyn FileSystem>,
     dir: &Path,
     index: &dyn OrderedIndex,
-    garbage: &AtomicU64,
+    garbage: &mut Garbage,
     budget: &Arc<FdBudget>,
 ) -> EngineResult<Recovered> {
     let fs: &dyn FileSystem = &**fs_arc;
     let mut report = RecoveryReport::default();
-    // Leftovers of an interrupted compaction: outputs never committed (their inputs are all still there).
+    // Leftovers of an interrupted compaction (outputs never committed: their inputs are all still there)
+    // or of an interrupted manifest update (the old manifest is intact).
     for name in fs
         .list(dir)
         .map_err(|e| EngineError::io(format!("listing {}", dir.display()), e))?
     {
-        if name.ends_with(TEMP_SUFFIX) || name.ends_with(".hint.tmp") {
+        if name.ends_with(TEMP_SUFFIX) || name.ends_with(".hint.tmp") || name == MANIFEST_TMP {
             fs.remove(&path_in(dir, &name))
                 .map_err(|e| EngineError::io(format!("removing {name}"), e))?;
-            report
-                .notes
-                .push(format!("removed {name}, an uncommitted compaction output"));
+            if name != MANIFEST_TMP {
+                report
+                    .notes
+                    .push(format!("removed {name}, an uncommitted compaction output"));
+            }
         }
     }
+    let listed = manifest::load(fs, dir)?;
     let names = fs
         .list(dir)
         .map_err(|e| EngineError::io(format!("listing {}", dir.display()), e))?;
-    let mut ids: Vec<u32> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
-    ids.sort_unstable();
+    let on_disk: BTreeSet<u32> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
+    let ids = match &listed {
+        Some(listed) => reconcile_with_manifest(fs, dir, listed, &on_disk, &mut report)?,
+        None => {
+            check_consecutive(&on_disk)?;
+            if !on_disk.is_empty() {
+                report.notes.push(format!(
+                    "no {MANIFEST} (a store written by an older version): checked that the normal segment ids are consecutive and wrote one listing the {} segment files",
+                    on_disk.len()
+                ));
+            }
+            on_disk.into_iter().collect()
+        }
+    };
     let mut segments = BTreeMap::new();
     let mut newest = None;
     let mut last_lsn = 0u64;
     let mut disk_bytes = 0u64;
+    let mut read_only = None;
     for (i, &id) in ids.iter().enumerate() {
         let is_newest = i + 1 == ids.len();
         let name = segment_name(id);
@@ -247,9 +254,19 @@ pub(crate) fn recover(
         {
             Ok((found, base_lsn)) if found == id => last_lsn = last_lsn.max(base_lsn),
             Ok((found, _)) => return Err(corrupted(8, format!("header names segment {found}"))),
-            Err(error) if is_newest => {
+            Err(error) if is_newest && !listed.as_ref().is_some_and(|l| l.contains(&id)) => {
                 // A rotation that never finished: the header was not durable, so no record was appended.
-                let copy = save_tail(fs, dir, &name, &*file, 0, file_len)?;
+                let copy = match save_tail(fs, dir, &name, &*file, 0, file_len) {
+                    Ok(copy) => copy,
+                    Err(EngineError::DiskFull { context }) => {
+                        let why = format!("the disk is full: the newest segment {name} has an unfinished header ({error}) and could not be saved aside ({context}), so it was left in place; writes are refused until space is freed and the server restarted");
+                        tracing::error!("opening read-only: {why}");
+                        report.notes.push(why.clone());
+                        read_only = Some(why);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 fs.remove(&path)
                     .map_err(|e| EngineError::io(format!("removing {name}"), e))?;
                 fs.sync_dir(dir)
@@ -261,6 +278,7 @@ pub(crate) fn recover(
                 report.notes.push(note);
                 continue;
             }
+            // A listed segment's header was durable before the manifest named it: this is damage.
             Err(error) => return Err(corrupted(0, format!("segment header: {error}"))),
         }
         let seg = Segment::new(
@@ -313,12 +331,32 @@ pub(crate) fn recover(
                 .map_err(|e| EngineError::io(format!("reading {name}"), e))?;
             // Members of a torn batch share its LSN and are expected after the cut; anything newer is not.
             let suspicious = valid_record_follows(&tail, seen_before);
-            let copy = save_tail(fs, dir, &name, &*file, offset, file_len)?;
-            // IMPORTANT: the copy is durable before the cut, so the bytes are never lost.
-            file.set_len(offset)
-                .and_then(|_| file.sync_data())
-                .map_err(|e| EngineError::io(format!("truncating {name}"), e))?;
             let cut = file_len - offset;
+            let copy = match save_tail(fs, dir, &name, &*file, offset, file_len).and_then(|copy| {
+                // IMPORTANT: the copy is durable before the cut, so the bytes are never lost.
+                file.set_len(offset)
+                    .and_then(|_| file.sync_data())
+                    .map_err(|e| EngineError::io(format!("truncating {name}"), e))
+                    .map(|_| copy)
+            }) {
+                Ok(copy) => copy,
+                Err(EngineError::DiskFull { context }) => {
+                    // No room for the forensic copy: leave the tail as it is (appends would need space
+                    // anyway) and serve what precedes it, read-only, until a restart with space repairs it.
+                    let why = format!(
+                        "the disk is full: the invalid tail of {name} ({cut} bytes at offset {offset}, {error}) could not be saved aside ({context}), so it was left in place; writes are refused until space is freed and the server restarted"
+                    );
+                    tracing::error!("opening read-only: {why}");
+                    report.notes.push(why.clone());
+                    read_only = Some(why);
+                    disk_bytes += offset;
+                    report.segments += 1;
+                    segments.insert(id, seg.clone());
+                    newest = Some((seg, offset));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let note = format!(
                 "cut {cut} bytes from the tail of {name} at offset {offset} ({error}); saved to {}{}",
                 copy.as_deref().unwrap_or("-"),
@@ -349,6 +387,99 @@ pub(crate) fn recover(
         last_lsn,
         disk_bytes,
         report,
+        read_only,
+    })
+}
+
+/// Checks the segment files found against the manifest (see [`crate::manifest`] for the cases) and removes
+/// the explained leftovers; returns the ids to open, ascending.
+fn reconcile_with_manifest(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    listed: &BTreeSet<u32>,
+    on_disk: &BTreeSet<u32>,
+    report: &mut RecoveryReport,
+) -> EngineResult<Vec<u32>> {
+    let missing: Vec<String> = listed
+        .difference(on_disk)
+        .map(|&id| segment_name(id))
+        .collect();
+    if !missing.is_empty() {
+        return Err(EngineError::Corrupted {
+            file: MANIFEST.into(),
+            offset: 0,
+            reason: format!(
+                "{} segment file(s) it lists are missing: {}; opening without them would serve a different store (stale values, deleted keys back, LSNs going back), so the store refuses to open: restore the files, or run `kvctl repair --data-dir {}` to drop them and report the LSNs lost",
+                missing.len(),
+                missing.join(", "),
+                dir.display()
+            ),
+        });
+    }
+    let newest_listed = listed.last().copied().unwrap_or(0);
+    let mut ids: Vec<u32> = listed.iter().copied().collect();
+    for &id in on_disk.difference(listed) {
+        let name = segment_name(id);
+        if id < newest_listed {
+            // An output whose compaction never listed it, or an input it retired but had not deleted yet.
+            fs.remove(&path_in(dir, &name))
+                .map_err(|e| EngineError::io(format!("removing {name}"), e))?;
+            match fs.remove(&path_in(dir, &hint_name(id))) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(EngineError::io(format!("removing {}", hint_name(id)), e))
+                }
+                _ => {}
+            }
+            report.notes.push(format!(
+                "removed {name}: not in the {MANIFEST}, left by an interrupted compaction"
+            ));
+        } else if id == newest_listed + 1 && id >= FIRST_SEGMENT_ID {
+            // A rotation created it and stopped before listing it: it holds at most its header.
+            report.notes.push(format!(
+                "adopted {name}: the newest segment, created by a rotation that stopped before listing it"
+            ));
+            ids.push(id);
+        } else {
+            return Err(EngineError::Corrupted {
+                file: name,
+                offset: 0,
+                reason: format!(
+                    "this segment file is not in the {MANIFEST} (newest listed: {}) and no interrupted rotation or compaction explains it; move it out of the data directory if it does not belong to this store",
+                    segment_name(newest_listed)
+                ),
+            });
+        }
+    }
+    if !on_disk.is_empty() || !listed.is_empty() {
+        fs.sync_dir(dir)
+            .map_err(|e| EngineError::io("syncing data directory", e))?;
+    }
+    Ok(ids)
+}
+
+/// A store without a manifest: its normal segment ids must be consecutive (ids only grow by one at each
+/// rotation, and compaction only ever removed the oldest ones), so any gap is a missing file.
+fn check_consecutive(on_disk: &BTreeSet<u32>) -> EngineResult<()> {
+    let normal: Vec<u32> = on_disk.range(FIRST_SEGMENT_ID..).copied().collect();
+    let gaps: Vec<String> = normal
+        .windows(2)
+        .flat_map(|w| match w {
+            [a, b] => (a + 1..*b).collect::<Vec<_>>(),
+            _ => Vec::new(),
+        })
+        .map(segment_name)
+        .collect();
+    if gaps.is_empty() {
+        return Ok(());
+    }
+    Err(EngineError::Corrupted {
+        file: gaps.join(", "),
+        offset: 0,
+        reason: format!(
+            "segment file(s) missing between {} and {} (there is no {MANIFEST}, and the normal segment ids must be consecutive); the store refuses to open rather than serve stale data: restore them, or run `kvctl repair` to drop them and report the LSNs lost",
+            normal.first().map_or_else(String::new, |&i| segment_name(i)),
+            normal.last().map_or_else(String::new, |&i| segment_name(i)),
+        ),
     })
 }
 
@@ -396,9 +527,14 @@ fn save_tail(
     let copy = fs
         .create(&path_in(dir, &copy_name))
         .map_err(|e| EngineError::io(format!("creating {copy_name}"), e))?;
-    copy.write_all_at(&bytes, 0)
+    if let Err(e) = copy
+        .write_all_at(&bytes, 0)
         .and_then(|_| copy.sync_data())
         .and_then(|_| fs.sync_dir(dir))
-        .map_err(|e| EngineError::io(format!("writing {copy_name}"), e))?;
+    {
+        // Never leave a partial copy behind (it would look like a complete one).
+        let _ = fs.remove(&path_in(dir, &copy_name));
+        return Err(EngineError::io(format!("writing {copy_name}"), e));
+    }
     Ok(Some(copy_name))
 }

@@ -449,3 +449,91 @@ fn lsns_never_go_backwards_when_compaction_drops_the_newest_records() {
     assert_eq!(engine.last_lsn(), last, "the LSN survived compaction");
     assert!(engine.put(b"b", b"1").unwrap() > last);
 }
+
+#[test]
+fn a_manual_compaction_seals_an_active_segment_that_holds_garbage() {
+    let fs = SimFs::new();
+    // One large active segment: two thirds of it overwritten values.
+    let engine = FsEngine::open(DIR, sim_options(&fs, Durability::Always, 1 << 20)).unwrap();
+    let mut model = Model::new();
+    for round in 0..3u32 {
+        for k in 0..50u32 {
+            let (key, value) = (format!("k{k:02}"), format!("r{round}-{}", "x".repeat(100)));
+            engine.put(key.as_bytes(), value.as_bytes()).unwrap();
+            model.insert(key.into_bytes(), value.into_bytes());
+        }
+    }
+    let before = engine.status();
+    assert_eq!(before.segments, 1, "everything is in the active segment");
+    assert!(before.garbage_bytes * 3 >= before.disk_bytes * 2 - 200);
+    let stats = engine.compact().unwrap();
+    assert_eq!((stats.runs, stats.input_segments), (1, 1), "{stats:?}");
+    let after = engine.status();
+    assert_eq!(after.garbage_bytes, 0);
+    assert!(
+        after.disk_bytes * 2 < before.disk_bytes,
+        "{} -> {}",
+        before.disk_bytes,
+        after.disk_bytes
+    );
+    assert_eq!(contents(&engine), model);
+    engine.put(b"after", b"compaction").unwrap();
+    model.insert(b"after".to_vec(), b"compaction".to_vec());
+    drop(engine);
+    let engine = FsEngine::open(DIR, sim_options(&fs, Durability::Always, 1 << 20)).unwrap();
+    assert_eq!(contents(&engine), model);
+}
+
+#[test]
+fn compaction_skips_segments_with_nothing_to_reclaim() {
+    let fs = SimFs::new();
+    let engine = open(&fs);
+    // Distinct keys only: no segment holds garbage.
+    for k in 0..40u32 {
+        engine
+            .put(format!("k{k:02}").as_bytes(), "x".repeat(60).as_bytes())
+            .unwrap();
+    }
+    assert!(engine.status().segments > 3);
+    assert_eq!(engine.status().garbage_bytes, 0);
+    let files = fs.paths();
+    let stats = engine.compact().unwrap();
+    assert_eq!(
+        (
+            stats.input_segments,
+            stats.output_bytes,
+            stats.records_copied
+        ),
+        (0, 0, 0),
+        "nothing rewritten: {stats:?}"
+    );
+    assert_eq!(fs.paths(), files, "no file was touched");
+
+    // Garbage in the oldest segment (k00's put) and the active one (the tombstone): those two are
+    // compacted, the segments between them are left alone.
+    engine.delete(b"k00").unwrap();
+    let mut untouched: Vec<_> = files
+        .iter()
+        .filter(|p| p.to_string_lossy().ends_with(".seg"))
+        .cloned()
+        .collect();
+    untouched.sort();
+    untouched.remove(0);
+    untouched.pop();
+    let stats = engine.compact().unwrap();
+    assert_eq!(stats.input_segments, 2, "{stats:?}");
+    assert_eq!(engine.status().garbage_bytes, 0);
+    for p in &untouched {
+        assert!(fs.read_file(p).is_some(), "{} was left alone", p.display());
+    }
+    let mut model: Model = (1..40u32)
+        .map(|k| (format!("k{k:02}").into_bytes(), "x".repeat(60).into_bytes()))
+        .collect();
+    assert_eq!(contents(&engine), model);
+    drop(engine);
+    let engine = open(&fs);
+    assert_eq!(contents(&engine), model);
+    engine.put(b"k00", b"back").unwrap();
+    model.insert(b"k00".to_vec(), b"back".to_vec());
+    assert_eq!(contents(&engine), model);
+}

@@ -78,8 +78,9 @@ fn a_failed_fsync_poisons_the_engine_even_if_later_fsyncs_would_succeed() {
     for fail_at in [4, 5, 9, 17, 30] {
         let fs = SimFs::new();
         let engine = open(&fs, Durability::Always);
+        // Counted from the first sync after open (opening syncs the first segment and the manifest).
         fs.set_faults(Faults {
-            fail_sync_number: Some(fail_at),
+            fail_sync_number: Some(fs.syncs() + fail_at),
             ..Faults::default()
         });
         let (model, (failed_key, failed_value), err) = write_until_failure(&engine);
@@ -157,6 +158,11 @@ fn invalid_records_are_rejected_before_anything_is_written() {
     ));
     assert!(matches!(
         engine.put(&vec![b'k'; (1 << 20) + 1], b"v"),
+        Err(EngineError::InvalidInput(_))
+    ));
+    // An empty batch would take an LSN for nothing (or share the previous write's).
+    assert!(matches!(
+        engine.write_batch(&kv_domain::WriteBatch::new()),
         Err(EngineError::InvalidInput(_))
     ));
     assert_eq!(engine.last_lsn().0, 0);
@@ -262,4 +268,67 @@ fn interval_mode_syncs_in_the_background_and_never_mode_on_request() {
     engine.sync().unwrap();
     let after = reopen_after_power_loss(&fs);
     assert_eq!(after.get(b"k").unwrap().unwrap().as_bytes(), b"v");
+}
+
+#[test]
+fn a_restart_on_a_full_disk_opens_read_only_and_leaves_the_torn_tail_alone() {
+    let fs = SimFs::new();
+    let engine = open(&fs, Durability::Always);
+    let mut model = Model::new();
+    for i in 0..40u32 {
+        let (k, v) = (format!("k{i}").into_bytes(), format!("v{i}").into_bytes());
+        engine.put(&k, &v).unwrap();
+        model.insert(k, v);
+    }
+    drop(engine);
+    // A torn write at the end of the newest segment, as a crash mid-append leaves it.
+    let mut newest = fs
+        .paths()
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".seg"))
+        .collect::<Vec<_>>();
+    newest.sort();
+    let newest = newest.pop().unwrap();
+    let mut bytes = fs.read_file(&newest).unwrap();
+    let clean_len = bytes.len();
+    bytes.extend_from_slice(&[0xAB; 37]);
+    fs.set_file(&newest, bytes);
+
+    // No space at all: the forensic copy of the tail cannot be written.
+    fs.set_faults(Faults {
+        disk_bytes: Some(0),
+        ..Faults::default()
+    });
+    let engine = open(&fs, Durability::Always);
+    let why = engine.status().read_only.expect("opened read-only");
+    assert!(why.contains("disk is full"), "{why}");
+    assert_eq!(contents(&engine), model, "reads are served");
+    for _ in 0..3 {
+        let err = engine.put(b"new", b"x").unwrap_err();
+        assert!(matches!(err, EngineError::DiskFull { .. }), "{err}");
+    }
+    assert!(matches!(
+        engine.compact(),
+        Err(EngineError::DiskFull { .. })
+    ));
+    drop(engine);
+    assert!(
+        !fs.paths()
+            .iter()
+            .any(|p| p.to_string_lossy().contains(".torn")),
+        "no partial copy is left behind"
+    );
+    assert_eq!(
+        fs.read_file(&newest).unwrap().len(),
+        clean_len + 37,
+        "the tail is left alone"
+    );
+
+    // Space is back: the next open repairs the tail as usual and takes writes.
+    fs.set_faults(Faults::default());
+    let engine = open(&fs, Durability::Always);
+    assert_eq!(engine.status().read_only, None);
+    assert_eq!(engine.recovery_report().truncated_bytes, 37);
+    assert_eq!(contents(&engine), model);
+    engine.put(b"new", b"x").unwrap();
 }
