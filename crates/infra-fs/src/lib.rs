@@ -16,6 +16,7 @@ pub mod manifest;
 pub mod meta;
 mod options;
 pub mod recovery;
+pub mod repair;
 pub mod segment;
 pub mod sim;
 pub mod vfs;
