@@ -244,13 +244,15 @@ pub(crate) fn recover(
         let file_len = file
             .len()
             .map_err(|e| EngineError::io(format!("reading length of {name}"), e))?;
-        let corrupted = |offset: u64, reason: String| EngineError::Corrupted {
+        let corrupted = |offset: u64, reason: String| {
+            EngineError::Corrupted {
             file: name.clone(),
             offset,
             reason: format!(
                 "{reason}; the store refuses to open rather than serve around it: `kvctl repair --data-dir {}` salvages every record that still checks and reports what was lost",
                 dir.display()
             ),
+        }
         };
         match read_segment_header(&*file, file_len)
             .map_err(|e| EngineError::io(format!("reading {name}"), e))?

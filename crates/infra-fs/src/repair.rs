@@ -66,15 +66,22 @@ pub enum Lost {
 impl fmt::Display for Lost {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Lost::Lsns { first, last: Some(last) } if last < first => write!(f, "no write"),
-            Lost::Lsns { first, last: Some(last) } => {
+            Lost::Lsns {
+                first,
+                last: Some(last),
+            } if last < first => write!(f, "no write"),
+            Lost::Lsns {
+                first,
+                last: Some(last),
+            } => {
                 write!(f, "{} write(s), LSNs {first}..={last}", last - first + 1)
             }
             Lost::Lsns { first, last: None } => write!(f, "every write from LSN {first} on"),
             Lost::Keys { after, before } => {
                 let show = |k: &Option<Key>| {
-                    k.as_ref()
-                        .map_or("-".to_string(), |k| format!("{:?}", String::from_utf8_lossy(k)))
+                    k.as_ref().map_or("-".to_string(), |k| {
+                        format!("{:?}", String::from_utf8_lossy(k))
+                    })
                 };
                 write!(
                     f,
@@ -168,7 +175,10 @@ impl fmt::Display for RepairReport {
             }
         }
         for name in &self.set_aside {
-            writeln!(f, "moved aside {name}: not in the manifest and not explained by a crash")?;
+            writeln!(
+                f,
+                "moved aside {name}: not in the manifest and not explained by a crash"
+            )?;
         }
         for name in &self.hints_rebuilt {
             writeln!(f, "rebuilt hint file {name}")?;
@@ -266,8 +276,13 @@ fn scan(id: u32, b: &[u8]) -> Scan {
             let next_same_lsn = b
                 .get(pos + len..)
                 .and_then(|n| decode_record(n).ok())
-                .is_some_and(|n| n.header.lsn == r.header.lsn && n.header.kind != RecordKind::BatchHeader);
-            if ordered && r.header.kind != RecordKind::BatchHeader && (claims_batch || next_same_lsn) {
+                .is_some_and(|n| {
+                    n.header.lsn == r.header.lsn && n.header.kind != RecordKind::BatchHeader
+                });
+            if ordered
+                && r.header.kind != RecordKind::BatchHeader
+                && (claims_batch || next_same_lsn)
+            {
                 orphan_lsn = orphan_lsn.or(Some(r.header.lsn));
             }
             s.regions.push(Region {
@@ -335,7 +350,8 @@ fn scan(id: u32, b: &[u8]) -> Scan {
                     batch = None;
                 }
                 if r.header.kind == RecordKind::Put {
-                    s.puts.push((r.header.lsn, Key::from(r.key), out_len as u32, len as u32));
+                    s.puts
+                        .push((r.header.lsn, Key::from(r.key), out_len as u32, len as u32));
                 }
                 keep(&mut s, pos, pos + len, 1, r.header.lsn);
                 out_len += len;
@@ -372,7 +388,9 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> EngineError 
 }
 
 fn read_all(fs: &dyn FileSystem, dir: &Path, name: &str) -> EngineResult<Vec<u8>> {
-    let file = fs.open(&path_in(dir, name)).map_err(io(format!("opening {name}")))?;
+    let file = fs
+        .open(&path_in(dir, name))
+        .map_err(io(format!("opening {name}")))?;
     let len = file.len().map_err(io(format!("reading {name}")))?;
     let mut bytes = vec![0u8; len as usize];
     file.read_exact_at(&mut bytes, 0)
@@ -399,7 +417,13 @@ fn write_new(fs: &dyn FileSystem, dir: &Path, name: &str, bytes: &[u8]) -> Engin
 fn free_name(fs: &dyn FileSystem, dir: &Path, base: &str) -> EngineResult<String> {
     let existing = fs.list(dir).map_err(io("listing the data directory"))?;
     Ok((0..)
-        .map(|n| if n == 0 { base.to_string() } else { format!("{base}.{n}") })
+        .map(|n| {
+            if n == 0 {
+                base.to_string()
+            } else {
+                format!("{base}.{n}")
+            }
+        })
         .find(|c| !existing.contains(c))
         .unwrap_or_else(|| base.to_string()))
 }
@@ -493,7 +517,10 @@ pub fn repair(dir: impl AsRef<Path>, opts: &Options) -> EngineResult<RepairRepor
         let name = segment_name(id);
         if missing.contains(&id) {
             let lost = if id < FIRST_SEGMENT_ID {
-                Lost::Keys { after: None, before: None }
+                Lost::Keys {
+                    after: None,
+                    before: None,
+                }
             } else {
                 let last = next_normal_base(id);
                 let first = last_lsn_before.unwrap_or(0) + 1;
@@ -503,7 +530,9 @@ pub fn repair(dir: impl AsRef<Path>, opts: &Options) -> EngineResult<RepairRepor
             report.missing.push(Missing { file: name, lost });
             continue;
         }
-        let Some(bytes) = bytes_of.get(&id) else { continue };
+        let Some(bytes) = bytes_of.get(&id) else {
+            continue;
+        };
         let s = scan(id, bytes);
         let is_newest = Some(id) == newest_present;
         // The newest segment's invalid tail is a torn write for recovery to cut, not damage.
@@ -581,7 +610,10 @@ pub fn repair(dir: impl AsRef<Path>, opts: &Options) -> EngineResult<RepairRepor
             .map_err(io(format!("replacing {name}")))?;
         match fs.remove(&path_in(dir, &hint::hint_name(id))) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(EngineError::io(format!("removing {}", hint::hint_name(id)), e))
+                return Err(EngineError::io(
+                    format!("removing {}", hint::hint_name(id)),
+                    e,
+                ))
             }
             _ => {}
         }
@@ -598,7 +630,10 @@ pub fn repair(dir: impl AsRef<Path>, opts: &Options) -> EngineResult<RepairRepor
         });
     }
     let ids: BTreeSet<u32> = present.into_iter().collect();
-    if report.manifest_rebuilt.is_some() || !report.missing.is_empty() || listed.as_ref() != Some(&ids) {
+    if report.manifest_rebuilt.is_some()
+        || !report.missing.is_empty()
+        || listed.as_ref() != Some(&ids)
+    {
         manifest::store(fs, dir, &ids)?;
     }
     Ok(report)
