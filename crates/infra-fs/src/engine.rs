@@ -473,7 +473,7 @@ impl Inner {
     fn writable(&self) -> EngineResult<()> {
         match &self.read_only {
             Some(why) => Err(EngineError::DiskFull {
-                context: format!("opening the store (read-only: {why})"),
+                context: format!("writing (the store opened read-only: {why})"),
             }),
             None => Ok(()),
         }

@@ -759,6 +759,7 @@ fn status(state: &ServerState) -> Result<Response<Body>, ApiError> {
             "garbage_ratio": ratio,
             "durability": s.durability.to_string(),
             "poisoned": s.poisoned,
+            "read_only": s.read_only,
             "writes": s.writes,
             "fsyncs": s.fsyncs,
             "recovery": {
