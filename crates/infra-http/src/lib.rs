@@ -6,6 +6,7 @@
 //! - [`routes`]: the API — the Go system's endpoints (`/put`, `/read`, `/readrange`, `/batchput`,
 //!   `/delete`, `/health-check`) and the binary-safe extensions under `/v1/` plus `/metrics`;
 //! - [`error`]: the one place that maps use-case errors to HTTP statuses and `{"error": ...}` bodies;
+//! - [`json`]: strict JSON request objects (a repeated key is refused, not silently dropped);
 //! - [`body`]: request bodies with limits enforced from `Content-Length` and while streaming;
 //! - [`stream`]: streamed response bodies with back-pressure, for ranges and listings;
 //! - [`metrics`]: counters and histograms rendered in the Prometheus text format;
@@ -17,6 +18,7 @@
 pub mod body;
 pub mod client;
 pub mod error;
+pub mod json;
 pub mod metrics;
 pub mod replication;
 pub mod routes;

@@ -5,7 +5,7 @@
 //! | POST | `/put` | JSON `{"key", "value"}` (`data` accepted for `value`: the Go client sends it) |
 //! | GET | `/read?key=K` | raw value bytes; 404 when absent |
 //! | GET | `/readrange?start=A&end=B[&limit=N]` | JSON object key -> value, ascending, inclusive, streamed |
-//! | POST | `/batchput` | JSON object of string pairs, applied atomically |
+//! | POST | `/batchput` | JSON object of string pairs (at least one, keys distinct), applied atomically |
 //! | POST, DELETE | `/delete?key=K` | idempotent delete |
 //! | GET | `/health-check` | `OK` |
 //! | PUT, GET, DELETE | `/v1/kv/{key}` | raw bytes; the key percent-encoded in the path (binary-safe) |
@@ -39,6 +39,7 @@ use serde::Deserialize;
 
 use crate::body::read_body;
 use crate::error::{full, ApiError, Body};
+use crate::json::StringPairs;
 use crate::server::ServerState;
 use crate::stream::ChannelBody;
 
@@ -494,20 +495,20 @@ async fn batch_put(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let bytes = json_body(state, req).await?;
-    let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes)
-        .map_err(|e| {
-            ApiError::bad_request(format!(
-                "invalid JSON body (expected an object of string values): {e}"
-            ))
-        })?;
+    let StringPairs(pairs) = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(format!(
+            "invalid JSON body (expected an object of string values with distinct keys): {e}"
+        ))
+    })?;
+    // An empty batch writes nothing, so it has no LSN of its own to answer with.
+    if pairs.is_empty() {
+        return Err(ApiError::bad_request(
+            "empty batch: the object must hold at least one key",
+        ));
+    }
     let mut batch = WriteBatch::new();
     let mut payload = 0;
-    for (k, v) in object {
-        let serde_json::Value::String(v) = v else {
-            return Err(ApiError::bad_request(format!(
-                "value of key {k:?} must be a string"
-            )));
-        };
+    for (k, v) in pairs {
         payload += k.len() + v.len();
         batch.put(k, v);
     }

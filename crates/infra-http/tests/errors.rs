@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::TestServer;
 use kv_app::Limits;
+use kv_domain::Engine as _;
 use kv_infra_fs::sim::{Faults, SimFs};
 use kv_infra_http::ServerConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -159,6 +160,30 @@ async fn malformed_requests_get_the_exact_status_and_change_nothing() {
             "/batchput",
             Some("application/json"),
             br#"{"x":"1","":"2"}"#.to_vec(),
+            400,
+        ),
+        (
+            "empty batch",
+            "POST",
+            "/batchput",
+            Some("application/json"),
+            b"{}".to_vec(),
+            400,
+        ),
+        (
+            "batch with a repeated key",
+            "POST",
+            "/batchput",
+            Some("application/json"),
+            br#"{"x":"1","y":"2","x":"3"}"#.to_vec(),
+            400,
+        ),
+        (
+            "put with a repeated field",
+            "POST",
+            "/put",
+            Some("application/json"),
+            br#"{"key":"a","key":"b","value":"x"}"#.to_vec(),
             400,
         ),
         (
@@ -483,4 +508,33 @@ async fn idle_keep_alive_connections_are_closed_after_the_header_timeout() {
         "closed too early: {:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_and_duplicate_batches_are_refused_with_a_clear_message() {
+    let s = seeded().await;
+    let before = s.snapshot();
+    let lsn = s.engine.last_lsn();
+    let r = s.post_json("/batchput", "{}").await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.error().contains("empty batch"), "{}", r.error());
+    assert_eq!(r.header("x-kv-lsn"), None, "no LSN for a write that did not happen");
+    let r = s
+        .post_json("/batchput", r#"{"x":"1","y":"2","x":"3"}"#)
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.error().contains("duplicate key \"x\""), "{}", r.error());
+    // Escapes do not hide a repeat: "\u0079" is "y".
+    let r = s
+        .post_json("/batchput", r#"{"y":"1","\u0079":"2"}"#)
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.error().contains("duplicate key \"y\""), "{}", r.error());
+    let r = s
+        .post_json("/put", r#"{"key":"a","key":"b","value":"x"}"#)
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.error().contains("duplicate field `key`"), "{}", r.error());
+    assert_eq!(s.snapshot(), before);
+    assert_eq!(s.engine.last_lsn(), lsn);
 }
