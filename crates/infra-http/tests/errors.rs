@@ -343,11 +343,6 @@ async fn lengths_are_enforced_before_and_while_reading() {
     raw.extend_from_slice(b"0\r\n\r\n");
     let r = s.send(&raw).await;
     assert_eq!(r.status, 413, "{}", r.text());
-    // Raw put with no length at all: 411.
-    let r = s
-        .send(b"PUT /v1/kv/k HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .await;
-    assert_eq!(r.status, 411, "{}", r.text());
     // A chunked raw put within the limit is fine.
     let r = s.send(b"PUT /v1/kv/chunked HTTP/1.1\r\nHost: t\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n").await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -537,4 +532,17 @@ async fn empty_and_duplicate_batches_are_refused_with_a_clear_message() {
     assert!(r.error().contains("duplicate field `key`"), "{}", r.error());
     assert_eq!(s.snapshot(), before);
     assert_eq!(s.engine.last_lsn(), lsn);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bodyless_raw_put_stores_an_empty_value() {
+    let s = seeded().await;
+    // Neither Content-Length nor Transfer-Encoding: an empty body (RFC 9112 §6.3), not 411.
+    let r = s
+        .send(b"PUT /v1/kv/bodyless HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = s.get("/v1/kv/bodyless").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.body.is_empty(), "{:?}", r.body);
 }
