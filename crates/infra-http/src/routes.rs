@@ -3,17 +3,17 @@
 //! | method | path | what |
 //! |---|---|---|
 //! | POST | `/put` | JSON `{"key", "value"}` (`data` accepted for `value`: the Go client sends it) |
-//! | GET | `/read?key=K` | raw value bytes; 404 when absent |
-//! | GET | `/readrange?start=A&end=B[&limit=N]` | JSON object key -> value, ascending, inclusive, streamed |
+//! | GET, HEAD | `/read?key=K` | raw value bytes; 404 when absent |
+//! | GET, HEAD | `/readrange?start=A&end=B[&limit=N]` | JSON object key -> value, ascending, inclusive, streamed |
 //! | POST | `/batchput` | JSON object of string pairs (at least one, keys distinct), applied atomically |
 //! | POST, DELETE | `/delete?key=K` | idempotent delete |
-//! | GET | `/health-check` | `OK` |
-//! | PUT, GET, DELETE | `/v1/kv/{key}` | raw bytes; the key percent-encoded in the path (binary-safe) |
-//! | GET | `/v1/kv?start&end&limit&cursor&encoding` | a page of a listing, streamed, with a cursor to continue |
-//! | GET | `/v1/status` | role, LSN, keys, segments, disk and garbage bytes, durability, recovery |
-//! | GET | `/metrics` | Prometheus text |
+//! | GET, HEAD | `/health-check` | `OK` |
+//! | PUT, GET, HEAD, DELETE | `/v1/kv/{key}` | raw bytes; the key percent-encoded in the path (binary-safe) |
+//! | GET, HEAD | `/v1/kv?start&end&limit&cursor&encoding` | a page of a listing, streamed, with a cursor to continue |
+//! | GET, HEAD | `/v1/status` | role, LSN, keys, segments, disk and garbage bytes, durability, recovery |
+//! | GET, HEAD | `/metrics` | Prometheus text |
 //! | POST | `/v1/admin/compact` | run a compaction now; 409 while one runs |
-//! | GET, POST | `/v1/replication/{state,apply,snapshot}` | internal, see [`crate::replication`] |
+//! | GET, HEAD, POST | `/v1/replication/{state,apply,snapshot}` | internal, see [`crate::replication`] |
 //!
 //! Every write answers with its LSN in the `x-kv-lsn` header and a JSON body `{"lsn": N}`. Errors are JSON
 //! `{"error": "..."}` with the status chosen in [`crate::error`].
@@ -50,20 +50,21 @@ const LISTING_DEFAULT: usize = 1000;
 const LISTING_MAX: usize = 10_000;
 
 /// The routes, as (metric label, allowed methods). Kept in one table so the router, the 405 `Allow` header
-/// and the OpenAPI test agree.
+/// and the OpenAPI test agree. Every route that serves GET serves HEAD too (RFC 9110 §9.3.2): the same
+/// status and headers, no body (hyper drops the body of a HEAD response; a streamed one is not produced).
 pub const ROUTES: [(&str, &[&str]); 14] = [
     ("/put", &["POST"]),
-    ("/read", &["GET"]),
-    ("/readrange", &["GET"]),
+    ("/read", &["GET", "HEAD"]),
+    ("/readrange", &["GET", "HEAD"]),
     ("/batchput", &["POST"]),
     ("/delete", &["POST", "DELETE"]),
-    ("/health-check", &["GET"]),
-    ("/v1/kv/{key}", &["PUT", "GET", "DELETE"]),
-    ("/v1/kv", &["GET"]),
-    ("/v1/status", &["GET"]),
-    ("/metrics", &["GET"]),
+    ("/health-check", &["GET", "HEAD"]),
+    ("/v1/kv/{key}", &["PUT", "GET", "HEAD", "DELETE"]),
+    ("/v1/kv", &["GET", "HEAD"]),
+    ("/v1/status", &["GET", "HEAD"]),
+    ("/metrics", &["GET", "HEAD"]),
     ("/v1/admin/compact", &["POST"]),
-    ("/v1/replication/state", &["GET"]),
+    ("/v1/replication/state", &["GET", "HEAD"]),
     ("/v1/replication/apply", &["POST"]),
     ("/v1/replication/snapshot", &["POST"]),
 ];
@@ -109,7 +110,7 @@ pub async fn handle(
         return (route, resp);
     }
     let is_write = matches!(route, "/put" | "/batchput" | "/delete")
-        || (route == "/v1/kv/{key}" && req.method() != Method::GET);
+        || (route == "/v1/kv/{key}" && matches!(*req.method(), Method::PUT | Method::DELETE));
     if is_write {
         if let Some(node) = state.replication.follower() {
             return (
@@ -120,7 +121,7 @@ pub async fn handle(
             );
         }
     }
-    if req.method() == Method::GET
+    if matches!(*req.method(), Method::GET | Method::HEAD)
         && matches!(route, "/read" | "/readrange" | "/v1/kv" | "/v1/kv/{key}")
     {
         if let Err(e) = wait_min_lsn(&state, &req).await {
@@ -542,6 +543,9 @@ fn read_range(state: &ServerState, req: &Request<Incoming>) -> Result<Response<B
     // Validate (bounds order) and fetch the first page before answering 200, so bad input gets its status.
     let first = state.service.read_range(&start, &end, PAGE.min(limit))?;
     let (tx, body) = ChannelBody::channel(state.metrics.clone());
+    if req.method() == Method::HEAD {
+        return Ok(streamed_json(body)); // the status is known; nothing will read the body
+    }
     let service = state.service.clone();
     tokio::task::spawn_blocking(move || {
         let range = KeyRange::inclusive(start, end);
@@ -655,6 +659,9 @@ fn listing(state: &ServerState, req: &Request<Incoming>) -> Result<Response<Body
     }
     let first = state.service.read_range_page(&range, PAGE.min(limit))?;
     let (tx, body) = ChannelBody::channel(state.metrics.clone());
+    if req.method() == Method::HEAD {
+        return Ok(streamed_json(body)); // the status is known; nothing will read the body
+    }
     let service = state.service.clone();
     tokio::task::spawn_blocking(move || {
         let mut page = first;
@@ -722,7 +729,7 @@ async fn raw_kv(
         return Err(AppError::EmptyKey.into());
     }
     match *req.method() {
-        Method::GET => Ok(value_response(state, state.service.read(&key)?)),
+        Method::GET | Method::HEAD => Ok(value_response(state, state.service.read(&key)?)),
         Method::DELETE => {
             let payload = key.len();
             let service = state.service.clone();
@@ -839,5 +846,14 @@ mod tests {
             assert_eq!(route_of(&path), Some(route));
         }
         assert_eq!(route_of("/nope"), None);
+    }
+
+    #[test]
+    fn every_route_that_serves_get_serves_head() {
+        for (route, methods) in ROUTES {
+            if methods.contains(&"GET") {
+                assert!(methods.contains(&"HEAD"), "{route} serves GET but not HEAD");
+            }
+        }
     }
 }
