@@ -11,6 +11,7 @@
 //! - [`stream`]: streamed response bodies with back-pressure, for ranges and listings;
 //! - [`metrics`]: counters and histograms rendered in the Prometheus text format;
 //! - [`server`]: connections, the connection cap, timeouts and graceful shutdown;
+//! - [`stall`]: closing connections whose response makes no progress (clients that stop reading);
 //! - [`client`]: a keep-alive client of the `/v1` API (used by the CLI, the shippers and forwarding);
 //! - [`replication`]: leader-follower replication — the leader's shippers, the follower's endpoints,
 //!   write forwarding, acknowledgement waits and the binary wire format (see `docs/replication.md`).
@@ -23,6 +24,7 @@ pub mod metrics;
 pub mod replication;
 pub mod routes;
 pub mod server;
+pub mod stall;
 pub mod stream;
 
 pub use server::{serve, ServerConfig, ServerState};

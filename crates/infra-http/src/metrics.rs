@@ -35,6 +35,7 @@ pub struct Metrics {
     series: Vec<Series>,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    stalled_closes: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -45,6 +46,7 @@ impl Default for Metrics {
                 .collect(),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            stalled_closes: AtomicU64::new(0),
         }
     }
 }
@@ -90,6 +92,11 @@ impl Metrics {
     /// Counts request body bytes.
     pub fn add_bytes_in(&self, n: usize) {
         self.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a connection closed because its response made no progress (see [`crate::stall`]).
+    pub fn count_stalled_close(&self) {
+        self.stalled_closes.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts response body bytes.
@@ -179,6 +186,12 @@ impl Metrics {
             "kv_http_response_bytes_total",
             "Response body bytes sent.",
             self.bytes_out.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "kv_http_stalled_connections_closed_total",
+            "Connections closed because their response made no progress for the write timeout.",
+            self.stalled_closes.load(Ordering::Relaxed),
         );
         gauge(&mut out, "kv_keys", "Live keys.", engine.keys);
         gauge(&mut out, "kv_segments", "Segment files.", engine.segments);

@@ -45,6 +45,9 @@ use crate::stream::ChannelBody;
 
 /// Entries fetched from the engine per step of a streamed range.
 const PAGE: usize = 256;
+/// A streamed response sends what it has once it holds this many bytes (and at the end of each page), so
+/// the chunks queued for one response are about this size rather than a whole page each.
+const CHUNK_BYTES: usize = 64 * 1024;
 /// Default and maximum page size of the `/v1/kv` listing.
 const LISTING_DEFAULT: usize = 1000;
 const LISTING_MAX: usize = 10_000;
@@ -567,6 +570,13 @@ fn read_range(state: &ServerState, req: &Request<Incoming>) -> Result<Response<B
                         out.push(':');
                         out.push_str(&serde_json::Value::String(v).to_string());
                         sent += 1;
+                        if out.len() >= CHUNK_BYTES
+                            && tx
+                                .blocking_send(Ok(Bytes::from(std::mem::take(&mut out))))
+                                .is_err()
+                        {
+                            return; // the client went away
+                        }
                     }
                     Err(err) => {
                         tracing::warn!("aborting /readrange: {err}");
@@ -680,6 +690,13 @@ fn listing(state: &ServerState, req: &Request<Incoming>) -> Result<Response<Body
                 out.push_str(&encoded_field("value", &e.value, force_base64));
                 out.push('}');
                 sent += 1;
+                if out.len() >= CHUNK_BYTES
+                    && tx
+                        .blocking_send(Ok(Bytes::from(std::mem::take(&mut out))))
+                        .is_err()
+                {
+                    return;
+                }
             }
             if let Some(l) = page.last() {
                 last = Some(l.key.clone());

@@ -546,3 +546,60 @@ async fn a_bodyless_raw_put_stores_an_empty_value() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.body.is_empty(), "{:?}", r.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_stop_reading_lose_their_slot_after_the_write_timeout() {
+    let config = ServerConfig {
+        max_connections: 2,
+        write_timeout: Duration::from_millis(500),
+        ..ServerConfig::default()
+    };
+    let s = TestServer::start(Limits::default(), config, kv_domain::Durability::Never).await;
+    // ~24 MB of values: far more than the socket buffers of both ends hold.
+    let value = "v".repeat(4096);
+    for chunk in 0..60 {
+        let mut batch = kv_domain::WriteBatch::new();
+        for i in 0..100 {
+            batch.put(format!("k{chunk:03}-{i:03}"), value.clone());
+        }
+        s.engine.write_batch(&batch).unwrap();
+    }
+    // Two clients, with small receive buffers, take both slots with large streamed responses and never
+    // read them.
+    let mut stalled = Vec::new();
+    for path in ["/readrange?start=a&end=z", "/v1/kv?limit=10000"] {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut c = socket.connect(s.addr).await.unwrap();
+        c.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        stalled.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A third client is served once the write timeout has freed a slot. Without it, it waits in the
+    // backlog for as long as the two stalled clients stay connected (the bound is generous).
+    let served = tokio::time::timeout(Duration::from_secs(30), s.get("/health-check"))
+        .await
+        .expect("a third client was locked out by two clients that do not read");
+    assert_eq!((served.status, served.text().as_str()), (200, "OK"));
+    // The stalled connections were closed: reading them ends (after what was buffered) instead of hanging.
+    for mut c in stalled {
+        let mut sink = vec![0u8; 1 << 16];
+        let ended = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match c.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "a stalled connection was left open");
+    }
+    let metrics = s.get("/metrics").await.text();
+    assert!(
+        metrics.contains("kv_http_stalled_connections_closed_total 2"),
+        "{metrics}"
+    );
+}
