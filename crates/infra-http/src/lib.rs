@@ -10,6 +10,7 @@
 //! - [`body`]: request bodies with limits enforced from `Content-Length` and while streaming;
 //! - [`stream`]: streamed response bodies with back-pressure, for ranges and listings;
 //! - [`metrics`]: counters and histograms rendered in the Prometheus text format;
+//! - [`process`]: the standard `process_*` metrics, from `/proc/self`;
 //! - [`server`]: connections, the connection cap, timeouts and graceful shutdown;
 //! - [`stall`]: closing connections whose response makes no progress (clients that stop reading);
 //! - [`client`]: a keep-alive client of the `/v1` API (used by the CLI, the shippers and forwarding);
@@ -21,6 +22,7 @@ pub mod client;
 pub mod error;
 pub mod json;
 pub mod metrics;
+pub mod process;
 pub mod replication;
 pub mod routes;
 pub mod server;

@@ -72,6 +72,29 @@ pub const ROUTES: [(&str, &[&str]); 14] = [
     ("/v1/replication/snapshot", &["POST"]),
 ];
 
+/// Every status each route can answer, whatever the method: what its handlers return, what the error
+/// mapping of [`crate::error`] gives for the errors they can meet, 405 for a method not in [`ROUTES`], 503 when
+/// a handler that waits runs past the request timeout, and on a follower what forwarding adds (503 leader
+/// unreachable, 504 outcome unknown) besides relaying the leader's answer. The OpenAPI test checks that
+/// `docs/openapi.yaml` documents exactly these per path; the metrics give each status its own series.
+/// (Synchronous handlers, such as `/health-check`, finish on their first poll: the timeout cannot fire.)
+pub const ROUTE_STATUSES: [(&str, &[u16]); 14] = [
+    ("/put", &[200, 400, 405, 413, 415, 500, 503, 504, 507]),
+    ("/read", &[200, 400, 404, 405, 500, 503]),
+    ("/readrange", &[200, 400, 405, 500, 503]),
+    ("/batchput", &[200, 400, 405, 413, 415, 500, 503, 504, 507]),
+    ("/delete", &[200, 400, 405, 413, 500, 503, 504, 507]),
+    ("/health-check", &[200, 405]),
+    ("/v1/kv/{key}", &[200, 400, 404, 405, 413, 500, 503, 504, 507]),
+    ("/v1/kv", &[200, 400, 405, 500, 503]),
+    ("/v1/status", &[200, 405]),
+    ("/metrics", &[200, 405]),
+    ("/v1/admin/compact", &[200, 405, 409, 500, 503, 507]),
+    ("/v1/replication/state", &[200, 401, 405]),
+    ("/v1/replication/apply", &[200, 400, 401, 405, 409, 413, 500, 503, 507]),
+    ("/v1/replication/snapshot", &[200, 400, 401, 405, 409, 413, 500, 503, 507]),
+];
+
 /// The route a path belongs to (its metric label), if any.
 pub fn route_of(path: &str) -> Option<&'static str> {
     if path.starts_with("/v1/kv/") {
@@ -828,7 +851,9 @@ fn compaction_json(s: &kv_domain::CompactionStats) -> serde_json::Value {
 }
 
 fn metrics(state: &ServerState) -> Response<Body> {
-    let mut text = state.metrics.render(&state.service.engine().status());
+    let mut text = state
+        .metrics
+        .render(&state.service.engine().status(), state.replication.role_name());
     if let Some(hub) = state.replication.hub() {
         text.push_str(&hub.metrics_text());
     }
@@ -863,6 +888,16 @@ mod tests {
             assert_eq!(route_of(&path), Some(route));
         }
         assert_eq!(route_of("/nope"), None);
+    }
+
+    #[test]
+    fn every_route_has_its_statuses_listed() {
+        let routes: Vec<_> = ROUTES.iter().map(|(r, _)| *r).collect();
+        let listed: Vec<_> = ROUTE_STATUSES.iter().map(|(r, _)| *r).collect();
+        assert_eq!(routes, listed);
+        for (route, statuses) in ROUTE_STATUSES {
+            assert!(statuses.contains(&200) && statuses.contains(&405), "{route}");
+        }
     }
 
     #[test]
