@@ -55,10 +55,7 @@ impl<'de> Deserialize<'de> for StringPairs {
                             slot.insert(value);
                         }
                         Entry::Occupied(slot) => {
-                            return Err(A::Error::custom(format!(
-                                "duplicate key {:?}",
-                                slot.key()
-                            )))
+                            return Err(A::Error::custom(format!("duplicate key {:?}", slot.key())))
                         }
                     }
                 }

@@ -21,7 +21,11 @@ fn stat_fields(stat: &str) -> Vec<&str> {
 
 /// Field `n` (1-based, as `proc(5)` numbers them) of `/proc/self/stat`, parsed.
 fn stat_field(fields: &[&str], n: usize) -> Option<f64> {
-    fields.get(n.checked_sub(3)?)?.parse::<u64>().ok().map(|v| v as f64)
+    fields
+        .get(n.checked_sub(3)?)?
+        .parse::<u64>()
+        .ok()
+        .map(|v| v as f64)
 }
 
 /// `VmRSS` of `/proc/self/status`, in bytes.
@@ -34,13 +38,20 @@ fn resident_bytes(status: &str) -> Option<f64> {
 /// `btime` of `/proc/stat`: when the machine booted, in Unix seconds.
 fn boot_time(stat: &str) -> Option<f64> {
     let line = stat.lines().find(|l| l.starts_with("btime "))?;
-    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|v| v as f64)
+    line.split_whitespace()
+        .nth(1)?
+        .parse::<u64>()
+        .ok()
+        .map(|v| v as f64)
 }
 
 /// The soft limit on open files from `/proc/self/limits`.
 fn max_fds(limits: &str) -> Option<f64> {
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    let soft = line.trim_start_matches("Max open files").split_whitespace().next()?;
+    let soft = line
+        .trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?;
     soft.parse::<u64>().ok().map(|v| v as f64)
 }
 
@@ -52,7 +63,10 @@ fn read(path: &str) -> Option<String> {
 pub fn render(out: &mut String) {
     let mut family = |name: &str, kind: &str, help: &str, value: Option<f64>| {
         if let Some(v) = value {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
         }
     };
     let stat = read("/proc/self/stat").unwrap_or_default();
@@ -70,7 +84,9 @@ pub fn render(out: &mut String) {
         "process_resident_memory_bytes",
         "gauge",
         "Resident memory size in bytes.",
-        read("/proc/self/status").as_deref().and_then(resident_bytes),
+        read("/proc/self/status")
+            .as_deref()
+            .and_then(resident_bytes),
     );
     family(
         "process_virtual_memory_bytes",
@@ -111,7 +127,8 @@ mod tests {
     #[test]
     fn proc_files_are_parsed_field_by_field() {
         // A command name with a space and a parenthesis must not shift the fields.
-        let stat = "42 (kv (x) y) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 8 0 1234 567890 300";
+        let stat =
+            "42 (kv (x) y) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 8 0 1234 567890 300";
         let f = stat_fields(stat);
         assert_eq!(stat_field(&f, 3), None, "state is not a number");
         assert_eq!(stat_field(&f, 14), Some(250.0));

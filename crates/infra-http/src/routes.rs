@@ -85,14 +85,23 @@ pub const ROUTE_STATUSES: [(&str, &[u16]); 14] = [
     ("/batchput", &[200, 400, 405, 413, 415, 500, 503, 504, 507]),
     ("/delete", &[200, 400, 405, 413, 500, 503, 504, 507]),
     ("/health-check", &[200, 405]),
-    ("/v1/kv/{key}", &[200, 400, 404, 405, 413, 500, 503, 504, 507]),
+    (
+        "/v1/kv/{key}",
+        &[200, 400, 404, 405, 413, 500, 503, 504, 507],
+    ),
     ("/v1/kv", &[200, 400, 405, 500, 503]),
     ("/v1/status", &[200, 405]),
     ("/metrics", &[200, 405]),
     ("/v1/admin/compact", &[200, 405, 409, 500, 503, 507]),
     ("/v1/replication/state", &[200, 401, 405]),
-    ("/v1/replication/apply", &[200, 400, 401, 405, 409, 413, 500, 503, 507]),
-    ("/v1/replication/snapshot", &[200, 400, 401, 405, 409, 413, 500, 503, 507]),
+    (
+        "/v1/replication/apply",
+        &[200, 400, 401, 405, 409, 413, 500, 503, 507],
+    ),
+    (
+        "/v1/replication/snapshot",
+        &[200, 400, 401, 405, 409, 413, 500, 503, 507],
+    ),
 ];
 
 /// The route a path belongs to (its metric label), if any.
@@ -851,9 +860,10 @@ fn compaction_json(s: &kv_domain::CompactionStats) -> serde_json::Value {
 }
 
 fn metrics(state: &ServerState) -> Response<Body> {
-    let mut text = state
-        .metrics
-        .render(&state.service.engine().status(), state.replication.role_name());
+    let mut text = state.metrics.render(
+        &state.service.engine().status(),
+        state.replication.role_name(),
+    );
     if let Some(hub) = state.replication.hub() {
         text.push_str(&hub.metrics_text());
     }
@@ -896,7 +906,10 @@ mod tests {
         let listed: Vec<_> = ROUTE_STATUSES.iter().map(|(r, _)| *r).collect();
         assert_eq!(routes, listed);
         for (route, statuses) in ROUTE_STATUSES {
-            assert!(statuses.contains(&200) && statuses.contains(&405), "{route}");
+            assert!(
+                statuses.contains(&200) && statuses.contains(&405),
+                "{route}"
+            );
         }
     }
 

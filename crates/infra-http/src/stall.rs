@@ -90,7 +90,11 @@ impl<T> WatchedIo<T> {
         Self { inner, clock }
     }
 
-    fn note<R>(&self, poll: Poll<io::Result<R>>, progressed: impl Fn(&R) -> bool) -> Poll<io::Result<R>> {
+    fn note<R>(
+        &self,
+        poll: Poll<io::Result<R>>,
+        progressed: impl Fn(&R) -> bool,
+    ) -> Poll<io::Result<R>> {
         match &poll {
             Poll::Pending => self.clock.waiting(),
             Poll::Ready(Ok(r)) if progressed(r) => self.clock.progressed(),
@@ -156,7 +160,11 @@ mod tests {
         let first = clock.since.load(Ordering::Relaxed);
         std::thread::sleep(Duration::from_millis(2));
         clock.waiting();
-        assert_eq!(clock.since.load(Ordering::Relaxed), first, "a later wait keeps the start");
+        assert_eq!(
+            clock.since.load(Ordering::Relaxed),
+            first,
+            "a later wait keeps the start"
+        );
         assert!(clock.stalled_for().is_some());
         clock.progressed();
         assert_eq!(clock.stalled_for(), None);

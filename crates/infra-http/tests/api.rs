@@ -335,7 +335,9 @@ async fn head_answers_like_get_without_a_body() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let s = TestServer::default().await;
     assert_eq!(
-        s.post_json("/batchput", r#"{"a":"1","b":"22"}"#).await.status,
+        s.post_json("/batchput", r#"{"a":"1","b":"22"}"#)
+            .await
+            .status,
         200
     );
     // (path, the GET status, the GET Content-Length if it sends one)

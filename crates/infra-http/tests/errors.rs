@@ -513,16 +513,18 @@ async fn empty_and_duplicate_batches_are_refused_with_a_clear_message() {
     let r = s.post_json("/batchput", "{}").await;
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.error().contains("empty batch"), "{}", r.error());
-    assert_eq!(r.header("x-kv-lsn"), None, "no LSN for a write that did not happen");
+    assert_eq!(
+        r.header("x-kv-lsn"),
+        None,
+        "no LSN for a write that did not happen"
+    );
     let r = s
         .post_json("/batchput", r#"{"x":"1","y":"2","x":"3"}"#)
         .await;
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.error().contains("duplicate key \"x\""), "{}", r.error());
     // Escapes do not hide a repeat: "\u0079" is "y".
-    let r = s
-        .post_json("/batchput", r#"{"y":"1","\u0079":"2"}"#)
-        .await;
+    let r = s.post_json("/batchput", r#"{"y":"1","\u0079":"2"}"#).await;
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.error().contains("duplicate key \"y\""), "{}", r.error());
     let r = s

@@ -148,9 +148,11 @@ fn check_exposition(text: &str) -> Result<BTreeMap<String, Family>, String> {
             }
             let (labels, rest) = parse_labels(&line[name_end..]).map_err(at)?;
             let mut fields = rest.split_whitespace();
-            let value = parse_value(fields.next().ok_or_else(|| at("no value".into()))?).map_err(at)?;
+            let value =
+                parse_value(fields.next().ok_or_else(|| at("no value".into()))?).map_err(at)?;
             if let Some(ts) = fields.next() {
-                ts.parse::<i64>().map_err(|e| at(format!("bad timestamp: {e}")))?;
+                ts.parse::<i64>()
+                    .map_err(|e| at(format!("bad timestamp: {e}")))?;
             }
             if fields.next().is_some() {
                 return Err(at("trailing text".into()));
@@ -224,7 +226,9 @@ fn check_histogram(name: &str, f: &Family) -> Result<(), String> {
         }
         let last = b.last().unwrap();
         if last.0 != f64::INFINITY || counts.get(labels) != Some(&last.1) {
-            return Err(format!("{name}{labels:?}: +Inf bucket missing or not _count"));
+            return Err(format!(
+                "{name}{labels:?}: +Inf bucket missing or not _count"
+            ));
         }
     }
     Ok(())
@@ -316,10 +320,11 @@ async fn a_standalone_leader_exposes_valid_metrics() {
     );
     // Every status has its own series: 405 and 404 are not lumped into "other".
     assert_eq!(value(&f, "kv_http_requests_total", ("status", "405")), 1.0);
-    assert!(!f["kv_http_requests_total"]
-        .samples
-        .iter()
-        .any(|s| s.labels.get("status").map(String::as_str) == Some("other")));
+    assert!(!f["kv_http_requests_total"].samples.iter().any(|s| s
+        .labels
+        .get("status")
+        .map(String::as_str)
+        == Some("other")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

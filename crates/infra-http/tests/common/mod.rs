@@ -62,7 +62,14 @@ impl TestServer {
         let dir = tempfile::tempdir().unwrap();
         let engine = Arc::new(FsEngine::open(dir.path(), Options::default()).unwrap());
         let replication = role(engine.clone(), dir.path());
-        Self::with_state(engine, Limits::default(), ServerConfig::default(), Some(dir), replication).await
+        Self::with_state(
+            engine,
+            Limits::default(),
+            ServerConfig::default(),
+            Some(dir),
+            replication,
+        )
+        .await
     }
 
     async fn with_engine(
@@ -71,7 +78,14 @@ impl TestServer {
         config: ServerConfig,
         dir: Option<tempfile::TempDir>,
     ) -> Self {
-        Self::with_state(Arc::new(engine), limits, config, dir, Replication::standalone()).await
+        Self::with_state(
+            Arc::new(engine),
+            limits,
+            config,
+            dir,
+            Replication::standalone(),
+        )
+        .await
     }
 
     async fn with_state(
