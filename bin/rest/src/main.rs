@@ -89,6 +89,10 @@ struct Config {
     /// Milliseconds a request may take before it is answered 503.
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     request_timeout_ms: u64,
+    /// Milliseconds a response may make no progress (the client reads nothing) before its connection is
+    /// closed.
+    #[arg(long, env = "WRITE_TIMEOUT_MS", default_value_t = 30_000)]
+    write_timeout_ms: u64,
     /// Milliseconds shutdown waits for in-flight requests.
     #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     shutdown_grace_ms: u64,
@@ -417,6 +421,7 @@ async fn run(config: Config) -> Result<(), String> {
         max_connections: config.max_connections,
         header_timeout: Duration::from_millis(config.header_timeout_ms),
         request_timeout: Duration::from_millis(config.request_timeout_ms),
+        write_timeout: Duration::from_millis(config.write_timeout_ms),
         shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
     };
     serve(listener, state.clone(), server_config, shutdown_signal())

@@ -8,7 +8,7 @@ use hyper::{header, HeaderMap, StatusCode};
 
 use crate::error::ApiError;
 
-/// Whether the request declares a body length (`Content-Length` or chunked `Transfer-Encoding`).
+/// The body length the request declares in `Content-Length`, if it declares one.
 fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     match headers.get(header::CONTENT_LENGTH) {
         Some(v) => v
@@ -21,25 +21,22 @@ fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     }
 }
 
-/// Reads the whole body, at most `limit` bytes. With `require_length`, a request with neither
-/// `Content-Length` nor `Transfer-Encoding` gets 411 (HTTP/1.1 would read it as empty, which for a raw
-/// value upload almost always means a broken client rather than an intended empty value).
+/// Reads the whole body, at most `limit` bytes. A request with neither `Content-Length` nor
+/// `Transfer-Encoding` has an empty body (RFC 9112 §6.3), so a bodyless raw `PUT` stores an empty value
+/// (it used to be refused with 411, which broke clients such as `kvctl put k ''`).
+///
+/// `_raw_value` is ignored; it remains only so that callers outside this module need no change while other
+/// work on them is in flight, and is to be removed with them.
 pub async fn read_body(
     headers: &HeaderMap,
     body: Incoming,
     limit: usize,
-    require_length: bool,
+    _raw_value: bool,
 ) -> Result<Bytes, ApiError> {
-    let declared = declared_length(headers)?;
-    if let Some(len) = declared {
+    if let Some(len) = declared_length(headers)? {
         if len > limit as u64 {
             return Err(too_large(Some(len), limit));
         }
-    } else if require_length && !headers.contains_key(header::TRANSFER_ENCODING) {
-        return Err(ApiError::new(
-            StatusCode::LENGTH_REQUIRED,
-            "this endpoint needs a Content-Length header or a chunked body",
-        ));
     }
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),

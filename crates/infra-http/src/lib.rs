@@ -6,10 +6,13 @@
 //! - [`routes`]: the API — the Go system's endpoints (`/put`, `/read`, `/readrange`, `/batchput`,
 //!   `/delete`, `/health-check`) and the binary-safe extensions under `/v1/` plus `/metrics`;
 //! - [`error`]: the one place that maps use-case errors to HTTP statuses and `{"error": ...}` bodies;
+//! - [`json`]: strict JSON request objects (a repeated key is refused, not silently dropped);
 //! - [`body`]: request bodies with limits enforced from `Content-Length` and while streaming;
 //! - [`stream`]: streamed response bodies with back-pressure, for ranges and listings;
 //! - [`metrics`]: counters and histograms rendered in the Prometheus text format;
+//! - [`process`]: the standard `process_*` metrics, from `/proc/self`;
 //! - [`server`]: connections, the connection cap, timeouts and graceful shutdown;
+//! - [`stall`]: closing connections whose response makes no progress (clients that stop reading);
 //! - [`client`]: a keep-alive client of the `/v1` API (used by the CLI, the shippers and forwarding);
 //! - [`replication`]: leader-follower replication — the leader's shippers, the follower's endpoints,
 //!   write forwarding, acknowledgement waits and the binary wire format (see `docs/replication.md`).
@@ -17,10 +20,13 @@
 pub mod body;
 pub mod client;
 pub mod error;
+pub mod json;
 pub mod metrics;
+pub mod process;
 pub mod replication;
 pub mod routes;
 pub mod server;
+pub mod stall;
 pub mod stream;
 
 pub use server::{serve, ServerConfig, ServerState};

@@ -1,6 +1,11 @@
 //! Metrics in the Prometheus text format: request counts and latency histograms per route and status,
-//! bytes in and out, and the engine's gauges and counters (keys, segments, fsyncs, group-commit sizes,
-//! poisoned flag).
+//! bytes in and out, the engine's gauges and counters (keys, segments, fsyncs, group-commit sizes,
+//! poisoned flag), the build (`kv_build_info`), the role (`kv_role`) and the process (`process_*`, see
+//! [`crate::process`]). Names follow Prometheus's conventions: counters, and only counters, end in `_total`
+//! (`promtool check metrics` holds the exposition to that; `tests/metrics.rs` checks it).
+//!
+//! `kv_build_info{version, revision}` takes the crate version and the `KV_REVISION` environment variable
+//! at compile time (`unknown` when the build did not set it).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,8 +20,9 @@ const BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-/// Statuses with a series of their own; anything else is counted under "other".
-const STATUSES: [u16; 11] = [200, 400, 404, 405, 408, 411, 413, 415, 500, 503, 507];
+/// Statuses with a series of their own: every status of [`routes::ROUTE_STATUSES`] (a test keeps them in
+/// step). Anything else (a status relayed from a leader of another version) is counted under "other".
+pub const STATUSES: [u16; 12] = [200, 400, 401, 404, 405, 409, 413, 415, 500, 503, 504, 507];
 /// Route labels: the router's, then "other" for unknown paths.
 const ROUTE_COUNT: usize = routes::ROUTES.len() + 1;
 
@@ -35,6 +41,7 @@ pub struct Metrics {
     series: Vec<Series>,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    stalled_closes: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -45,6 +52,7 @@ impl Default for Metrics {
                 .collect(),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            stalled_closes: AtomicU64::new(0),
         }
     }
 }
@@ -92,14 +100,32 @@ impl Metrics {
         self.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
     }
 
+    /// Counts a connection closed because its response made no progress (see [`crate::stall`]).
+    pub fn count_stalled_close(&self) {
+        self.stalled_closes.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts response body bytes.
     pub fn add_bytes_out(&self, n: usize) {
         self.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
     }
 
-    /// The Prometheus text exposition of everything.
-    pub fn render(&self, engine: &EngineStatus) -> String {
+    /// The Prometheus text exposition of everything; `role` is `leader` or `follower`.
+    pub fn render(&self, engine: &EngineStatus, role: &str) -> String {
         let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP kv_build_info The server's version and source revision; always 1.\n# TYPE kv_build_info gauge\nkv_build_info{{version=\"{}\",revision=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            option_env!("KV_REVISION").unwrap_or("unknown")
+        );
+        let _ = writeln!(
+            out,
+            "# HELP kv_role This node's replication role: 1 for the role it has.\n# TYPE kv_role gauge"
+        );
+        for r in ["leader", "follower"] {
+            let _ = writeln!(out, "kv_role{{role=\"{r}\"}} {}", u8::from(r == role));
+        }
         // Snapshot of the non-empty series: (labels, count, sum in seconds, bucket counts).
         let series: Vec<(String, u64, f64, Vec<u64>)> = self
             .series
@@ -179,6 +205,12 @@ impl Metrics {
             "kv_http_response_bytes_total",
             "Response body bytes sent.",
             self.bytes_out.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "kv_http_stalled_connections_closed_total",
+            "Connections closed because their response made no progress for the write timeout.",
+            self.stalled_closes.load(Ordering::Relaxed),
         );
         gauge(&mut out, "kv_keys", "Live keys.", engine.keys);
         gauge(&mut out, "kv_segments", "Segment files.", engine.segments);
@@ -260,6 +292,7 @@ impl Metrics {
         let _ = writeln!(out, "kv_group_commit_size_bucket{{le=\"+Inf\"}} {total}");
         let _ = writeln!(out, "kv_group_commit_size_sum {}", g.writes);
         let _ = writeln!(out, "kv_group_commit_size_count {total}");
+        crate::process::render(&mut out);
         out
     }
 }
@@ -269,13 +302,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_status_a_route_answers_has_its_own_series() {
+        for (route, statuses) in routes::ROUTE_STATUSES {
+            for status in statuses {
+                assert!(STATUSES.contains(status), "{route} answers {status}");
+            }
+        }
+    }
+
+    #[test]
     fn renders_cumulative_histograms() {
         let m = Metrics::default();
         m.observe("/read", 200, Duration::from_micros(50));
         m.observe("/read", 200, Duration::from_millis(3));
         m.observe("/read", 404, Duration::from_millis(3));
         m.observe("other", 418, Duration::from_millis(3));
-        let text = m.render(&EngineStatus::default());
+        let text = m.render(&EngineStatus::default(), "leader");
         assert!(
             text.contains("kv_http_requests_total{route=\"/read\",status=\"200\"} 2"),
             "{text}"

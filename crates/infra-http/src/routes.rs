@@ -3,17 +3,17 @@
 //! | method | path | what |
 //! |---|---|---|
 //! | POST | `/put` | JSON `{"key", "value"}` (`data` accepted for `value`: the Go client sends it) |
-//! | GET | `/read?key=K` | raw value bytes; 404 when absent |
-//! | GET | `/readrange?start=A&end=B[&limit=N]` | JSON object key -> value, ascending, inclusive, streamed |
-//! | POST | `/batchput` | JSON object of string pairs, applied atomically |
+//! | GET, HEAD | `/read?key=K` | raw value bytes; 404 when absent |
+//! | GET, HEAD | `/readrange?start=A&end=B[&limit=N]` | JSON object key -> value, ascending, inclusive, streamed |
+//! | POST | `/batchput` | JSON object of string pairs (at least one, keys distinct), applied atomically |
 //! | POST, DELETE | `/delete?key=K` | idempotent delete |
-//! | GET | `/health-check` | `OK` |
-//! | PUT, GET, DELETE | `/v1/kv/{key}` | raw bytes; the key percent-encoded in the path (binary-safe) |
-//! | GET | `/v1/kv?start&end&limit&cursor&encoding` | a page of a listing, streamed, with a cursor to continue |
-//! | GET | `/v1/status` | role, LSN, keys, segments, disk and garbage bytes, durability, recovery |
-//! | GET | `/metrics` | Prometheus text |
+//! | GET, HEAD | `/health-check` | `OK` |
+//! | PUT, GET, HEAD, DELETE | `/v1/kv/{key}` | raw bytes; the key percent-encoded in the path (binary-safe) |
+//! | GET, HEAD | `/v1/kv?start&end&limit&cursor&encoding` | a page of a listing, streamed, with a cursor to continue |
+//! | GET, HEAD | `/v1/status` | role, LSN, keys, segments, disk and garbage bytes, durability, recovery |
+//! | GET, HEAD | `/metrics` | Prometheus text |
 //! | POST | `/v1/admin/compact` | run a compaction now; 409 while one runs |
-//! | GET, POST | `/v1/replication/{state,apply,snapshot}` | internal, see [`crate::replication`] |
+//! | GET, HEAD, POST | `/v1/replication/{state,apply,snapshot}` | internal, see [`crate::replication`] |
 //!
 //! Every write answers with its LSN in the `x-kv-lsn` header and a JSON body `{"lsn": N}`. Errors are JSON
 //! `{"error": "..."}` with the status chosen in [`crate::error`].
@@ -39,32 +39,69 @@ use serde::Deserialize;
 
 use crate::body::read_body;
 use crate::error::{full, ApiError, Body};
+use crate::json::StringPairs;
 use crate::server::ServerState;
 use crate::stream::ChannelBody;
 
 /// Entries fetched from the engine per step of a streamed range.
 const PAGE: usize = 256;
+/// A streamed response sends what it has once it holds this many bytes (and at the end of each page), so
+/// the chunks queued for one response are about this size rather than a whole page each.
+const CHUNK_BYTES: usize = 64 * 1024;
 /// Default and maximum page size of the `/v1/kv` listing.
 const LISTING_DEFAULT: usize = 1000;
 const LISTING_MAX: usize = 10_000;
 
 /// The routes, as (metric label, allowed methods). Kept in one table so the router, the 405 `Allow` header
-/// and the OpenAPI test agree.
+/// and the OpenAPI test agree. Every route that serves GET serves HEAD too (RFC 9110 §9.3.2): the same
+/// status and headers, no body (hyper drops the body of a HEAD response; a streamed one is not produced).
 pub const ROUTES: [(&str, &[&str]); 14] = [
     ("/put", &["POST"]),
-    ("/read", &["GET"]),
-    ("/readrange", &["GET"]),
+    ("/read", &["GET", "HEAD"]),
+    ("/readrange", &["GET", "HEAD"]),
     ("/batchput", &["POST"]),
     ("/delete", &["POST", "DELETE"]),
-    ("/health-check", &["GET"]),
-    ("/v1/kv/{key}", &["PUT", "GET", "DELETE"]),
-    ("/v1/kv", &["GET"]),
-    ("/v1/status", &["GET"]),
-    ("/metrics", &["GET"]),
+    ("/health-check", &["GET", "HEAD"]),
+    ("/v1/kv/{key}", &["PUT", "GET", "HEAD", "DELETE"]),
+    ("/v1/kv", &["GET", "HEAD"]),
+    ("/v1/status", &["GET", "HEAD"]),
+    ("/metrics", &["GET", "HEAD"]),
     ("/v1/admin/compact", &["POST"]),
-    ("/v1/replication/state", &["GET"]),
+    ("/v1/replication/state", &["GET", "HEAD"]),
     ("/v1/replication/apply", &["POST"]),
     ("/v1/replication/snapshot", &["POST"]),
+];
+
+/// Every status each route can answer, whatever the method: what its handlers return, what the error
+/// mapping of [`crate::error`] gives for the errors they can meet, 405 for a method not in [`ROUTES`], 503 when
+/// a handler that waits runs past the request timeout, and on a follower what forwarding adds (503 leader
+/// unreachable, 504 outcome unknown) besides relaying the leader's answer. The OpenAPI test checks that
+/// `docs/openapi.yaml` documents exactly these per path; the metrics give each status its own series.
+/// (Synchronous handlers, such as `/health-check`, finish on their first poll: the timeout cannot fire.)
+pub const ROUTE_STATUSES: [(&str, &[u16]); 14] = [
+    ("/put", &[200, 400, 405, 413, 415, 500, 503, 504, 507]),
+    ("/read", &[200, 400, 404, 405, 500, 503]),
+    ("/readrange", &[200, 400, 405, 500, 503]),
+    ("/batchput", &[200, 400, 405, 413, 415, 500, 503, 504, 507]),
+    ("/delete", &[200, 400, 405, 413, 500, 503, 504, 507]),
+    ("/health-check", &[200, 405]),
+    (
+        "/v1/kv/{key}",
+        &[200, 400, 404, 405, 413, 500, 503, 504, 507],
+    ),
+    ("/v1/kv", &[200, 400, 405, 500, 503]),
+    ("/v1/status", &[200, 405]),
+    ("/metrics", &[200, 405]),
+    ("/v1/admin/compact", &[200, 405, 409, 500, 503, 507]),
+    ("/v1/replication/state", &[200, 401, 405]),
+    (
+        "/v1/replication/apply",
+        &[200, 400, 401, 405, 409, 413, 500, 503, 507],
+    ),
+    (
+        "/v1/replication/snapshot",
+        &[200, 400, 401, 405, 409, 413, 500, 503, 507],
+    ),
 ];
 
 /// The route a path belongs to (its metric label), if any.
@@ -108,7 +145,7 @@ pub async fn handle(
         return (route, resp);
     }
     let is_write = matches!(route, "/put" | "/batchput" | "/delete")
-        || (route == "/v1/kv/{key}" && req.method() != Method::GET);
+        || (route == "/v1/kv/{key}" && matches!(*req.method(), Method::PUT | Method::DELETE));
     if is_write {
         if let Some(node) = state.replication.follower() {
             return (
@@ -119,7 +156,7 @@ pub async fn handle(
             );
         }
     }
-    if req.method() == Method::GET
+    if matches!(*req.method(), Method::GET | Method::HEAD)
         && matches!(route, "/read" | "/readrange" | "/v1/kv" | "/v1/kv/{key}")
     {
         if let Err(e) = wait_min_lsn(&state, &req).await {
@@ -494,20 +531,20 @@ async fn batch_put(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let bytes = json_body(state, req).await?;
-    let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes)
-        .map_err(|e| {
-            ApiError::bad_request(format!(
-                "invalid JSON body (expected an object of string values): {e}"
-            ))
-        })?;
+    let StringPairs(pairs) = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(format!(
+            "invalid JSON body (expected an object of string values with distinct keys): {e}"
+        ))
+    })?;
+    // An empty batch writes nothing, so it has no LSN of its own to answer with.
+    if pairs.is_empty() {
+        return Err(ApiError::bad_request(
+            "empty batch: the object must hold at least one key",
+        ));
+    }
     let mut batch = WriteBatch::new();
     let mut payload = 0;
-    for (k, v) in object {
-        let serde_json::Value::String(v) = v else {
-            return Err(ApiError::bad_request(format!(
-                "value of key {k:?} must be a string"
-            )));
-        };
+    for (k, v) in pairs {
         payload += k.len() + v.len();
         batch.put(k, v);
     }
@@ -541,6 +578,9 @@ fn read_range(state: &ServerState, req: &Request<Incoming>) -> Result<Response<B
     // Validate (bounds order) and fetch the first page before answering 200, so bad input gets its status.
     let first = state.service.read_range(&start, &end, PAGE.min(limit))?;
     let (tx, body) = ChannelBody::channel(state.metrics.clone());
+    if req.method() == Method::HEAD {
+        return Ok(streamed_json(body)); // the status is known; nothing will read the body
+    }
     let service = state.service.clone();
     tokio::task::spawn_blocking(move || {
         let range = KeyRange::inclusive(start, end);
@@ -562,6 +602,13 @@ fn read_range(state: &ServerState, req: &Request<Incoming>) -> Result<Response<B
                         out.push(':');
                         out.push_str(&serde_json::Value::String(v).to_string());
                         sent += 1;
+                        if out.len() >= CHUNK_BYTES
+                            && tx
+                                .blocking_send(Ok(Bytes::from(std::mem::take(&mut out))))
+                                .is_err()
+                        {
+                            return; // the client went away
+                        }
                     }
                     Err(err) => {
                         tracing::warn!("aborting /readrange: {err}");
@@ -654,6 +701,9 @@ fn listing(state: &ServerState, req: &Request<Incoming>) -> Result<Response<Body
     }
     let first = state.service.read_range_page(&range, PAGE.min(limit))?;
     let (tx, body) = ChannelBody::channel(state.metrics.clone());
+    if req.method() == Method::HEAD {
+        return Ok(streamed_json(body)); // the status is known; nothing will read the body
+    }
     let service = state.service.clone();
     tokio::task::spawn_blocking(move || {
         let mut page = first;
@@ -672,6 +722,13 @@ fn listing(state: &ServerState, req: &Request<Incoming>) -> Result<Response<Body
                 out.push_str(&encoded_field("value", &e.value, force_base64));
                 out.push('}');
                 sent += 1;
+                if out.len() >= CHUNK_BYTES
+                    && tx
+                        .blocking_send(Ok(Bytes::from(std::mem::take(&mut out))))
+                        .is_err()
+                {
+                    return;
+                }
             }
             if let Some(l) = page.last() {
                 last = Some(l.key.clone());
@@ -721,7 +778,7 @@ async fn raw_kv(
         return Err(AppError::EmptyKey.into());
     }
     match *req.method() {
-        Method::GET => Ok(value_response(state, state.service.read(&key)?)),
+        Method::GET | Method::HEAD => Ok(value_response(state, state.service.read(&key)?)),
         Method::DELETE => {
             let payload = key.len();
             let service = state.service.clone();
@@ -804,7 +861,10 @@ fn compaction_json(s: &kv_domain::CompactionStats) -> serde_json::Value {
 }
 
 fn metrics(state: &ServerState) -> Response<Body> {
-    let mut text = state.metrics.render(&state.service.engine().status());
+    let mut text = state.metrics.render(
+        &state.service.engine().status(),
+        state.replication.role_name(),
+    );
     if let Some(hub) = state.replication.hub() {
         text.push_str(&hub.metrics_text());
     }
@@ -839,5 +899,27 @@ mod tests {
             assert_eq!(route_of(&path), Some(route));
         }
         assert_eq!(route_of("/nope"), None);
+    }
+
+    #[test]
+    fn every_route_has_its_statuses_listed() {
+        let routes: Vec<_> = ROUTES.iter().map(|(r, _)| *r).collect();
+        let listed: Vec<_> = ROUTE_STATUSES.iter().map(|(r, _)| *r).collect();
+        assert_eq!(routes, listed);
+        for (route, statuses) in ROUTE_STATUSES {
+            assert!(
+                statuses.contains(&200) && statuses.contains(&405),
+                "{route}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_route_that_serves_get_serves_head() {
+        for (route, methods) in ROUTES {
+            if methods.contains(&"GET") {
+                assert!(methods.contains(&"HEAD"), "{route} serves GET but not HEAD");
+            }
+        }
     }
 }

@@ -1,5 +1,9 @@
 //! Connections: accept loop, connection cap, timeouts, graceful shutdown (after mini-redis's `server.rs`).
 //!
+//! Timeouts: the request head must arrive within [`ServerConfig::header_timeout`], the handler must answer
+//! within [`ServerConfig::request_timeout`], and the response must keep moving: a write that cannot proceed
+//! for [`ServerConfig::write_timeout`] closes the connection ([`crate::stall`]).
+//!
 //! [`serve`] takes a listener the caller bound and a shutdown future. On shutdown it stops accepting, asks
 //! every open connection to finish its in-flight request and close (hyper's graceful shutdown), waits for
 //! them up to [`ServerConfig::shutdown_grace`], and returns; the caller then closes the engine.
@@ -20,6 +24,7 @@ use tokio::task::JoinSet;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::routes;
+use crate::stall::{stalled, StallClock, WatchedIo};
 
 /// What the handlers share: a cheap handle to the use cases plus the metrics.
 #[derive(Debug)]
@@ -48,6 +53,9 @@ pub struct ServerConfig {
     pub header_timeout: Duration,
     /// A handler that runs longer answers 503 (for a write: with an unknown outcome).
     pub request_timeout: Duration,
+    /// A response whose bytes cannot be written for this long (the client stopped reading) is abandoned
+    /// and its connection closed, releasing its slot and what it buffered (see [`crate::stall`]).
+    pub write_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
 }
@@ -58,6 +66,7 @@ impl Default for ServerConfig {
             max_connections: 1024,
             header_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -94,10 +103,13 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
+        let metrics = state.metrics.clone();
         let config = config.clone();
         let mut stop = stop_rx.clone();
         connections.spawn(async move {
+            // Dropped with the task however the connection ends (a stall included): frees the slot.
             let _permit = permit;
+            let write_timeout = config.write_timeout;
             let service = service_fn(move |req: Request<Incoming>| {
                 let state = state.clone();
                 let timeout = config.request_timeout;
@@ -120,18 +132,33 @@ pub async fn serve(
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.timer(TokioTimer::new()).header_read_timeout(config.header_timeout);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
+            let clock = Arc::new(StallClock::default());
+            let io = TokioIo::new(WatchedIo::new(stream, clock.clone()));
+            let conn = builder.serve_connection(io, service);
+            let stall = stalled(&clock, write_timeout);
+            tokio::pin!(conn, stall);
+            // Returning drops the connection (closing the socket) and with it any response body, which
+            // stops a streaming producer at its next send.
+            let on_stall = || {
+                metrics.count_stalled_close();
+                tracing::info!(%peer, "closing a connection whose response made no progress for {write_timeout:?} (the client is not reading)");
+            };
             tokio::select! {
                 r = conn.as_mut() => {
                     if let Err(e) = r {
                         tracing::debug!(%peer, "connection ended: {e}");
                     }
                 }
+                () = &mut stall => on_stall(),
                 _ = stop.changed() => {
                     conn.as_mut().graceful_shutdown();
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, "connection ended during shutdown: {e}");
+                    tokio::select! {
+                        r = conn.as_mut() => {
+                            if let Err(e) = r {
+                                tracing::debug!(%peer, "connection ended during shutdown: {e}");
+                            }
+                        }
+                        () = &mut stall => on_stall(),
                     }
                 }
             }

@@ -1,6 +1,11 @@
 //! Streamed response bodies. A producer (a blocking task paging through the engine) sends chunks into a
 //! bounded channel; the body yields them as hyper asks. The bound gives back-pressure: a slow client slows
 //! the producer instead of growing memory, so a range of any size is served in bounded memory.
+//!
+//! A client that stops reading stops the producer too, holding what is in flight: the page being sent
+//! (at most 256 entries read from the engine), [`CHANNEL_CHUNKS`] chunks of about 64 KiB each, hyper's
+//! write buffer and the socket's send buffer. The server's write timeout ([`crate::stall`]) bounds how
+//! long: it closes the connection, which drops this body, and the producer's next send fails and ends it.
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -329,3 +329,65 @@ async fn the_admin_endpoint_compacts_and_reports_it() {
     );
     assert_eq!(s.get("/v1/admin/compact").await.status, 405);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_answers_like_get_without_a_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::default().await;
+    assert_eq!(
+        s.post_json("/batchput", r#"{"a":"1","b":"22"}"#)
+            .await
+            .status,
+        200
+    );
+    // (path, the GET status, the GET Content-Length if it sends one)
+    let heads = [
+        ("/read?key=b", 200, Some("2")),
+        ("/read?key=zzz", 404, None),
+        ("/readrange?start=a&end=z", 200, None),
+        ("/v1/kv?limit=1", 200, None),
+        ("/v1/kv/a", 200, Some("1")),
+        ("/health-check", 200, Some("2")),
+        ("/v1/status", 200, None),
+        ("/metrics", 200, None),
+    ];
+    // All on one keep-alive connection, then a GET: a HEAD response that carried body bytes would
+    // shift every response after it.
+    let mut raw = String::new();
+    for (path, _, _) in &heads {
+        raw.push_str(&format!("HEAD {path} HTTP/1.1\r\nHost: t\r\n\r\n"));
+    }
+    raw.push_str("GET /health-check HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    c.write_all(raw.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(30), c.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut rest = &buf[..];
+    for (path, status, length) in heads {
+        let end = rest.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = common::Resp::parse(&rest[..end]);
+        assert_eq!(head.status, status, "HEAD {path}");
+        assert!(head.body.is_empty(), "HEAD {path}");
+        if let Some(len) = length {
+            assert_eq!(head.header("content-length"), Some(len), "HEAD {path}");
+        }
+        let get = s.get(path).await;
+        assert_eq!(get.status, status, "GET {path}");
+        assert_eq!(
+            head.header("content-type"),
+            get.header("content-type"),
+            "HEAD {path}"
+        );
+        rest = &rest[end..];
+    }
+    let last = common::Resp::parse(rest);
+    assert_eq!((last.status, last.text().as_str()), (200, "OK"));
+
+    // A 405 lists HEAD wherever GET is allowed.
+    let r = s.request("POST", "/read?key=a", None, b"").await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, HEAD"));
+}

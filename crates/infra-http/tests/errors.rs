@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::TestServer;
 use kv_app::Limits;
+use kv_domain::Engine as _;
 use kv_infra_fs::sim::{Faults, SimFs};
 use kv_infra_http::ServerConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -159,6 +160,30 @@ async fn malformed_requests_get_the_exact_status_and_change_nothing() {
             "/batchput",
             Some("application/json"),
             br#"{"x":"1","":"2"}"#.to_vec(),
+            400,
+        ),
+        (
+            "empty batch",
+            "POST",
+            "/batchput",
+            Some("application/json"),
+            b"{}".to_vec(),
+            400,
+        ),
+        (
+            "batch with a repeated key",
+            "POST",
+            "/batchput",
+            Some("application/json"),
+            br#"{"x":"1","y":"2","x":"3"}"#.to_vec(),
+            400,
+        ),
+        (
+            "put with a repeated field",
+            "POST",
+            "/put",
+            Some("application/json"),
+            br#"{"key":"a","key":"b","value":"x"}"#.to_vec(),
             400,
         ),
         (
@@ -318,11 +343,6 @@ async fn lengths_are_enforced_before_and_while_reading() {
     raw.extend_from_slice(b"0\r\n\r\n");
     let r = s.send(&raw).await;
     assert_eq!(r.status, 413, "{}", r.text());
-    // Raw put with no length at all: 411.
-    let r = s
-        .send(b"PUT /v1/kv/k HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .await;
-    assert_eq!(r.status, 411, "{}", r.text());
     // A chunked raw put within the limit is fine.
     let r = s.send(b"PUT /v1/kv/chunked HTTP/1.1\r\nHost: t\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n").await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -482,5 +502,106 @@ async fn idle_keep_alive_connections_are_closed_after_the_header_timeout() {
         started.elapsed() >= Duration::from_millis(250),
         "closed too early: {:?}",
         started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_and_duplicate_batches_are_refused_with_a_clear_message() {
+    let s = seeded().await;
+    let before = s.snapshot();
+    let lsn = s.engine.last_lsn();
+    let r = s.post_json("/batchput", "{}").await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.error().contains("empty batch"), "{}", r.error());
+    assert_eq!(
+        r.header("x-kv-lsn"),
+        None,
+        "no LSN for a write that did not happen"
+    );
+    let r = s
+        .post_json("/batchput", r#"{"x":"1","y":"2","x":"3"}"#)
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.error().contains("duplicate key \"x\""), "{}", r.error());
+    // Escapes do not hide a repeat: "\u0079" is "y".
+    let r = s.post_json("/batchput", r#"{"y":"1","\u0079":"2"}"#).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.error().contains("duplicate key \"y\""), "{}", r.error());
+    let r = s
+        .post_json("/put", r#"{"key":"a","key":"b","value":"x"}"#)
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.error().contains("duplicate field `key`"), "{}", r.error());
+    assert_eq!(s.snapshot(), before);
+    assert_eq!(s.engine.last_lsn(), lsn);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bodyless_raw_put_stores_an_empty_value() {
+    let s = seeded().await;
+    // Neither Content-Length nor Transfer-Encoding: an empty body (RFC 9112 §6.3), not 411.
+    let r = s
+        .send(b"PUT /v1/kv/bodyless HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = s.get("/v1/kv/bodyless").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.body.is_empty(), "{:?}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_stop_reading_lose_their_slot_after_the_write_timeout() {
+    let config = ServerConfig {
+        max_connections: 2,
+        write_timeout: Duration::from_millis(500),
+        ..ServerConfig::default()
+    };
+    let s = TestServer::start(Limits::default(), config, kv_domain::Durability::Never).await;
+    // ~24 MB of values: far more than the socket buffers of both ends hold.
+    let value = "v".repeat(4096);
+    for chunk in 0..60 {
+        let mut batch = kv_domain::WriteBatch::new();
+        for i in 0..100 {
+            batch.put(format!("k{chunk:03}-{i:03}"), value.clone());
+        }
+        s.engine.write_batch(&batch).unwrap();
+    }
+    // Two clients, with small receive buffers, take both slots with large streamed responses and never
+    // read them.
+    let mut stalled = Vec::new();
+    for path in ["/readrange?start=a&end=z", "/v1/kv?limit=10000"] {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut c = socket.connect(s.addr).await.unwrap();
+        c.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        stalled.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A third client is served once the write timeout has freed a slot. Without it, it waits in the
+    // backlog for as long as the two stalled clients stay connected (the bound is generous).
+    let served = tokio::time::timeout(Duration::from_secs(30), s.get("/health-check"))
+        .await
+        .expect("a third client was locked out by two clients that do not read");
+    assert_eq!((served.status, served.text().as_str()), (200, "OK"));
+    // The stalled connections were closed: reading them ends (after what was buffered) instead of hanging.
+    for mut c in stalled {
+        let mut sink = vec![0u8; 1 << 16];
+        let ended = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match c.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "a stalled connection was left open");
+    }
+    let metrics = s.get("/metrics").await.text();
+    assert!(
+        metrics.contains("kv_http_stalled_connections_closed_total 2"),
+        "{metrics}"
     );
 }

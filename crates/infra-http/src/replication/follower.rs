@@ -138,40 +138,47 @@ impl FollowerNode {
     pub fn metrics_text(&self) -> String {
         let (applied, leader_lsn, behind, secs) = self.lag();
         let mut out = String::new();
-        for (name, help, value) in [
+        // Counters end in `_total` and nothing else does (Prometheus naming; promtool checks it).
+        for (name, kind, help, value) in [
             (
                 "kv_replication_applied_lsn",
+                "gauge",
                 "Durable applied LSN of this follower.",
                 applied as f64,
             ),
             (
                 "kv_replication_leader_lsn",
+                "gauge",
                 "The leader's last LSN as last reported to this follower.",
                 leader_lsn as f64,
             ),
             (
                 "kv_replication_lag_entries",
+                "gauge",
                 "Writes this follower lacks, as of the leader's last report.",
                 behind as f64,
             ),
             (
                 "kv_replication_lag_seconds",
+                "gauge",
                 "Time since this follower was last caught up, while behind.",
                 secs,
             ),
             (
                 "kv_replication_forwarded_writes_total",
+                "counter",
                 "Client writes forwarded to the leader.",
                 self.forwarded.load(Ordering::Relaxed) as f64,
             ),
             (
                 "kv_replication_forward_failures_total",
+                "counter",
                 "Forwarded writes that failed to reach the leader or got no answer.",
                 self.forward_failures.load(Ordering::Relaxed) as f64,
             ),
         ] {
             out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
             ));
         }
         out

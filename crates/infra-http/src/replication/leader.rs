@@ -323,35 +323,42 @@ impl LeaderHub {
                 ]
             })
             .collect();
+        // Counters end in `_total` and nothing else does (Prometheus naming; promtool checks it).
         let families = [
             (
                 "kv_replication_follower_applied_lsn",
+                "gauge",
                 "Durable applied LSN of each follower.",
             ),
             (
                 "kv_replication_follower_lag_entries",
+                "gauge",
                 "Writes a follower lacks.",
             ),
             (
                 "kv_replication_follower_lag_bytes",
+                "gauge",
                 "Payload bytes of the writes a follower lacks.",
             ),
             (
                 "kv_replication_follower_lag_seconds",
+                "gauge",
                 "Age of the oldest write a follower lacks.",
             ),
             (
                 "kv_replication_follower_up",
+                "gauge",
                 "1 when a follower is streaming or in a snapshot.",
             ),
             (
                 "kv_replication_snapshots_sent_total",
+                "counter",
                 "Snapshots sent to each follower.",
             ),
         ];
         let mut out = String::new();
-        for (column, (name, help)) in families.iter().enumerate() {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        for (column, (name, kind, help)) in families.iter().enumerate() {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
             for (l, row) in self.links.iter().zip(&rows) {
                 out.push_str(&format!(
                     "{name}{{follower=\"{}\"}} {}\n",

@@ -11,6 +11,7 @@ use kv_domain::{Durability, Engine};
 use kv_infra_fs::sim::SimFs;
 use kv_infra_fs::{FsEngine, Options};
 use kv_infra_http::metrics::Metrics;
+use kv_infra_http::replication::Replication;
 use kv_infra_http::{serve, ServerConfig, ServerState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -53,18 +54,52 @@ impl TestServer {
         Self::with_engine(engine, Limits::default(), ServerConfig::default(), None).await
     }
 
+    /// A server over a real temporary directory whose replication role `role` builds from the engine
+    /// and the directory (e.g. a leader with followers configured, or a follower).
+    pub async fn start_replicated(
+        role: impl FnOnce(Arc<FsEngine>, &std::path::Path) -> Replication,
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Arc::new(FsEngine::open(dir.path(), Options::default()).unwrap());
+        let replication = role(engine.clone(), dir.path());
+        Self::with_state(
+            engine,
+            Limits::default(),
+            ServerConfig::default(),
+            Some(dir),
+            replication,
+        )
+        .await
+    }
+
     async fn with_engine(
         engine: FsEngine,
         limits: Limits,
         config: ServerConfig,
         dir: Option<tempfile::TempDir>,
     ) -> Self {
-        let engine = Arc::new(engine);
+        Self::with_state(
+            Arc::new(engine),
+            limits,
+            config,
+            dir,
+            Replication::standalone(),
+        )
+        .await
+    }
+
+    async fn with_state(
+        engine: Arc<FsEngine>,
+        limits: Limits,
+        config: ServerConfig,
+        dir: Option<tempfile::TempDir>,
+        replication: Replication,
+    ) -> Self {
         let state = Arc::new(ServerState {
             service: KvService::new(engine.clone(), limits),
             metrics: Arc::new(Metrics::default()),
             max_body_bytes: limits.max_value_bytes + (1 << 20),
-            replication: kv_infra_http::replication::Replication::standalone(),
+            replication,
             inline_writes: engine.status().durability != Durability::Always,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
