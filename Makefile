@@ -80,11 +80,12 @@ larger-than-ram: ## 4 GiB of values through a server limited to 256 MiB of memor
 	$(CARGO) build --release -p kv-server
 	python3 scripts/larger_than_ram.py target/release/kv-server 4096 256
 
-soak: ## Long reliability runs: 200 SIGKILL cycles, 1000 power-loss histories (release build)
+soak: ## Long reliability runs: 200 SIGKILL cycles, 1000 power-loss histories, 3000 repairs (release build)
 	$(CARGO) build --release -p kv-server
 	CRASH_CYCLES=200 COMPACTION_CRASH_CYCLES=100 $(CARGO) test --release -p integration-tests --test crash_recovery -- --nocapture
 	POWER_LOSS_HISTORIES=1000 $(CARGO) test --release -p kv-infra-fs --test power_loss -- --nocapture
 	PROPTEST_CASES=2000 $(CARGO) test --release -p kv-infra-fs --test model
+	REPAIR_CASES=3000 $(CARGO) test --release -p kv-infra-fs --test repair -- --nocapture
 
 soak-replication: ## Long replication fault runs: 30 follower SIGKILLs, 20 leader restarts (release build)
 	$(CARGO) build --release -p kv-server
