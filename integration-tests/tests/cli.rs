@@ -280,3 +280,28 @@ fn the_load_generator_reports_throughput_and_latency() {
     let (code, _, err) = kvctl(&target, &["bench", "get", "-c", "0"], b"");
     assert_eq!(code, 2, "{err}");
 }
+
+#[test]
+fn an_empty_value_round_trips_through_a_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), free_port(), &["--durability", "never"]);
+    let target = ["--url".to_string(), format!("http://{}", server.addr)];
+    let (code, out, err) = kvctl(&target, &["put", "k", ""], b"");
+    assert_eq!((code, out.as_slice()), (0, &b"OK\n"[..]), "{err}");
+    let (code, out, err) = kvctl(&target, &["get", "k"], b"");
+    assert_eq!((code, out.len()), (0, 0), "an empty value, found: {err}");
+    // An import with a binary pair goes pair by pair; the empty value next to it must get through too.
+    let file = dir.path().join("mixed.jsonl");
+    // "/wAB" is base64 of ff 00 01.
+    std::fs::write(
+        &file,
+        "{\"key\":\"bin\",\"value_base64\":\"/wAB\"}\n{\"key\":\"empty\",\"value\":\"\"}\n",
+    )
+    .unwrap();
+    let (code, _, err) = kvctl(&target, &["import", file.to_str().unwrap()], b"");
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("imported 2 pairs"), "{err}");
+    assert_eq!(kvctl(&target, &["get", "bin"], b"").1, [0xff, 0x00, 0x01]);
+    let (code, out, err) = kvctl(&target, &["get", "empty"], b"");
+    assert_eq!((code, out.len()), (0, 0), "{err}");
+}

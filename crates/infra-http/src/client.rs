@@ -139,12 +139,21 @@ impl Client {
             addr: addr.clone(),
             source: std::io::Error::other(e),
         })?;
+        // hyper sends no Content-Length for an empty body; a server may then answer 411, so every method
+        // that can carry content states its length, 0 included (RFC 9110 §8.6 leaves GET and HEAD without).
+        let length = (method != Method::GET && method != Method::HEAD).then(|| body.len());
         let mut req = Request::builder()
             .method(method)
             .uri(path)
             .header(hyper::header::HOST, addr.as_str())
             .body(Full::new(body))
             .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        if let Some(len) = length {
+            req.headers_mut().insert(
+                hyper::header::CONTENT_LENGTH,
+                hyper::header::HeaderValue::from(len),
+            );
+        }
         for (name, value) in headers {
             req.headers_mut().insert(name.clone(), value.clone());
         }
