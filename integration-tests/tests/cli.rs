@@ -3,15 +3,34 @@
 //! the shell driven by piped stdin, and bad input that must write nothing.
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use integration_tests::{binary, free_port, Server};
 
+/// The environment variables kvctl reads; tests start without them.
+const KVCTL_ENV: [&str; 4] = ["KV_URL", "KV_ENDPOINT", "KV_TIMEOUT", "KV_CONNECT_TIMEOUT"];
+
 /// Runs kvctl with `args` (after the target arguments) and `stdin`; returns (exit code, stdout, stderr).
 fn kvctl(target: &[String], args: &[&str], stdin: &[u8]) -> (i32, Vec<u8>, String) {
-    let mut child = Command::new(binary("kvctl"))
+    kvctl_env(target, args, stdin, &[])
+}
+
+/// [`kvctl`] with environment variables.
+fn kvctl_env(
+    target: &[String],
+    args: &[&str],
+    stdin: &[u8],
+    env: &[(&str, &str)],
+) -> (i32, Vec<u8>, String) {
+    let mut cmd = Command::new(binary("kvctl"));
+    for name in KVCTL_ENV {
+        cmd.env_remove(name);
+    }
+    let mut child = cmd
+        .envs(env.iter().copied())
         .args(target)
         .args(args)
         .stdin(Stdio::piped())
@@ -115,8 +134,12 @@ fn exercise(target: &[String], what: &str) {
     assert!(status["keys"].as_u64().unwrap() >= 8, "{what}: {status}");
 
     // The shell, driven by piped stdin: no prompt, errors on stderr, it goes on.
+    // Scripted, it exits with the first failure's code (here: not found), even after `exit`.
     let (code, out, err) = kvctl(target, &["shell"], b"put s1 shell value\nread s1\nbatchput a1=1 a2=2\nreadrange a1 a2\nread nope\nbogus\nhelp\nexit\nput never run\n");
-    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        code, 1,
+        "{what}: the first failure was a missing key: {err}"
+    );
     let out = String::from_utf8(out).unwrap();
     assert!(
         out.starts_with("OK\nshell value\nOK\na1\t1\na2\t2\n"),
@@ -132,6 +155,11 @@ fn exercise(target: &[String], what: &str) {
         1,
         "nothing after exit ran"
     );
+    let (code, _, err) = kvctl(target, &["shell"], b"bogus\nread nope\nput s2 v\n");
+    assert_eq!(code, 2, "{what}: first failure was a usage error: {err}");
+    assert!(err.contains("2 command(s) failed"), "{what}: {err}");
+    let (code, _, err) = kvctl(target, &["shell"], b"put s3 v\nread s3\n");
+    assert_eq!(code, 0, "{what}: no failure: {err}");
 
     // Import of 100 000 lines, then export gives the same pairs.
     let mut lines = String::new();
@@ -279,4 +307,211 @@ fn the_load_generator_reports_throughput_and_latency() {
     assert_eq!(out.len(), 256, "preload wrote 256-byte values");
     let (code, _, err) = kvctl(&target, &["bench", "get", "-c", "0"], b"");
     assert_eq!(code, 2, "{err}");
+}
+
+#[test]
+fn an_empty_value_round_trips_through_a_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), free_port(), &["--durability", "never"]);
+    let target = ["--url".to_string(), format!("http://{}", server.addr)];
+    let (code, out, err) = kvctl(&target, &["put", "k", ""], b"");
+    assert_eq!((code, out.as_slice()), (0, &b"OK\n"[..]), "{err}");
+    let (code, out, err) = kvctl(&target, &["get", "k"], b"");
+    assert_eq!((code, out.len()), (0, 0), "an empty value, found: {err}");
+    // An import with a binary pair goes pair by pair; the empty value next to it must get through too.
+    let file = dir.path().join("mixed.jsonl");
+    // "/wAB" is base64 of ff 00 01.
+    std::fs::write(
+        &file,
+        "{\"key\":\"bin\",\"value_base64\":\"/wAB\"}\n{\"key\":\"empty\",\"value\":\"\"}\n",
+    )
+    .unwrap();
+    let (code, _, err) = kvctl(&target, &["import", file.to_str().unwrap()], b"");
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("imported 2 pairs"), "{err}");
+    assert_eq!(kvctl(&target, &["get", "bin"], b"").1, [0xff, 0x00, 0x01]);
+    let (code, out, err) = kvctl(&target, &["get", "empty"], b"");
+    assert_eq!((code, out.len()), (0, 0), "{err}");
+}
+
+#[test]
+fn a_server_that_never_answers_times_out() {
+    // Accepts connections and never answers (the connections are held open until the test ends).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            held.push(conn);
+        }
+    });
+    let target = ["--url".to_string(), format!("http://{addr}")];
+    for (args, env) in [
+        (vec!["--timeout", "300ms", "get", "k"], vec![]),
+        (vec!["put", "k", "v"], vec![("KV_TIMEOUT", "0.3")]),
+    ] {
+        let (code, err) = run_bounded(&target, &args, &env);
+        assert_eq!(code, 3, "{args:?} {env:?}: {err}");
+        assert!(
+            err.contains("request timeout") && err.contains("--timeout"),
+            "{args:?}: the message names the timeout: {err}"
+        );
+    }
+    // A bad duration is a usage error.
+    let (code, _, err) = kvctl(&target, &["--timeout", "soon", "get", "k"], b"");
+    assert_eq!(code, 2, "{err}");
+}
+
+/// Runs kvctl with a hang guard: kills it if it has not exited after 60 s (a guard against hanging the
+/// suite, not a speed check). Returns the exit code and stderr.
+fn run_bounded(target: &[String], args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = Command::new(binary("kvctl"));
+    for name in KVCTL_ENV {
+        cmd.env_remove(name);
+    }
+    let mut child = cmd
+        .envs(env.iter().copied())
+        .args(target)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            child.kill().unwrap();
+            panic!("kvctl {args:?} still running after 60 s: no timeout fired");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (status.code().unwrap_or(-1), err)
+}
+
+#[test]
+fn closing_stdout_early_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = [
+        "--data-dir".to_string(),
+        dir.path().to_str().unwrap().into(),
+    ];
+    let lines: String = (0..50_000)
+        .map(|i| format!("k{i:06}\t{}\n", "v".repeat(40)))
+        .collect();
+    let (code, _, err) = kvctl(&target, &["import", "-"], lines.as_bytes());
+    assert_eq!(code, 0, "{err}");
+    // Like `kvctl range ... | head -c 10`: far more output than a pipe holds, and the reader goes away.
+    let mut child = Command::new(binary("kvctl"))
+        .args(&target)
+        .args(["range", "k", "l"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut head = [0u8; 10];
+    child.stdout.take().unwrap().read_exact(&mut head).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.is_empty(), "no message: {err}");
+}
+
+#[test]
+fn a_missing_data_directory_is_created_only_by_writes() {
+    let parent = tempfile::tempdir().unwrap();
+    let missing = parent.path().join("typo");
+    let target = ["--data-dir".to_string(), missing.to_str().unwrap().into()];
+    for args in [
+        vec!["get", "k"],
+        vec!["range", "a", "z"],
+        vec!["export", "a", "z"],
+        vec!["status"],
+        vec!["compact"],
+        vec!["delete", "k"],
+        vec!["shell"],
+    ] {
+        let (code, _, err) = kvctl(&target, &args, b"read k\n");
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("does not exist"), "{args:?}: {err}");
+        assert!(!missing.exists(), "{args:?} created the directory");
+    }
+    let (code, _, err) = kvctl(&target, &["put", "k", "v"], b"");
+    assert_eq!(code, 0, "a write creates the store: {err}");
+    assert_eq!(kvctl(&target, &["get", "k"], b"").1, b"v");
+}
+
+#[test]
+fn the_version_names_the_git_revision() {
+    let (code, out, err) = kvctl(&[], &["--version"], b"");
+    assert_eq!(code, 0, "{err}");
+    let version = String::from_utf8(out).unwrap();
+    let revision = version
+        .trim_end()
+        .strip_prefix(&format!("kvctl {} (git ", env!("CARGO_PKG_VERSION")))
+        .and_then(|r| r.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{version:?}"));
+    let in_a_checkout = Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if in_a_checkout {
+        let hex = revision.strip_suffix("-dirty").unwrap_or(revision);
+        assert!(
+            hex.len() == 12 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{version:?}"
+        );
+    } else {
+        assert_eq!(revision, "unknown");
+    }
+}
+
+#[test]
+fn completion_scripts_are_generated() {
+    for (shell, marker) in [
+        ("bash", "complete -F _kvctl"),
+        ("zsh", "#compdef kvctl"),
+        ("fish", "complete -c kvctl"),
+    ] {
+        let (code, out, err) = kvctl(&[], &["completion", shell], b"");
+        assert_eq!(code, 0, "{shell}: {err}");
+        let script = String::from_utf8(out).unwrap();
+        assert!(script.contains(marker), "{shell}: {script}");
+        assert!(
+            script.contains("import"),
+            "{shell}: subcommands are completed"
+        );
+    }
+    assert_eq!(kvctl(&[], &["completion", "tcsh"], b"").0, 2);
+}
+
+#[test]
+fn the_server_comes_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), free_port(), &["--durability", "never"]);
+    let url = format!("http://{}", server.addr);
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let (code, _, err) = kvctl_env(&[], &["put", "k", "v"], b"", &[("KV_URL", &url)]);
+    assert_eq!(code, 0, "KV_URL: {err}");
+    let (code, out, err) = kvctl_env(&[], &["get", "k"], b"", &[("KV_ENDPOINT", &url)]);
+    assert_eq!((code, out.as_slice()), (0, &b"v"[..]), "KV_ENDPOINT: {err}");
+    // --url wins over KV_URL, and KV_URL over KV_ENDPOINT.
+    let target = ["--url".to_string(), url.clone()];
+    assert_eq!(
+        kvctl_env(&target, &["get", "k"], b"", &[("KV_URL", &nowhere)]).0,
+        0
+    );
+    let env = [("KV_URL", url.as_str()), ("KV_ENDPOINT", nowhere.as_str())];
+    assert_eq!(kvctl_env(&[], &["get", "k"], b"", &env).0, 0);
 }

@@ -37,6 +37,17 @@ impl CliError {
             message: message.into(),
         }
     }
+    /// Stdout was closed by its reader (`kvctl range ... | head`): stop quietly and exit 0, as Unix tools do.
+    pub fn stdout_closed() -> Self {
+        Self {
+            code: OK,
+            message: String::new(),
+        }
+    }
+    /// Whether this ends the program without a message (see [`CliError::stdout_closed`]).
+    pub fn is_quiet(&self) -> bool {
+        self.message.is_empty()
+    }
     /// A key that is not there.
     pub fn not_found(key: &[u8]) -> Self {
         Self {
@@ -53,9 +64,16 @@ impl From<ClientError> for CliError {
             ClientError::Status { status, .. } if status.is_client_error() => USAGE,
             _ => FAILURE,
         };
+        let hint = match &e {
+            ClientError::ConnectTimeout { .. } => {
+                " (set with --connect-timeout or KV_CONNECT_TIMEOUT; 0 for none)"
+            }
+            ClientError::RequestTimeout { .. } => " (set with --timeout or KV_TIMEOUT; 0 for none)",
+            _ => "",
+        };
         Self {
             code,
-            message: e.to_string(),
+            message: format!("{e}{hint}"),
         }
     }
 }
@@ -90,8 +108,13 @@ impl From<EngineError> for CliError {
     }
 }
 
+/// I/O errors reach here from stdin and stdout (the engine's disk errors are [`EngineError`]s); a broken
+/// pipe can only come from stdout, so it ends the program quietly.
 impl From<std::io::Error> for CliError {
     fn from(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            return Self::stdout_closed();
+        }
         Self::failure(e.to_string())
     }
 }

@@ -1,10 +1,12 @@
 //! `kvctl`: the command-line client of the Moniepoint storage engine, in the spirit of `etcdctl` and
 //! `redis-cli`. Talks to a server (`--url`, default `http://127.0.0.1:8080`) or opens a data directory
-//! directly (`--data-dir`). Values go to stdout as raw bytes; errors to stderr; exit codes:
-//! 0 ok, 1 key not found, 2 usage or bad input, 3 server, network or disk failure.
+//! directly (`--data-dir`). Values go to stdout as raw bytes (escaped when stdout is a terminal); errors to
+//! stderr; exit codes: 0 ok, 1 key not found, 2 usage or bad input, 3 server, network or disk failure.
 
 mod bench;
+mod duration;
 mod error;
+mod escape;
 mod input;
 mod shell;
 mod target;
@@ -12,29 +14,55 @@ mod target;
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::error::CliError;
 use crate::input::{json_line, parse_all, parse_line, Pair};
 use crate::target::Target;
 
+/// The version with the git revision the binary was built from (`-dirty`: with uncommitted changes;
+/// `unknown` when built without git or outside a checkout). See build.rs.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("KVCTL_GIT_REVISION"),
+    ")"
+);
+
+/// The server when neither --url nor an environment variable names one.
+const DEFAULT_URL: &str = "http://127.0.0.1:8080";
+
+/// The request timeout when none is given (`compact` has none unless one is given: it may take long).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+const AFTER_HELP: &str = "\
+Environment:
+  KV_URL              the server, like --url (KV_ENDPOINT is accepted too; --url wins, then KV_URL)
+  KV_CONNECT_TIMEOUT  like --connect-timeout (default 5s)
+  KV_TIMEOUT          like --timeout (default 30s; compact: none)
+Durations: seconds (2.5) or with a unit (500ms, 5s, 1m); 0 for no bound.
+
+Output: values are raw bytes into a pipe or file; on a terminal, control characters and bytes that are not
+UTF-8 are escaped (\\n, \\t, \\xHH; a backslash as \\\\) and `get` adds a newline.
+
+--data-dir: put, batch and import create the directory when it does not exist; every other command fails
+(exit 2) rather than read an empty store made by a typo.
+
+Exit codes: 0 ok (also when stdout is closed early, as by `| head`), 1 key not found, 2 usage or bad input
+(nothing written), 3 server, network, timeout or disk failure. A scripted shell (stdin not a terminal) exits
+with the code of its first failing command.
+
+Shell completion: kvctl completion bash|zsh|fish|elvish|powershell";
+
 /// Command-line client of the Moniepoint storage engine.
-///
-/// Exit codes: 0 ok, 1 key not found, 2 usage or bad input (nothing written), 3 server, network or disk
-/// failure.
 #[derive(Parser, Debug)]
-#[command(name = "kvctl", version, about, long_about = None)]
+#[command(name = "kvctl", version = VERSION, about, long_about = None, after_help = AFTER_HELP)]
 struct Cli {
-    /// Server to talk to.
-    #[arg(
-        long,
-        env = "KV_URL",
-        default_value = "http://127.0.0.1:8080",
-        global = true
-    )]
-    url: String,
+    /// Server to talk to [env: KV_URL or KV_ENDPOINT] [default: http://127.0.0.1:8080].
+    #[arg(long, global = true)]
+    url: Option<String>,
     /// Open this data directory directly instead of talking to a server (fails if a server holds it).
     /// Takes precedence over --url.
     #[arg(long, global = true)]
@@ -42,8 +70,31 @@ struct Cli {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Text, global = true)]
     output: Output,
+    /// Give up connecting to the server after this long (exit 3).
+    #[arg(long, env = "KV_CONNECT_TIMEOUT", default_value = "5s", value_parser = duration::parse, global = true)]
+    connect_timeout: Duration,
+    /// Give up on a request that is not fully answered after this long (exit 3; a write's outcome is then
+    /// unknown) [default: 30s; compact: none].
+    #[arg(long, env = "KV_TIMEOUT", value_parser = duration::parse, global = true)]
+    timeout: Option<Duration>,
     #[command(subcommand)]
     command: Command,
+}
+
+impl Cli {
+    /// The server: --url, else KV_URL, else KV_ENDPOINT, else the default.
+    fn url(&self) -> String {
+        self.url
+            .clone()
+            .or_else(|| env_var("KV_URL"))
+            .or_else(|| env_var("KV_ENDPOINT"))
+            .unwrap_or_else(|| DEFAULT_URL.to_string())
+    }
+}
+
+/// A set, non-empty environment variable.
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -66,7 +117,7 @@ enum Command {
         #[arg(long, conflicts_with = "value")]
         file: Option<PathBuf>,
     },
-    /// Print a value (raw bytes, no newline added).
+    /// Print a value (raw bytes, no newline added; escaped, with a newline, on a terminal).
     Get {
         /// The key.
         key: String,
@@ -112,12 +163,32 @@ enum Command {
     Compact,
     /// Interactive shell: put, read, delete, readrange, batchput, status, help, exit.
     Shell,
-    /// Load generator against a server: req/s and latency percentiles (HDR histogram).
+    /// Load generator against a server: req/s and latency percentiles (HDR histogram). Not bounded by
+    /// --timeout: it measures latency itself.
     Bench(bench::BenchArgs),
+    /// Print a shell completion script, e.g. `source <(kvctl completion bash)`.
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+impl Command {
+    /// Whether the command stores data, and so may create a missing data directory.
+    fn creates_data_dir(&self) -> bool {
+        matches!(
+            self,
+            Command::Put { .. } | Command::Batch { .. } | Command::Import { .. }
+        )
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Completion { shell } = cli.command {
+        clap_complete::generate(shell, &mut Cli::command(), "kvctl", &mut std::io::stdout());
+        return ExitCode::from(error::OK);
+    }
     if let Command::Bench(args) = &cli.command {
         // The load generator runs its own multi-threaded runtime, and only against a server.
         let result = if cli.data_dir.is_some() {
@@ -125,15 +196,9 @@ fn main() -> ExitCode {
                 "bench needs a server (--url), not --data-dir",
             ))
         } else {
-            bench::run(&cli.url, args)
+            bench::run(&cli.url(), args)
         };
-        return match result {
-            Ok(()) => ExitCode::from(error::OK),
-            Err(e) => {
-                eprintln!("kvctl: {}", e.message);
-                ExitCode::from(e.code)
-            }
-        };
+        return exit(result);
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -145,10 +210,17 @@ fn main() -> ExitCode {
             return ExitCode::from(error::FAILURE);
         }
     };
-    match runtime.block_on(run(cli)) {
+    exit(runtime.block_on(run(cli)))
+}
+
+/// The exit code of a result; a failure's message goes to stderr.
+fn exit(result: Result<(), CliError>) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::from(error::OK),
         Err(e) => {
-            eprintln!("kvctl: {}", e.message);
+            if !e.is_quiet() {
+                eprintln!("kvctl: {}", e.message);
+            }
             ExitCode::from(e.code)
         }
     }
@@ -179,10 +251,18 @@ fn written(output: Output, lsn: u64) -> Result<(), CliError> {
 
 async fn run(cli: Cli) -> Result<(), CliError> {
     let mut target = match &cli.data_dir {
-        Some(dir) => Target::embedded(dir)?,
-        None => Target::remote(&cli.url)?,
+        Some(dir) => Target::embedded(dir, cli.command.creates_data_dir())?,
+        None => {
+            let timeout = match (cli.timeout, &cli.command) {
+                (Some(t), _) => duration::bound(t),
+                (None, Command::Compact) => None,
+                (None, _) => Some(DEFAULT_TIMEOUT),
+            };
+            Target::remote(&cli.url(), duration::bound(cli.connect_timeout), timeout)?
+        }
     };
     let output = cli.output;
+    let tty = std::io::stdout().is_terminal();
     match cli.command {
         Command::Put { key, value, file } => {
             let value = match (value, file) {
@@ -197,6 +277,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             let value = target.get(key.as_bytes()).await?;
             let mut out = std::io::stdout().lock();
             match output {
+                Output::Text if tty => writeln!(out, "{}", escape::for_terminal(&value))?,
                 Output::Text => out.write_all(&value)?,
                 Output::Json => writeln!(out, "{}", json_line(key.as_bytes(), &value))?,
             }
@@ -217,9 +298,9 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                     |k, v| {
                         match output {
                             Output::Text => {
-                                out.write_all(k)?;
+                                escape::show(&mut out, k, tty)?;
                                 out.write_all(b"\t")?;
-                                out.write_all(v)?;
+                                escape::show(&mut out, v, tty)?;
                                 out.write_all(b"\n")?;
                             }
                             Output::Json => writeln!(out, "{}", json_line(k, v))?,
@@ -262,11 +343,13 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 Output::Json => serde_json::to_string(&status),
             }
             .map_err(|e| CliError::failure(e.to_string()))?;
-            println!("{text}");
+            writeln!(std::io::stdout().lock(), "{text}")?;
             Ok(())
         }
         Command::Shell => shell::run(&mut target).await,
-        Command::Bench(_) => Err(CliError::usage("bench runs on its own runtime")),
+        Command::Bench(_) | Command::Completion { .. } => Err(CliError::usage(
+            "this command runs before the runtime starts",
+        )),
     }
 }
 

@@ -2,7 +2,9 @@
 //! `readrange START END [LIMIT]`, `batchput {json}` or `batchput K=V ...`, `status`, `help`, `exit`.
 //! On a terminal it shows a prompt and keeps a line history (arrow keys); with piped input it reads
 //! commands line by line with no prompt, so scripts can drive it. A failing command prints its error
-//! and the shell goes on.
+//! and the shell goes on; scripted (stdin not a terminal), the shell then exits with the exit code of the
+//! *first* failing command (later failures are often its consequences), even after `exit`. Interactively
+//! it exits 0: the person saw every error. Values shown on a terminal are escaped ([`crate::escape`]).
 
 use std::io::{BufRead, IsTerminal, Write};
 
@@ -21,8 +23,42 @@ commands:
   help                       this text
   exit                       leave (also: quit, Ctrl-D)";
 
+/// What a line did.
+enum Step {
+    /// Go on.
+    Next,
+    /// It failed with this exit code; go on.
+    Failed(u8),
+    /// `exit`, or stdout closed.
+    Leave,
+}
+
+/// The first failure's exit code and how many commands failed.
+#[derive(Default)]
+struct Failures {
+    first: Option<u8>,
+    count: usize,
+}
+
+impl Failures {
+    /// Notes what a line did; false to leave.
+    fn note(&mut self, step: Step) -> bool {
+        match step {
+            Step::Next => true,
+            Step::Failed(code) => {
+                self.first.get_or_insert(code);
+                self.count += 1;
+                true
+            }
+            Step::Leave => false,
+        }
+    }
+}
+
 /// Runs the shell until `exit` or end of input.
 pub async fn run(target: &mut Target) -> Result<(), CliError> {
+    let tty = std::io::stdout().is_terminal();
+    let mut failures = Failures::default();
     if std::io::stdin().is_terminal() {
         let mut editor = rustyline::DefaultEditor::new()
             .map_err(|e| CliError::failure(format!("cannot start the shell: {e}")))?;
@@ -31,7 +67,7 @@ pub async fn run(target: &mut Target) -> Result<(), CliError> {
             match editor.readline("kv> ") {
                 Ok(line) => {
                     let _ = editor.add_history_entry(line.as_str());
-                    if !step(target, &line).await {
+                    if !failures.note(step(target, &line, tty).await) {
                         break;
                     }
                 }
@@ -42,16 +78,25 @@ pub async fn run(target: &mut Target) -> Result<(), CliError> {
     } else {
         let stdin = std::io::stdin();
         for line in stdin.lock().lines() {
-            if !step(target, &line?).await {
+            if !failures.note(step(target, &line?, tty).await) {
                 break;
             }
+        }
+        if let Some(code) = failures.first {
+            return Err(CliError {
+                code,
+                message: format!(
+                    "{} command(s) failed; the exit code is the first failure's",
+                    failures.count
+                ),
+            });
         }
     }
     Ok(())
 }
 
-/// Runs one line; false to leave.
-async fn step(target: &mut Target, line: &str) -> bool {
+/// Runs one line.
+async fn step(target: &mut Target, line: &str, tty: bool) -> Step {
     let line = line.trim();
     let (cmd, rest) = line
         .split_once(char::is_whitespace)
@@ -81,7 +126,7 @@ async fn step(target: &mut Target, line: &str) -> bool {
                     return Err(CliError::usage("usage: read KEY"));
                 }
                 let value = target.get(rest.as_bytes()).await?;
-                out.write_all(&value)?;
+                crate::escape::show(&mut out, &value, tty)?;
                 writeln!(out)?;
             }
             "delete" => {
@@ -105,9 +150,9 @@ async fn step(target: &mut Target, line: &str) -> bool {
                 };
                 target
                     .scan(start.as_bytes(), end.as_bytes(), limit, |k, v| {
-                        out.write_all(k)?;
+                        crate::escape::show(&mut out, k, tty)?;
                         out.write_all(b"\t")?;
-                        out.write_all(v)?;
+                        crate::escape::show(&mut out, v, tty)?;
                         out.write_all(b"\n")?;
                         Ok(())
                     })
@@ -151,11 +196,12 @@ async fn step(target: &mut Target, line: &str) -> bool {
     }
     .await;
     match result {
-        Ok(()) => true,
-        Err(e) if e.code == 0 => false,
+        Ok(()) => Step::Next,
+        // `exit`, or stdout closed by its reader.
+        Err(e) if e.code == crate::error::OK => Step::Leave,
         Err(e) => {
             eprintln!("error: {}", e.message);
-            true
+            Step::Failed(e.code)
         }
     }
 }

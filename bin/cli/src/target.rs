@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kv_app::{AppError, KvService, Limits};
 use kv_domain::{KeyRange, WriteBatch};
@@ -23,15 +24,29 @@ pub enum Target {
 }
 
 impl Target {
-    /// A server at `url`.
-    pub fn remote(url: &str) -> Result<Self, CliError> {
+    /// A server at `url`, with the bounds on connecting and on each request (`None`: unbounded).
+    pub fn remote(
+        url: &str,
+        connect_timeout: Option<Duration>,
+        request_timeout: Option<Duration>,
+    ) -> Result<Self, CliError> {
         Ok(Target::Remote(
-            Client::new(url).map_err(|e| CliError::usage(e.to_string()))?,
+            Client::new(url)
+                .map_err(|e| CliError::usage(e.to_string()))?
+                .with_timeouts(connect_timeout, request_timeout),
         ))
     }
 
-    /// The data directory `dir`, locked for the life of this process.
-    pub fn embedded(dir: &Path) -> Result<Self, CliError> {
+    /// The data directory `dir`, locked for the life of this process. Opening a store creates it where
+    /// nothing is; so unless `create` (commands that store data), a directory that does not exist is a
+    /// usage error: a mistyped `--data-dir` must not read an empty store that it just made.
+    pub fn embedded(dir: &Path, create: bool) -> Result<Self, CliError> {
+        if !create && !dir.exists() {
+            return Err(CliError::usage(format!(
+                "data directory {} does not exist (only put, batch and import create one; check the path)",
+                dir.display()
+            )));
+        }
         let engine = FsEngine::open(dir, Options::default())?;
         Ok(Target::Embedded(KvService::new(
             Arc::new(engine),

@@ -38,6 +38,22 @@ pub enum ClientError {
         /// The server's `error` message.
         message: String,
     },
+    /// No connection within the connect timeout (the request was not sent).
+    #[error("cannot reach {addr}: no connection within {after:?} (connect timeout)")]
+    ConnectTimeout {
+        /// host:port.
+        addr: String,
+        /// The timeout that fired.
+        after: std::time::Duration,
+    },
+    /// No complete answer within the request timeout (the outcome of a write is unknown).
+    #[error("no answer from {addr} within {after:?} (request timeout); the outcome of a write is unknown")]
+    RequestTimeout {
+        /// host:port.
+        addr: String,
+        /// The timeout that fired.
+        after: std::time::Duration,
+    },
     /// The URL or the answer could not be understood.
     #[error("{0}")]
     Invalid(String),
@@ -51,6 +67,10 @@ pub type Pair = (Vec<u8>, Vec<u8>);
 pub struct Client {
     addr: String,
     sender: Option<SendRequest<Full<Bytes>>>,
+    /// Bound on opening the TCP connection; `None`: the operating system's.
+    connect_timeout: Option<std::time::Duration>,
+    /// Bound on one request, from sending it to the last byte of the answer; `None`: unbounded.
+    request_timeout: Option<std::time::Duration>,
 }
 
 /// Percent-encodes every byte outside `[A-Za-z0-9-._~]` (a path segment or query value).
@@ -83,17 +103,41 @@ impl Client {
         } else {
             format!("{addr}:80")
         };
-        Ok(Self { addr, sender: None })
+        Ok(Self {
+            addr,
+            sender: None,
+            connect_timeout: None,
+            request_timeout: None,
+        })
+    }
+
+    /// Bounds connecting and each request (`None`: no bound, the default).
+    pub fn with_timeouts(
+        mut self,
+        connect: Option<std::time::Duration>,
+        request: Option<std::time::Duration>,
+    ) -> Self {
+        self.connect_timeout = connect;
+        self.request_timeout = request;
+        self
     }
 
     async fn connect(&mut self) -> Result<&mut SendRequest<Full<Bytes>>, ClientError> {
         if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
-            let stream = tokio::net::TcpStream::connect(&self.addr)
-                .await
-                .map_err(|source| ClientError::Unreachable {
-                    addr: self.addr.clone(),
-                    source,
-                })?;
+            let connecting = tokio::net::TcpStream::connect(&self.addr);
+            let connected = match self.connect_timeout {
+                Some(after) => tokio::time::timeout(after, connecting).await.map_err(|_| {
+                    ClientError::ConnectTimeout {
+                        addr: self.addr.clone(),
+                        after,
+                    }
+                })?,
+                None => connecting.await,
+            };
+            let stream = connected.map_err(|source| ClientError::Unreachable {
+                addr: self.addr.clone(),
+                source,
+            })?;
             let _ = stream.set_nodelay(true);
             let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
                 .await
@@ -132,6 +176,30 @@ impl Client {
         headers: &[(hyper::header::HeaderName, hyper::header::HeaderValue)],
         body: Bytes,
     ) -> Result<(StatusCode, hyper::HeaderMap, Bytes), ClientError> {
+        let Some(after) = self.request_timeout else {
+            return self.exchange(method, path, headers, body).await;
+        };
+        match tokio::time::timeout(after, self.exchange(method, path, headers, body)).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                // The connection is mid-request: never reuse it.
+                self.sender = None;
+                Err(ClientError::RequestTimeout {
+                    addr: self.addr.clone(),
+                    after,
+                })
+            }
+        }
+    }
+
+    /// One request and its whole answer, unbounded in time (see [`Client::send_with`]).
+    async fn exchange(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(hyper::header::HeaderName, hyper::header::HeaderValue)],
+        body: Bytes,
+    ) -> Result<(StatusCode, hyper::HeaderMap, Bytes), ClientError> {
         let addr = self.addr.clone();
         let sender = self.connect().await?;
         // Not ready means the connection closed before this request was written: it was not sent.
@@ -139,12 +207,21 @@ impl Client {
             addr: addr.clone(),
             source: std::io::Error::other(e),
         })?;
+        // hyper sends no Content-Length for an empty body; a server may then answer 411, so every method
+        // that can carry content states its length, 0 included (RFC 9110 §8.6 leaves GET and HEAD without).
+        let length = (method != Method::GET && method != Method::HEAD).then(|| body.len());
         let mut req = Request::builder()
             .method(method)
             .uri(path)
             .header(hyper::header::HOST, addr.as_str())
             .body(Full::new(body))
             .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        if let Some(len) = length {
+            req.headers_mut().insert(
+                hyper::header::CONTENT_LENGTH,
+                hyper::header::HeaderValue::from(len),
+            );
+        }
         for (name, value) in headers {
             req.headers_mut().insert(name.clone(), value.clone());
         }
