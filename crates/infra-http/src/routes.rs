@@ -7,7 +7,8 @@
 //! | GET | `/readrange?start=A&end=B[&limit=N]` | JSON object key -> value, ascending, inclusive, streamed |
 //! | POST | `/batchput` | JSON object of string pairs, applied atomically |
 //! | POST, DELETE | `/delete?key=K` | idempotent delete |
-//! | GET | `/health-check` | `OK` |
+//! | GET | `/health-check` | `OK` (liveness) |
+//! | GET | `/readyz` | readiness: 200 `{"ready":true}` or 503 with reasons ([`crate::replication::ready`]) |
 //! | PUT, GET, DELETE | `/v1/kv/{key}` | raw bytes; the key percent-encoded in the path (binary-safe) |
 //! | GET | `/v1/kv?start&end&limit&cursor&encoding` | a page of a listing, streamed, with a cursor to continue |
 //! | GET | `/v1/status` | role, LSN, keys, segments, disk and garbage bytes, durability, recovery |
@@ -50,13 +51,14 @@ const LISTING_MAX: usize = 10_000;
 
 /// The routes, as (metric label, allowed methods). Kept in one table so the router, the 405 `Allow` header
 /// and the OpenAPI test agree.
-pub const ROUTES: [(&str, &[&str]); 14] = [
+pub const ROUTES: [(&str, &[&str]); 15] = [
     ("/put", &["POST"]),
     ("/read", &["GET"]),
     ("/readrange", &["GET"]),
     ("/batchput", &["POST"]),
     ("/delete", &["POST", "DELETE"]),
     ("/health-check", &["GET"]),
+    ("/readyz", &["GET"]),
     ("/v1/kv/{key}", &["PUT", "GET", "DELETE"]),
     ("/v1/kv", &["GET"]),
     ("/v1/status", &["GET"]),
@@ -118,6 +120,9 @@ pub async fn handle(
                     .unwrap_or_else(ApiError::into_response),
             );
         }
+        if let Err(refused) = state.replication.check_forwarded_history(req.headers()) {
+            return (route, refused);
+        }
     }
     if req.method() == Method::GET
         && matches!(route, "/read" | "/readrange" | "/v1/kv" | "/v1/kv/{key}")
@@ -133,6 +138,11 @@ pub async fn handle(
         "/batchput" => batch_put(&state, req).await,
         "/delete" => delete(&state, &req).await,
         "/health-check" => Ok(text(StatusCode::OK, "OK")),
+        "/readyz" => Ok(crate::replication::ready::respond(
+            &state.service.engine().status(),
+            &state.replication,
+        )
+        .await),
         "/v1/kv/{key}" => raw_kv(&state, req, &path).await,
         "/v1/kv" => listing(&state, &req),
         "/v1/status" => status(&state),
@@ -255,6 +265,15 @@ async fn wait_min_lsn(state: &ServerState, req: &Request<Incoming>) -> Result<()
         (None, Some(h)) => number(h.as_bytes(), crate::replication::MIN_LSN_HEADER)?,
         (None, None) => return Ok(()),
     };
+    // LSNs of two histories cannot be compared: while this follower refuses its leader, no answer.
+    if let Some(node) = state.replication.follower() {
+        if let Some(reason) = node.current_refusal().await {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{reason}; a min_lsn read cannot be answered meanwhile"),
+            ));
+        }
+    }
     let cap = state.replication.max_read_wait;
     let wait = match params.get("max_wait_ms") {
         Some(v) => std::time::Duration::from_millis(number(v, "max_wait_ms")?).min(cap),
