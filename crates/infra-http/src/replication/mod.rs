@@ -12,6 +12,10 @@
 //!
 //! Requests carry the leader's history id (`x-kv-history`) and last LSN (`x-kv-leader-lsn`). A refusal
 //! (another history, a gap, a snapshot needed) is 409 with the reason; a missing or wrong token is 401.
+//!
+//! A leader's `state` answers `{"role":"leader","history"}`: followers probe it for readiness ([`ready`]).
+//! A leader refuses a client write forwarded by a follower of another history
+//! ([`Replication::check_forwarded_history`]); the follower's side is in [`follower`].
 
 pub mod follower;
 pub mod leader;
