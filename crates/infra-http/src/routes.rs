@@ -120,7 +120,7 @@ pub async fn handle(
                     .unwrap_or_else(ApiError::into_response),
             );
         }
-        if let Err(refused) = state.replication.check_forwarded_history(req.headers()) {
+        if let Some(refused) = state.replication.check_forwarded_history(req.headers()) {
             return (route, refused);
         }
     }

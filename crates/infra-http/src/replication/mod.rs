@@ -131,19 +131,16 @@ impl Replication {
     /// [`EXPECTED_HISTORY_HEADER`] differs from ours), so a leader restarted on an empty or foreign data
     /// directory never acknowledges a write that the follower's real history would lose. The answer is
     /// 409 with this leader's history in [`HISTORY_HEADER`]; the follower turns it into a 503 for its
-    /// client. Writes without the header (clients, older followers) pass.
-    pub fn check_forwarded_history(&self, headers: &HeaderMap) -> Result<(), Response<Body>> {
+    /// client. Writes without the header (clients, older followers) pass (`None`).
+    pub fn check_forwarded_history(&self, headers: &HeaderMap) -> Option<Response<Body>> {
         let (Role::Leader(_), Some(ours)) = (&self.role, &self.history) else {
-            return Ok(());
+            return None;
         };
-        let Some(theirs) = headers
+        let theirs = headers
             .get(EXPECTED_HISTORY_HEADER)
-            .and_then(|v| v.to_str().ok())
-        else {
-            return Ok(());
-        };
+            .and_then(|v| v.to_str().ok())?;
         if theirs == ours {
-            return Ok(());
+            return None;
         }
         let mut resp = ApiError::new(
             StatusCode::CONFLICT,
@@ -154,7 +151,7 @@ impl Replication {
             resp.headers_mut()
                 .insert(HeaderName::from_static(HISTORY_HEADER), v);
         }
-        Err(resp)
+        Some(resp)
     }
 }
 
