@@ -22,7 +22,7 @@
 //! On a follower, writes are forwarded to the leader ([`crate::replication::follower`]). Any read may
 //! name a minimum LSN (`min_lsn` query parameter or `x-kv-min-lsn` header, e.g. the LSN a write returned):
 //! it then waits until this node has applied that LSN, up to `max_wait_ms` (query; default and cap set by
-//! the server), and answers 503 if it has not.
+//! the server), and answers 503 if it has not, or at once while a follower refuses its leader's history.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
