@@ -183,8 +183,18 @@ async fn start_node(
     name: String,
     env: Vec<(&str, String)>,
 ) -> NodeContainer {
+    let follower = env
+        .iter()
+        .any(|(k, v)| *k == "REPLICATION_MODE" && v == "follower");
     let mut req = GenericImage::new(image_repo(), image_tag())
-        .with_wait_for(WaitFor::healthcheck())
+        // The image's HEALTHCHECK is readiness: a follower is not ready until its leader runs, and the
+        // followers start first (the leader must know their names). Wait for the follower's liveness
+        // below instead.
+        .with_wait_for(if follower {
+            WaitFor::Nothing
+        } else {
+            WaitFor::healthcheck()
+        })
         .with_container_name(name.clone())
         .with_network(network.to_string())
         .with_label("moniepoint-kv-test", prefix.to_string())

@@ -667,3 +667,199 @@ fn a_forwarded_write_without_an_answer_is_an_unknown_outcome_and_not_retried() {
     );
     assert_eq!(f.status()["replication"]["forward_failures"], 1);
 }
+
+/// Issue 11 item 8: after the leader restarts on an empty directory (a new history), a write through the
+/// follower answers 503 naming the mismatch and never reaches the stranger, and a `min_lsn` read answers
+/// 503 (LSNs of two histories do not compare). Once the real leader is back, writes flow again.
+#[test]
+fn a_follower_forwards_no_write_to_a_leader_restarted_on_an_empty_directory() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut leader, mut followers) = cluster(root.path(), 1, &[]);
+    let f = &mut followers[0];
+    f.start();
+    leader.start();
+    for i in 0..20 {
+        assert_eq!(put(leader.client(), &format!("k{i}"), "v").0, 200);
+    }
+    let before = assert_converged(&leader, &[f], CONVERGE);
+    let real_dir = leader.dir.clone();
+    leader.stop();
+    leader.dir = root.path().join("empty");
+    leader.start();
+    let stranger_lsn = leader.last_lsn();
+    for (method, path, body) in [
+        ("POST", "/put", &br#"{"key":"lost","value":"x"}"#[..]),
+        ("PUT", "/v1/kv/lost", b"x"),
+        ("POST", "/batchput", br#"{"lost":"x"}"#),
+        ("DELETE", "/v1/kv/k1", b""),
+    ] {
+        let (status, answer) = f.client().request(method, path, body);
+        let answer = String::from_utf8_lossy(&answer);
+        assert_eq!(
+            status, 503,
+            "{method} {path} through the follower: {answer}"
+        );
+        assert!(answer.contains("history mismatch"), "{answer}");
+    }
+    let (status, answer) = f.client().request("GET", "/read?key=k1&min_lsn=1", b"");
+    let answer = String::from_utf8_lossy(&answer);
+    assert_eq!(status, 503, "{answer}");
+    assert!(answer.contains("history mismatch"), "{answer}");
+    assert_eq!(
+        get(f.client(), "k1"),
+        Some("v".into()),
+        "plain reads still work"
+    );
+    let (status, ready) = f.client().request("GET", "/readyz", b"");
+    let ready = String::from_utf8_lossy(&ready);
+    assert_eq!(status, 503, "{ready}");
+    assert!(ready.contains("history mismatch"), "{ready}");
+    // The stranger received none of it.
+    assert_eq!(leader.last_lsn(), stranger_lsn);
+    assert_eq!(get(leader.client(), "lost"), None);
+    assert_eq!(f.contents(), before, "the follower kept its data");
+
+    // The real leader returns: the refusal ends and writes through the follower flow again.
+    leader.stop();
+    leader.dir = real_dir;
+    leader.start();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, answer) = put(f.client(), "after", "y");
+        if status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "writes through the follower never resumed: {status} {}",
+            String::from_utf8_lossy(&answer)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(get(leader.client(), "after"), Some("y".into()));
+    assert_eq!(f.client().request("GET", "/readyz", b"").0, 200);
+}
+
+/// Issue 11 item 7 and 12: `kv-server health` checks readiness (`--live`: liveness) and takes `--port`
+/// after the subcommand. A follower whose leader is down is live but not ready; the leader is ready
+/// although its follower is down.
+#[test]
+fn kv_server_health_checks_readiness_and_takes_the_port_after_the_subcommand() {
+    let health = |args: &[&str]| {
+        let out = std::process::Command::new(integration_tests::binary("kv-server"))
+            .arg("health")
+            .args(args)
+            .env_remove("HTTP_PORT")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let root = tempfile::tempdir().unwrap();
+    let (mut leader, mut followers) = cluster(root.path(), 1, &[]);
+    let f = &mut followers[0];
+    f.start();
+    let port = f.port.to_string();
+    let (code, stderr) = health(&["--port", &port]);
+    assert_eq!(
+        code,
+        Some(1),
+        "a follower without its leader is not ready: {stderr}"
+    );
+    assert!(stderr.contains("leader unreachable"), "{stderr}");
+    assert_eq!(
+        health(&["--live", "--port", &port]).0,
+        Some(0),
+        "but it is live"
+    );
+    let url = f.url();
+    assert_eq!(health(&["--live", "--url", &url]).0, Some(0));
+    f.stop();
+    leader.start();
+    let (code, stderr) = health(&["--port", &leader.port.to_string()]);
+    assert_eq!(
+        code,
+        Some(0),
+        "a leader with its follower down is ready: {stderr}"
+    );
+    f.start();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while health(&["--port", &port]).0 != Some(0) {
+        assert!(Instant::now() < deadline, "the follower never became ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Issue 11 item 13: the replication token appears in no log line (text or JSON) and not in the status,
+/// while the start-up log still says that one is set.
+#[test]
+fn the_replication_token_never_appears_in_logs_or_status() {
+    let secret = "s3cr3t-token-do-not-print-4711";
+    for format in ["text", "json"] {
+        let root = tempfile::tempdir().unwrap();
+        let port = integration_tests::free_port();
+        let out = root.path().join("stdout");
+        let err = root.path().join("stderr");
+        let mut child = std::process::Command::new(integration_tests::binary("kv-server"))
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--data-path",
+            ])
+            .arg(root.path().join("data"))
+            .args(["--log-format", format, "--replication-replica-hosts"])
+            .arg(format!(
+                "http://127.0.0.1:{}",
+                integration_tests::free_port()
+            ))
+            .env("REPLICATION_TOKEN", secret)
+            .env("RUST_LOG", "info")
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap();
+        let c = Client {
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !matches!(c.try_request("GET", "/health-check", b""), Ok((200, _))) {
+            assert!(Instant::now() < deadline, "kv-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (_, status) = c.request("GET", "/v1/status", b"");
+        // A wrong token's refusal does not echo it either.
+        let (code, refusal) = c
+            .try_request_with(
+                "GET",
+                "/v1/replication/state",
+                &[("x-kv-replication-token", &secret[1..])],
+                b"",
+            )
+            .unwrap();
+        assert_eq!(code, 401);
+        std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        child.wait().unwrap();
+        let logs = std::fs::read_to_string(&err).unwrap() + &std::fs::read_to_string(&out).unwrap();
+        for (what, text) in [
+            ("the log", logs.as_str()),
+            ("/v1/status", &*String::from_utf8_lossy(&status)),
+            ("the 401 answer", &*String::from_utf8_lossy(&refusal)),
+        ] {
+            assert!(
+                !text.contains(&secret[1..]),
+                "{format}: {what} shows the token:\n{text}"
+            );
+        }
+        assert!(
+            logs.contains("replication_token: Some(<redacted>)"),
+            "{format}: the log should say a token is set:\n{logs}"
+        );
+    }
+}

@@ -13,6 +13,7 @@ use kv_app::{KvService, Limits};
 use kv_domain::Durability;
 use kv_infra_fs::{AutoCompaction, FsEngine, IndexKind, Options};
 use kv_infra_http::metrics::Metrics;
+use kv_infra_http::replication::Secret;
 use kv_infra_http::{serve, ServerConfig, ServerState};
 
 /// The Moniepoint storage engine's REST server.
@@ -25,8 +26,8 @@ struct Config {
     /// A one-shot command instead of serving (for container health checks).
     #[command(subcommand)]
     command: Option<Command>,
-    /// TCP port to listen on.
-    #[arg(long, env = "HTTP_PORT", default_value_t = 8080)]
+    /// TCP port to listen on (`health`: the port to check; accepted before or after the subcommand).
+    #[arg(long, env = "HTTP_PORT", default_value_t = 8080, global = true)]
     port: u16,
     /// Address to bind (0.0.0.0: every interface).
     #[arg(long, env = "HTTP_BIND", default_value = "0.0.0.0")]
@@ -45,9 +46,9 @@ struct Config {
     #[arg(long, env = "REPLICATION_REPLICA_HOSTS", value_delimiter = ',')]
     replication_replica_hosts: Vec<String>,
     /// Shared secret of the replication endpoints; when set, requests without it are refused (401). Set
-    /// the same value on the leader and every follower.
+    /// the same value on the leader and every follower. Never logged (shown as `<redacted>`).
     #[arg(long, env = "REPLICATION_TOKEN", hide_env_values = true)]
-    replication_token: Option<String>,
+    replication_token: Option<Secret>,
     /// Leader only: answer a write only after this many followers have durably applied it (0: asynchronous).
     #[arg(long, env = "REPLICATION_ACK_FOLLOWERS", default_value_t = 0)]
     replication_ack_followers: usize,
@@ -115,9 +116,17 @@ struct Config {
 
 #[derive(clap::Subcommand, Debug)]
 enum Command {
-    /// Exit 0 if the server on HTTP_PORT (--port) of this host answers `GET /health-check` with 200 within
-    /// two seconds, 1 otherwise. Needs no shell or curl: a container's HEALTHCHECK runs the binary itself.
-    Health,
+    /// Exit 0 if the server on HTTP_PORT (--port) of this host is ready (`GET /readyz` answers 200 within
+    /// two seconds), 1 otherwise, printing why. Needs no shell or curl: a container's HEALTHCHECK runs the
+    /// binary itself.
+    Health {
+        /// Check liveness only (`GET /health-check`: the process answers), not readiness.
+        #[arg(long)]
+        live: bool,
+        /// Base URL of the server to check (default: http://127.0.0.1:PORT).
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -186,29 +195,41 @@ async fn shutdown_signal() {
     }
 }
 
-/// `kv-server health`: one `GET /health-check` on the loopback interface.
-fn health(port: u16) -> ExitCode {
-    use std::io::{Read, Write};
-    let timeout = Duration::from_secs(2);
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let answer = std::net::TcpStream::connect_timeout(&addr, timeout).and_then(|mut s| {
-        s.set_read_timeout(Some(timeout))?;
-        s.write_all(b"GET /health-check HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
-        let mut head = [0u8; 12];
-        s.read_exact(&mut head)?;
-        Ok(head)
+/// `kv-server health`: one `GET /readyz` (or `/health-check` with `live`) of the server at `url`, within
+/// two seconds. Exit 0 on 200; 1 otherwise, with the server's reasons on stderr.
+fn health(url: &str, live: bool) -> ExitCode {
+    let path = if live { "/health-check" } else { "/readyz" };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("unhealthy: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let answer = runtime.block_on(async {
+        let mut client = kv_infra_http::client::Client::new(url).map_err(|e| e.to_string())?;
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            client.send(hyper::Method::GET, path, Default::default()),
+        )
+        .await
+        .map_err(|_| format!("{url} did not answer {path} within 2 s"))?
+        .map_err(|e| e.to_string())
     });
     match answer {
-        Ok(head) if head.starts_with(b"HTTP/1.1 200") => ExitCode::SUCCESS,
-        Ok(head) => {
+        Ok((status, _)) if status.is_success() => ExitCode::SUCCESS,
+        Ok((status, body)) => {
             eprintln!(
-                "unhealthy: {addr} answered {:?}",
-                String::from_utf8_lossy(&head)
+                "unhealthy: {url}{path} answered {status}: {}",
+                String::from_utf8_lossy(&body)
             );
             ExitCode::from(1)
         }
         Err(e) => {
-            eprintln!("unhealthy: {addr}: {e}");
+            eprintln!("unhealthy: {e}");
             ExitCode::from(1)
         }
     }
@@ -216,8 +237,11 @@ fn health(port: u16) -> ExitCode {
 
 fn main() -> ExitCode {
     let config = Config::parse();
-    if let Some(Command::Health) = config.command {
-        return health(config.port);
+    if let Some(Command::Health { live, url }) = &config.command {
+        let url = url
+            .clone()
+            .unwrap_or_else(|| format!("http://127.0.0.1:{}", config.port));
+        return health(&url, *live);
     }
     init_logging(config.log_format);
     if let Err(e) = check_replication_config(&config) {
@@ -276,7 +300,10 @@ fn check_replication_config(c: &Config) -> Result<(), String> {
             }
         }
     }
-    if c.replication_token.as_deref() == Some("") {
+    if c.replication_token
+        .as_ref()
+        .is_some_and(|t| t.expose().is_empty())
+    {
         return Err("REPLICATION_TOKEN must not be empty when set".into());
     }
     Ok(())
@@ -291,6 +318,7 @@ fn replication(
     use kv_infra_http::replication::{AckPolicy, FollowerNode, LeaderHub, Replication, Role as R};
     let store = Arc::new(kv_infra_fs::FileMetaStore::new(&config.data_path));
     let dyn_engine: Arc<dyn kv_domain::Engine> = engine.clone();
+    let mut leader_history = None;
     let role = match config.replication_mode {
         Role::Follower => {
             let leader = config.replication_leader_host.clone().unwrap_or_default();
@@ -299,7 +327,10 @@ fn replication(
             let st = replica.state();
             tracing::info!(%leader, history = ?st.history, applied = st.applied.0,
                 snapshot_in_progress = st.snapshot_in_progress, "following");
-            R::Follower(FollowerNode::new(replica, &leader).map_err(|e| e.to_string())?)
+            R::Follower(
+                FollowerNode::new(replica, &leader, config.replication_token.clone())
+                    .map_err(|e| e.to_string())?,
+            )
         }
         Role::Leader => {
             let mut meta = store
@@ -321,6 +352,7 @@ fn replication(
                     id
                 }
             };
+            leader_history = Some(history.clone());
             let followers: Vec<String> = config
                 .replication_replica_hosts
                 .iter()
@@ -353,6 +385,7 @@ fn replication(
     Ok(Replication {
         role,
         token: config.replication_token.clone(),
+        history: leader_history,
         max_read_wait: Duration::from_millis(config.read_max_wait_ms),
     })
 }

@@ -7,7 +7,8 @@
 //! | GET, HEAD | `/readrange?start=A&end=B[&limit=N]` | JSON object key -> value, ascending, inclusive, streamed |
 //! | POST | `/batchput` | JSON object of string pairs (at least one, keys distinct), applied atomically |
 //! | POST, DELETE | `/delete?key=K` | idempotent delete |
-//! | GET, HEAD | `/health-check` | `OK` |
+//! | GET, HEAD | `/health-check` | `OK` (liveness) |
+//! | GET, HEAD | `/readyz` | readiness: 200 `{"ready":true}` or 503 with reasons ([`crate::replication::ready`]) |
 //! | PUT, GET, HEAD, DELETE | `/v1/kv/{key}` | raw bytes; the key percent-encoded in the path (binary-safe) |
 //! | GET, HEAD | `/v1/kv?start&end&limit&cursor&encoding` | a page of a listing, streamed, with a cursor to continue |
 //! | GET, HEAD | `/v1/status` | role, LSN, keys, segments, disk and garbage bytes, durability, recovery |
@@ -21,7 +22,7 @@
 //! On a follower, writes are forwarded to the leader ([`crate::replication::follower`]). Any read may
 //! name a minimum LSN (`min_lsn` query parameter or `x-kv-min-lsn` header, e.g. the LSN a write returned):
 //! it then waits until this node has applied that LSN, up to `max_wait_ms` (query; default and cap set by
-//! the server), and answers 503 if it has not.
+//! the server), and answers 503 if it has not, or at once while a follower refuses its leader's history.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -55,13 +56,14 @@ const LISTING_MAX: usize = 10_000;
 /// The routes, as (metric label, allowed methods). Kept in one table so the router, the 405 `Allow` header
 /// and the OpenAPI test agree. Every route that serves GET serves HEAD too (RFC 9110 §9.3.2): the same
 /// status and headers, no body (hyper drops the body of a HEAD response; a streamed one is not produced).
-pub const ROUTES: [(&str, &[&str]); 14] = [
+pub const ROUTES: [(&str, &[&str]); 15] = [
     ("/put", &["POST"]),
     ("/read", &["GET", "HEAD"]),
     ("/readrange", &["GET", "HEAD"]),
     ("/batchput", &["POST"]),
     ("/delete", &["POST", "DELETE"]),
     ("/health-check", &["GET", "HEAD"]),
+    ("/readyz", &["GET", "HEAD"]),
     ("/v1/kv/{key}", &["PUT", "GET", "HEAD", "DELETE"]),
     ("/v1/kv", &["GET", "HEAD"]),
     ("/v1/status", &["GET", "HEAD"]),
@@ -78,13 +80,14 @@ pub const ROUTES: [(&str, &[&str]); 14] = [
 /// unreachable, 504 outcome unknown) besides relaying the leader's answer. The OpenAPI test checks that
 /// `docs/openapi.yaml` documents exactly these per path; the metrics give each status its own series.
 /// (Synchronous handlers, such as `/health-check`, finish on their first poll: the timeout cannot fire.)
-pub const ROUTE_STATUSES: [(&str, &[u16]); 14] = [
+pub const ROUTE_STATUSES: [(&str, &[u16]); 15] = [
     ("/put", &[200, 400, 405, 413, 415, 500, 503, 504, 507]),
     ("/read", &[200, 400, 404, 405, 500, 503]),
     ("/readrange", &[200, 400, 405, 500, 503]),
     ("/batchput", &[200, 400, 405, 413, 415, 500, 503, 504, 507]),
     ("/delete", &[200, 400, 405, 413, 500, 503, 504, 507]),
     ("/health-check", &[200, 405]),
+    ("/readyz", &[200, 405, 503]),
     (
         "/v1/kv/{key}",
         &[200, 400, 404, 405, 413, 500, 503, 504, 507],
@@ -155,6 +158,9 @@ pub async fn handle(
                     .unwrap_or_else(ApiError::into_response),
             );
         }
+        if let Some(refused) = state.replication.check_forwarded_history(req.headers()) {
+            return (route, refused);
+        }
     }
     if matches!(*req.method(), Method::GET | Method::HEAD)
         && matches!(route, "/read" | "/readrange" | "/v1/kv" | "/v1/kv/{key}")
@@ -170,6 +176,11 @@ pub async fn handle(
         "/batchput" => batch_put(&state, req).await,
         "/delete" => delete(&state, &req).await,
         "/health-check" => Ok(text(StatusCode::OK, "OK")),
+        "/readyz" => Ok(crate::replication::ready::respond(
+            &state.service.engine().status(),
+            &state.replication,
+        )
+        .await),
         "/v1/kv/{key}" => raw_kv(&state, req, &path).await,
         "/v1/kv" => listing(&state, &req),
         "/v1/status" => status(&state),
@@ -292,6 +303,15 @@ async fn wait_min_lsn(state: &ServerState, req: &Request<Incoming>) -> Result<()
         (None, Some(h)) => number(h.as_bytes(), crate::replication::MIN_LSN_HEADER)?,
         (None, None) => return Ok(()),
     };
+    // LSNs of two histories cannot be compared: while this follower refuses its leader, no answer.
+    if let Some(node) = state.replication.follower() {
+        if let Some(reason) = node.current_refusal().await {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{reason}; a min_lsn read cannot be answered meanwhile"),
+            ));
+        }
+    }
     let cap = state.replication.max_read_wait;
     let wait = match params.get("max_wait_ms") {
         Some(v) => std::time::Duration::from_millis(number(v, "max_wait_ms")?).min(cap),

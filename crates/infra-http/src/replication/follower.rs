@@ -8,6 +8,21 @@
 //! "outcome unknown" message (the leader may have applied it; re-sending is the client's decision, and
 //! puts and deletes are idempotent). Pooled connections idle for long are not reused, so a connection the
 //! leader closed for idleness does not turn a write into an unknown outcome.
+//!
+//! ## Refusing a leader of another history
+//! A follower that holds a history refuses a leader of another one (a leader restarted on an empty or
+//! foreign data directory). It learns of one from the leader's own requests (the handshake and every
+//! frame name the leader's history), from a probe of the leader's `/v1/replication/state` (readiness),
+//! and from a leader's refusal of a forwarded write. While it refuses:
+//! - forwarded writes answer 503 naming the mismatch, and the write is not sent: the stranger would
+//!   acknowledge it and the write would be lost once the real leader returns;
+//! - reads with `min_lsn` answer 503: LSNs of two histories cannot be compared;
+//! - `/readyz` answers 503.
+//!
+//! Before refusing a write or a read, a recorded refusal is checked again against the leader (one probe),
+//! so the refusal ends as soon as the leader of our history is back. Every forwarded write also carries
+//! the follower's history ([`super::EXPECTED_HISTORY_HEADER`]) and a leader of another history refuses it
+//! (409 with its history), which closes the window before the follower has noticed.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,6 +36,7 @@ use parking_lot::Mutex;
 use serde_json::json;
 use tokio::sync::watch;
 
+use super::{Secret, EXPECTED_HISTORY_HEADER, HISTORY_HEADER, TOKEN_HEADER};
 use crate::client::{Client, ClientError};
 use crate::error::{full, ApiError, Body};
 
@@ -29,6 +45,8 @@ use crate::error::{full, ApiError, Body};
 const POOL_IDLE: Duration = Duration::from_secs(2);
 /// How long a forwarded write may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a probe of the leader's state may take (readiness answers within the health check's timeout).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A follower's replication state.
 pub struct FollowerNode {
@@ -46,6 +64,10 @@ pub struct FollowerNode {
     caught_up_at: Mutex<Instant>,
     forwarded: AtomicU64,
     forward_failures: AtomicU64,
+    /// The replication token, sent with probes of the leader.
+    token: Option<Secret>,
+    /// Why this follower refuses its leader now (a history mismatch), if it does; see the module doc.
+    refused: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for FollowerNode {
@@ -57,8 +79,12 @@ impl std::fmt::Debug for FollowerNode {
 }
 
 impl FollowerNode {
-    /// A follower of `leader` (base URL).
-    pub fn new(replica: Replica, leader: &str) -> Result<Arc<Self>, ClientError> {
+    /// A follower of `leader` (base URL), probing it with `token`.
+    pub fn new(
+        replica: Replica,
+        leader: &str,
+        token: Option<Secret>,
+    ) -> Result<Arc<Self>, ClientError> {
         Client::new(leader)?; // validate the URL now, not at the first write
         let applied = replica.state().applied.0;
         Ok(Arc::new(Self {
@@ -71,7 +97,98 @@ impl FollowerNode {
             caught_up_at: Mutex::new(Instant::now()),
             forwarded: AtomicU64::new(0),
             forward_failures: AtomicU64::new(0),
+            token,
+            refused: Mutex::new(None),
         }))
+    }
+
+    /// Why this follower refuses its leader now, if it does (see the module doc).
+    pub fn refusal(&self) -> Option<String> {
+        self.refused.lock().clone()
+    }
+
+    /// Compares a leader's history (`who`: whose, for the message) with the one this follower holds, and
+    /// starts or ends the refusal accordingly. A follower that never synced holds none and refuses nothing.
+    pub fn note_leader_history(&self, theirs: &str, who: &str) {
+        let ours = self.replica.state().history;
+        let reason = match &ours {
+            Some(ours) if ours != theirs => Some(format!(
+                "history mismatch: this follower holds history {ours} but {who} has history {theirs} (was the leader restarted on an empty or foreign data directory?); refusing it until the leader of history {ours} is back"
+            )),
+            _ => None,
+        };
+        let mut refused = self.refused.lock();
+        match (&*refused, &reason) {
+            (None, Some(r)) => tracing::error!(leader = %self.leader, "REFUSING the leader: {r}"),
+            (Some(_), None) => {
+                tracing::info!(leader = %self.leader, history = theirs, "the leader's history matches again; no longer refusing it")
+            }
+            _ => {}
+        }
+        *refused = reason;
+    }
+
+    /// Asks the leader for its role and history (`GET /v1/replication/state`, within a second) and records
+    /// a history mismatch or its end. `Err` says why this follower cannot follow its leader now: it is
+    /// unreachable, refuses the token, is not a leader, or holds another history.
+    pub async fn probe_leader(&self) -> Result<(), String> {
+        let mut client = Client::new(&self.leader).map_err(|e| e.to_string())?;
+        let headers: Vec<(HeaderName, HeaderValue)> = self
+            .token
+            .iter()
+            .filter_map(|t| HeaderValue::from_str(t.expose()).ok())
+            .map(|v| (HeaderName::from_static(TOKEN_HEADER), v))
+            .collect();
+        let answer = tokio::time::timeout(
+            PROBE_TIMEOUT,
+            client.send_with(Method::GET, "/v1/replication/state", &headers, Bytes::new()),
+        )
+        .await;
+        let (status, _, body) = match answer {
+            Err(_) => {
+                return Err(format!(
+                    "leader unreachable: the leader at {} did not answer within {PROBE_TIMEOUT:?}",
+                    self.leader
+                ))
+            }
+            Ok(Err(e)) => return Err(format!("leader unreachable: {e}")),
+            Ok(Ok(a)) => a,
+        };
+        let st: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        match status {
+            StatusCode::OK => {}
+            StatusCode::UNAUTHORIZED => {
+                return Err(format!(
+                    "the leader at {} refuses this follower's replication token (REPLICATION_TOKEN differs)",
+                    self.leader
+                ))
+            }
+            s => {
+                return Err(format!(
+                    "the leader at {} answered {s} to GET /v1/replication/state",
+                    self.leader
+                ))
+            }
+        }
+        let role = st.get("role").and_then(|r| r.as_str()).unwrap_or("");
+        if role != "leader" {
+            return Err(format!(
+                "the node at {} is not a leader (role {role:?}); check REPLICATION_LEADER_HOST",
+                self.leader
+            ));
+        }
+        if let Some(theirs) = st.get("history").and_then(|h| h.as_str()) {
+            self.note_leader_history(theirs, &format!("the leader at {}", self.leader));
+        }
+        self.refusal().map_or(Ok(()), Err)
+    }
+
+    /// The refusal, if one is recorded and the leader still holds another history (one probe). An
+    /// unreachable leader keeps the recorded refusal.
+    pub async fn current_refusal(&self) -> Option<String> {
+        self.refusal()?;
+        let _ = self.probe_leader().await;
+        self.refusal()
     }
 
     /// Records a leader request: its last LSN (header) and our applied LSN after it.
@@ -131,6 +248,7 @@ impl FollowerNode {
             "last_contact_ms_ago": self.last_contact.lock().map(|t| t.elapsed().as_millis() as u64),
             "forwarded_writes": self.forwarded.load(Ordering::Relaxed),
             "forward_failures": self.forward_failures.load(Ordering::Relaxed),
+            "refusing": self.refusal(),
         })
     }
 
@@ -193,6 +311,14 @@ impl FollowerNode {
         body: Bytes,
     ) -> Result<Response<Body>, ApiError> {
         self.forwarded.fetch_add(1, Ordering::Relaxed);
+        if let Some(reason) = self.current_refusal().await {
+            self.forward_failures.fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{reason}; the write was not forwarded and not applied"),
+            ));
+        }
+        let ours = self.replica.state().history;
         let mut client = {
             let mut pool = self.pool.lock();
             pool.retain(|(_, used)| used.elapsed() < POOL_IDLE);
@@ -202,10 +328,16 @@ impl FollowerNode {
                     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
             }
         };
-        let pass: Vec<(HeaderName, HeaderValue)> = [hyper::header::CONTENT_TYPE]
+        let mut pass: Vec<(HeaderName, HeaderValue)> = [hyper::header::CONTENT_TYPE]
             .iter()
             .filter_map(|n| headers.get(n).map(|v| (n.clone(), v.clone())))
             .collect();
+        // The leader refuses the write if it holds another history (see the module doc).
+        pass.extend(
+            ours.as_deref()
+                .and_then(|h| HeaderValue::from_str(h).ok())
+                .map(|v| (HeaderName::from_static(EXPECTED_HISTORY_HEADER), v)),
+        );
         let sent = tokio::time::timeout(
             FORWARD_TIMEOUT,
             client.send_with(method, path_and_query, &pass, body),
@@ -231,6 +363,19 @@ impl FollowerNode {
             ),
             Ok(Ok((status, resp_headers, resp_body))) => {
                 self.pool.lock().push((client, Instant::now()));
+                let refused_by = (status == StatusCode::CONFLICT)
+                    .then(|| resp_headers.get(HISTORY_HEADER))
+                    .flatten()
+                    .and_then(|v| v.to_str().ok());
+                if let Some(theirs) = refused_by {
+                    self.note_leader_history(theirs, &format!("the leader at {}", self.leader));
+                    if let Some(reason) = self.refusal() {
+                        return failed(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("{reason}; the leader refused the write, it was not applied"),
+                        );
+                    }
+                }
                 let mut resp = Response::new(full(resp_body));
                 *resp.status_mut() = status;
                 for name in [hyper::header::CONTENT_TYPE, HeaderName::from_static("x-kv-lsn")] {

@@ -33,7 +33,7 @@ use serde_json::json;
 use tokio::sync::{watch, Notify};
 
 use super::wire;
-use super::{HISTORY_HEADER, LEADER_LSN_HEADER, TOKEN_HEADER};
+use super::{Secret, HISTORY_HEADER, LEADER_LSN_HEADER, TOKEN_HEADER};
 use crate::client::Client;
 
 /// Payload bytes per apply request (at least one entry is always sent).
@@ -92,7 +92,7 @@ impl Link {
 pub struct LeaderHub {
     engine: Arc<dyn Engine>,
     history: String,
-    token: Option<String>,
+    token: Option<Secret>,
     ack: AckPolicy,
     links: Vec<Arc<Link>>,
     /// The last LSN written (wakes idle shippers).
@@ -138,7 +138,7 @@ impl LeaderHub {
     pub fn new(
         engine: Arc<dyn Engine>,
         history: String,
-        token: Option<String>,
+        token: Option<Secret>,
         ack: AckPolicy,
         followers: &[String],
     ) -> Arc<Self> {
@@ -378,7 +378,7 @@ impl LeaderHub {
         .flatten()
         .collect();
         if let Some(t) = &self.token {
-            h.extend(header(TOKEN_HEADER, t));
+            h.extend(header(TOKEN_HEADER, t.expose()));
         }
         h
     }

@@ -12,23 +12,31 @@
 //!
 //! Requests carry the leader's history id (`x-kv-history`) and last LSN (`x-kv-leader-lsn`). A refusal
 //! (another history, a gap, a snapshot needed) is 409 with the reason; a missing or wrong token is 401.
+//!
+//! A leader's `state` answers `{"role":"leader","history"}`: followers probe it for readiness ([`ready`]).
+//! A leader refuses a client write forwarded by a follower of another history
+//! ([`Replication::check_forwarded_history`]); the follower's side is in [`follower`].
 
 pub mod follower;
 pub mod leader;
+pub mod ready;
+pub mod secret;
 pub mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper::{HeaderMap, Request, StatusCode};
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{HeaderMap, Request, Response, StatusCode};
 use kv_app::ReplicaError;
 use serde_json::json;
 
 use crate::body::read_body;
-use crate::error::ApiError;
+use crate::error::{ApiError, Body};
 pub use follower::FollowerNode;
 pub use leader::{AckPolicy, LeaderHub};
+pub use secret::Secret;
 
 /// The replication token header.
 pub const TOKEN_HEADER: &str = "x-kv-replication-token";
@@ -38,6 +46,9 @@ pub const HISTORY_HEADER: &str = "x-kv-history";
 pub const LEADER_LSN_HEADER: &str = "x-kv-leader-lsn";
 /// A read's minimum LSN header (also the `min_lsn` query parameter).
 pub const MIN_LSN_HEADER: &str = "x-kv-min-lsn";
+/// On a forwarded write: the history the forwarding follower holds. A leader of another history refuses
+/// the write (409, with its own history in [`HISTORY_HEADER`]) instead of applying it.
+pub const EXPECTED_HISTORY_HEADER: &str = "x-kv-expected-history";
 
 /// This node's part in replication.
 #[derive(Debug, Clone)]
@@ -54,7 +65,10 @@ pub struct Replication {
     /// Leader or follower.
     pub role: Role,
     /// Token the replication endpoints require (`None`: open, for trusted networks only).
-    pub token: Option<String>,
+    pub token: Option<Secret>,
+    /// A leader's history id (`None`: unknown, as in a standalone test server; a follower's is in its
+    /// replica state).
+    pub history: Option<String>,
     /// Longest wait of a read for its minimum LSN.
     pub max_read_wait: Duration,
 }
@@ -65,6 +79,7 @@ impl Replication {
         Self {
             role: Role::Leader(None),
             token: None,
+            history: None,
             max_read_wait: Duration::from_secs(5),
         }
     }
@@ -102,7 +117,7 @@ impl Replication {
             .get(TOKEN_HEADER)
             .map(|v| v.as_bytes())
             .unwrap_or_default();
-        if constant_time_eq(given, expected.as_bytes()) {
+        if constant_time_eq(given, expected.expose().as_bytes()) {
             Ok(())
         } else {
             Err(ApiError::new(
@@ -110,6 +125,33 @@ impl Replication {
                 format!("replication endpoints need the replication token in {TOKEN_HEADER}"),
             ))
         }
+    }
+
+    /// On a leader: refuses a write forwarded by a follower of another history (its
+    /// [`EXPECTED_HISTORY_HEADER`] differs from ours), so a leader restarted on an empty or foreign data
+    /// directory never acknowledges a write that the follower's real history would lose. The answer is
+    /// 409 with this leader's history in [`HISTORY_HEADER`]; the follower turns it into a 503 for its
+    /// client. Writes without the header (clients, older followers) pass (`None`).
+    pub fn check_forwarded_history(&self, headers: &HeaderMap) -> Option<Response<Body>> {
+        let (Role::Leader(_), Some(ours)) = (&self.role, &self.history) else {
+            return None;
+        };
+        let theirs = headers
+            .get(EXPECTED_HISTORY_HEADER)
+            .and_then(|v| v.to_str().ok())?;
+        if theirs == ours {
+            return None;
+        }
+        let mut resp = ApiError::new(
+            StatusCode::CONFLICT,
+            format!("history mismatch: the forwarding follower holds history {theirs}, this leader's is {ours} (was the leader restarted on an empty or foreign data directory?); the write was not applied"),
+        )
+        .into_response();
+        if let Ok(v) = HeaderValue::from_str(ours) {
+            resp.headers_mut()
+                .insert(HeaderName::from_static(HISTORY_HEADER), v);
+        }
+        Some(resp)
     }
 }
 
@@ -143,6 +185,15 @@ pub async fn handle(
     if path == "/v1/replication/state" {
         return Ok(match &repl.role {
             Role::Follower(f) => {
+                // A leader's handshake names its history: the first sign of a leader restarted on an
+                // empty or foreign directory (which then refuses to ship to us, so no apply would tell).
+                if let Some(theirs) = req
+                    .headers()
+                    .get(HISTORY_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                {
+                    f.note_leader_history(theirs, "the leader that contacted this follower");
+                }
                 let st = f.replica.state();
                 json!({
                     "role": "follower",
@@ -153,7 +204,7 @@ pub async fn handle(
             }
             Role::Leader(hub) => json!({
                 "role": "leader",
-                "history": hub.as_ref().map(|h| h.history().to_string()),
+                "history": repl.history.clone().or_else(|| hub.as_ref().map(|h| h.history().to_string())),
             }),
         });
     }
@@ -196,11 +247,13 @@ pub async fn handle(
         match applied {
             Ok(lsn) => {
                 node.contact(leader_lsn, lsn.0);
+                node.note_leader_history(&history, "the leader that contacted this follower");
                 Ok(lsn.0)
             }
             Err(e) => {
                 if matches!(e, ReplicaError::HistoryMismatch { .. }) {
                     tracing::error!("REFUSING the leader's data: {e}");
+                    node.note_leader_history(&history, "the leader that contacted this follower");
                 }
                 Err(e.into())
             }
