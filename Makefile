@@ -40,8 +40,14 @@ compose-up: docker ## Start the cluster: a leader on 8080, followers on 8081-808
 compose-down: ## Stop the cluster (volumes are kept; docker-compose -f docker/compose.yaml -p moniepoint-kv down -v drops them)
 	$(COMPOSE) down
 
+# One build of everything the tests use: the server and CLI binaries the process tests run, and every test
+# target. Selecting all workspace members with their tests (dev-dependencies included) unifies features
+# exactly as nextest's own build does, so nextest then compiles nothing; `cargo build -p kv-server -p kvctl`
+# resolved fewer features and built 37 crates a second time. docker/build.sh's debug build uses the same.
+TEST_BUILD = $(CARGO) build --workspace --bins --tests --examples
+
 test: ## Run every test (unit, property, golden, recovery, crash loops, HTTP, processes, containers; needs Docker)
-	$(CARGO) build -p kv-server -p kvctl
+	$(TEST_BUILD)
 	docker/build.sh moniepoint-kv:test debug
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \

@@ -11,7 +11,9 @@ command -v docker >/dev/null || { echo "docker not found: install Docker Engine 
 docker info >/dev/null 2>&1 || { echo "no Docker engine answers: start it (systemctl start docker, or dockerd &) or set DOCKER_HOST" >&2; exit 1; }
 case $PROFILE in
   release) cargo build --release -q -p kv-server ;;
-  debug) cargo build -q -p kv-server ;;
+  # The selection of `make test` (TEST_BUILD in the Makefile): the same feature unification, so this
+  # reuses that build instead of compiling dozens of crates again with fewer features.
+  debug) cargo build -q --workspace --bins --tests --examples ;;
   *) echo "profile must be release or debug, not $PROFILE" >&2; exit 2 ;;
 esac
 BIN=target/$PROFILE/kv-server
