@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help run-leader run-follower docker compose-up compose-down bench-replication soak-replication test lint bench bench-engine bench-index bench-http larger-than-ram soak fmt clean-bench
+.PHONY: help run-leader run-follower docker compose-up compose-down bench-replication soak-replication test test-steps test-clean lint bench bench-engine bench-index bench-http larger-than-ram soak fmt clean-bench
 
 PORT ?= 8080
 DATA ?= ./data
@@ -40,19 +40,52 @@ compose-up: docker ## Start the cluster: a leader on 8080, followers on 8081-808
 compose-down: ## Stop the cluster (volumes are kept; docker-compose -f docker/compose.yaml -p moniepoint-kv down -v drops them)
 	$(COMPOSE) down
 
+# The test run's id: it names the image (moniepoint-kv:test-<run>) and prefixes every container, network and
+# volume the container tests create (kvtest-<run>-), so runs from several checkouts share one Docker engine
+# (integration-tests/src/docker/run.rs). Fresh per invocation: a hash of the checkout path, the time and
+# make's PID, lowercase hex. Set once here (not `?=`, which would re-run the shell at each use).
+ifeq ($(origin KV_TEST_RUN_ID),undefined)
+KV_TEST_RUN_ID := $(shell printf '%s%x%x' "$$(printf '%s' '$(CURDIR)' | sha256sum | cut -c1-8)" "$$(date +%s)" "$$PPID")
+endif
+export KV_TEST_RUN_ID
+TEST_IMAGE = moniepoint-kv:test-$(KV_TEST_RUN_ID)
+# One build of everything the tests use: the server and CLI binaries the process tests run, and every test
+# target. Selecting all workspace members with their tests (dev-dependencies included) unifies features
+# exactly as nextest's own build does, so nextest then compiles nothing; `cargo build -p kv-server -p kvctl`
+# resolved fewer features and built 37 crates a second time. docker/build.sh's debug build uses the same.
+TEST_BUILD = $(CARGO) build --workspace --bins --tests --examples
+CHECK_RUN_ID = @printf '%s' '$(KV_TEST_RUN_ID)' | grep -qxE '[a-z0-9]{1,32}' || \
+	{ echo "KV_TEST_RUN_ID must be 1-32 lowercase letters or digits, not '$(KV_TEST_RUN_ID)'" >&2; exit 2; }
+
 test: ## Run every test (unit, property, golden, recovery, crash loops, HTTP, processes, containers; needs Docker)
-	$(CARGO) build -p kv-server -p kvctl
-	docker/build.sh moniepoint-kv:test debug
+	$(CHECK_RUN_ID)
+	@echo "test run $(KV_TEST_RUN_ID): image $(TEST_IMAGE), Docker objects kvtest-$(KV_TEST_RUN_ID)-*"
+	@$(MAKE) --no-print-directory test-steps; status=$$?; \
+		$(MAKE) --no-print-directory test-clean; exit $$status
+
+test-steps:
+	$(TEST_BUILD)
+	docker/build.sh $(TEST_IMAGE) debug
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		$(CARGO) nextest run --workspace --no-fail-fast; \
+		KV_TEST_IMAGE=$(TEST_IMAGE) $(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
-		$(CARGO) test --workspace --no-fail-fast; \
+		KV_TEST_IMAGE=$(TEST_IMAGE) $(CARGO) test --workspace --no-fail-fast; \
 	fi
 	@if [ "$$(id -u)" = 0 ]; then \
 		python3 scripts/larger_than_ram.py target/debug/kv-server 512 128; \
 	else \
 		echo "larger-than-RAM check skipped: it needs root to create a memory cgroup (see make larger-than-ram)"; \
 	fi
+
+test-clean: ## Remove the containers, networks, volumes and image of test run KV_TEST_RUN_ID (e.g. after a killed run)
+	$(CHECK_RUN_ID)
+	@command -v docker >/dev/null && docker info >/dev/null 2>&1 || exit 0; \
+	own() { awk -v p='kvtest-$(KV_TEST_RUN_ID)-' 'index($$0, p) == 1'; }; \
+	docker ps -a --format '{{.Names}}' | own | xargs -r docker rm -fv >/dev/null; \
+	docker network ls --format '{{.Name}}' | own | xargs -r docker network rm >/dev/null; \
+	docker volume ls --format '{{.Name}}' | own | xargs -r docker volume rm >/dev/null; \
+	if docker image inspect $(TEST_IMAGE) >/dev/null 2>&1; then docker image rm $(TEST_IMAGE) >/dev/null; fi; \
+	echo "removed test run $(KV_TEST_RUN_ID)'s Docker objects and image $(TEST_IMAGE)"
 
 lint: ## rustfmt, clippy (warnings are errors) and rustdoc (warnings are errors)
 	$(CARGO) fmt --all -- --check

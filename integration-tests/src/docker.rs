@@ -4,12 +4,14 @@
 //!   `testcontainers` 0.28 talks to the engine through `bollard`, which sends unversioned API paths, so
 //!   the engine's own API version is used: this works with the Debian engine here (20.10, API 1.41) as
 //!   well as with current ones; nothing needs pinning.
-//! - **Image**: `KV_TEST_IMAGE` (default `moniepoint-kv:test`); `make test` rebuilds it from the debug build
-//!   first, and [`ensure_image`] builds it with `docker/build.sh` if it is missing.
+//! - **Image**: `KV_TEST_IMAGE`, default the run's image `moniepoint-kv:test-<run>` ([`run`]); `make test`
+//!   rebuilds it from the debug build first, and [`ensure_image`] builds it with `docker/build.sh` if it is
+//!   missing.
 //! - **Isolation**: every cluster gets a user-defined network created for it and container names with a
-//!   unique `kvtest-<id>-` prefix (also a label); the test reaches containers only through ports published
-//!   on 127.0.0.1. Containers, their anonymous volumes and the network are removed when the cluster is
-//!   dropped; `.ci/run` removes what a killed run left (names starting `kvtest-`).
+//!   unique `kvtest-<run>-<id>-` prefix (containers are also labelled `kvtest.run=<run>`); the test reaches
+//!   containers only through ports published on 127.0.0.1. Containers, their anonymous volumes and the
+//!   network are removed when the cluster is dropped; `make test-clean` removes what a killed run left
+//!   (names starting `kvtest-<run>-`, see [`run`]), and only that: other runs on the engine are left alone.
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -24,9 +26,17 @@ use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 use crate::cluster::TOKEN;
 use crate::Client;
 
-/// The image the tests run.
+pub mod run;
+
+/// This process's run id ([`run::current`], read once).
+pub fn run_id() -> &'static run::RunId {
+    static RUN: OnceLock<run::RunId> = OnceLock::new();
+    RUN.get_or_init(run::current)
+}
+
+/// The image the tests run: `KV_TEST_IMAGE`, or the run's image.
 pub fn image() -> String {
-    std::env::var("KV_TEST_IMAGE").unwrap_or_else(|_| "moniepoint-kv:test".into())
+    std::env::var("KV_TEST_IMAGE").unwrap_or_else(|_| run_id().image())
 }
 
 fn docker(args: &[&str]) -> std::process::Output {
@@ -81,7 +91,7 @@ pub fn ensure_image() {
     });
 }
 
-/// A fresh unique id for names.
+/// A fresh id telling this process's clusters apart within the run.
 fn unique_id() -> String {
     format!("{}-{:x}", std::process::id(), rand::random::<u32>())
 }
@@ -197,7 +207,8 @@ async fn start_node(
         })
         .with_container_name(name.clone())
         .with_network(network.to_string())
-        .with_label("moniepoint-kv-test", prefix.to_string())
+        .with_label(run::RUN_LABEL, run_id().as_str())
+        .with_label("kvtest.cluster", prefix.to_string())
         .with_env_var("REPLICATION_TOKEN", TOKEN)
         .with_env_var("RUST_LOG", "info")
         .with_startup_timeout(Duration::from_secs(60))
@@ -245,7 +256,7 @@ impl DockerCluster {
     /// Starts `followers` followers and a leader (with `leader_env` on top of the replication settings).
     pub async fn start(followers: usize, leader_env: &[(&str, &str)]) -> Self {
         ensure_image();
-        let prefix = format!("kvtest-{}", unique_id());
+        let prefix = run_id().cluster_prefix(&unique_id());
         let network = format!("{prefix}-net");
         let leader_name = format!("{prefix}-leader");
         let mut nodes = Vec::new();

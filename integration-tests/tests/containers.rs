@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use integration_tests::cluster::{
     applied, assert_all_present, assert_clients_converged, contents, status, workload, AckedWriters,
 };
-use integration_tests::docker::{docker_ok, ensure_image, image, wait_healthy, DockerCluster};
+use integration_tests::docker::{
+    docker_ok, ensure_image, image, run_id, wait_healthy, DockerCluster,
+};
 use integration_tests::{free_port, Client};
 
 const CONVERGE: Duration = Duration::from_secs(90);
@@ -219,7 +221,7 @@ impl Drop for ComposeProject {
 fn the_compose_file_validates_and_runs_a_leader_and_four_followers() {
     ensure_image();
     let project = ComposeProject {
-        name: format!("kvtest-{}-compose", std::process::id()),
+        name: run_id().compose_project(std::process::id()),
         ports: (0..5).map(|_| free_port()).collect(),
     };
     let config = compose(&project.name, &project.ports, &["config", "-q"]);
