@@ -183,7 +183,11 @@ fn a_restart_on_a_still_full_disk_serves_reads_and_answers_writes_507() {
     assert_eq!(status, 507, "{}", String::from_utf8_lossy(&body));
     let (ready, why) = server.client().request("GET", "/readyz", b"");
     assert_eq!(ready, 503, "a read-only node is live but not ready");
-    assert!(String::from_utf8_lossy(&why).contains("read-only"), "{}", String::from_utf8_lossy(&why));
+    assert!(
+        String::from_utf8_lossy(&why).contains("read-only"),
+        "{}",
+        String::from_utf8_lossy(&why)
+    );
     let (_, status_body) = server.client().request("GET", "/v1/status", b"");
     let status_json: serde_json::Value = serde_json::from_slice(&status_body).unwrap();
     assert!(

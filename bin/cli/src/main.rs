@@ -8,6 +8,7 @@ mod duration;
 mod error;
 mod escape;
 mod input;
+mod repair;
 mod shell;
 mod target;
 
@@ -166,6 +167,10 @@ enum Command {
     /// Load generator against a server: req/s and latency percentiles (HDR histogram). Not bounded by
     /// --timeout: it measures latency itself.
     Bench(bench::BenchArgs),
+    /// Salvage a data directory that refuses to open (a damaged or missing segment file): keeps every
+    /// record that still checks, sets the damaged originals aside, and reports exactly which LSNs (or keys)
+    /// were lost. Offline: needs --data-dir and a stopped server.
+    Repair,
     /// Print a shell completion script, e.g. `source <(kvctl completion bash)`.
     Completion {
         /// The shell.
@@ -188,6 +193,12 @@ fn main() -> ExitCode {
     if let Command::Completion { shell } = cli.command {
         clap_complete::generate(shell, &mut Cli::command(), "kvctl", &mut std::io::stdout());
         return ExitCode::from(error::OK);
+    }
+    if let Command::Repair = cli.command {
+        return exit(repair::run(
+            cli.data_dir.as_deref(),
+            cli.output == Output::Json,
+        ));
     }
     if let Command::Bench(args) = &cli.command {
         // The load generator runs its own multi-threaded runtime, and only against a server.
@@ -347,7 +358,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Shell => shell::run(&mut target).await,
-        Command::Bench(_) | Command::Completion { .. } => Err(CliError::usage(
+        Command::Bench(_) | Command::Completion { .. } | Command::Repair => Err(CliError::usage(
             "this command runs before the runtime starts",
         )),
     }

@@ -341,6 +341,7 @@ async fn a_leader_with_followers_exposes_valid_metrics() {
             &["http://127.0.0.1:1".into(), "http://127.0.0.1:2".into()],
         ))),
         token: None,
+        history: Some("0123456789abcdef".into()),
         max_read_wait: Duration::from_secs(1),
     })
     .await;
@@ -366,8 +367,9 @@ async fn a_follower_exposes_valid_metrics() {
         let replica = kv_app::Replica::open(engine, store).unwrap();
         Replication {
             // Nothing listens there: forwarded writes fail, which counts a forward failure.
-            role: Role::Follower(FollowerNode::new(replica, "http://127.0.0.1:1").unwrap()),
+            role: Role::Follower(FollowerNode::new(replica, "http://127.0.0.1:1", None).unwrap()),
             token: None,
+            history: None,
             max_read_wait: Duration::from_secs(1),
         }
     })
