@@ -79,7 +79,7 @@ pub trait Engine: Send + Sync {
     fn delete(&self, key: &[u8]) -> EngineResult<Lsn>;
 
     /// Applies every operation of `batch` atomically under one LSN: after any crash either all of them are
-    /// visible or none is. An empty batch is refused with [`EngineError::InvalidInput`]: it would take an
+    /// visible or none is. An empty batch is refused with [`crate::EngineError::InvalidInput`]: it would take an
     /// LSN for no write (or, answered with the last LSN, give two writes one LSN).
     fn write_batch(&self, batch: &WriteBatch) -> EngineResult<Lsn>;
 
