@@ -67,6 +67,20 @@ pub trait FileSystem: Send + Sync + Debug {
     fn lock_dir(&self, dir: &Path) -> io::Result<Box<dyn DirLock>>;
 }
 
+/// Takes the lock of data directory `dir`: [`kv_domain::EngineError::Locked`] when another process (or
+/// engine) holds it.
+pub fn lock_data_dir(fs: &dyn FileSystem, dir: &Path) -> kv_domain::EngineResult<Box<dyn DirLock>> {
+    fs.lock_dir(dir).map_err(|e| {
+        if e.kind() == io::ErrorKind::WouldBlock {
+            kv_domain::EngineError::Locked {
+                path: dir.display().to_string(),
+            }
+        } else {
+            kv_domain::EngineError::io(format!("locking {}", dir.display()), e)
+        }
+    })
+}
+
 /// The real file system.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RealFs;

@@ -6,10 +6,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{contents, sim_options, Model};
+use common::{contents, segment_ids, sim_options, Model};
 use kv_domain::{Durability, Engine, EngineError};
 use kv_infra_fs::manifest::MANIFEST;
-use kv_infra_fs::segment::{parse_segment_name, segment_name, FIRST_SEGMENT_ID};
+use kv_infra_fs::segment::{segment_name, FIRST_SEGMENT_ID};
 use kv_infra_fs::sim::SimFs;
 use kv_infra_fs::vfs::FileSystem;
 use kv_infra_fs::FsEngine;
@@ -18,17 +18,6 @@ const DIR: &str = "/data";
 
 fn open(fs: &SimFs) -> Result<FsEngine, EngineError> {
     FsEngine::open(DIR, sim_options(fs, Durability::Always, 300))
-}
-
-/// Segment ids on disk, ascending.
-fn segment_ids(fs: &SimFs) -> Vec<u32> {
-    let mut ids: Vec<u32> = fs
-        .paths()
-        .iter()
-        .filter_map(|p| p.file_name()?.to_str().and_then(parse_segment_name))
-        .collect();
-    ids.sort_unstable();
-    ids
 }
 
 fn path(name: &str) -> PathBuf {
@@ -163,4 +152,24 @@ fn a_damaged_manifest_is_corruption() {
     fs.set_file(&path(MANIFEST), bytes);
     let msg = refusal(&fs);
     assert!(msg.contains(MANIFEST), "{msg}");
+}
+
+#[test]
+fn an_unfinished_rotation_leaves_the_ids_consecutive() {
+    let (fs, model) = populated();
+    let newest = *segment_ids(&fs).last().unwrap();
+    // A rotation that created the next segment but never finished its header (nor listed it).
+    fs.set_file(&path(&segment_name(newest + 1)), b"MPKV".to_vec());
+    let engine = open(&fs).unwrap();
+    assert_eq!(contents(&engine), model);
+    for i in 0..30u32 {
+        engine.put(format!("n{i}").as_bytes(), b"after").unwrap();
+    }
+    drop(engine);
+    let ids = segment_ids(&fs);
+    assert!(
+        ids.windows(2).all(|w| w[1] == w[0] + 1),
+        "no gap in the segment ids: {ids:?}"
+    );
+    open(&fs).unwrap();
 }

@@ -64,3 +64,18 @@ pub fn open_real(dir: &Path, durability: Durability, segment_bytes: u64) -> FsEn
     )
     .unwrap()
 }
+
+/// Ids of the segment files on a simulated file system, ascending.
+pub fn segment_ids(fs: &SimFs) -> Vec<u32> {
+    let mut ids: Vec<u32> = fs
+        .paths()
+        .iter()
+        .filter_map(|p| {
+            p.file_name()?
+                .to_str()
+                .and_then(kv_infra_fs::segment::parse_segment_name)
+        })
+        .collect();
+    ids.sort_unstable();
+    ids
+}
