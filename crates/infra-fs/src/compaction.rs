@@ -391,6 +391,8 @@ fn commit(inner: &Inner, mut o: Output, stats: &mut CompactionStats) -> EngineRe
         for (key, _, from, to) in &o.remaps {
             if inner.index.get(key) == Some(*from) {
                 inner.index.insert(key, *to);
+                // The input's copy is dead now (counted even if this compaction fails later).
+                garbage.add(from.segment, from.len as u64);
             } else {
                 // Overwritten or deleted since it was copied: the copy is garbage already.
                 garbage.add(o.id, to.len as u64);

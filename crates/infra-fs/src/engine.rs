@@ -232,15 +232,7 @@ impl FsEngine {
         let fs = opts.fs.clone();
         fs.create_dir_all(&dir)
             .map_err(|e| EngineError::io(format!("creating {}", dir.display()), e))?;
-        let lock = fs.lock_dir(&dir).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::WouldBlock {
-                EngineError::Locked {
-                    path: dir.display().to_string(),
-                }
-            } else {
-                EngineError::io(format!("locking {}", dir.display()), e)
-            }
-        })?;
+        let lock = crate::vfs::lock_data_dir(&*fs, &dir)?;
         let index = opts.index.build();
         let mut garbage = Garbage::default();
         let budget = FdBudget::new(opts.max_open_files);
@@ -258,25 +250,53 @@ impl FsEngine {
                 .map(Some)?,
             (newest, _) => newest,
         };
+        let mut read_only = rec.read_only;
         let (active, offset, disk_bytes) = match newest {
-            Some((seg, len)) if len < opts.max_segment_bytes || rec.read_only.is_some() => {
+            Some((seg, len)) if len < opts.max_segment_bytes || read_only.is_some() => {
                 (seg, len, rec.disk_bytes)
             }
-            _ => {
+            newest => {
                 let id = if rec.max_id == 0 {
                     FIRST_SEGMENT_ID
                 } else {
                     rec.max_id + 1
                 };
-                let seg = create_segment(&fs, &dir, id, rec.last_lsn, &budget)?;
-                segments.insert(id, seg.clone());
-                (
-                    seg,
-                    SEGMENT_HEADER_LEN as u64,
-                    rec.disk_bytes + SEGMENT_HEADER_LEN as u64,
-                )
+                match (create_segment(&fs, &dir, id, rec.last_lsn, &budget), newest) {
+                    (Ok(seg), _) => {
+                        segments.insert(id, seg.clone());
+                        (
+                            seg,
+                            SEGMENT_HEADER_LEN as u64,
+                            rec.disk_bytes + SEGMENT_HEADER_LEN as u64,
+                        )
+                    }
+                    // The newest segment is full and there is no room for the next one: serve reads.
+                    (Err(EngineError::DiskFull { context }), Some((seg, len))) => {
+                        let _ = fs.remove(&path_in(&dir, &segment_name(id)));
+                        let why = format!("the disk is full: no room for a new segment ({context}); writes are refused until space is freed and the server restarted");
+                        tracing::error!("opening read-only: {why}");
+                        read_only = Some(why);
+                        (seg, len, rec.disk_bytes)
+                    }
+                    (Err(e), _) => return Err(e),
+                }
             }
         };
+        // The manifest names exactly the table recovery built (it adopts or drops what recovery reconciled,
+        // and a store from an older version gets its first one here); unchanged, it is not rewritten, so a
+        // clean store on a full disk still opens.
+        let ids: BTreeSet<u32> = segments.keys().copied().collect();
+        if read_only.is_none() && rec.listed.as_ref() != Some(&ids) {
+            match crate::manifest::store(&*fs, &dir, &ids) {
+                Ok(()) => {}
+                Err(EngineError::DiskFull { context }) => {
+                    let why = format!("the disk is full: the manifest could not be updated ({context}); writes are refused until space is freed and the server restarted");
+                    tracing::error!("opening read-only: {why}");
+                    read_only = Some(why);
+                }
+                Err(e) => return Err(e),
+            }
+        }
         tracing::info!(
             dir = %dir.display(), segments = rec.report.segments, records = rec.report.records,
             keys = index.len(), last_lsn = rec.last_lsn, truncated_bytes = rec.report.truncated_bytes,
@@ -306,7 +326,7 @@ impl FsEngine {
             garbage_bytes: AtomicU64::new(garbage.total()),
             publish: Mutex::new(garbage),
             manifest: Mutex::new(()),
-            read_only: rec.read_only,
+            read_only,
             compacting: Mutex::new(()),
             compactions: Mutex::new(CompactionStats::default()),
             compaction_progress: Mutex::new(None),
@@ -322,11 +342,6 @@ impl FsEngine {
             _lock: lock,
             opts,
         });
-        if inner.read_only.is_none() {
-            // The manifest names exactly the table recovery built (it adopts or drops what recovery
-            // reconciled, and a store from an older version gets its first manifest here).
-            inner.update_segments(None, &[])?;
-        }
         let mut background = Vec::new();
         if let Durability::Interval { ms } = inner.opts.durability {
             background.extend(spawn_background(
@@ -351,6 +366,7 @@ impl FsEngine {
                     let garbage = inner.garbage_bytes.load(Ordering::Relaxed);
                     let disk = inner.disk_bytes.load(Ordering::Relaxed).max(1);
                     if inner.poison.get().is_none()
+                        && inner.read_only.is_none()
                         && garbage >= auto.min_garbage_bytes
                         && garbage as f64 / disk as f64 >= auto.garbage_ratio
                     {

@@ -59,8 +59,10 @@ pub(crate) struct Recovered {
     pub segments: BTreeMap<u32, Arc<Segment>>,
     /// The newest segment and its length, to continue appending to.
     pub newest: Option<(Arc<Segment>, u64)>,
-    /// Highest segment id seen, including a removed unfinished one (new segments get higher ids).
+    /// Highest segment id kept (a new segment gets the next one).
     pub max_id: u32,
+    /// The manifest as found (`None`: there was none), to tell whether it must be rewritten.
+    pub listed: Option<BTreeSet<u32>>,
     /// Highest LSN found.
     pub last_lsn: u64,
     /// Bytes of all segments.
@@ -384,7 +386,9 @@ pub(crate) fn recover(
             newest = Some((seg, len));
         }
     }
-    let max_id = ids.last().copied().unwrap_or(0);
+    // The highest id kept: a removed unfinished newest segment's id is reused (its file is durably gone),
+    // so the ids stay consecutive and the manifest's newest + 1 rule holds for the next segment.
+    let max_id = segments.keys().next_back().copied().unwrap_or(0);
     Ok(Recovered {
         segments,
         newest,
@@ -393,6 +397,7 @@ pub(crate) fn recover(
         disk_bytes,
         report,
         read_only,
+        listed,
     })
 }
 

@@ -332,3 +332,27 @@ fn a_restart_on_a_full_disk_opens_read_only_and_leaves_the_torn_tail_alone() {
     assert_eq!(contents(&engine), model);
     engine.put(b"new", b"x").unwrap();
 }
+
+#[test]
+fn a_clean_store_on_a_full_disk_opens_and_serves_reads() {
+    let fs = SimFs::new();
+    let engine = open(&fs, Durability::Always);
+    let mut model = Model::new();
+    for i in 0..20u32 {
+        let (k, v) = (format!("k{i}").into_bytes(), format!("v{i}").into_bytes());
+        engine.put(&k, &v).unwrap();
+        model.insert(k, v);
+    }
+    drop(engine);
+    fs.set_faults(Faults {
+        disk_bytes: Some(0),
+        ..Faults::default()
+    });
+    // Nothing to repair and the manifest is current: open writes nothing.
+    let engine = open(&fs, Durability::Always);
+    assert_eq!(contents(&engine), model);
+    assert!(matches!(
+        engine.put(b"x", b"y"),
+        Err(EngineError::DiskFull { .. })
+    ));
+}
