@@ -7,12 +7,12 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{contents, sim_options, Model};
+use common::{contents, segment_ids, sim_options, Model};
 use kv_domain::{Durability, Engine, EngineError, WriteBatch};
 use kv_infra_fs::codec::{decode_record, RecordKind, SEGMENT_HEADER_LEN};
 use kv_infra_fs::hint::hint_name;
 use kv_infra_fs::repair::{repair, Lost};
-use kv_infra_fs::segment::{parse_segment_name, segment_name, FIRST_SEGMENT_ID};
+use kv_infra_fs::segment::{segment_name, FIRST_SEGMENT_ID};
 use kv_infra_fs::sim::SimFs;
 use kv_infra_fs::vfs::FileSystem;
 use kv_infra_fs::FsEngine;
@@ -78,16 +78,6 @@ fn populated() -> (SimFs, Vec<Write>) {
     }
     assert_eq!(contents(&engine), replay(&history, |_| false));
     (fs, history)
-}
-
-fn segment_ids(fs: &SimFs) -> Vec<u32> {
-    let mut ids: Vec<u32> = fs
-        .paths()
-        .iter()
-        .filter_map(|p| p.file_name()?.to_str().and_then(parse_segment_name))
-        .collect();
-    ids.sort_unstable();
-    ids
 }
 
 /// The records of a segment file: (offset, LSN, kind).
@@ -357,4 +347,25 @@ fn after_any_byte_flip_repair_loses_exactly_the_reported_lsns() {
         );
     }
     println!("repair: {detected}/{cases} flips detected at open, {lsns_lost} LSNs reported lost in all, contents exact after every repair");
+}
+
+#[test]
+fn an_unfinished_rotation_is_left_to_recovery_not_salvaged_with_a_wrong_base() {
+    let (fs, history) = populated();
+    let newest = *segment_ids(&fs).last().unwrap();
+    fs.set_file(&path(&segment_name(newest + 1)), b"MPKV".to_vec());
+    let report = repair(DIR, &sim_options(&fs, Durability::Always, SEGMENT)).unwrap();
+    assert!(report.is_clean(), "{report}");
+    let engine = open(&fs).unwrap();
+    assert_eq!(contents(&engine), replay(&history, |_| false));
+    // Replication reads the whole history back in order (a base LSN of 0 would make it skip).
+    match engine
+        .read_log(&kv_domain::LogCursor::after(kv_domain::Lsn(0)), usize::MAX)
+        .unwrap()
+    {
+        kv_domain::LogRead::Entries { entries, .. } => {
+            assert_eq!(entries.len(), history.len());
+        }
+        other => panic!("{other:?}"),
+    }
 }
