@@ -29,7 +29,9 @@
 //!   above or the store refuses to open.
 //!
 //! A store written before the manifest existed has none: recovery then checks that the normal segment ids
-//! are consecutive (the only gaps such a store could have are missing files) and writes one.
+//! are consecutive (the only gaps such a store could have are missing files) and writes one. A newer
+//! store whose manifest was deleted may have legitimate gaps (compaction keeps segments with nothing to
+//! reclaim) and is refused too; `kvctl repair` rebuilds the manifest from the files present.
 
 use std::collections::BTreeSet;
 use std::path::Path;
