@@ -24,14 +24,10 @@ fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 /// Reads the whole body, at most `limit` bytes. A request with neither `Content-Length` nor
 /// `Transfer-Encoding` has an empty body (RFC 9112 §6.3), so a bodyless raw `PUT` stores an empty value
 /// (it used to be refused with 411, which broke clients such as `kvctl put k ''`).
-///
-/// `_raw_value` is ignored; it remains only so that callers outside this module need no change while other
-/// work on them is in flight, and is to be removed with them.
 pub async fn read_body(
     headers: &HeaderMap,
     body: Incoming,
     limit: usize,
-    _raw_value: bool,
 ) -> Result<Bytes, ApiError> {
     if let Some(len) = declared_length(headers)? {
         if len > limit as u64 {

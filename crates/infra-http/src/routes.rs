@@ -271,8 +271,7 @@ async fn forward(
         .uri
         .path_and_query()
         .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string());
-    let raw = parts.uri.path().starts_with("/v1/kv/") && parts.method == Method::PUT;
-    let bytes = read_body(&parts.headers, body, state.max_body_bytes, raw).await?;
+    let bytes = read_body(&parts.headers, body, state.max_body_bytes).await?;
     state.metrics.add_bytes_in(bytes.len());
     node.forward(parts.method, &path, &parts.headers, bytes)
         .await
@@ -463,7 +462,7 @@ fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 async fn json_body(state: &ServerState, req: Request<Incoming>) -> Result<Bytes, ApiError> {
     let (parts, body) = req.into_parts();
     check_json_content_type(&parts.headers)?;
-    let bytes = read_body(&parts.headers, body, state.max_body_bytes, false).await?;
+    let bytes = read_body(&parts.headers, body, state.max_body_bytes).await?;
     state.metrics.add_bytes_in(bytes.len());
     Ok(bytes)
 }
@@ -807,7 +806,7 @@ async fn raw_kv(
         }
         _ => {
             let (parts, body) = req.into_parts();
-            let value = read_body(&parts.headers, body, state.max_body_bytes, true).await?;
+            let value = read_body(&parts.headers, body, state.max_body_bytes).await?;
             state.metrics.add_bytes_in(value.len());
             let payload = key.len() + value.len();
             let service = state.service.clone();

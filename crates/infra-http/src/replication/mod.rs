@@ -228,7 +228,7 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     // A frame holds whole entries, and one entry may hold a maximal batch: allow twice the client limit.
-    let bytes = read_body(&parts.headers, body, max_body.saturating_mul(2), true).await?;
+    let bytes = read_body(&parts.headers, body, max_body.saturating_mul(2)).await?;
     let node = node.clone();
     let is_apply = path == "/v1/replication/apply";
     if !is_apply && path != "/v1/replication/snapshot" {
