@@ -18,6 +18,16 @@ fn kvctl(target: &[String], args: &[&str], stdin: &[u8]) -> (i32, Vec<u8>, Strin
     kvctl_env(target, args, stdin, &[])
 }
 
+/// A kvctl command with `target` and `args`, none of kvctl's environment variables but `env`.
+fn kvctl_command(target: &[String], args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(binary("kvctl"));
+    for name in KVCTL_ENV {
+        cmd.env_remove(name);
+    }
+    cmd.envs(env.iter().copied()).args(target).args(args);
+    cmd
+}
+
 /// [`kvctl`] with environment variables.
 fn kvctl_env(
     target: &[String],
@@ -25,14 +35,7 @@ fn kvctl_env(
     stdin: &[u8],
     env: &[(&str, &str)],
 ) -> (i32, Vec<u8>, String) {
-    let mut cmd = Command::new(binary("kvctl"));
-    for name in KVCTL_ENV {
-        cmd.env_remove(name);
-    }
-    let mut child = cmd
-        .envs(env.iter().copied())
-        .args(target)
-        .args(args)
+    let mut child = kvctl_command(target, args, env)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -370,14 +373,7 @@ fn a_server_that_never_answers_times_out() {
 /// Runs kvctl with a hang guard: kills it if it has not exited after 60 s (a guard against hanging the
 /// suite, not a speed check). Returns the exit code and stderr.
 fn run_bounded(target: &[String], args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
-    let mut cmd = Command::new(binary("kvctl"));
-    for name in KVCTL_ENV {
-        cmd.env_remove(name);
-    }
-    let mut child = cmd
-        .envs(env.iter().copied())
-        .args(target)
-        .args(args)
+    let mut child = kvctl_command(target, args, env)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
