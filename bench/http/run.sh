@@ -2,13 +2,16 @@
 # HTTP load benchmark: wrk (Debian's package) against a release kv-server and, in the same run, the bare hyper
 # ceiling server (crates/infra-http/examples/ceiling.rs). Prints a Markdown table for docs/benchmarks.md.
 # Usage: bench/http/run.sh [seconds per run, default 5]
+# KV_SERVER=path runs that kv-server binary instead of building this checkout's (e.g. a copy of an earlier
+# commit's release build, to compare before and after in one sitting; see docs/benchmarks.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECS=${1:-5}
 command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk" >&2; exit 1; }
-cargo build --release -q -p kv-server
+[ -n "${KV_SERVER:-}" ] || cargo build --release -q -p kv-server
 cargo build --release -q -p kv-infra-http --example ceiling
 BIN=target/release
+SERVER_BIN=${KV_SERVER:-$BIN/kv-server}
 PORT=18181
 CEIL=18182
 DATA=$(mktemp -d)
@@ -28,6 +31,7 @@ run() {
   echo "| $name | $conns | $rps | $p50 | $p99 | ${errors:-} |"
 }
 
+echo "Server: $SERVER_BIN"
 echo "Machine: $(nproc) cores ($(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | xargs)), wrk -t2, ${SECS}s per run, $(date -u +%F)"
 echo
 echo "| workload | connections | req/s | p50 | p99 | errors |"
@@ -39,7 +43,7 @@ for c in 16 64; do
 done
 for durability in never always; do
   rm -rf "$DATA"/*
-  RUST_LOG=warn "$BIN/kv-server" --bind 127.0.0.1 --port $PORT --data-path "$DATA" --durability $durability &
+  RUST_LOG=warn "$SERVER_BIN" --bind 127.0.0.1 --port $PORT --data-path "$DATA" --durability $durability &
   SERVER=$!
   wait_up $PORT /health-check
   # Preload key00000..key09999 (256-byte values) in batches of 1 000.
