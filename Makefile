@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help run-leader run-follower docker compose-up compose-down bench-replication soak-replication test test-steps test-clean lint bench bench-engine bench-index bench-http larger-than-ram soak fmt clean-bench
+.PHONY: help run-leader run-follower docker compose-up compose-down bench-replication soak-replication check test test-steps test-clean lint bench bench-engine bench-index bench-http larger-than-ram soak fmt clean-bench
 
 PORT ?= 8080
 DATA ?= ./data
@@ -56,6 +56,20 @@ TEST_IMAGE = moniepoint-kv:test-$(KV_TEST_RUN_ID)
 TEST_BUILD = $(CARGO) build --workspace --bins --tests --examples
 CHECK_RUN_ID = @printf '%s' '$(KV_TEST_RUN_ID)' | grep -qxE '[a-z0-9]{1,32}' || \
 	{ echo "KV_TEST_RUN_ID must be 1-32 lowercase letters or digits, not '$(KV_TEST_RUN_ID)'" >&2; exit 2; }
+
+# The fast tier: everything that runs inside the test process itself, with no Docker and no server or CLI
+# process: formatting, clippy, then every test outside integration-tests (unit, property, golden, crash and
+# power-loss simulations on the simulated file system, in-process HTTP servers). The filter keeps nextest's
+# build identical to `make test`'s (excluding the package instead would unify features differently and
+# rebuild shared crates each time one switches between the two).
+check: ## Fast tier, no Docker: fmt, clippy, unit/property/golden/in-process HTTP tests (see README)
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --no-fail-fast -E 'not package(integration-tests)'; \
+	else \
+		$(CARGO) test --workspace --exclude integration-tests --no-fail-fast; \
+	fi
 
 test: ## Run every test (unit, property, golden, recovery, crash loops, HTTP, processes, containers; needs Docker)
 	$(CHECK_RUN_ID)
