@@ -3,8 +3,9 @@
 use std::fmt;
 use std::ops::Deref;
 
-/// A key: a non-empty byte string. Emptiness and size limits are enforced by the use cases (`kv-app`), not
-/// by the type, so that the engine can also replay whatever a log holds.
+/// A key: a non-empty byte string. Emptiness and size limits are enforced where a key enters a store
+/// (every engine's [`crate::check_record`], and the stricter configured limits of `kv-app`), not by the
+/// type, so that decoders can build one from whatever bytes they read and check them after.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Key(Vec<u8>);
 

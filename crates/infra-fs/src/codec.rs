@@ -54,6 +54,14 @@ pub const RECORD_HEADER_LEN: usize = 4 + 8 + 8 + 1 + 4 + 4;
 pub const MAX_KEY_LEN: u32 = 1 << 20;
 /// Hard ceiling on value length the decoder accepts (the configurable service limit is lower).
 pub const MAX_VALUE_LEN: u32 = 1 << 30;
+// The engine contract (`kv_domain::check_record`, `check_batch`) refuses exactly what the format cannot
+// hold, and charges a batch its encoded size.
+const _: () = assert!(
+    MAX_KEY_LEN as usize == kv_domain::MAX_KEY_LEN
+        && MAX_VALUE_LEN as usize == kv_domain::MAX_VALUE_LEN
+        && RECORD_HEADER_LEN as u64 == kv_domain::OP_COST
+        && RECORD_HEADER_LEN as u64 + 4 == kv_domain::BATCH_COST
+);
 
 const OFF_LSN: usize = 4;
 const OFF_TS: usize = OFF_LSN + 8;

@@ -41,15 +41,15 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use kv_domain::{
-    BatchOp, CompactionStats, Durability, Engine, EngineError, EngineResult, EngineStatus, Entry,
-    GroupCommitStats, Key, KeyRange, Location, LogCursor, LogEntry, LogRead, Lsn, OrderedIndex,
-    RecoveryReport, Value, WriteBatch,
+    check_batch, check_record, BatchOp, CompactionStats, Durability, Engine, EngineError,
+    EngineResult, EngineStatus, Entry, GroupCommitStats, Key, KeyRange, Location, LogCursor,
+    LogEntry, LogRead, LogShipping, Lsn, OrderedIndex, RecoveryReport, Value, WriteBatch,
 };
 use parking_lot::{Mutex, RwLock};
 
 use crate::codec::{
-    decode_record, encode_record, encode_segment_header, record_len, RecordKind, MAX_KEY_LEN,
-    MAX_VALUE_LEN, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
+    decode_record, encode_record, encode_segment_header, record_len, RecordKind, RECORD_HEADER_LEN,
+    SEGMENT_HEADER_LEN,
 };
 use crate::options::Options;
 
@@ -166,33 +166,13 @@ enum WriteOp<'a> {
     Batch(&'a [BatchOp]),
 }
 
-fn check_record(key: &[u8], value: &[u8]) -> EngineResult<()> {
-    if key.is_empty() {
-        return Err(EngineError::InvalidInput("key must not be empty".into()));
-    }
-    if key.len() > MAX_KEY_LEN as usize || value.len() > MAX_VALUE_LEN as usize {
-        return Err(EngineError::InvalidInput(format!(
-            "record too large for the log format (key {} bytes, max {MAX_KEY_LEN}; value {} bytes, max {MAX_VALUE_LEN})",
-            key.len(),
-            value.len()
-        )));
-    }
-    Ok(())
-}
-
 impl WriteOp<'_> {
+    /// The engine-level input checks every engine shares (see [`kv_domain::check_batch`]).
     fn validate(&self) -> EngineResult<()> {
         match self {
             WriteOp::Put(k, v) => check_record(k, v),
             WriteOp::Delete(k) => check_record(k, &[]),
-            // An empty batch would take an LSN for nothing (and be a header recovery rejects).
-            WriteOp::Batch([]) => Err(EngineError::InvalidInput(
-                "a batch needs at least one operation".into(),
-            )),
-            WriteOp::Batch(b) => b.iter().try_for_each(|op| match op {
-                BatchOp::Put { key, value } => check_record(key, value),
-                BatchOp::Delete { key } => check_record(key, &[]),
-            }),
+            WriteOp::Batch(b) => check_batch(b),
         }
     }
 
@@ -982,53 +962,6 @@ impl Engine for FsEngine {
         compaction::compact(&self.inner, true)
     }
 
-    fn durable_lsn(&self) -> Lsn {
-        Lsn(self.inner.shippable_lsn())
-    }
-
-    fn read_log(&self, from: &LogCursor, max_bytes: usize) -> EngineResult<LogRead> {
-        history::read_log(&self.inner, from, max_bytes)
-    }
-
-    fn retain_log_after(&self, lsn: Option<Lsn>) {
-        self.inner.retain_after.store(
-            lsn.map_or(history::RETAIN_NOTHING, |l| l.0),
-            Ordering::Release,
-        );
-    }
-
-    fn apply_log(&self, entries: &[LogEntry]) -> EngineResult<Lsn> {
-        let i = &self.inner;
-        let mut last = None;
-        // The applier is a follower's only writer, so the position read once stays current.
-        let applied = i.writer.lock().last_lsn;
-        for e in entries.iter().filter(|e| e.lsn.0 > applied) {
-            let op = match e.ops.as_slice() {
-                [BatchOp::Put { key, value }] => WriteOp::Put(key, value),
-                [BatchOp::Delete { key }] => WriteOp::Delete(key),
-                ops => WriteOp::Batch(ops),
-            };
-            // write_at refuses an LSN at or below the last one, so concurrent writers could not reorder it.
-            last = Some(i.write_at(op, Some(e.lsn.0), false)?);
-        }
-        if let Some(lsn) = last {
-            i.sync_to(lsn.0)?;
-        }
-        Ok(self.last_lsn())
-    }
-
-    fn install_snapshot_page(&self, at: Lsn, ops: &[BatchOp]) -> EngineResult<()> {
-        let i = &self.inner;
-        for op in ops {
-            let op = match op {
-                BatchOp::Put { key, value } => WriteOp::Put(key, value),
-                BatchOp::Delete { key } => WriteOp::Delete(key),
-            };
-            i.write_at(op, Some(at.0), false)?;
-        }
-        i.sync_forced()
-    }
-
     fn status(&self) -> EngineStatus {
         let i = &self.inner;
         EngineStatus {
@@ -1055,5 +988,62 @@ impl Engine for FsEngine {
                 writes: i.group_writes.load(Ordering::Relaxed),
             },
         }
+    }
+}
+
+impl LogShipping for FsEngine {
+    fn durable_lsn(&self) -> Lsn {
+        Lsn(self.inner.shippable_lsn())
+    }
+
+    fn read_log(&self, from: &LogCursor, max_bytes: usize) -> EngineResult<LogRead> {
+        history::read_log(&self.inner, from, max_bytes)
+    }
+
+    fn retain_log_after(&self, lsn: Option<Lsn>) {
+        self.inner.retain_after.store(
+            lsn.map_or(history::RETAIN_NOTHING, |l| l.0),
+            Ordering::Release,
+        );
+    }
+
+    fn apply_log(&self, entries: &[LogEntry]) -> EngineResult<Lsn> {
+        let i = &self.inner;
+        let mut last = None;
+        // The applier is a follower's only writer, so the position read once stays current.
+        let applied = i.writer.lock().last_lsn;
+        let written = entries
+            .iter()
+            .filter(|e| e.lsn.0 > applied)
+            .try_for_each(|e| {
+                let op = match e.ops.as_slice() {
+                    [BatchOp::Put { key, value }] => WriteOp::Put(key, value),
+                    [BatchOp::Delete { key }] => WriteOp::Delete(key),
+                    ops => WriteOp::Batch(ops),
+                };
+                // write_at refuses an LSN below the last one (or equal, for a batch), so concurrent
+                // writers could not reorder it.
+                last = Some(i.write_at(op, Some(e.lsn.0), false)?);
+                Ok(())
+            });
+        // The entries before a refused one stay written: make them durable and visible like the others
+        // (in `always` mode they would otherwise wait for the next group commit).
+        let synced = last.map_or(Ok(()), |lsn| i.sync_to(lsn.0));
+        written.and(synced)?;
+        Ok(self.last_lsn())
+    }
+
+    fn install_snapshot_page(&self, at: Lsn, ops: &[BatchOp]) -> EngineResult<()> {
+        let i = &self.inner;
+        let written = ops.iter().try_for_each(|op| {
+            let op = match op {
+                BatchOp::Put { key, value } => WriteOp::Put(key, value),
+                BatchOp::Delete { key } => WriteOp::Delete(key),
+            };
+            i.write_at(op, Some(at.0), false).map(drop)
+        });
+        // Also after a refused op: the ops before it stay written, durable and visible.
+        let synced = i.sync_forced();
+        written.and(synced)
     }
 }
