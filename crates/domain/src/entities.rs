@@ -192,8 +192,9 @@ pub enum Durability {
     /// `fdatasync` every `ms` milliseconds. A process crash loses nothing that reached the OS; power loss may
     /// lose up to the last interval of acknowledged writes.
     Interval { ms: u64 },
-    /// Never `fdatasync` (only on rotation and close). A process crash may lose the writes still in the
-    /// engine's write buffer; power loss may lose anything the OS had not written back.
+    /// Never `fdatasync` on its own (only on rotation, close and an explicit sync). A write is acknowledged
+    /// once its one `pwrite` has handed it to the OS (the engine buffers nothing), so a process crash loses
+    /// nothing; power loss may lose anything the OS had not written back.
     Never,
 }
 

@@ -43,8 +43,9 @@ use kv_domain::{EngineError, EngineResult, Location, OrderedIndex, RecoveryRepor
 use crate::codec::{
     decode_record, DecodeError, Record, RecordKind, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
-use crate::garbage::{apply_update, Garbage, Update};
+use crate::garbage::Garbage;
 use crate::hint::{self, hint_name};
+use crate::keydir::{apply_update, Update};
 use crate::manifest::{self, MANIFEST, MANIFEST_TMP};
 use crate::segment::{
     parse_segment_name, read_segment_header, scan_records, segment_name, FdBudget, ScanEnd,
