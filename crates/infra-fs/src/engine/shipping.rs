@@ -11,7 +11,7 @@ use super::{history, FsEngine, Inner};
 use crate::codec::WriteOp;
 
 impl Inner {
-    /// The highest LSN safe to ship to followers (see [`Engine::durable_lsn`]).
+    /// The highest LSN safe to ship to followers (see [`LogShipping::durable_lsn`]).
     pub(super) fn shippable_lsn(&self) -> u64 {
         let acked = self.acked_lsn.load(Ordering::Acquire);
         match self.opts.durability {
