@@ -317,7 +317,7 @@ fn replication(
     use kv_domain::MetaStore;
     use kv_infra_http::replication::{AckPolicy, FollowerNode, LeaderHub, Replication, Role as R};
     let store = Arc::new(kv_infra_fs::FileMetaStore::new(&config.data_path));
-    let dyn_engine: Arc<dyn kv_domain::Engine> = engine.clone();
+    let dyn_engine: Arc<dyn kv_domain::LogShipping> = engine.clone();
     let mut leader_history = None;
     let role = match config.replication_mode {
         Role::Follower => {

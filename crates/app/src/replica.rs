@@ -16,7 +16,7 @@
 use std::sync::{Arc, Mutex};
 
 use kv_domain::{
-    BatchOp, Engine, EngineError, Key, KeyRange, LogEntry, Lsn, MetaStore, ReplicaMeta, Value,
+    BatchOp, EngineError, Key, KeyRange, LogEntry, LogShipping, Lsn, MetaStore, ReplicaMeta, Value,
 };
 
 /// Why a follower refused what a leader sent.
@@ -77,7 +77,7 @@ pub struct ReplicaState {
 
 /// The follower side of replication over any engine and metadata store.
 pub struct Replica {
-    engine: Arc<dyn Engine>,
+    engine: Arc<dyn LogShipping>,
     store: Arc<dyn MetaStore>,
     /// Cached metadata; the mutex also serialises applies (one leader stream at a time).
     meta: Mutex<ReplicaMeta>,
@@ -91,7 +91,10 @@ impl std::fmt::Debug for Replica {
 
 impl Replica {
     /// Loads the metadata.
-    pub fn open(engine: Arc<dyn Engine>, store: Arc<dyn MetaStore>) -> Result<Self, ReplicaError> {
+    pub fn open(
+        engine: Arc<dyn LogShipping>,
+        store: Arc<dyn MetaStore>,
+    ) -> Result<Self, ReplicaError> {
         let meta = store.load()?;
         Ok(Self {
             engine,
@@ -253,7 +256,7 @@ impl MetaStore for MemoryMetaStore {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use kv_domain::{LogCursor, LogRead, MemoryEngine};
+    use kv_domain::{Engine, LogCursor, LogRead, MemoryEngine};
 
     fn follower() -> (Replica, Arc<MemoryEngine>) {
         let engine = Arc::new(MemoryEngine::new());

@@ -3,8 +3,8 @@
 use std::ops::Bound;
 
 use crate::{
-    BatchOp, CompactionStats, EngineResult, EngineStatus, Entry, Key, LogCursor, LogEntry, LogRead,
-    Lsn, Value, WriteBatch,
+    BatchOp, CompactionStats, EngineError, EngineResult, EngineStatus, Entry, Key, Lsn, Value,
+    WriteBatch,
 };
 
 /// Inclusive/exclusive/unbounded limits of a range scan, over raw key bytes.
@@ -31,6 +31,16 @@ impl KeyRange {
             end: Bound::Unbounded,
         }
     }
+    /// Whether no key can lie within the range (its start is above its end, or they are equal and one of
+    /// them is excluded). Scanning such a range returns nothing; it is not an error.
+    pub fn is_empty(&self) -> bool {
+        match (&self.start, &self.end) {
+            (Bound::Included(s), Bound::Included(e)) => s > e,
+            (Bound::Included(s) | Bound::Excluded(s), Bound::Excluded(e))
+            | (Bound::Excluded(s), Bound::Included(e)) => s >= e,
+            _ => false,
+        }
+    }
     /// Whether `key` lies within the range.
     pub fn contains(&self, key: &[u8]) -> bool {
         let above = match &self.start {
@@ -54,6 +64,72 @@ impl KeyRange {
     }
 }
 
+/// Longest key any engine accepts, in bytes (the configurable service limit of `kv-app` is far lower).
+pub const MAX_KEY_LEN: usize = 1 << 20;
+/// Longest value any engine accepts, in bytes (the configurable service limit of `kv-app` is lower).
+pub const MAX_VALUE_LEN: usize = 1 << 30;
+/// Largest [`write_cost`] of one batch: what one segment of the file engine can address with its `u32`
+/// record offsets, after its header (a larger batch would need offsets past `u32::MAX`).
+pub const MAX_WRITE_COST: u64 = (1 << 32) - 64;
+/// What each operation of a batch costs on top of its key and value bytes: the framing of one record in
+/// the file engine's log (its 29-byte record header).
+pub const OP_COST: u64 = 29;
+/// What a batch costs on top of its operations: the file engine's batch-header record (a record header
+/// and the member count).
+pub const BATCH_COST: u64 = 33;
+
+/// The size one batch is charged for: every operation's key and value bytes plus [`OP_COST`], plus
+/// [`BATCH_COST`]. For the file engine it is exactly the batch's encoded size.
+pub fn write_cost(ops: &[BatchOp]) -> u64 {
+    ops.iter()
+        .map(|op| match op {
+            BatchOp::Put { key, value } => key.len() + value.len(),
+            BatchOp::Delete { key } => key.len(),
+        })
+        .map(|bytes| bytes as u64 + OP_COST)
+        .sum::<u64>()
+        + BATCH_COST
+}
+
+/// The engine-level check of one record, shared by every [`Engine`] so they refuse exactly the same
+/// input: the key is non-empty and at most [`MAX_KEY_LEN`] bytes, the value at most [`MAX_VALUE_LEN`].
+pub fn check_record(key: &[u8], value: &[u8]) -> EngineResult<()> {
+    if key.is_empty() {
+        return Err(EngineError::InvalidInput("key must not be empty".into()));
+    }
+    if key.len() > MAX_KEY_LEN || value.len() > MAX_VALUE_LEN {
+        return Err(EngineError::InvalidInput(format!(
+            "record too large for the log format (key {} bytes, max {MAX_KEY_LEN}; value {} bytes, max {MAX_VALUE_LEN})",
+            key.len(),
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The engine-level check of one batch (and of one replicated log entry of several operations): at
+/// least one operation, each passing [`check_record`], and a [`write_cost`] of at most
+/// [`MAX_WRITE_COST`].
+pub fn check_batch(ops: &[BatchOp]) -> EngineResult<()> {
+    if ops.is_empty() {
+        // It would take an LSN for nothing (and be a batch header that recovery rejects).
+        return Err(EngineError::InvalidInput(
+            "a batch needs at least one operation".into(),
+        ));
+    }
+    ops.iter().try_for_each(|op| match op {
+        BatchOp::Put { key, value } => check_record(key, value),
+        BatchOp::Delete { key } => check_record(key, &[]),
+    })?;
+    let cost = write_cost(ops);
+    if cost > MAX_WRITE_COST {
+        return Err(EngineError::InvalidInput(format!(
+            "batch too large: {cost} bytes with framing, max {MAX_WRITE_COST}"
+        )));
+    }
+    Ok(())
+}
+
 /// A persistent, ordered key/value store.
 ///
 /// **Durability contract:** a write is durable once its method returns `Ok` when the engine runs with
@@ -66,8 +142,13 @@ impl KeyRange {
 /// **Fail-stop:** once a write or sync fails with an I/O error, every later write fails with
 /// [`crate::EngineError::Poisoned`] until the engine is reopened; reads keep working.
 ///
+/// **Validation:** every engine refuses the same input with [`EngineError::InvalidInput`], before writing
+/// anything: an empty key, a key or value over [`MAX_KEY_LEN`] / [`MAX_VALUE_LEN`], and a batch that
+/// fails [`check_batch`]. A scan of an empty range ([`KeyRange::is_empty`]) returns no entry.
+///
 /// The trait is dyn-compatible: the layers above hold an `Arc<dyn Engine>`. Methods block (they do file
-/// I/O), so async callers run them on a blocking thread.
+/// I/O), so async callers run them on a blocking thread. Replication needs more of an engine: see
+/// [`crate::LogShipping`].
 pub trait Engine: Send + Sync {
     /// Sets `key` to `value`, returning the write's LSN.
     fn put(&self, key: &[u8], value: &[u8]) -> EngineResult<Lsn>;
@@ -75,12 +156,14 @@ pub trait Engine: Send + Sync {
     /// The latest value of `key`, or `None` if it is absent or deleted.
     fn get(&self, key: &[u8]) -> EngineResult<Option<Value>>;
 
-    /// Deletes `key` by writing a tombstone; deleting an absent key succeeds (idempotent).
+    /// Deletes `key` by writing a tombstone; deleting an absent key succeeds (idempotent) and takes an LSN
+    /// like any other write.
     fn delete(&self, key: &[u8]) -> EngineResult<Lsn>;
 
     /// Applies every operation of `batch` atomically under one LSN: after any crash either all of them are
-    /// visible or none is. An empty batch is refused with [`crate::EngineError::InvalidInput`]: it would take an
-    /// LSN for no write (or, answered with the last LSN, give two writes one LSN).
+    /// visible or none is. A batch failing [`check_batch`] (an empty one, say) is refused with
+    /// [`EngineError::InvalidInput`]: an empty one would take an LSN for no write (or, answered with the
+    /// last LSN, give two writes one LSN).
     fn write_batch(&self, batch: &WriteBatch) -> EngineResult<Lsn>;
 
     /// Up to `limit` live entries with keys in `range`, in ascending byte order of the key. Memory is bounded
@@ -101,31 +184,6 @@ pub trait Engine: Send + Sync {
     fn status(&self) -> EngineStatus;
 
     /// Reclaims the space of overwritten and deleted records without changing any contents; reads and
-    /// writes continue meanwhile. Fails with `InvalidInput` while another compaction runs.
+    /// writes continue meanwhile. Fails with [`EngineError::Busy`] while another compaction runs.
     fn compact(&self) -> EngineResult<CompactionStats>;
-
-    // ----- Log shipping (replication). -----
-
-    /// The highest LSN that is safe to ship to followers: durable on disk (`always`, `interval`), or
-    /// written to the OS (`never`, which promises nothing more). Never above [`Engine::last_lsn`].
-    fn durable_lsn(&self) -> Lsn;
-
-    /// Entries with LSNs in `(from.after, durable_lsn]`, in LSN order, about `max_bytes` of payload at most
-    /// (at least one entry when any is available). [`LogRead::Gone`] when the entry after `from.after` is no
-    /// longer in the log (compaction dropped that history): the reader must take a snapshot.
-    fn read_log(&self, from: &LogCursor, max_bytes: usize) -> EngineResult<LogRead>;
-
-    /// Asks compaction to keep the log history of every LSN above `lsn` readable by [`Engine::read_log`]
-    /// (`None`: no reader needs history). Followers being served pin their position with this.
-    fn retain_log_after(&self, lsn: Option<Lsn>);
-
-    /// Follower side: applies leader log entries with their own LSNs, skipping every entry at or below
-    /// [`Engine::last_lsn`] (so re-delivery is harmless), each entry atomically. Everything applied is
-    /// durable when this returns; returns the new last LSN.
-    fn apply_log(&self, entries: &[LogEntry]) -> EngineResult<Lsn>;
-
-    /// Follower side, snapshot installation: writes each op as its own record at LSN `at`, which must be at
-    /// least [`Engine::last_lsn`] (every page of one snapshot shares the snapshot's base LSN). Durable when
-    /// this returns. Pages are not atomic; the caller records that a snapshot is in progress.
-    fn install_snapshot_page(&self, at: Lsn, ops: &[BatchOp]) -> EngineResult<()>;
 }

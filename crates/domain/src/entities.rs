@@ -3,8 +3,9 @@
 use std::fmt;
 use std::ops::Deref;
 
-/// A key: a non-empty byte string. Emptiness and size limits are enforced by the use cases (`kv-app`), not
-/// by the type, so that the engine can also replay whatever a log holds.
+/// A key: a non-empty byte string. Emptiness and size limits are enforced where a key enters a store
+/// (every engine's [`crate::check_record`], and the stricter configured limits of `kv-app`), not by the
+/// type, so that decoders can build one from whatever bytes they read and check them after.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Key(Vec<u8>);
 
@@ -191,8 +192,9 @@ pub enum Durability {
     /// `fdatasync` every `ms` milliseconds. A process crash loses nothing that reached the OS; power loss may
     /// lose up to the last interval of acknowledged writes.
     Interval { ms: u64 },
-    /// Never `fdatasync` (only on rotation and close). A process crash may lose the writes still in the
-    /// engine's write buffer; power loss may lose anything the OS had not written back.
+    /// Never `fdatasync` on its own (only on rotation, close and an explicit sync). A write is acknowledged
+    /// once its one `pwrite` has handed it to the OS (the engine buffers nothing), so a process crash loses
+    /// nothing; power loss may lose anything the OS had not written back.
     Never,
 }
 

@@ -1,11 +1,16 @@
-//! An in-memory [`Engine`] for tests of the layers above (no disk, no durability).
+//! An in-memory [`Engine`] and [`LogShipping`] for tests of the layers above (no disk, no durability).
+//!
+//! It refuses exactly what the file engine refuses, with the same error variants (the shared checks are
+//! [`check_record`] and [`check_batch`]; the LSN rules of the log-applying methods are restated here):
+//! `kv-infra-fs`'s mirror test runs the same random operations on both and compares every answer.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use crate::{
-    BatchOp, CompactionStats, Durability, Engine, EngineError, EngineResult, EngineStatus, Entry,
-    Key, KeyRange, LogCursor, LogEntry, LogRead, Lsn, Value, WriteBatch,
+    check_batch, check_record, BatchOp, CompactionStats, Durability, Engine, EngineError,
+    EngineResult, EngineStatus, Entry, Key, KeyRange, LogCursor, LogEntry, LogRead, LogShipping,
+    Lsn, Value, WriteBatch,
 };
 
 /// A `BTreeMap` behind a mutex. A std `Mutex` is right here: every critical section is a short map operation
@@ -20,7 +25,7 @@ struct State {
     map: BTreeMap<Key, Value>,
     last_lsn: Lsn,
     writes: u64,
-    /// Every write ever made, for [`Engine::read_log`] (this engine never compacts its history).
+    /// Every write ever made, for [`LogShipping::read_log`] (this engine never compacts its history).
     log: Vec<LogEntry>,
 }
 
@@ -42,6 +47,26 @@ impl State {
     }
 }
 
+/// The check of one operation (what the file engine runs on each record it writes).
+fn check_op(op: &BatchOp) -> EngineResult<()> {
+    match op {
+        BatchOp::Put { key, value } => check_record(key, value),
+        BatchOp::Delete { key } => check_record(key, &[]),
+    }
+}
+
+/// Refuses a write at LSN `at` when the log is at `last`: a single record may share the last LSN (the
+/// pages of a snapshot all carry its base LSN), a batch must be above it (recovery requires it).
+fn check_lsn(at: Lsn, last: Lsn, single: bool) -> EngineResult<()> {
+    if at > last || (at == last && single) {
+        Ok(())
+    } else {
+        Err(EngineError::InvalidInput(format!(
+            "cannot write at LSN {at}: the log is already at LSN {last}"
+        )))
+    }
+}
+
 impl MemoryEngine {
     /// An empty engine.
     pub fn new() -> Self {
@@ -58,6 +83,7 @@ impl MemoryEngine {
 
 impl Engine for MemoryEngine {
     fn put(&self, key: &[u8], value: &[u8]) -> EngineResult<Lsn> {
+        check_record(key, value)?;
         let op = BatchOp::Put {
             key: Key::from(key),
             value: Value::from(value),
@@ -70,6 +96,7 @@ impl Engine for MemoryEngine {
     }
 
     fn delete(&self, key: &[u8]) -> EngineResult<Lsn> {
+        check_record(key, &[])?;
         let op = BatchOp::Delete {
             key: Key::from(key),
         };
@@ -77,15 +104,15 @@ impl Engine for MemoryEngine {
     }
 
     fn write_batch(&self, batch: &WriteBatch) -> EngineResult<Lsn> {
-        if batch.is_empty() {
-            return Err(EngineError::InvalidInput(
-                "a batch needs at least one operation".into(),
-            ));
-        }
+        check_batch(batch.ops())?;
         Ok(self.with(|s| s.commit(s.last_lsn.next(), batch.ops().to_vec())))
     }
 
     fn scan(&self, range: &KeyRange, limit: usize) -> EngineResult<Vec<Entry>> {
+        if range.is_empty() {
+            // `BTreeMap::range` panics on such bounds; the answer is known anyway.
+            return Ok(Vec::new());
+        }
         Ok(self.with(|s| {
             s.map
                 .range((range.start.clone(), range.end.clone()))
@@ -99,6 +126,9 @@ impl Engine for MemoryEngine {
     }
 
     fn scan_keys(&self, range: &KeyRange, limit: usize) -> EngineResult<Vec<Key>> {
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
         Ok(self.with(|s| {
             s.map
                 .range((range.start.clone(), range.end.clone()))
@@ -133,7 +163,9 @@ impl Engine for MemoryEngine {
             ..EngineStatus::default()
         })
     }
+}
 
+impl LogShipping for MemoryEngine {
     fn durable_lsn(&self) -> Lsn {
         self.last_lsn()
     }
@@ -159,28 +191,30 @@ impl Engine for MemoryEngine {
     fn retain_log_after(&self, _lsn: Option<Lsn>) {}
 
     fn apply_log(&self, entries: &[LogEntry]) -> EngineResult<Lsn> {
-        Ok(self.with(|s| {
-            for e in entries {
-                if e.lsn > s.last_lsn {
-                    s.commit(e.lsn, e.ops.clone());
+        self.with(|s| {
+            let applied = s.last_lsn;
+            for e in entries.iter().filter(|e| e.lsn > applied) {
+                match e.ops.as_slice() {
+                    [op] => check_op(op)?,
+                    ops => check_batch(ops)?,
                 }
+                check_lsn(e.lsn, s.last_lsn, e.ops.len() == 1)?;
+                s.commit(e.lsn, e.ops.clone());
             }
-            s.last_lsn
-        }))
+            Ok(s.last_lsn)
+        })
     }
 
     fn install_snapshot_page(&self, at: Lsn, ops: &[BatchOp]) -> EngineResult<()> {
         self.with(|s| {
-            if at < s.last_lsn {
-                return Err(EngineError::InvalidInput(format!(
-                    "snapshot at LSN {at} is behind the last LSN {}",
-                    s.last_lsn
-                )));
+            for op in ops {
+                check_op(op)?;
+                check_lsn(at, s.last_lsn, true)?;
+                s.apply(op);
+                s.last_lsn = at;
+                // A snapshot replaces history: readers of this engine's log must snapshot too.
+                s.log.clear();
             }
-            ops.iter().for_each(|op| s.apply(op));
-            s.last_lsn = at;
-            // A snapshot replaces history: readers of this engine's log must snapshot too.
-            s.log.clear();
             Ok(())
         })
     }

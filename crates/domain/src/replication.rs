@@ -48,7 +48,7 @@ impl LogCursor {
     }
 }
 
-/// The answer of [`crate::Engine::read_log`].
+/// The answer of [`crate::LogShipping::read_log`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LogRead {
     /// The entries after the cursor (possibly none yet), and the cursor to continue from.

@@ -30,7 +30,8 @@
 //! bit anywhere, a torn write, or a record read at the wrong offset all fail [`Crc::check`].
 //!
 //! A **batch** is a batch-header record (empty key; value = member count as u32 little-endian) followed by
-//! exactly that many put/tombstone records, all carrying the header's LSN.
+//! exactly that many put/tombstone records, all carrying the header's LSN (see [`WriteOp`], which frames
+//! every write).
 //!
 //! ## Invariants
 //! - Within a normal segment (id at least `segment::FIRST_SEGMENT_ID`) LSNs never decrease, and are equal
@@ -42,18 +43,35 @@
 
 use std::fmt;
 
+use kv_domain::BatchOp;
+
 /// Segment files start with these 7 bytes, then the version byte.
 pub const MAGIC: &[u8; 7] = b"MPKVLOG";
 /// Version of the format described above.
 pub const FORMAT_VERSION: u8 = 1;
 /// Size of the segment header.
-pub const SEGMENT_HEADER_LEN: usize = 24;
+pub const SEGMENT_HEADER_LEN: usize = SEG_OFF_CRC + 4;
+
+// Field offsets of the segment header (the table above).
+const SEG_OFF_VERSION: usize = MAGIC.len();
+const SEG_OFF_ID: usize = SEG_OFF_VERSION + 1;
+const SEG_OFF_BASE_LSN: usize = SEG_OFF_ID + 4;
+const SEG_OFF_CRC: usize = SEG_OFF_BASE_LSN + 8;
+const _: () = assert!(SEGMENT_HEADER_LEN == 24);
 /// Size of a record header.
 pub const RECORD_HEADER_LEN: usize = 4 + 8 + 8 + 1 + 4 + 4;
 /// Hard ceiling on key length the decoder accepts (the configurable service limit is far lower).
 pub const MAX_KEY_LEN: u32 = 1 << 20;
 /// Hard ceiling on value length the decoder accepts (the configurable service limit is lower).
 pub const MAX_VALUE_LEN: u32 = 1 << 30;
+// The engine contract (`kv_domain::check_record`, `check_batch`) refuses exactly what the format cannot
+// hold, and charges a batch its encoded size.
+const _: () = assert!(
+    MAX_KEY_LEN as usize == kv_domain::MAX_KEY_LEN
+        && MAX_VALUE_LEN as usize == kv_domain::MAX_VALUE_LEN
+        && RECORD_HEADER_LEN as u64 == kv_domain::OP_COST
+        && BATCH_HEADER_LEN as u64 == kv_domain::BATCH_COST
+);
 
 const OFF_LSN: usize = 4;
 const OFF_TS: usize = OFF_LSN + 8;
@@ -167,12 +185,12 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
 /// Encodes a segment header.
 pub fn encode_segment_header(id: u32, base_lsn: u64) -> [u8; SEGMENT_HEADER_LEN] {
     let mut h = [0u8; SEGMENT_HEADER_LEN];
-    h[..7].copy_from_slice(MAGIC);
-    h[7] = FORMAT_VERSION;
-    h[8..12].copy_from_slice(&id.to_le_bytes());
-    h[12..20].copy_from_slice(&base_lsn.to_le_bytes());
-    let crc = Crc::of(&h[..20]);
-    h[20..24].copy_from_slice(&crc.0.to_le_bytes());
+    h[..SEG_OFF_VERSION].copy_from_slice(MAGIC);
+    h[SEG_OFF_VERSION] = FORMAT_VERSION;
+    h[SEG_OFF_ID..SEG_OFF_BASE_LSN].copy_from_slice(&id.to_le_bytes());
+    h[SEG_OFF_BASE_LSN..SEG_OFF_CRC].copy_from_slice(&base_lsn.to_le_bytes());
+    let crc = Crc::of(&h[..SEG_OFF_CRC]);
+    h[SEG_OFF_CRC..].copy_from_slice(&crc.0.to_le_bytes());
     h
 }
 
@@ -182,15 +200,15 @@ pub fn decode_segment_header(b: &[u8]) -> Result<(u32, u64), DecodeError> {
         need: SEGMENT_HEADER_LEN,
         have: b.len(),
     })?;
-    if h.get(..7) != Some(&MAGIC[..]) {
+    if h.get(..SEG_OFF_VERSION) != Some(&MAGIC[..]) {
         return Err(DecodeError::BadMagic);
     }
-    Crc(le_u32(h, 20)).check(&h[..20])?;
-    let version = h.get(7).copied().unwrap_or(0);
+    Crc(le_u32(h, SEG_OFF_CRC)).check(h.get(..SEG_OFF_CRC).unwrap_or_default())?;
+    let version = h.get(SEG_OFF_VERSION).copied().unwrap_or(0);
     if version != FORMAT_VERSION {
         return Err(DecodeError::UnsupportedVersion(version));
     }
-    Ok((le_u32(h, 8), le_u64(h, 12)))
+    Ok((le_u32(h, SEG_OFF_ID), le_u64(h, SEG_OFF_BASE_LSN)))
 }
 
 /// A record's fixed-size header, decoded.
@@ -297,7 +315,9 @@ pub fn decode_record(b: &[u8]) -> Result<Record<'_>, DecodeError> {
     })
 }
 
-/// Appends one encoded record to `out`, returning its length.
+/// Appends one encoded record to `out`, returning its length. The key and value are at most
+/// [`MAX_KEY_LEN`] / [`MAX_VALUE_LEN`] bytes: writers check them first (`kv_domain::check_record`), and
+/// compaction and repair copy records that decoded (the decoder refuses larger lengths).
 pub fn encode_record(
     out: &mut Vec<u8>,
     kind: RecordKind,
@@ -311,8 +331,8 @@ pub fn encode_record(
     out.extend_from_slice(&lsn.to_le_bytes());
     out.extend_from_slice(&timestamp_micros.to_le_bytes());
     out.push(kind as u8);
-    out.extend_from_slice(&(key.len() as u32).to_le_bytes());
-    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    out.extend_from_slice(&u32_field(key.len()).to_le_bytes());
+    out.extend_from_slice(&u32_field(value.len()).to_le_bytes());
     out.extend_from_slice(key);
     out.extend_from_slice(value);
     let crc = Crc::of(&out[start + 4..]);
@@ -323,6 +343,98 @@ pub fn encode_record(
 /// The length a record with this key and value occupies.
 pub fn record_len(key: &[u8], value: &[u8]) -> usize {
     RECORD_HEADER_LEN + key.len() + value.len()
+}
+
+/// A length, offset or count as the `u32` of a record field or a keydir [`kv_domain::Location`].
+///
+/// Every caller proves the bound by a limit check made before it (the record limits above for lengths;
+/// `kv_domain::MAX_WRITE_COST` and `Options::MAX_SEGMENT_BYTES` for offsets and batch counts in the
+/// active segment; recovery's size check of each segment file it replays). Should one ever be wrong the
+/// field saturates, which the decoder refuses as an implausible length, instead of wrapping to a smaller
+/// valid-looking one; debug builds stop at once.
+pub fn u32_field(n: impl TryInto<u32> + Copy + fmt::Debug) -> u32 {
+    let narrowed = n.try_into().ok();
+    debug_assert!(narrowed.is_some(), "{n:?} does not fit a u32 field");
+    narrowed.unwrap_or(u32::MAX)
+}
+
+// ----- Batch framing -----------------------------------------------------------------------------------
+
+/// One write as the log frames it: a single put or tombstone record, or a batch.
+///
+/// A batch is framed as a batch-header record (kind 3, empty key, value = the member count as u32
+/// little-endian) followed by its members, one put or tombstone record each, all carrying the header's
+/// LSN and written in one append, so a batch never spans two segments. There is no commit record: the
+/// header's count says where the batch ends, and recovery drops a batch whose members are not all there
+/// (see `crate::recovery`).
+#[derive(Clone, Copy, Debug)]
+pub enum WriteOp<'a> {
+    /// A put of the key to the value.
+    Put(&'a [u8], &'a [u8]),
+    /// A delete of the key.
+    Delete(&'a [u8]),
+    /// A batch's operations (non-empty).
+    Batch(&'a [BatchOp]),
+}
+
+/// Length of a batch-header record: a record header and the member count.
+pub const BATCH_HEADER_LEN: usize = RECORD_HEADER_LEN + 4;
+
+impl<'a> WriteOp<'a> {
+    /// Bytes [`WriteOp::encode`] appends.
+    pub fn encoded_len(&self) -> u64 {
+        let mut total = 0u64;
+        self.for_each_record(|_, len, _, _| total += len as u64);
+        total
+    }
+
+    /// Appends every record of the write (a batch: its header, then its members) to `out`.
+    pub fn encode(&self, lsn: u64, timestamp_micros: u64, out: &mut Vec<u8>) {
+        let ts = timestamp_micros;
+        match *self {
+            WriteOp::Put(k, v) => {
+                encode_record(out, RecordKind::Put, lsn, ts, k, v);
+            }
+            WriteOp::Delete(k) => {
+                encode_record(out, RecordKind::Tombstone, lsn, ts, k, &[]);
+            }
+            WriteOp::Batch(b) => {
+                let count = u32_field(b.len()).to_le_bytes();
+                encode_record(out, RecordKind::BatchHeader, lsn, ts, &[], &count);
+                for member in b {
+                    let (kind, key, value) = member_parts(member);
+                    encode_record(out, kind, lsn, ts, key, value);
+                }
+            }
+        }
+    }
+
+    /// Calls `f(offset, len, kind, key)` for every record [`WriteOp::encode`] appends, offsets relative
+    /// to the start of the write.
+    pub fn for_each_record(&self, mut f: impl FnMut(usize, usize, RecordKind, &'a [u8])) {
+        match *self {
+            WriteOp::Put(k, v) => f(0, record_len(k, v), RecordKind::Put, k),
+            WriteOp::Delete(k) => f(0, record_len(k, &[]), RecordKind::Tombstone, k),
+            WriteOp::Batch(b) => {
+                f(0, BATCH_HEADER_LEN, RecordKind::BatchHeader, &[]);
+                let mut at = BATCH_HEADER_LEN;
+                for member in b {
+                    let (kind, key, value) = member_parts(member);
+                    let len = record_len(key, value);
+                    f(at, len, kind, key);
+                    at += len;
+                }
+            }
+        }
+    }
+}
+
+/// The record kind, key and value of one batch member.
+fn member_parts(op: &BatchOp) -> (RecordKind, &[u8], &[u8]) {
+    match op {
+        BatchOp::Put { key, value } => (RecordKind::Put, key, value),
+        BatchOp::Delete { key } => (RecordKind::Tombstone, key, &[]),
+    }
 }
 
 #[cfg(test)]

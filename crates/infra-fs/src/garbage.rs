@@ -3,12 +3,10 @@
 //!
 //! Compaction uses it to skip segments with nothing to reclaim (every record of such a segment is the live
 //! version of its key, so no tombstone elsewhere can refer to it) and to decide whether sealing the active
-//! segment first reclaims anything. The engine keeps the ledger under its publish lock, the same lock
-//! every keydir mutation takes, so the ledger always matches the keydir.
+//! segment first reclaims anything. Every keydir mutation updates it (see [`crate::keydir`]), under the
+//! engine's publish lock, so the ledger always matches the keydir.
 
 use std::collections::HashMap;
-
-use kv_domain::{Location, OrderedIndex};
 
 /// Dead bytes per segment id, and their total.
 #[derive(Debug, Default, Clone)]
@@ -41,35 +39,6 @@ impl Garbage {
     /// Dead bytes in all segments.
     pub(crate) fn total(&self) -> u64 {
         self.total
-    }
-}
-
-/// One change to the keydir, with the garbage accounting that goes with it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Update<'a> {
-    /// `key` now lives at the location.
-    Put(&'a [u8], Location),
-    /// `key` was deleted by the tombstone at the location.
-    Delete(&'a [u8], Location),
-    /// A batch header record (garbage from the start: it carries no data).
-    Framing(Location),
-}
-
-/// Applies `update` to the keydir and counts the bytes it makes obsolete, in the segments holding them.
-pub(crate) fn apply_update(index: &dyn OrderedIndex, garbage: &mut Garbage, update: Update<'_>) {
-    match update {
-        Update::Put(key, loc) => {
-            if let Some(old) = index.insert(key, loc) {
-                garbage.add(old.segment, old.len as u64);
-            }
-        }
-        Update::Delete(key, loc) => {
-            if let Some(old) = index.remove(key) {
-                garbage.add(old.segment, old.len as u64);
-            }
-            garbage.add(loc.segment, loc.len as u64);
-        }
-        Update::Framing(loc) => garbage.add(loc.segment, loc.len as u64),
     }
 }
 

@@ -21,7 +21,7 @@ use std::path::Path;
 
 use kv_domain::{EngineError, EngineResult, Location};
 
-use crate::codec::Crc;
+use crate::codec::{u32_field, Crc};
 use crate::vfs::{path_in, FileSystem};
 
 const MAGIC: &[u8; 7] = b"MPKVHNT";
@@ -40,12 +40,14 @@ pub fn encode(id: u32, segment_len: u64, entries: &[(u64, &[u8], Location)]) -> 
     out.push(VERSION);
     out.extend_from_slice(&id.to_le_bytes());
     out.extend_from_slice(&segment_len.to_le_bytes());
-    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    // Both fit: one entry per record of a segment (under a u32 offset each, records of 29 bytes at
+    // least), and keys that passed `kv_domain::check_record`.
+    out.extend_from_slice(&u32_field(entries.len()).to_le_bytes());
     for (lsn, key, loc) in entries {
         out.extend_from_slice(&lsn.to_le_bytes());
         out.extend_from_slice(&loc.offset.to_le_bytes());
         out.extend_from_slice(&loc.len.to_le_bytes());
-        out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        out.extend_from_slice(&u32_field(key.len()).to_le_bytes());
         out.extend_from_slice(key);
     }
     let crc = Crc::of(&out);

@@ -12,6 +12,7 @@ mod engine;
 mod garbage;
 pub mod hint;
 pub mod index;
+mod keydir;
 pub mod manifest;
 pub mod meta;
 mod options;

@@ -1,5 +1,9 @@
 //! Salvage: the operator's way back from damage that makes the store refuse to open (`kvctl repair`).
 //!
+//! One concern in one file (about 700 lines, over the usual ~500): the report types, the resynchronising
+//! scan and the rewrite are one procedure whose batch-atomicity and loss-reporting rules (below) span all
+//! three; it shares no code path with opening, so a split would only scatter those rules.
+//!
 //! Opening stays strict: a damaged sealed segment, a damaged compaction output or a missing segment file is a
 //! hard error, because serving around it would silently change what reads return. [`repair`] is the
 //! explicit, offline alternative. It takes the directory lock (so it never runs beside a server) and:
@@ -36,8 +40,8 @@ use std::path::Path;
 use kv_domain::{EngineError, EngineResult, Key, Location};
 
 use crate::codec::{
-    decode_record, decode_record_header, decode_segment_header, encode_segment_header, RecordKind,
-    SEGMENT_HEADER_LEN,
+    decode_record, decode_record_header, decode_segment_header, encode_segment_header, u32_field,
+    RecordKind, SEGMENT_HEADER_LEN,
 };
 use crate::hint;
 use crate::manifest;
@@ -350,8 +354,8 @@ fn scan(id: u32, b: &[u8]) -> Scan {
                     open.puts.push((
                         r.header.lsn,
                         Key::from(r.key),
-                        (out_len + (pos - open.start)) as u32,
-                        len as u32,
+                        u32_field(out_len + (pos - open.start)),
+                        u32_field(len),
                     ));
                 }
                 if open.remaining == 0 {
@@ -370,8 +374,12 @@ fn scan(id: u32, b: &[u8]) -> Scan {
                     batch = None;
                 }
                 if r.header.kind == RecordKind::Put {
-                    s.puts
-                        .push((r.header.lsn, Key::from(r.key), out_len as u32, len as u32));
+                    s.puts.push((
+                        r.header.lsn,
+                        Key::from(r.key),
+                        u32_field(out_len),
+                        u32_field(len),
+                    ));
                 }
                 keep(&mut s, pos, pos + len, 1, r.header.lsn);
                 out_len += len;

@@ -345,6 +345,16 @@ fn the_background_compactor_runs_once_garbage_passes_the_threshold() {
         engine.put(k.as_bytes(), v.as_bytes()).unwrap();
         model.insert(k.into_bytes(), v.into_bytes());
     }
+    // Let the compactor look at least twice (a check before the first tick would prove nothing).
+    let looked = engine.compactor_checks();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while engine.compactor_checks() < looked + 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the compactor never ticked"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     assert_eq!(
         engine.compaction_stats().runs,
         0,

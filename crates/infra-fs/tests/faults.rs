@@ -49,7 +49,24 @@ fn write_until_failure(engine: &FsEngine) -> (Model, (Vec<u8>, Vec<u8>), EngineE
     panic!("no failure injected");
 }
 
+/// Fail-stop, as the engine module doc states it: once a write-path I/O failure poisoned the engine,
+/// every write and sync is refused, *without touching the disk* (nothing is retried, even now that the
+/// file system would let it succeed), and reads show exactly the acknowledged writes.
 fn assert_fail_stop(fs: &SimFs, engine: &FsEngine, model: &Model) {
+    // Lift the fault: an engine that retried would now succeed, and change the files.
+    fs.set_faults(Faults::default());
+    let files = |fs: &SimFs| -> Vec<_> {
+        let mut paths = fs.paths();
+        paths.sort();
+        paths
+            .into_iter()
+            .map(|p| {
+                let bytes = fs.read_file(&p);
+                (p, bytes)
+            })
+            .collect()
+    };
+    let (before, syncs) = (files(fs), fs.syncs());
     for _ in 0..5 {
         assert!(
             matches!(
@@ -65,12 +82,16 @@ fn assert_fail_stop(fs: &SimFs, engine: &FsEngine, model: &Model) {
     }
     assert!(matches!(engine.sync(), Err(EngineError::Poisoned { .. })));
     assert!(engine.status().poisoned.is_some());
+    assert_eq!(fs.syncs(), syncs, "a poisoned engine never syncs again");
+    assert!(
+        files(fs) == before,
+        "a poisoned engine writes nothing more to any file"
+    );
     assert_eq!(
         &contents(engine),
         model,
         "reads keep working and show exactly the acknowledged writes"
     );
-    let _ = fs;
 }
 
 #[test]

@@ -7,8 +7,8 @@ mod common;
 
 use common::{contents, sim_options};
 use kv_domain::{
-    BatchOp, Durability, Engine, Key, LogCursor, LogEntry, LogRead, Lsn, MemoryEngine, Value,
-    WriteBatch,
+    BatchOp, Durability, Engine, Key, LogCursor, LogEntry, LogRead, LogShipping, Lsn, MemoryEngine,
+    Value, WriteBatch,
 };
 use kv_infra_fs::sim::SimFs;
 use kv_infra_fs::FsEngine;
@@ -47,7 +47,7 @@ fn write_both(leader: &dyn Engine, model: &dyn Engine, ops: &[(u8, u8, u8)]) {
 }
 
 /// Reads the whole log after `from` in chunks of about `chunk` bytes, following cursors.
-fn read_all(engine: &dyn Engine, from: Lsn, chunk: usize) -> Vec<LogEntry> {
+fn read_all(engine: &dyn LogShipping, from: Lsn, chunk: usize) -> Vec<LogEntry> {
     let mut cursor = LogCursor::after(from);
     let mut out = Vec::new();
     loop {

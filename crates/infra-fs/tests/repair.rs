@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{contents, segment_ids, sim_options, Model};
-use kv_domain::{Durability, Engine, EngineError, WriteBatch};
+use kv_domain::{Durability, Engine, EngineError, LogShipping, WriteBatch};
 use kv_infra_fs::codec::{decode_record, RecordKind, SEGMENT_HEADER_LEN};
 use kv_infra_fs::hint::hint_name;
 use kv_infra_fs::repair::{repair, Lost};

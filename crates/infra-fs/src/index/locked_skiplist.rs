@@ -4,7 +4,7 @@ use kv_domain::{Key, KeyRange, Location, OrderedIndex};
 use parking_lot::RwLock;
 use skiplist::SkipMap;
 
-use super::{borrowed_bounds, is_empty_range};
+use super::borrowed_bounds;
 
 /// `skiplist::SkipMap` is not concurrent, so it sits behind a `parking_lot` reader-writer lock; every guard
 /// lives for one map call and never crosses an `.await`.
@@ -50,7 +50,8 @@ impl OrderedIndex for LockedSkipListIndex {
         self.map.read().get(key).copied()
     }
     fn range(&self, range: &KeyRange, limit: usize) -> Vec<(Key, Location)> {
-        if is_empty_range(range) {
+        // Empty by construction (start after end): the map crates panic on such bounds.
+        if range.is_empty() {
             return Vec::new();
         }
         // This crate's `range` takes bounds of the key type itself, so the bounds are copied once.

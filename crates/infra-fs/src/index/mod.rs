@@ -37,16 +37,6 @@ pub(crate) fn borrowed_bounds(range: &KeyRange) -> (Bound<&[u8]>, Bound<&[u8]>) 
     (b(&range.start), b(&range.end))
 }
 
-/// Whether the range is empty by construction (start after end), which some map crates panic on.
-pub(crate) fn is_empty_range(range: &KeyRange) -> bool {
-    match (&range.start, &range.end) {
-        (Bound::Included(s), Bound::Included(e)) => s > e,
-        (Bound::Included(s) | Bound::Excluded(s), Bound::Excluded(e))
-        | (Bound::Excluded(s), Bound::Included(e)) => s >= e,
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,7 +27,7 @@ use bytes::Bytes;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, StatusCode};
 use kv_app::SnapshotPage;
-use kv_domain::{Engine, KeyRange, LogCursor, LogRead, Lsn};
+use kv_domain::{KeyRange, LogCursor, LogRead, LogShipping, Lsn};
 use parking_lot::Mutex;
 use serde_json::json;
 use tokio::sync::{watch, Notify};
@@ -90,7 +90,7 @@ impl Link {
 
 /// The leader's replication state, shared by the shippers and the request handlers.
 pub struct LeaderHub {
-    engine: Arc<dyn Engine>,
+    engine: Arc<dyn LogShipping>,
     history: String,
     token: Option<Secret>,
     ack: AckPolicy,
@@ -136,7 +136,7 @@ fn header(name: &'static str, value: &str) -> Option<(HeaderName, HeaderValue)> 
 impl LeaderHub {
     /// A hub for `followers` (base URLs) of the history `history`.
     pub fn new(
-        engine: Arc<dyn Engine>,
+        engine: Arc<dyn LogShipping>,
         history: String,
         token: Option<Secret>,
         ack: AckPolicy,
@@ -710,7 +710,7 @@ impl LeaderHub {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use kv_domain::MemoryEngine;
+    use kv_domain::{Engine, MemoryEngine};
 
     #[test]
     fn lag_counts_the_entries_and_bytes_a_follower_lacks() {

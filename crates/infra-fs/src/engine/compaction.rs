@@ -47,7 +47,7 @@ use kv_domain::{CompactionStats, EngineError, EngineResult, KeyRange, Location};
 
 use super::Inner;
 use crate::codec::{
-    decode_record, encode_record, encode_segment_header, RecordKind, SEGMENT_HEADER_LEN,
+    decode_record, encode_record, encode_segment_header, u32_field, RecordKind, SEGMENT_HEADER_LEN,
 };
 use crate::hint;
 use crate::segment::{segment_name, Segment, FIRST_SEGMENT_ID, TEMP_SUFFIX};
@@ -313,8 +313,10 @@ fn copy_record(
         from,
         Location {
             segment: o.id,
-            offset: at as u32,
-            len: n as u32,
+            // Within bounds: a record joins an output only while the output stays within the segment
+            // size (at most `Options::MAX_SEGMENT_BYTES`) or is empty, and `n` is one decoded record.
+            offset: u32_field(at),
+            len: u32_field(n),
         },
     ));
     stats.records_copied += 1;

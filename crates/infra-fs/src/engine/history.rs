@@ -1,4 +1,4 @@
-//! Reading the log back for replication ([`kv_domain::Engine::read_log`]), and the history that compaction
+//! Reading the log back for replication ([`kv_domain::LogShipping::read_log`]), and the history that compaction
 //! must keep for followers being served.
 //!
 //! ## Where history lives

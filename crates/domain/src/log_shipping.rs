@@ -1,0 +1,42 @@
+//! The log-shipping contract: what replication needs of an engine beyond the key/value contract.
+
+use crate::{BatchOp, Engine, EngineResult, LogCursor, LogEntry, LogRead, Lsn};
+
+/// An [`Engine`] whose log can be read back by a leader and applied by a follower.
+///
+/// A supertrait of [`Engine`], so an `Arc<dyn LogShipping>` upcasts to the `Arc<dyn Engine>` that the KV
+/// use cases take: replication holds the one, everything else the other.
+///
+/// **Validation:** the log-applying methods refuse, with [`crate::EngineError::InvalidInput`], what the
+/// KV methods refuse (see [`crate::check_record`] and [`crate::check_batch`]: an entry with no operation is
+/// an empty batch), and an LSN below the log's position. They apply entries one at a time and stop at the
+/// first refusal: the entries before it stay written (in `always` mode they are published by the next
+/// sync or write).
+pub trait LogShipping: Engine {
+    /// The highest LSN that is safe to ship to followers: durable on disk (`always`, `interval`), or
+    /// written to the OS (`never`, which promises nothing more). Never above [`Engine::last_lsn`].
+    fn durable_lsn(&self) -> Lsn;
+
+    /// Entries with LSNs in `(from.after, durable_lsn]`, in LSN order, about `max_bytes` of payload at most
+    /// (at least one entry when any is available). [`LogRead::Gone`] when the entry after `from.after` is no
+    /// longer in the log (compaction dropped that history): the reader must take a snapshot.
+    fn read_log(&self, from: &LogCursor, max_bytes: usize) -> EngineResult<LogRead>;
+
+    /// Asks compaction to keep the log history of every LSN above `lsn` readable by
+    /// [`LogShipping::read_log`] (`None`: no reader needs history). Followers being served pin their
+    /// position with this.
+    fn retain_log_after(&self, lsn: Option<Lsn>);
+
+    /// Follower side: applies leader log entries with their own LSNs, skipping every entry at or below
+    /// the [`Engine::last_lsn`] seen on entry (so re-delivery is harmless), each entry atomically. An
+    /// entry of one operation is written as a single record and may carry the LSN of the entry before it
+    /// in the same call; an entry of several must be strictly above it. LSNs may skip (gaps are not
+    /// checked). Everything applied is durable when this returns; returns the new last LSN.
+    fn apply_log(&self, entries: &[LogEntry]) -> EngineResult<Lsn>;
+
+    /// Follower side, snapshot installation: writes each op as its own record at LSN `at`, which must be at
+    /// least [`Engine::last_lsn`] (every page of one snapshot shares the snapshot's base LSN). Durable when
+    /// this returns. Pages are not atomic; the caller records that a snapshot is in progress. A page with
+    /// no op writes nothing and leaves the last LSN where it was.
+    fn install_snapshot_page(&self, at: Lsn, ops: &[BatchOp]) -> EngineResult<()>;
+}

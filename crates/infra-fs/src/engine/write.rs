@@ -1,0 +1,124 @@
+//! The write path: validation, LSN assignment and encoding under the writer lock; in `never`/`interval`
+//! mode the `pwrite` and the keydir update too, in `always` mode hand-off to group commit.
+
+use std::sync::atomic::Ordering;
+
+use kv_domain::{check_batch, check_record, Durability, EngineError, EngineResult, Location, Lsn};
+
+use super::{Inner, PendingUpdate};
+use crate::codec::{u32_field, WriteOp, SEGMENT_HEADER_LEN};
+use crate::keydir::{apply_update, Update};
+
+/// The engine-level input checks every engine shares (see [`kv_domain::check_batch`]).
+fn validate(op: &WriteOp<'_>) -> EngineResult<()> {
+    match op {
+        WriteOp::Put(k, v) => check_record(k, v),
+        WriteOp::Delete(k) => check_record(k, &[]),
+        WriteOp::Batch(b) => check_batch(b),
+    }
+}
+
+impl Inner {
+    /// Writes `op` at the next LSN and, in `always` mode, waits until it is durable.
+    pub(super) fn write(&self, op: WriteOp<'_>) -> EngineResult<Lsn> {
+        self.write_at(op, None, true)
+    }
+
+    /// Writes `op` with the LSN `at` (replication: the leader's LSN; it may equal the last one for a single
+    /// record, as every page of a snapshot does, but a batch must be strictly above it, the invariant
+    /// recovery checks) or else the next LSN. With `wait`
+    /// false, `always` mode returns before the group commit: the caller syncs (and until then the write
+    /// is neither durable nor visible).
+    pub(super) fn write_at(
+        &self,
+        op: WriteOp<'_>,
+        at: Option<u64>,
+        wait: bool,
+    ) -> EngineResult<Lsn> {
+        validate(&op)?;
+        self.writable()?;
+        let always = self.opts.durability == Durability::Always;
+        let total = op.encoded_len();
+        let mut w = self.writer.lock();
+        self.poisoned()?;
+        if w.offset + total > self.opts.max_segment_bytes && w.offset > SEGMENT_HEADER_LEN as u64 {
+            self.rotate(&mut w)?;
+        }
+        let lsn = match at {
+            None => w.last_lsn + 1,
+            Some(at)
+                if at > w.last_lsn || (at == w.last_lsn && !matches!(op, WriteOp::Batch(_))) =>
+            {
+                at
+            }
+            Some(at) => {
+                return Err(EngineError::InvalidInput(format!(
+                    "cannot write at LSN {at}: the log is already at LSN {}",
+                    w.last_lsn
+                )))
+            }
+        };
+        let ts = self.opts.clock.now_micros();
+        let base = w.offset;
+        let seg_id = w.active.id;
+        // The limit check that makes every `Location` below exact: the write ends within what a `u32`
+        // offset addresses. It cannot fail today (`base` is at most `Options::MAX_SEGMENT_BYTES`, or the
+        // header length right after a rotation, and a batch costs at most `kv_domain::MAX_WRITE_COST`),
+        // but it is what the narrowing relies on, so it is checked before any byte is encoded.
+        if u32::try_from(base + total).is_err() {
+            return Err(EngineError::InvalidInput(format!(
+                "a write of {total} bytes at offset {base} does not fit a segment"
+            )));
+        }
+        let location = |at: usize, len: usize| Location {
+            segment: seg_id,
+            offset: u32_field(base + at as u64),
+            len: u32_field(len),
+        };
+        if always {
+            // Group commit: append to the shared buffer; the sync leader writes and fsyncs it for everyone.
+            if w.buf.is_empty() {
+                w.buf_start = base;
+            }
+            op.encode(lsn, ts, &mut w.buf);
+            let w = &mut *w;
+            op.for_each_record(|at, len, kind, key| {
+                w.pending.push(PendingUpdate {
+                    key: key.into(),
+                    location: location(at, len),
+                    kind,
+                });
+            });
+            w.offset += total;
+            w.last_lsn = lsn;
+        } else {
+            let mut scratch = std::mem::take(&mut w.scratch);
+            scratch.clear();
+            op.encode(lsn, ts, &mut scratch);
+            let written = w.active_file.write_all_at(&scratch, base);
+            w.scratch = scratch;
+            written.map_err(|e| self.io_failure(format!("appending to {}", w.active.name), e))?;
+            w.offset += total;
+            w.last_lsn = lsn;
+            // The bytes are in the file: publish under the writer lock, so keydir order is LSN order.
+            let mut garbage = self.publish.lock();
+            op.for_each_record(|at, len, kind, key| {
+                apply_update(
+                    &*self.index,
+                    &mut garbage,
+                    Update::of(kind, key, location(at, len)),
+                );
+            });
+            self.garbage_bytes.store(garbage.total(), Ordering::Relaxed);
+            drop(garbage);
+            self.acked_lsn.store(lsn, Ordering::Release);
+        }
+        drop(w);
+        self.disk_bytes.fetch_add(total, Ordering::Relaxed);
+        if always && wait {
+            self.sync_to(lsn)?;
+        }
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        Ok(Lsn(lsn))
+    }
+}
