@@ -5,9 +5,10 @@ use crate::{Key, KeyRange, Location};
 /// The in-memory ordered index (Bitcask's "keydir"): every live key mapped to the [`Location`] of the record
 /// holding its latest value. A pure data structure: no I/O.
 ///
-/// **Concurrency contract:** one writer at a time calls the mutating methods (the engine serialises them);
-/// any number of readers may call `get`, `range` and `len` concurrently with it and with each other. A reader
-/// concurrent with an overwrite sees either the old or the new location, never "absent".
+/// **Concurrency contract:** one caller at a time calls the mutating methods: the engine serialises every
+/// mutator (the writer, the group-commit leader and compaction) on one lock; any number of readers may call
+/// `get`, `range` and `len` concurrently with it and with each other. A reader concurrent with an overwrite
+/// sees either the old or the new location, never "absent".
 pub trait OrderedIndex: Send + Sync {
     /// Points `key` at `location`, returning the location it replaced.
     fn insert(&self, key: &[u8], location: Location) -> Option<Location>;

@@ -38,7 +38,7 @@ impl Default for ConcurrentSkipIndex {
 
 impl OrderedIndex for ConcurrentSkipIndex {
     fn insert(&self, key: &[u8], location: Location) -> Option<Location> {
-        // Single writer (engine contract), so nothing can insert or remove `key` between `get` and `insert`.
+        // One mutator at a time (the OrderedIndex contract), so nothing can insert or remove `key` between `get` and `insert`.
         if let Some(entry) = self.map.get(key) {
             let mut cell = entry.value().lock();
             let old = *cell;
