@@ -3,8 +3,14 @@
 //! The REST server, on raw hyper (HTTP/1.1). [`serve`] runs it on a listener the caller bound (tests bind
 //! `127.0.0.1:0`), until a shutdown future completes, then drains in-flight requests.
 //!
-//! - [`routes`]: the API — the Go system's endpoints (`/put`, `/read`, `/readrange`, `/batchput`,
-//!   `/delete`, `/health-check`) and the binary-safe extensions under `/v1/` plus `/metrics`;
+//! - [`route`]: the route table, one [`route::Route`] variant per endpoint (pattern, methods, class,
+//!   statuses); depends on nothing else of the crate;
+//! - [`dispatch`]: from a request to its handler by the table (404, 405, forwarding, min-LSN waits);
+//! - [`api`]: the handlers, one module per family — the Go system's endpoints (`/put`, `/read`,
+//!   `/readrange`, `/batchput`, `/delete`, `/health-check`), the binary-safe `/v1/kv` API, and
+//!   readiness, status, metrics and compaction;
+//! - [`state`]: [`ServerState`], what the server is assembled from;
+//! - [`request`] and [`response`]: query parsing and percent-decoding; response builders;
 //! - [`error`]: the one place that maps use-case errors to HTTP statuses and `{"error": ...}` bodies;
 //! - [`json`]: strict JSON request objects (a repeated key is refused, not silently dropped);
 //! - [`body`]: request bodies with limits enforced from `Content-Length` and while streaming;
@@ -17,16 +23,22 @@
 //! - [`replication`]: leader-follower replication — the leader's shippers, the follower's endpoints,
 //!   write forwarding, acknowledgement waits and the binary wire format (see `docs/replication.md`).
 
+pub mod api;
 pub mod body;
 pub mod client;
+pub mod dispatch;
 pub mod error;
 pub mod json;
 pub mod metrics;
 pub mod process;
 pub mod replication;
-pub mod routes;
+pub mod request;
+pub mod response;
+pub mod route;
 pub mod server;
 pub mod stall;
+pub mod state;
 pub mod stream;
 
-pub use server::{serve, ServerConfig, ServerState};
+pub use server::{serve, ServerConfig};
+pub use state::ServerState;

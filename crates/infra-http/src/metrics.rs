@@ -13,18 +13,15 @@ use std::time::Duration;
 
 use kv_domain::{EngineStatus, GroupCommitStats};
 
-use crate::routes;
+use crate::route::Route;
 
 /// Latency histogram bucket bounds, in seconds.
 const BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-/// Statuses with a series of their own: every status of [`routes::ROUTE_STATUSES`] (a test keeps them in
-/// step). Anything else (a status relayed from a leader of another version) is counted under "other".
-pub const STATUSES: [u16; 12] = [200, 400, 401, 404, 405, 409, 413, 415, 500, 503, 504, 507];
-/// Route labels: the router's, then "other" for unknown paths.
-const ROUTE_COUNT: usize = routes::ROUTES.len() + 1;
+/// Route labels: the table's, then "other" for unknown paths.
+const ROUTE_COUNT: usize = Route::ALL.len() + 1;
 
 /// One (route, status) series: lock-free counters, so recording a request never contends on a lock.
 #[derive(Debug, Default)]
@@ -38,6 +35,9 @@ struct Series {
 /// The server's metrics: a fixed table of atomic series, one per route and status.
 #[derive(Debug)]
 pub struct Metrics {
+    /// Statuses with a series of their own: every status some route answers ([`Route::all_statuses`]).
+    /// Anything else (a status relayed from a leader of another version) is counted under "other".
+    statuses: Vec<u16>,
     series: Vec<Series>,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
@@ -46,10 +46,12 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
+        let statuses = Route::all_statuses();
         Self {
-            series: (0..ROUTE_COUNT * (STATUSES.len() + 1))
+            series: (0..ROUTE_COUNT * (statuses.len() + 1))
                 .map(|_| Series::default())
                 .collect(),
+            statuses,
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             stalled_closes: AtomicU64::new(0),
@@ -58,27 +60,26 @@ impl Default for Metrics {
 }
 
 fn route_label(i: usize) -> &'static str {
-    routes::ROUTES.get(i).map_or("other", |(r, _)| *r)
-}
-
-fn status_label(i: usize) -> String {
-    STATUSES
-        .get(i)
-        .map_or_else(|| "other".to_string(), u16::to_string)
+    Route::ALL.get(i).map_or("other", |r| r.label())
 }
 
 impl Metrics {
-    /// Records one request.
-    pub fn observe(&self, route: &'static str, status: u16, latency: Duration) {
-        let r = routes::ROUTES
-            .iter()
-            .position(|(label, _)| *label == route)
-            .unwrap_or(ROUTE_COUNT - 1);
-        let st = STATUSES
+    fn status_label(&self, i: usize) -> String {
+        self.statuses
+            .get(i)
+            .map_or_else(|| "other".to_string(), u16::to_string)
+    }
+
+    /// Records one request (`route`: `None` for a path no route matched).
+    pub fn observe(&self, route: Option<Route>, status: u16, latency: Duration) {
+        let r = route.map_or(ROUTE_COUNT - 1, Route::index);
+        let columns = self.statuses.len() + 1;
+        let st = self
+            .statuses
             .iter()
             .position(|&x| x == status)
-            .unwrap_or(STATUSES.len());
-        let Some(series) = self.series.get(r * (STATUSES.len() + 1) + st) else {
+            .unwrap_or(self.statuses.len());
+        let Some(series) = self.series.get(r * columns + st) else {
             return;
         };
         let secs = latency.as_secs_f64();
@@ -134,11 +135,12 @@ impl Metrics {
             .filter_map(|(i, s)| {
                 let count = s.count.load(Ordering::Relaxed);
                 (count > 0).then(|| {
-                    let (r, st) = (i / (STATUSES.len() + 1), i % (STATUSES.len() + 1));
+                    let columns = self.statuses.len() + 1;
+                    let (r, st) = (i / columns, i % columns);
                     let labels = format!(
                         "route=\"{}\",status=\"{}\"",
                         route_label(r),
-                        status_label(st)
+                        self.status_label(st)
                     );
                     let sum = s.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
                     (
@@ -303,9 +305,10 @@ mod tests {
 
     #[test]
     fn every_status_a_route_answers_has_its_own_series() {
-        for (route, statuses) in routes::ROUTE_STATUSES {
-            for status in statuses {
-                assert!(STATUSES.contains(status), "{route} answers {status}");
+        let m = Metrics::default();
+        for route in Route::ALL {
+            for status in route.statuses() {
+                assert!(m.statuses.contains(status), "{route:?} answers {status}");
             }
         }
     }
@@ -313,10 +316,10 @@ mod tests {
     #[test]
     fn renders_cumulative_histograms() {
         let m = Metrics::default();
-        m.observe("/read", 200, Duration::from_micros(50));
-        m.observe("/read", 200, Duration::from_millis(3));
-        m.observe("/read", 404, Duration::from_millis(3));
-        m.observe("other", 418, Duration::from_millis(3));
+        m.observe(Some(Route::Read), 200, Duration::from_micros(50));
+        m.observe(Some(Route::Read), 200, Duration::from_millis(3));
+        m.observe(Some(Route::Read), 404, Duration::from_millis(3));
+        m.observe(None, 418, Duration::from_millis(3));
         let text = m.render(&EngineStatus::default(), "leader");
         assert!(
             text.contains("kv_http_requests_total{route=\"/read\",status=\"200\"} 2"),
