@@ -2,14 +2,12 @@
 //! a method the route does not serve, forwarding of writes on a follower, the leader's history check of a
 //! forwarded write, the min-LSN wait of reads, then the handler of the route's API family ([`crate::api`]).
 
-use hyper::body::Incoming;
 use hyper::{header, Request, Response, StatusCode};
 
 use crate::api::write::Writes;
 use crate::api::{admin, go, min_lsn, v1};
-use crate::body::read_body;
+use crate::body::{read_body, RequestBody};
 use crate::error::{ApiError, Body};
-use crate::metrics::Metrics;
 use crate::replication::FollowerNode;
 use crate::response;
 use crate::route::{Class, Route};
@@ -18,7 +16,7 @@ use crate::state::ServerState;
 /// Handles one request; answers with its route (`None`: no route matched) for the metrics.
 pub async fn handle(
     state: &ServerState,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> (Option<Route>, Response<Body>) {
     let Some(route) = Route::resolve(req.uri().path()) else {
         let message = format!("no route for {} {}", req.method(), req.uri().path());
@@ -33,7 +31,7 @@ pub async fn handle(
 async fn route_request(
     state: &ServerState,
     route: Route,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Result<Response<Body>, ApiError> {
     let allowed = route.methods();
     if !allowed.contains(&req.method().as_str()) {
@@ -43,7 +41,7 @@ async fn route_request(
     match route.class(req.method().as_str()) {
         Class::Write => {
             if let Some(node) = repl.follower() {
-                return forward(node, req, state.max_body_bytes, &state.metrics).await;
+                return forward(node, req, state.max_body_bytes).await;
             }
             if let Some(refused) = repl.check_forwarded_history(req.headers()) {
                 return Ok(refused);
@@ -55,30 +53,32 @@ async fn route_request(
     }
     let writes = Writes {
         service: &state.service,
-        metrics: &state.metrics,
         hub: repl.hub().map(AsRef::as_ref),
         max_body: state.max_body_bytes,
         inline: state.inline_writes,
     };
     let service = &state.service;
-    let metrics = &state.metrics;
     match route {
         Route::Put => go::put(writes, req).await,
-        Route::Read => go::read(service, metrics, &req),
-        Route::ReadRange => go::read_range(service, metrics, &req),
+        Route::Read => go::read(service, &req),
+        Route::ReadRange => go::read_range(service, &req),
         Route::BatchPut => go::batch_put(writes, req).await,
         Route::Delete => go::delete(writes, &req).await,
         Route::HealthCheck => Ok(go::health_check()),
         Route::KvKey => v1::kv_key(writes, req).await,
-        Route::KvList => v1::listing(service, metrics, &req),
+        Route::KvList => v1::listing(service, &req),
         Route::Readyz => Ok(admin::readyz(&service.engine().status(), repl).await),
-        Route::Status => Ok(admin::status(metrics, &service.engine().status(), repl)),
-        Route::Metrics => Ok(admin::metrics(metrics, &service.engine().status(), repl)),
-        Route::AdminCompact => admin::compact(service, metrics).await,
+        Route::Status => Ok(admin::status(&service.engine().status(), repl)),
+        Route::Metrics => Ok(admin::metrics(
+            &state.metrics,
+            &service.engine().status(),
+            repl,
+        )),
+        Route::AdminCompact => admin::compact(service).await,
         Route::ReplicationState | Route::ReplicationApply | Route::ReplicationSnapshot => {
             crate::replication::handle(route, repl, req, state.max_body_bytes)
                 .await
-                .map(|v| response::json(metrics, &v))
+                .map(|v| response::json(&v))
         }
     }
 }
@@ -103,9 +103,8 @@ fn method_not_allowed(route: Route, method: &hyper::Method) -> Response<Body> {
 /// Forwards a client write from a follower to its leader.
 async fn forward(
     node: &FollowerNode,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     max_body: usize,
-    metrics: &Metrics,
 ) -> Result<Response<Body>, ApiError> {
     let (parts, body) = req.into_parts();
     let path = parts
@@ -113,7 +112,6 @@ async fn forward(
         .path_and_query()
         .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string());
     let bytes = read_body(&parts.headers, body, max_body).await?;
-    metrics.add_bytes_in(bytes.len());
     node.forward(parts.method, &path, &parts.headers, bytes)
         .await
 }

@@ -16,6 +16,7 @@
 //! - [`body`]: request bodies with limits enforced from `Content-Length` and while streaming;
 //! - [`stream`]: streamed response bodies with back-pressure, for ranges and listings;
 //! - [`metrics`]: counters and histograms rendered in the Prometheus text format;
+//! - [`prom`]: the one writer of the Prometheus text format, used by every metric;
 //! - [`process`]: the standard `process_*` metrics, from `/proc/self`;
 //! - [`server`]: connections, the connection cap, timeouts and graceful shutdown;
 //! - [`stall`]: closing connections whose response makes no progress (clients that stop reading);
@@ -31,6 +32,7 @@ pub mod error;
 pub mod json;
 pub mod metrics;
 pub mod process;
+pub mod prom;
 pub mod replication;
 pub mod request;
 pub mod response;

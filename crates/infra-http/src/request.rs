@@ -4,12 +4,10 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use hyper::body::Incoming;
 use hyper::{header, HeaderMap, Request, StatusCode};
 
-use crate::body::read_body;
+use crate::body::{read_body, RequestBody};
 use crate::error::ApiError;
-use crate::metrics::Metrics;
 
 /// Query parameters, decoded; the first occurrence of a name wins (as in Go's `Query().Get`).
 pub type Params = BTreeMap<String, Vec<u8>>;
@@ -128,16 +126,10 @@ fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 /// The body of a JSON request, at most `max_body` bytes, after the content-type check.
-pub async fn json_body(
-    req: Request<Incoming>,
-    max_body: usize,
-    metrics: &Metrics,
-) -> Result<Bytes, ApiError> {
+pub async fn json_body(req: Request<RequestBody>, max_body: usize) -> Result<Bytes, ApiError> {
     let (parts, body) = req.into_parts();
     check_json_content_type(&parts.headers)?;
-    let bytes = read_body(&parts.headers, body, max_body).await?;
-    metrics.add_bytes_in(bytes.len());
-    Ok(bytes)
+    read_body(&parts.headers, body, max_body).await
 }
 
 #[cfg(test)]

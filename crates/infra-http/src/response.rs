@@ -5,7 +5,6 @@ use hyper::{header, Response, StatusCode};
 use kv_domain::Lsn;
 
 use crate::error::{full, Body};
-use crate::metrics::Metrics;
 use crate::stream::ChannelBody;
 
 /// The header that carries a write's LSN.
@@ -23,9 +22,8 @@ pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 }
 
 /// A JSON response (200).
-pub fn json(metrics: &Metrics, value: &serde_json::Value) -> Response<Body> {
+pub fn json(value: &serde_json::Value) -> Response<Body> {
     let body = value.to_string();
-    metrics.add_bytes_out(body.len());
     let mut resp = Response::new(full(body));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -35,13 +33,8 @@ pub fn json(metrics: &Metrics, value: &serde_json::Value) -> Response<Body> {
 }
 
 /// A JSON response with `status` and the write's LSN in [`LSN_HEADER`].
-pub fn with_lsn(
-    metrics: &Metrics,
-    status: StatusCode,
-    body: &serde_json::Value,
-    lsn: Lsn,
-) -> Response<Body> {
-    let mut resp = json(metrics, body);
+pub fn with_lsn(status: StatusCode, body: &serde_json::Value, lsn: Lsn) -> Response<Body> {
+    let mut resp = json(body);
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(LSN_HEADER, header::HeaderValue::from(lsn.0));
@@ -49,8 +42,7 @@ pub fn with_lsn(
 }
 
 /// A value as raw bytes.
-pub fn value(metrics: &Metrics, value: kv_domain::Value) -> Response<Body> {
-    metrics.add_bytes_out(value.len());
+pub fn value(value: kv_domain::Value) -> Response<Body> {
     let mut resp = Response::new(full(value.into_bytes()));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::body::{Counted, Direction};
 use crate::dispatch;
 use crate::error::ApiError;
 use crate::route::Route;
@@ -99,6 +100,7 @@ pub async fn serve(
                 let timeout = config.request_timeout;
                 async move {
                     let started = Instant::now();
+                    let req = req.map(|b| Counted::new(b, state.metrics.clone(), Direction::In));
                     let method = req.method().clone();
                     let path = req.uri().path().to_string();
                     let (route, resp) = match tokio::time::timeout(timeout, dispatch::handle(&state, req)).await {
@@ -111,7 +113,8 @@ pub async fn serve(
                     let elapsed = started.elapsed();
                     state.metrics.observe(route, resp.status().as_u16(), elapsed);
                     tracing::debug!(%method, %path, status = resp.status().as_u16(), micros = elapsed.as_micros() as u64, "request");
-                    Ok::<_, std::convert::Infallible>(resp)
+                    let metrics = state.metrics.clone();
+                    Ok::<_, std::convert::Infallible>(resp.map(|b| Counted::new(b, metrics, Direction::Out)))
                 }
             });
             let mut builder = hyper::server::conn::http1::Builder::new();

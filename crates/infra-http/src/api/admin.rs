@@ -13,6 +13,7 @@ use kv_domain::EngineStatus;
 
 use crate::error::{full, ApiError, Body};
 use crate::metrics::Metrics;
+use crate::prom::Writer;
 use crate::replication::Replication;
 use crate::response;
 
@@ -22,45 +23,42 @@ pub async fn readyz(engine: &EngineStatus, replication: &Replication) -> Respons
 }
 
 /// `GET /v1/status`.
-pub fn status(metrics: &Metrics, s: &EngineStatus, replication: &Replication) -> Response<Body> {
+pub fn status(s: &EngineStatus, replication: &Replication) -> Response<Body> {
     let ratio = if s.disk_bytes == 0 {
         0.0
     } else {
         s.garbage_bytes as f64 / s.disk_bytes as f64
     };
-    response::json(
-        metrics,
-        &serde_json::json!({
-            "role": replication.role_name(),
-            "last_lsn": s.last_lsn.0,
-            "keys": s.keys,
-            "segments": s.segments,
-            "disk_bytes": s.disk_bytes,
-            "garbage_bytes": s.garbage_bytes,
-            "garbage_ratio": ratio,
-            "durability": s.durability.to_string(),
-            "poisoned": s.poisoned,
-            "read_only": s.read_only,
-            "writes": s.writes,
-            "fsyncs": s.fsyncs,
-            "recovery": {
-                "segments": s.recovery.segments,
-                "records": s.recovery.records,
-                "truncated_bytes": s.recovery.truncated_bytes,
-                "truncated_copy": s.recovery.truncated_copy,
-                "notes": s.recovery.notes,
-            },
-            "followers": replication.hub().map_or(serde_json::json!([]), |h| h.followers_json()),
-            "replication": replication.follower().map(|f| f.status_json()),
-            "compacting": s.compacting,
-            "compaction": compaction_json(&s.compaction),
-            "compaction_progress": s.compaction_progress.as_ref().map(compaction_json),
-        }),
-    )
+    response::json(&serde_json::json!({
+        "role": replication.role_name(),
+        "last_lsn": s.last_lsn.0,
+        "keys": s.keys,
+        "segments": s.segments,
+        "disk_bytes": s.disk_bytes,
+        "garbage_bytes": s.garbage_bytes,
+        "garbage_ratio": ratio,
+        "durability": s.durability.to_string(),
+        "poisoned": s.poisoned,
+        "read_only": s.read_only,
+        "writes": s.writes,
+        "fsyncs": s.fsyncs,
+        "recovery": {
+            "segments": s.recovery.segments,
+            "records": s.recovery.records,
+            "truncated_bytes": s.recovery.truncated_bytes,
+            "truncated_copy": s.recovery.truncated_copy,
+            "notes": s.recovery.notes,
+        },
+        "followers": replication.hub().map_or(serde_json::json!([]), |h| h.followers_json()),
+        "replication": replication.follower().map(|f| f.status_json()),
+        "compacting": s.compacting,
+        "compaction": compaction_json(&s.compaction),
+        "compaction_progress": s.compaction_progress.as_ref().map(compaction_json),
+    }))
 }
 
 /// `POST /v1/admin/compact`.
-pub async fn compact(service: &KvService, metrics: &Metrics) -> Result<Response<Body>, ApiError> {
+pub async fn compact(service: &KvService) -> Result<Response<Body>, ApiError> {
     let service = service.clone();
     let s = tokio::task::spawn_blocking(move || service.compact())
         .await
@@ -70,7 +68,7 @@ pub async fn compact(service: &KvService, metrics: &Metrics) -> Result<Response<
                 format!("compaction task failed: {e}"),
             )
         })??;
-    Ok(response::json(metrics, &compaction_json(&s)))
+    Ok(response::json(&compaction_json(&s)))
 }
 
 fn compaction_json(s: &kv_domain::CompactionStats) -> serde_json::Value {
@@ -91,14 +89,15 @@ pub fn metrics(
     engine: &EngineStatus,
     replication: &Replication,
 ) -> Response<Body> {
-    let mut text = metrics.render(engine, replication.role_name());
+    let mut w = Writer::new();
+    metrics.write(&mut w, engine, replication.role_name());
     if let Some(hub) = replication.hub() {
-        text.push_str(&hub.metrics_text());
+        hub.write_metrics(&mut w);
     }
     if let Some(node) = replication.follower() {
-        text.push_str(&node.metrics_text());
+        node.write_metrics(&mut w);
     }
-    let mut resp = Response::new(full(text));
+    let mut resp = Response::new(full(w.finish()));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("text/plain; version=0.0.4"),

@@ -9,10 +9,7 @@
 //! | POST, DELETE | `/delete?key=K` | idempotent delete |
 //! | GET, HEAD | `/health-check` | `OK` (liveness) |
 
-use std::sync::Arc;
-
 use bytes::Bytes;
-use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use kv_app::KvService;
 use kv_domain::{KeyRange, WriteBatch};
@@ -20,9 +17,9 @@ use serde::Deserialize;
 
 use super::write::Writes;
 use super::{CHUNK_BYTES, PAGE};
+use crate::body::RequestBody;
 use crate::error::{ApiError, Body};
 use crate::json::StringPairs;
-use crate::metrics::Metrics;
 use crate::request::{json_body, limit_param, query, required};
 use crate::response;
 use crate::stream::ChannelBody;
@@ -35,8 +32,8 @@ struct PutRequest {
 }
 
 /// `POST /put`.
-pub async fn put(w: Writes<'_>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let bytes = json_body(req, w.max_body, w.metrics).await?;
+pub async fn put(w: Writes<'_>, req: Request<RequestBody>) -> Result<Response<Body>, ApiError> {
+    let bytes = json_body(req, w.max_body).await?;
     let body: PutRequest = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
     let value = match (body.value, body.data) {
@@ -56,20 +53,19 @@ pub async fn put(w: Writes<'_>, req: Request<Incoming>) -> Result<Response<Body>
 }
 
 /// `GET /read`.
-pub fn read(
-    service: &KvService,
-    metrics: &Metrics,
-    req: &Request<Incoming>,
-) -> Result<Response<Body>, ApiError> {
+pub fn read(service: &KvService, req: &Request<RequestBody>) -> Result<Response<Body>, ApiError> {
     let params = query(req.uri())?;
     let key = required(&params, "key")?;
     // A read is one keydir lookup and one positional read of (usually cached) bytes: run it inline.
-    Ok(response::value(metrics, service.read(key)?))
+    Ok(response::value(service.read(key)?))
 }
 
 /// `POST /batchput`.
-pub async fn batch_put(w: Writes<'_>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let bytes = json_body(req, w.max_body, w.metrics).await?;
+pub async fn batch_put(
+    w: Writes<'_>,
+    req: Request<RequestBody>,
+) -> Result<Response<Body>, ApiError> {
+    let bytes = json_body(req, w.max_body).await?;
     let StringPairs(pairs) = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::bad_request(format!(
             "invalid JSON body (expected an object of string values with distinct keys): {e}"
@@ -92,7 +88,7 @@ pub async fn batch_put(w: Writes<'_>, req: Request<Incoming>) -> Result<Response
 }
 
 /// `POST|DELETE /delete`.
-pub async fn delete(w: Writes<'_>, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub async fn delete(w: Writes<'_>, req: &Request<RequestBody>) -> Result<Response<Body>, ApiError> {
     let params = query(req.uri())?;
     let key = required(&params, "key")?.to_vec();
     let payload = key.len();
@@ -115,8 +111,7 @@ fn utf8(bytes: &[u8], what: &str) -> Result<String, std::io::Error> {
 /// UTF-8, since JSON strings could only carry it altered.
 pub fn read_range(
     service: &KvService,
-    metrics: &Arc<Metrics>,
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
 ) -> Result<Response<Body>, ApiError> {
     let params = query(req.uri())?;
     let start = required(&params, "start")?.to_vec();
@@ -124,7 +119,7 @@ pub fn read_range(
     let limit = limit_param(&params, usize::MAX, usize::MAX)?;
     // Validate (bounds order) and fetch the first page before answering 200, so bad input gets its status.
     let first = service.read_range(&start, &end, PAGE.min(limit))?;
-    let (tx, body) = ChannelBody::channel(metrics.clone());
+    let (tx, body) = ChannelBody::channel();
     if req.method() == Method::HEAD {
         return Ok(response::streamed_json(body)); // the status is known; nothing will read the body
     }

@@ -3,10 +3,10 @@
 //! `max_wait_ms` (query; default and cap set by the server), and answers 503 if it has not, or at once
 //! while a follower refuses its leader's history.
 
-use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use kv_domain::Engine;
 
+use crate::body::RequestBody;
 use crate::error::ApiError;
 use crate::replication::{Replication, MIN_LSN_HEADER};
 use crate::request::{number, query};
@@ -15,7 +15,7 @@ use crate::request::{number, query};
 pub async fn wait(
     engine: &dyn Engine,
     replication: &Replication,
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
 ) -> Result<(), ApiError> {
     // The common read names no minimum: skip parsing its query a second time.
     let named = req.uri().query().is_some_and(|q| q.contains("min_lsn"))

@@ -6,21 +6,18 @@
 //! | GET, HEAD | `/v1/kv?start&end&limit&cursor&encoding` | a page of a listing, streamed, with a cursor to continue |
 
 use std::ops::Bound;
-use std::sync::Arc;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use bytes::Bytes;
-use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 use kv_app::{AppError, KvService};
 use kv_domain::{Key, KeyRange};
 
 use super::write::Writes;
 use super::{CHUNK_BYTES, PAGE};
-use crate::body::read_body;
+use crate::body::{read_body, RequestBody};
 use crate::error::{ApiError, Body};
-use crate::metrics::Metrics;
 use crate::request::{limit_param, percent_decode, query};
 use crate::response;
 use crate::route::KV_KEY_PREFIX;
@@ -31,14 +28,14 @@ const LISTING_DEFAULT: usize = 1000;
 const LISTING_MAX: usize = 10_000;
 
 /// `/v1/kv/{key}`: GET and HEAD read, PUT and DELETE write.
-pub async fn kv_key(w: Writes<'_>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub async fn kv_key(w: Writes<'_>, req: Request<RequestBody>) -> Result<Response<Body>, ApiError> {
     let path = req.uri().path();
     let key = percent_decode(path.strip_prefix(KV_KEY_PREFIX).unwrap_or(path), false)?;
     if key.is_empty() {
         return Err(AppError::EmptyKey.into());
     }
     match *req.method() {
-        Method::GET | Method::HEAD => Ok(response::value(w.metrics, w.service.read(&key)?)),
+        Method::GET | Method::HEAD => Ok(response::value(w.service.read(&key)?)),
         Method::DELETE => {
             let payload = key.len();
             let lsn = w.run(move |s| s.delete(&key)).await?;
@@ -47,7 +44,6 @@ pub async fn kv_key(w: Writes<'_>, req: Request<Incoming>) -> Result<Response<Bo
         _ => {
             let (parts, body) = req.into_parts();
             let value = read_body(&parts.headers, body, w.max_body).await?;
-            w.metrics.add_bytes_in(value.len());
             let payload = key.len() + value.len();
             let lsn = w.run(move |s| s.put(&key, &value)).await?;
             Ok(w.written(lsn, payload).await)
@@ -74,8 +70,7 @@ fn encoded_field(name: &str, bytes: &[u8], force_base64: bool) -> String {
 /// not UTF-8 (or every one, with `encoding=base64`) comes as `key_base64` / `value_base64` instead.
 pub fn listing(
     service: &KvService,
-    metrics: &Arc<Metrics>,
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
 ) -> Result<Response<Body>, ApiError> {
     let params = query(req.uri())?;
     let force_base64 = match params.get("encoding").map(Vec::as_slice) {
@@ -115,7 +110,7 @@ pub fn listing(
         }
     }
     let first = service.read_range_page(&range, PAGE.min(limit))?;
-    let (tx, body) = ChannelBody::channel(metrics.clone());
+    let (tx, body) = ChannelBody::channel();
     if req.method() == Method::HEAD {
         return Ok(response::streamed_json(body)); // the status is known; nothing will read the body
     }

@@ -5,7 +5,6 @@ use kv_app::{AppError, KvService};
 use kv_domain::Lsn;
 
 use crate::error::{ApiError, Body};
-use crate::metrics::Metrics;
 use crate::replication::LeaderHub;
 use crate::response;
 
@@ -14,8 +13,6 @@ use crate::response;
 pub struct Writes<'a> {
     /// The use cases.
     pub service: &'a KvService,
-    /// Request metrics (bytes in and out).
-    pub metrics: &'a Metrics,
     /// On a leader with followers: the shipping hub, which the write wakes and whose acks it may await.
     pub hub: Option<&'a LeaderHub>,
     /// Largest request body accepted, in bytes.
@@ -62,18 +59,12 @@ impl Writes<'_> {
                     policy.timeout.as_millis()
                 );
                 return response::with_lsn(
-                    self.metrics,
                     StatusCode::GATEWAY_TIMEOUT,
                     &serde_json::json!({ "error": message, "lsn": lsn.0, "committed": true, "replicated": have }),
                     lsn,
                 );
             }
         }
-        response::with_lsn(
-            self.metrics,
-            StatusCode::OK,
-            &serde_json::json!({ "lsn": lsn.0 }),
-            lsn,
-        )
+        response::with_lsn(StatusCode::OK, &serde_json::json!({ "lsn": lsn.0 }), lsn)
     }
 }

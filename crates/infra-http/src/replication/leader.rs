@@ -35,6 +35,7 @@ use tokio::sync::{watch, Notify};
 use super::wire;
 use super::{Secret, HISTORY_HEADER, LEADER_LSN_HEADER, TOKEN_HEADER};
 use crate::client::Client;
+use crate::prom::{Kind, Writer};
 
 /// Payload bytes per apply request (at least one entry is always sent).
 const FRAME_BYTES: usize = 1 << 20;
@@ -302,8 +303,8 @@ impl LeaderHub {
         )
     }
 
-    /// Prometheus lines for every follower.
-    pub fn metrics_text(&self) -> String {
+    /// Writes the metrics of every follower.
+    pub fn write_metrics(&self, w: &mut Writer) {
         // One sample per follower (a consistent row), then one family per metric.
         let rows: Vec<[f64; 6]> = self
             .links
@@ -327,46 +328,45 @@ impl LeaderHub {
         let families = [
             (
                 "kv_replication_follower_applied_lsn",
-                "gauge",
+                Kind::Gauge,
                 "Durable applied LSN of each follower.",
             ),
             (
                 "kv_replication_follower_lag_entries",
-                "gauge",
+                Kind::Gauge,
                 "Writes a follower lacks.",
             ),
             (
                 "kv_replication_follower_lag_bytes",
-                "gauge",
+                Kind::Gauge,
                 "Payload bytes of the writes a follower lacks.",
             ),
             (
                 "kv_replication_follower_lag_seconds",
-                "gauge",
+                Kind::Gauge,
                 "Age of the oldest write a follower lacks.",
             ),
             (
                 "kv_replication_follower_up",
-                "gauge",
+                Kind::Gauge,
                 "1 when a follower is streaming or in a snapshot.",
             ),
             (
                 "kv_replication_snapshots_sent_total",
-                "counter",
+                Kind::Counter,
                 "Snapshots sent to each follower.",
             ),
         ];
-        let mut out = String::new();
         for (column, (name, kind, help)) in families.iter().enumerate() {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            w.family(name, *kind, help);
             for (l, row) in self.links.iter().zip(&rows) {
-                out.push_str(&format!(
-                    "{name}{{follower=\"{}\"}} {}\n",
-                    l.url, row[column]
-                ));
+                w.sample(
+                    name,
+                    &[("follower", &l.url)],
+                    row.get(column).copied().unwrap_or(0.0),
+                );
             }
         }
-        out
     }
 
     fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
@@ -743,7 +743,9 @@ mod tests {
         let json = hub.followers_json();
         assert_eq!(json[0]["lag_entries"], 4);
         assert_eq!(json[0]["lag_bytes"], 3400);
-        let metrics = hub.metrics_text();
+        let mut w = Writer::new();
+        hub.write_metrics(&mut w);
+        let metrics = w.finish();
         assert!(
             metrics.contains(
                 "kv_replication_follower_lag_bytes{follower=\"http://127.0.0.1:1\"} 3400\n"

@@ -26,13 +26,12 @@ pub mod wire;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{HeaderMap, Request, Response, StatusCode};
 use kv_app::ReplicaError;
 use serde_json::json;
 
-use crate::body::read_body;
+use crate::body::{read_body, RequestBody};
 use crate::error::{ApiError, Body};
 use crate::route::Route;
 pub use follower::FollowerNode;
@@ -179,7 +178,7 @@ impl From<ReplicaError> for ApiError {
 pub async fn handle(
     route: Route,
     repl: &Replication,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     max_body: usize,
 ) -> Result<serde_json::Value, ApiError> {
     repl.check_token(req.headers())?;
