@@ -8,6 +8,7 @@ use kv_app::{AppError, KvService, Limits};
 use kv_domain::{KeyRange, WriteBatch};
 use kv_infra_fs::{FsEngine, Options};
 use kv_infra_http::client::{cursor_after, Client};
+use kv_infra_http::status::{CompactionReport, NodeStatus};
 
 use crate::error::CliError;
 
@@ -155,12 +156,8 @@ impl Target {
         match self {
             Target::Remote(c) => Ok(c.compact().await?),
             Target::Embedded(s) => {
-                let r = s.compact()?;
-                Ok(serde_json::json!({
-                    "runs": r.runs, "input_segments": r.input_segments, "output_segments": r.output_segments,
-                    "input_bytes": r.input_bytes, "output_bytes": r.output_bytes, "records_copied": r.records_copied,
-                    "millis": r.millis,
-                }))
+                let report = CompactionReport::from(&s.compact()?);
+                serde_json::to_value(report).map_err(|e| CliError::failure(e.to_string()))
             }
         }
     }
@@ -170,18 +167,14 @@ impl Target {
         match self {
             Target::Remote(c) => Ok(c.status().await?),
             Target::Embedded(s) => {
-                let st = s.engine().status();
-                Ok(serde_json::json!({
-                    "role": "embedded",
-                    "last_lsn": st.last_lsn.0,
-                    "keys": st.keys,
-                    "segments": st.segments,
-                    "disk_bytes": st.disk_bytes,
-                    "garbage_bytes": st.garbage_bytes,
-                    "durability": st.durability.to_string(),
-                    "poisoned": st.poisoned,
-                    "recovery": { "records": st.recovery.records, "truncated_bytes": st.recovery.truncated_bytes, "notes": st.recovery.notes },
-                }))
+                // The server's document, with the role an embedded store has and no replication parts.
+                let doc = NodeStatus::new(
+                    "embedded",
+                    &s.engine().status(),
+                    serde_json::json!([]),
+                    None,
+                );
+                serde_json::to_value(doc).map_err(|e| CliError::failure(e.to_string()))
             }
         }
     }

@@ -20,6 +20,7 @@
 //! - [`process`]: the standard `process_*` metrics, from `/proc/self`;
 //! - [`server`]: connections, the connection cap, timeouts and graceful shutdown;
 //! - [`stall`]: closing connections whose response makes no progress (clients that stop reading);
+//! - [`status`]: the `/v1/status` document, one serde type shared by the server and `kvctl`;
 //! - [`client`]: a keep-alive client of the `/v1` API (used by the CLI, the shippers and forwarding);
 //! - [`replication`]: leader-follower replication — the leader's shippers, the follower's endpoints,
 //!   write forwarding, acknowledgement waits and the binary wire format (see `docs/replication.md`).
@@ -40,6 +41,7 @@ pub mod route;
 pub mod server;
 pub mod stall;
 pub mod state;
+pub mod status;
 pub mod stream;
 
 pub use server::{serve, ServerConfig};

@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::prom::Writer;
 use crate::replication::Replication;
 use crate::response;
+use crate::status::{CompactionReport, NodeStatus};
 
 /// `GET /readyz`.
 pub async fn readyz(engine: &EngineStatus, replication: &Replication) -> Response<Body> {
@@ -24,37 +25,15 @@ pub async fn readyz(engine: &EngineStatus, replication: &Replication) -> Respons
 
 /// `GET /v1/status`.
 pub fn status(s: &EngineStatus, replication: &Replication) -> Response<Body> {
-    let ratio = if s.disk_bytes == 0 {
-        0.0
-    } else {
-        s.garbage_bytes as f64 / s.disk_bytes as f64
-    };
-    response::json(&serde_json::json!({
-        "role": replication.role_name(),
-        "last_lsn": s.last_lsn.0,
-        "keys": s.keys,
-        "segments": s.segments,
-        "disk_bytes": s.disk_bytes,
-        "garbage_bytes": s.garbage_bytes,
-        "garbage_ratio": ratio,
-        "durability": s.durability.to_string(),
-        "poisoned": s.poisoned,
-        "read_only": s.read_only,
-        "writes": s.writes,
-        "fsyncs": s.fsyncs,
-        "recovery": {
-            "segments": s.recovery.segments,
-            "records": s.recovery.records,
-            "truncated_bytes": s.recovery.truncated_bytes,
-            "truncated_copy": s.recovery.truncated_copy,
-            "notes": s.recovery.notes,
-        },
-        "followers": replication.hub().map_or(serde_json::json!([]), |h| h.followers_json()),
-        "replication": replication.follower().map(|f| f.status_json()),
-        "compacting": s.compacting,
-        "compaction": compaction_json(&s.compaction),
-        "compaction_progress": s.compaction_progress.as_ref().map(compaction_json),
-    }))
+    let doc = NodeStatus::new(
+        replication.role_name(),
+        s,
+        replication
+            .hub()
+            .map_or(serde_json::json!([]), |h| h.followers_json()),
+        replication.follower().map(|f| f.status_json()),
+    );
+    response::json(&serde_json::to_value(doc).unwrap_or_default())
 }
 
 /// `POST /v1/admin/compact`.
@@ -68,19 +47,9 @@ pub async fn compact(service: &KvService) -> Result<Response<Body>, ApiError> {
                 format!("compaction task failed: {e}"),
             )
         })??;
-    Ok(response::json(&compaction_json(&s)))
-}
-
-fn compaction_json(s: &kv_domain::CompactionStats) -> serde_json::Value {
-    serde_json::json!({
-        "runs": s.runs,
-        "input_segments": s.input_segments,
-        "output_segments": s.output_segments,
-        "input_bytes": s.input_bytes,
-        "output_bytes": s.output_bytes,
-        "records_copied": s.records_copied,
-        "millis": s.millis,
-    })
+    Ok(response::json(
+        &serde_json::to_value(CompactionReport::from(&s)).unwrap_or_default(),
+    ))
 }
 
 /// `GET /metrics`: the server's, then the replication role's.
