@@ -9,9 +9,11 @@
 //! the history, gap and snapshot checks that keep a follower a faithful prefix of its leader.
 
 mod limits;
+mod pager;
 mod service;
 
 pub use limits::Limits;
+pub use pager::{check_range, Pager, Pages};
 pub use service::{AppError, KvService};
 mod replica;
 

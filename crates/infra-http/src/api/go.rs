@@ -11,7 +11,7 @@
 
 use bytes::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
-use kv_app::KvService;
+use kv_app::{KvService, Pager};
 use kv_domain::{KeyRange, WriteBatch};
 use serde::Deserialize;
 
@@ -118,19 +118,25 @@ pub fn read_range(
     let end = required(&params, "end")?.to_vec();
     let limit = limit_param(&params, usize::MAX, usize::MAX)?;
     // Validate (bounds order) and fetch the first page before answering 200, so bad input gets its status.
-    let first = service.read_range(&start, &end, PAGE.min(limit))?;
+    let mut pager = Pager::new(KeyRange::inclusive(start, end), limit, PAGE)?;
+    let first = super::first_page(service, &mut pager)?;
     let (tx, body) = ChannelBody::channel();
     if req.method() == Method::HEAD {
         return Ok(response::streamed_json(body)); // the status is known; nothing will read the body
     }
     let service = service.clone();
     tokio::task::spawn_blocking(move || {
-        let range = KeyRange::inclusive(start, end);
-        let mut page = first;
-        let mut want = PAGE.min(limit);
         let mut sent = 0usize;
         let mut out = String::from("{");
-        loop {
+        let rest = pager.pages(|r: &KeyRange, n| service.read_range_page(r, n));
+        for page in std::iter::once(Ok(first)).chain(rest) {
+            let page = match page {
+                Ok(page) => page,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                    return;
+                }
+            };
             for e in &page {
                 let item = utf8(&e.key, "a key").and_then(|k| {
                     utf8(&e.value, &format!("the value of key {k:?}")).map(|v| (k, v))
@@ -164,21 +170,6 @@ pub fn read_range(
                 .is_err()
             {
                 return; // the client went away
-            }
-            let Some(last) = page.last().map(|e| e.key.clone()) else {
-                break;
-            };
-            if sent >= limit || page.len() < want {
-                break;
-            }
-            want = PAGE.min(limit - sent);
-            match service.read_range_page(&range.after(&last), want) {
-                Ok(p) if !p.is_empty() => page = p,
-                Ok(_) => break,
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
-                    return;
-                }
             }
         }
         let _ = tx.blocking_send(Ok(Bytes::from_static(b"}")));

@@ -24,3 +24,17 @@ const PAGE: usize = 256;
 /// A streamed response sends what it has once it holds this many bytes (and at the end of each page), so
 /// the chunks queued for one response are about this size rather than a whole page each.
 const CHUNK_BYTES: usize = 64 * 1024;
+
+/// Fetches the first page of `pager`'s walk, before a streamed answer commits to 200, so an engine error
+/// still gets its status.
+fn first_page(
+    service: &kv_app::KvService,
+    pager: &mut kv_app::Pager,
+) -> Result<Vec<kv_domain::Entry>, kv_app::AppError> {
+    let Some((range, want)) = pager.next_request() else {
+        return Ok(Vec::new());
+    };
+    let page = service.read_range_page(&range, want)?;
+    pager.advance(page.len(), page.last().map(|e| e.key.as_bytes()));
+    Ok(page)
+}

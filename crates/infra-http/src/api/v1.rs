@@ -11,7 +11,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use bytes::Bytes;
 use hyper::{Method, Request, Response};
-use kv_app::{AppError, KvService};
+use kv_app::{AppError, KvService, Pager};
 use kv_domain::{Key, KeyRange};
 
 use super::write::Writes;
@@ -100,28 +100,25 @@ pub fn listing(
             .map_err(|_| ApiError::bad_request("invalid cursor"))?;
         range = range.after(&last);
     }
-    if let (Bound::Included(s), Bound::Included(e)) = (&range.start, &range.end) {
-        if s > e {
-            return Err(AppError::InvertedRange {
-                start: String::from_utf8_lossy(s).into(),
-                end: String::from_utf8_lossy(e).into(),
-            }
-            .into());
-        }
-    }
-    let first = service.read_range_page(&range, PAGE.min(limit))?;
+    let mut pager = Pager::new(range, limit, PAGE)?;
+    let first = super::first_page(service, &mut pager)?;
     let (tx, body) = ChannelBody::channel();
     if req.method() == Method::HEAD {
         return Ok(response::streamed_json(body)); // the status is known; nothing will read the body
     }
     let service = service.clone();
     tokio::task::spawn_blocking(move || {
-        let mut page = first;
-        let mut want = PAGE.min(limit);
         let mut sent = 0usize;
-        let mut last: Option<Key> = None;
         let mut out = String::from("{\"items\":[");
-        loop {
+        let rest = pager.pages(|r: &KeyRange, n| service.read_range_page(r, n));
+        for page in std::iter::once(Ok(first)).chain(rest) {
+            let page = match page {
+                Ok(page) => page,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                    return;
+                }
+            };
             for e in &page {
                 if sent > 0 {
                     out.push(',');
@@ -140,37 +137,23 @@ pub fn listing(
                     return;
                 }
             }
-            if let Some(l) = page.last() {
-                last = Some(l.key.clone());
-            }
             if tx
                 .blocking_send(Ok(Bytes::from(std::mem::take(&mut out))))
                 .is_err()
             {
                 return;
             }
-            if sent >= limit || page.len() < want {
-                break;
-            }
-            let Some(l) = &last else { break };
-            want = PAGE.min(limit - sent);
-            match service.read_range_page(&range.after(l), want) {
-                Ok(p) if !p.is_empty() => page = p,
-                Ok(_) => break,
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
-                    return;
-                }
-            }
         }
         // A cursor only when the page is full and something follows it.
-        let next = match &last {
-            Some(l) if sent >= limit => match service.read_range_page(&range.after(l), 1) {
-                Ok(p) if !p.is_empty() => {
-                    serde_json::Value::String(URL_SAFE_NO_PAD.encode(l.as_bytes()))
+        let next = match pager.last_key() {
+            Some(l) if pager.reached_limit() => {
+                match service.read_range_page(&pager.range().after(l), 1) {
+                    Ok(p) if !p.is_empty() => {
+                        serde_json::Value::String(URL_SAFE_NO_PAD.encode(l.as_bytes()))
+                    }
+                    _ => serde_json::Value::Null,
                 }
-                _ => serde_json::Value::Null,
-            },
+            }
             _ => serde_json::Value::Null,
         };
         let _ = tx.blocking_send(Ok(Bytes::from(format!("],\"next_cursor\":{next}}}"))));
