@@ -387,6 +387,7 @@ fn replication(
         token: config.replication_token.clone(),
         history: leader_history,
         max_read_wait: Duration::from_millis(config.read_max_wait_ms),
+        ..Replication::standalone()
     })
 }
 

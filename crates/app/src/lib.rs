@@ -8,10 +8,12 @@
 //! [`Replica`] holds the follower's use cases: applying the leader's log and installing its snapshots, with
 //! the history, gap and snapshot checks that keep a follower a faithful prefix of its leader.
 
+mod consistency;
 mod limits;
 mod pager;
 mod service;
 
+pub use consistency::{replicate_write, wait_for_lsn, LsnNotReached, WriteOutcome};
 pub use limits::Limits;
 pub use pager::{check_range, Pager, Pages};
 pub use service::{AppError, KvService};

@@ -7,6 +7,9 @@
 //! - [`Engine`]: the storage contract (put, get, delete, atomic batch, ordered range scan, status);
 //! - [`OrderedIndex`]: the in-memory keydir, an ordered map from key to the [`Location`] of its value.
 //!
+//! The asynchronous ports the use cases wait on ([`AppliedLsn`], [`FollowerAcks`]) are object-safe traits
+//! (with `async-trait`) that the HTTP adapter implements and tests fake.
+//!
 //! [`MemoryEngine`] implements [`Engine`] over a `BTreeMap` so the layers above can be tested without disk.
 //!
 //! This crate depends on nothing of ours (DESIGN §1).
@@ -16,6 +19,7 @@ mod entities;
 mod error;
 mod index;
 mod memory;
+mod ports;
 mod replication;
 
 pub use engine::{Engine, KeyRange};
@@ -26,4 +30,5 @@ pub use entities::{
 pub use error::{EngineError, EngineResult};
 pub use index::OrderedIndex;
 pub use memory::MemoryEngine;
+pub use ports::{AckRequirement, AppliedLsn, FollowerAcks};
 pub use replication::{LogCursor, LogEntry, LogRead, MetaStore, ReplicaMeta};

@@ -54,6 +54,7 @@ async fn route_request(
     let writes = Writes {
         service: &state.service,
         hub: repl.hub().map(AsRef::as_ref),
+        written: &repl.written,
         max_body: state.max_body_bytes,
         inline: state.inline_writes,
     };

@@ -5,6 +5,7 @@
 //!
 //! - [`route`]: the route table, one [`route::Route`] variant per endpoint (pattern, methods, class,
 //!   statuses); depends on nothing else of the crate;
+//! - [`applied`]: the leader's applied LSN and the write path's signal that wakes min-LSN reads;
 //! - [`dispatch`]: from a request to its handler by the table (404, 405, forwarding, min-LSN waits);
 //! - [`api`]: the handlers, one module per family — the Go system's endpoints (`/put`, `/read`,
 //!   `/readrange`, `/batchput`, `/delete`, `/health-check`), the binary-safe `/v1/kv` API, and
@@ -26,6 +27,7 @@
 //!   write forwarding, acknowledgement waits and the binary wire format (see `docs/replication.md`).
 
 pub mod api;
+pub mod applied;
 pub mod body;
 pub mod client;
 pub mod dispatch;

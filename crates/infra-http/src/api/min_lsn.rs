@@ -4,7 +4,10 @@
 //! while a follower refuses its leader's history.
 
 use hyper::{Request, StatusCode};
-use kv_domain::Engine;
+use kv_app::wait_for_lsn;
+use kv_domain::{AppliedLsn, Engine, Lsn};
+
+use crate::applied::LocalApplied;
 
 use crate::body::RequestBody;
 use crate::error::ApiError;
@@ -43,37 +46,17 @@ pub async fn wait(
         Some(v) => std::time::Duration::from_millis(number(v, "max_wait_ms")?).min(cap),
         None => cap,
     };
-    let applied = match replication.follower() {
-        Some(node) => node.replica.state().applied.0,
-        None => engine.last_lsn().0,
+    // A leader has every LSN it handed out; a higher one may still be in flight on another request, and
+    // its write signals it once acknowledged.
+    let local = LocalApplied {
+        engine,
+        signal: &replication.written,
     };
-    if applied >= min {
-        return Ok(());
-    }
-    let reached = match replication.follower() {
-        Some(node) => node.wait_applied(min, wait).await,
-        None => {
-            // A leader has every LSN it handed out; a higher one may still be in flight on another request.
-            let deadline = tokio::time::Instant::now() + wait;
-            loop {
-                let now = engine.last_lsn().0;
-                if now >= min {
-                    break Ok(());
-                }
-                if tokio::time::Instant::now() >= deadline {
-                    break Err(now);
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-            }
-        }
+    let node: &dyn AppliedLsn = match replication.follower() {
+        Some(node) => node.as_ref(),
+        None => &local,
     };
-    reached.map_err(|applied| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "this node has applied up to LSN {applied}; the requested min_lsn {min} was not reached within {} ms",
-                wait.as_millis()
-            ),
-        )
-    })
+    wait_for_lsn(node, Lsn(min), wait)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
 }

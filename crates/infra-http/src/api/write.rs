@@ -1,8 +1,10 @@
 //! What every write handler shares: running the write where it belongs and answering with its LSN.
 
 use hyper::{Response, StatusCode};
-use kv_app::{AppError, KvService};
-use kv_domain::Lsn;
+use kv_app::{replicate_write, AppError, KvService, WriteOutcome};
+use kv_domain::{FollowerAcks, Lsn};
+
+use crate::applied::LsnSignal;
 
 use crate::error::{ApiError, Body};
 use crate::replication::LeaderHub;
@@ -15,6 +17,8 @@ pub struct Writes<'a> {
     pub service: &'a KvService,
     /// On a leader with followers: the shipping hub, which the write wakes and whose acks it may await.
     pub hub: Option<&'a LeaderHub>,
+    /// Signalled with every acknowledged write's LSN, to wake min-LSN reads.
+    pub written: &'a LsnSignal,
     /// Largest request body accepted, in bytes.
     pub max_body: usize,
     /// Run writes on the async workers (see [`Writes::run`]).
@@ -49,22 +53,28 @@ impl Writes<'_> {
     /// configured number of followers: if they do not confirm within the timeout the answer is 504 with the
     /// LSN (the write is durable on the leader and will still replicate; only the replication is unconfirmed).
     pub async fn written(&self, lsn: Lsn, payload: usize) -> Response<Body> {
-        if let Some(hub) = self.hub {
-            hub.record_write(lsn, payload);
-            if let Err(have) = hub.wait_acks(lsn).await {
-                let policy = hub.ack_policy();
+        self.written.advance(lsn);
+        let acks = self.hub.map(|h| h as &dyn FollowerAcks);
+        match replicate_write(acks, lsn, payload).await {
+            WriteOutcome::Committed { lsn } => {
+                response::with_lsn(StatusCode::OK, &serde_json::json!({ "lsn": lsn.0 }), lsn)
+            }
+            WriteOutcome::Unconfirmed {
+                lsn,
+                confirmed,
+                required,
+                timeout,
+            } => {
                 let message = format!(
-                    "write committed on the leader at LSN {lsn} but only {have} of the {} required followers confirmed it within {} ms; it is durable here and replication continues",
-                    policy.followers,
-                    policy.timeout.as_millis()
+                    "write committed on the leader at LSN {lsn} but only {confirmed} of the {required} required followers confirmed it within {} ms; it is durable here and replication continues",
+                    timeout.as_millis()
                 );
-                return response::with_lsn(
+                response::with_lsn(
                     StatusCode::GATEWAY_TIMEOUT,
-                    &serde_json::json!({ "error": message, "lsn": lsn.0, "committed": true, "replicated": have }),
+                    &serde_json::json!({ "error": message, "lsn": lsn.0, "committed": true, "replicated": confirmed }),
                     lsn,
-                );
+                )
             }
         }
-        response::with_lsn(StatusCode::OK, &serde_json::json!({ "lsn": lsn.0 }), lsn)
     }
 }

@@ -389,3 +389,22 @@ impl FollowerNode {
         }
     }
 }
+
+/// A follower's applied LSN is its replica's; waits wake on its apply path (see
+/// [`FollowerNode::wait_applied`]).
+#[async_trait::async_trait]
+impl kv_domain::AppliedLsn for FollowerNode {
+    fn applied(&self) -> kv_domain::Lsn {
+        self.replica.state().applied
+    }
+
+    async fn wait_applied(
+        &self,
+        lsn: kv_domain::Lsn,
+        timeout: Duration,
+    ) -> Result<(), kv_domain::Lsn> {
+        FollowerNode::wait_applied(self, lsn.0, timeout)
+            .await
+            .map_err(kv_domain::Lsn)
+    }
+}

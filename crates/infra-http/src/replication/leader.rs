@@ -706,6 +706,25 @@ impl LeaderHub {
     }
 }
 
+/// The acknowledgement port of `kv_app::replicate_write`.
+#[async_trait::async_trait]
+impl kv_domain::FollowerAcks for LeaderHub {
+    fn record_write(&self, lsn: Lsn, payload_bytes: usize) {
+        LeaderHub::record_write(self, lsn, payload_bytes);
+    }
+
+    fn requirement(&self) -> kv_domain::AckRequirement {
+        kv_domain::AckRequirement {
+            followers: self.ack.followers,
+            timeout: self.ack.timeout,
+        }
+    }
+
+    async fn wait_acks(&self, lsn: Lsn) -> Result<(), usize> {
+        LeaderHub::wait_acks(self, lsn).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

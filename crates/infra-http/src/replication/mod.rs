@@ -31,6 +31,7 @@ use hyper::{HeaderMap, Request, Response, StatusCode};
 use kv_app::ReplicaError;
 use serde_json::json;
 
+use crate::applied::LsnSignal;
 use crate::body::{read_body, RequestBody};
 use crate::error::{ApiError, Body};
 use crate::route::Route;
@@ -71,6 +72,8 @@ pub struct Replication {
     pub history: Option<String>,
     /// Longest wait of a read for its minimum LSN.
     pub max_read_wait: Duration,
+    /// On a leader: signalled by every acknowledged write, to wake min-LSN reads.
+    pub written: Arc<LsnSignal>,
 }
 
 impl Replication {
@@ -81,6 +84,7 @@ impl Replication {
             token: None,
             history: None,
             max_read_wait: Duration::from_secs(5),
+            written: Arc::new(LsnSignal::default()),
         }
     }
 
