@@ -9,11 +9,13 @@
 //! the history, gap and snapshot checks that keep a follower a faithful prefix of its leader.
 
 mod consistency;
+mod history;
 mod limits;
 mod pager;
 mod service;
 
 pub use consistency::{replicate_write, wait_for_lsn, LsnNotReached, WriteOutcome};
+pub use history::{leader_history, HistoryError, LeaderHistory};
 pub use limits::Limits;
 pub use pager::{check_range, Pager, Pages};
 pub use service::{AppError, KvService};
