@@ -744,16 +744,26 @@ mod tests {
             },
             &["http://127.0.0.1:1".to_string()],
         );
+        // A pause after write 7: a follower lacking it is at least that much older than one lacking 8.
+        let pause = Duration::from_millis(40);
         for i in 1..=10u64 {
             let lsn = engine.put(format!("k{i}").as_bytes(), b"v").unwrap();
             hub.record_write(lsn, 100 * i as usize);
+            if i == 7 {
+                std::thread::sleep(pause);
+            }
         }
         // Caught up: nothing.
         assert_eq!(hub.lag(10), (0, 0, 0.0));
         // Lacks writes 7..=10: 700 + 800 + 900 + 1000 bytes.
+        let lacking_8 = hub.lag(7).2;
         let (entries, bytes, secs) = hub.lag(6);
         assert_eq!((entries, bytes), (4, 3400));
-        assert!(secs >= 0.0);
+        // The age of the oldest write lacked: write 7's, which is older than write 8's by the pause.
+        assert!(
+            secs - lacking_8 >= pause.as_secs_f64(),
+            "lag of a follower lacking write 7: {secs} s, lacking 8: {lacking_8} s"
+        );
         // Lacks everything.
         assert_eq!(hub.lag(0).0, 10);
         assert_eq!(hub.lag(0).1, 5500);
