@@ -78,7 +78,8 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
     }
 }
 
-/// The body length the request declares in `Content-Length`, if it declares one.
+/// The body length the request declares in `Content-Length`, if it declares one. Only that header is
+/// read: a chunked body declares no length, and [`read_body`] enforces the limit while it streams.
 fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     match headers.get(header::CONTENT_LENGTH) {
         Some(v) => v

@@ -14,17 +14,23 @@
 //! - [`request`] and [`response`]: query parsing and percent-decoding; response builders;
 //! - [`error`]: the one place that maps use-case errors to HTTP statuses and `{"error": ...}` bodies;
 //! - [`json`]: strict JSON request objects (a repeated key is refused, not silently dropped);
-//! - [`body`]: request bodies with limits enforced from `Content-Length` and while streaming;
+//! - [`body`]: the body layer: every request and response body counted once for the metrics, and
+//!   request bodies read with limits enforced from `Content-Length` and while streaming;
 //! - [`stream`]: streamed response bodies with back-pressure, for ranges and listings;
-//! - [`metrics`]: counters and histograms rendered in the Prometheus text format;
+//! - [`metrics`]: the server's counters and histograms per route and status;
 //! - [`prom`]: the one writer of the Prometheus text format, used by every metric;
 //! - [`process`]: the standard `process_*` metrics, from `/proc/self`;
-//! - [`server`]: connections, the connection cap, timeouts and graceful shutdown;
+//! - [`server`]: connections, the connection cap, timeouts, graceful shutdown, and the body layer's
+//!   wrapping of each request and response;
 //! - [`stall`]: closing connections whose response makes no progress (clients that stop reading);
 //! - [`status`]: the `/v1/status` document, one serde type shared by the server and `kvctl`;
 //! - [`client`]: a keep-alive client of the `/v1` API (used by the CLI, the shippers and forwarding);
 //! - [`replication`]: leader-follower replication — the leader's shippers, the follower's endpoints,
-//!   write forwarding, acknowledgement waits and the binary wire format (see `docs/replication.md`).
+//!   write forwarding, the ports behind acknowledgement waits and the binary wire format (see
+//!   `docs/replication.md`).
+//!
+//! The use cases (range paging, min-LSN waits, follower acknowledgement, the leader's history) live in
+//! `kv-app`; this crate adapts them to HTTP and implements the ports of `kv_domain` they wait on.
 
 pub mod api;
 pub mod applied;
