@@ -8,6 +8,7 @@ mod duration;
 mod error;
 mod escape;
 mod input;
+mod raw_conn;
 mod repair;
 mod shell;
 mod target;

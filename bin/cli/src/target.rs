@@ -4,10 +4,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kv_app::{AppError, KvService, Limits};
+use kv_app::{AppError, KvService, Limits, Pager};
 use kv_domain::{KeyRange, WriteBatch};
 use kv_infra_fs::{FsEngine, Options};
 use kv_infra_http::client::{cursor_after, Client};
+use kv_infra_http::status::{CompactionReport, NodeStatus};
 
 use crate::error::CliError;
 
@@ -112,41 +113,30 @@ impl Target {
         limit: usize,
         mut each: impl FnMut(&[u8], &[u8]) -> Result<(), CliError>,
     ) -> Result<u64, CliError> {
-        if start > end {
-            return Err(CliError::usage("range start is after its end"));
-        }
-        let mut seen = 0usize;
-        let mut cursor: Option<Vec<u8>> = None;
-        while seen < limit {
-            let want = PAGE.min(limit - seen);
+        let range = KeyRange::inclusive(start, end);
+        let mut pager = Pager::new(range, limit, PAGE)
+            .map_err(|_| CliError::usage("range start is after its end"))?;
+        while let Some((range, want)) = pager.next_request() {
             let page: Vec<(Vec<u8>, Vec<u8>)> = match self {
                 Target::Remote(c) => {
-                    let after = cursor.as_deref().map(cursor_after);
+                    // The server pages the same range; its cursor is the last key seen.
+                    let after = pager.last_key().map(|k| cursor_after(k.as_bytes()));
                     c.list_page(Some(start), Some(end), want, after.as_deref())
                         .await?
                         .0
                 }
-                Target::Embedded(s) => {
-                    let range = KeyRange::inclusive(start, end);
-                    let range = match &cursor {
-                        Some(last) => range.after(last),
-                        None => range,
-                    };
-                    s.read_range_page(&range, want)?
-                        .into_iter()
-                        .map(|e| (e.key.into_bytes(), e.value.into_bytes()))
-                        .collect()
-                }
+                Target::Embedded(s) => s
+                    .read_range_page(&range, want)?
+                    .into_iter()
+                    .map(|e| (e.key.into_bytes(), e.value.into_bytes()))
+                    .collect(),
             };
             for (k, v) in &page {
                 each(k, v)?;
             }
-            seen += page.len();
-            match page.last() {
-                Some((k, _)) if page.len() == want => cursor = Some(k.clone()),
-                _ => break,
-            }
+            pager.advance(page.len(), page.last().map(|(k, _)| k.as_slice()));
         }
+        let seen = pager.sent();
         Ok(seen as u64)
     }
 
@@ -155,12 +145,8 @@ impl Target {
         match self {
             Target::Remote(c) => Ok(c.compact().await?),
             Target::Embedded(s) => {
-                let r = s.compact()?;
-                Ok(serde_json::json!({
-                    "runs": r.runs, "input_segments": r.input_segments, "output_segments": r.output_segments,
-                    "input_bytes": r.input_bytes, "output_bytes": r.output_bytes, "records_copied": r.records_copied,
-                    "millis": r.millis,
-                }))
+                let report = CompactionReport::from(&s.compact()?);
+                serde_json::to_value(report).map_err(|e| CliError::failure(e.to_string()))
             }
         }
     }
@@ -170,18 +156,14 @@ impl Target {
         match self {
             Target::Remote(c) => Ok(c.status().await?),
             Target::Embedded(s) => {
-                let st = s.engine().status();
-                Ok(serde_json::json!({
-                    "role": "embedded",
-                    "last_lsn": st.last_lsn.0,
-                    "keys": st.keys,
-                    "segments": st.segments,
-                    "disk_bytes": st.disk_bytes,
-                    "garbage_bytes": st.garbage_bytes,
-                    "durability": st.durability.to_string(),
-                    "poisoned": st.poisoned,
-                    "recovery": { "records": st.recovery.records, "truncated_bytes": st.recovery.truncated_bytes, "notes": st.recovery.notes },
-                }))
+                // The server's document, with the role an embedded store has and no replication parts.
+                let doc = NodeStatus::new(
+                    "embedded",
+                    &s.engine().status(),
+                    serde_json::json!([]),
+                    None,
+                );
+                serde_json::to_value(doc).map_err(|e| CliError::failure(e.to_string()))
             }
         }
     }

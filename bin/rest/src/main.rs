@@ -314,7 +314,6 @@ fn replication(
     config: &Config,
     engine: &Arc<FsEngine>,
 ) -> Result<kv_infra_http::replication::Replication, String> {
-    use kv_domain::MetaStore;
     use kv_infra_http::replication::{AckPolicy, FollowerNode, LeaderHub, Replication, Role as R};
     let store = Arc::new(kv_infra_fs::FileMetaStore::new(&config.data_path));
     let dyn_engine: Arc<dyn kv_domain::LogShipping> = engine.clone();
@@ -333,25 +332,15 @@ fn replication(
             )
         }
         Role::Leader => {
-            let mut meta = store
-                .load()
-                .map_err(|e| format!("reading replication metadata: {e}"))?;
-            if meta.snapshot_base.is_some() {
-                return Err("this data directory holds an unfinished snapshot from a leader; it cannot lead (finish the sync as a follower first)".into());
+            // A new history: followers of any other one will refuse this leader.
+            let history = kv_app::leader_history(store.as_ref(), || {
+                format!("{:032x}", rand::random::<u128>())
+            })
+            .map_err(|e| e.to_string())?;
+            if history.created {
+                tracing::info!(history = %history.id, "created a new replication history");
             }
-            let history = match &meta.history {
-                Some(h) => h.clone(),
-                None => {
-                    // A new history: followers of any other one will refuse this leader.
-                    let id = format!("{:032x}", rand::random::<u128>());
-                    meta.history = Some(id.clone());
-                    store
-                        .store(&meta)
-                        .map_err(|e| format!("writing replication metadata: {e}"))?;
-                    tracing::info!(history = %id, "created a new replication history");
-                    id
-                }
-            };
+            let history = history.id;
             leader_history = Some(history.clone());
             let followers: Vec<String> = config
                 .replication_replica_hosts
@@ -387,6 +376,7 @@ fn replication(
         token: config.replication_token.clone(),
         history: leader_history,
         max_read_wait: Duration::from_millis(config.read_max_wait_ms),
+        ..Replication::standalone()
     })
 }
 

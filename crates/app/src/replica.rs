@@ -15,6 +15,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::Pager;
 use kv_domain::{
     BatchOp, EngineError, Key, KeyRange, LogEntry, LogShipping, Lsn, MetaStore, ReplicaMeta, Value,
 };
@@ -198,12 +199,12 @@ impl Replica {
         };
         let mut ops: Vec<BatchOp> = Vec::with_capacity(page.entries.len());
         let mut theirs = page.entries.iter().map(|(k, _)| k).peekable();
-        let mut cursor = range.clone();
-        loop {
-            let ours = self.engine.scan_keys(&cursor, 1024)?;
-            let Some(last) = ours.last().cloned() else {
-                break;
-            };
+        // A snapshot page's range is (after, through]: never inverted, so the pager cannot refuse it.
+        let mut pager = Pager::new(range.clone(), usize::MAX, 1024)
+            .map_err(|e| ReplicaError::Snapshot(e.to_string()))?;
+        while let Some((cursor, want)) = pager.next_request() {
+            let ours = self.engine.scan_keys(&cursor, want)?;
+            pager.advance(ours.len(), ours.last().map(Key::as_bytes));
             for key in ours {
                 while theirs.next_if(|k| **k < key).is_some() {}
                 if theirs.peek().is_some_and(|k| **k == key) {
@@ -211,7 +212,6 @@ impl Replica {
                 }
                 ops.push(BatchOp::Delete { key });
             }
-            cursor = range.after(&last);
         }
         for (key, value) in &page.entries {
             if !range.contains(key) {

@@ -69,7 +69,7 @@ impl std::fmt::Debug for KvService {
     }
 }
 
-fn lossy(bytes: &[u8]) -> String {
+pub(crate) fn lossy(bytes: &[u8]) -> String {
     const SHOWN: usize = 64;
     let mut s = String::from_utf8_lossy(&bytes[..bytes.len().min(SHOWN)]).into_owned();
     if bytes.len() > SHOWN {
@@ -141,13 +141,9 @@ impl KvService {
         end: &[u8],
         limit: usize,
     ) -> Result<Vec<Entry>, AppError> {
-        if start > end {
-            return Err(AppError::InvertedRange {
-                start: lossy(start),
-                end: lossy(end),
-            });
-        }
-        Ok(self.engine.scan(&KeyRange::inclusive(start, end), limit)?)
+        let range = KeyRange::inclusive(start, end);
+        crate::pager::check_range(&range)?;
+        Ok(self.engine.scan(&range, limit)?)
     }
 
     /// Up to `limit` entries of `range` (any bounds), ascending: one page of a listing.

@@ -9,6 +9,9 @@
 //! - [`LogShipping`]: the replication contract on top of it (read the log back, apply it on a follower);
 //! - [`OrderedIndex`]: the in-memory keydir, an ordered map from key to the [`Location`] of its value.
 //!
+//! The asynchronous ports the use cases wait on ([`AppliedLsn`], [`FollowerAcks`]) are object-safe traits
+//! (with `async-trait`) that the HTTP adapter implements and tests fake.
+//!
 //! [`MemoryEngine`] implements [`Engine`] and [`LogShipping`] over a `BTreeMap`, refusing exactly what the
 //! file engine refuses, so the layers above can be tested without disk.
 //!
@@ -20,6 +23,7 @@ mod error;
 mod index;
 mod log_shipping;
 mod memory;
+mod ports;
 mod replication;
 
 pub use engine::{
@@ -34,4 +38,5 @@ pub use error::{EngineError, EngineResult};
 pub use index::OrderedIndex;
 pub use log_shipping::LogShipping;
 pub use memory::MemoryEngine;
+pub use ports::{AckRequirement, AppliedLsn, FollowerAcks};
 pub use replication::{LogCursor, LogEntry, LogRead, MetaStore, ReplicaMeta};

@@ -1,14 +1,85 @@
-//! Request bodies, read with limits: the declared `Content-Length` is checked before a byte is read, and a
-//! chunked body is cut off as soon as it passes the limit.
+//! The body layer: every request and response body passes through a [`Counted`] body, which adds its
+//! bytes to the metrics (`kv_http_request_bytes_total`, `kv_http_response_bytes_total`) as they are read
+//! or sent; nothing else counts them. Request bodies are read with limits: the declared `Content-Length`
+//! is checked before a byte is read, and a chunked body is cut off as soon as it passes the limit.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::{header, HeaderMap, StatusCode};
 
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 
-/// The body length the request declares in `Content-Length`, if it declares one.
+/// The request body every handler receives.
+pub type RequestBody = Counted<Incoming>;
+
+/// Which way a [`Counted`] body's bytes go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// A request body, read from the client.
+    In,
+    /// A response body, sent to the client.
+    Out,
+}
+
+/// A body whose data bytes are counted in the metrics as they pass (a body never polled, such as that of
+/// a HEAD response, counts nothing). Length and end-of-stream hints pass through unchanged, so a
+/// complete body keeps its `Content-Length`.
+#[derive(Debug)]
+pub struct Counted<B> {
+    inner: B,
+    metrics: Arc<Metrics>,
+    direction: Direction,
+}
+
+impl<B> Counted<B> {
+    /// Counts `inner`'s bytes in `metrics`.
+    pub fn new(inner: B, metrics: Arc<Metrics>, direction: Direction) -> Self {
+        Self {
+            inner,
+            metrics,
+            direction,
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                match this.direction {
+                    Direction::In => this.metrics.add_bytes_in(data.len()),
+                    Direction::Out => this.metrics.add_bytes_out(data.len()),
+                }
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The body length the request declares in `Content-Length`, if it declares one. Only that header is
+/// read: a chunked body declares no length, and [`read_body`] enforces the limit while it streams.
 fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     match headers.get(header::CONTENT_LENGTH) {
         Some(v) => v
@@ -26,7 +97,7 @@ fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 /// (it used to be refused with 411, which broke clients such as `kvctl put k ''`).
 pub async fn read_body(
     headers: &HeaderMap,
-    body: Incoming,
+    body: RequestBody,
     limit: usize,
 ) -> Result<Bytes, ApiError> {
     if let Some(len) = declared_length(headers)? {

@@ -405,7 +405,7 @@ mod tests {
         let raw = b"a b/c%\x00\xff~";
         let enc = percent_encode(raw);
         assert_eq!(enc, "a%20b%2Fc%25%00%FF~");
-        assert_eq!(crate::routes::percent_decode(&enc, false).unwrap(), raw);
+        assert_eq!(crate::request::percent_decode(&enc, false).unwrap(), raw);
     }
 
     #[test]

@@ -94,34 +94,110 @@ impl ApiError {
 mod tests {
     use super::*;
 
+    /// One value of every engine error, each with the status the design contract gives it.
+    fn engine_errors() -> Vec<(EngineError, StatusCode)> {
+        let x = || "x".to_string();
+        vec![
+            (EngineError::InvalidInput(x()), StatusCode::BAD_REQUEST),
+            (
+                EngineError::Corrupted {
+                    file: x(),
+                    offset: 1,
+                    reason: x(),
+                },
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+            (
+                EngineError::DiskFull { context: x() },
+                StatusCode::INSUFFICIENT_STORAGE,
+            ),
+            (
+                EngineError::Io {
+                    context: x(),
+                    source: std::io::Error::other("x"),
+                },
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+            (
+                EngineError::Poisoned { reason: x() },
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (EngineError::Busy(x()), StatusCode::CONFLICT),
+            (
+                EngineError::Locked { path: x() },
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+        ]
+    }
+
+    /// Names the variant, exhaustively: a new engine error does not compile until it is listed above.
+    fn engine_variant(e: &EngineError) -> &'static str {
+        match e {
+            EngineError::InvalidInput(_) => "InvalidInput",
+            EngineError::Corrupted { .. } => "Corrupted",
+            EngineError::DiskFull { .. } => "DiskFull",
+            EngineError::Io { .. } => "Io",
+            EngineError::Poisoned { .. } => "Poisoned",
+            EngineError::Busy(_) => "Busy",
+            EngineError::Locked { .. } => "Locked",
+        }
+    }
+
+    /// Names the variant, exhaustively: a new use-case error does not compile until it is listed below.
+    fn app_variant(e: &AppError) -> &'static str {
+        match e {
+            AppError::EmptyKey => "EmptyKey",
+            AppError::KeyTooLarge { .. } => "KeyTooLarge",
+            AppError::ValueTooLarge { .. } => "ValueTooLarge",
+            AppError::BatchTooLarge { .. } => "BatchTooLarge",
+            AppError::InvertedRange { .. } => "InvertedRange",
+            AppError::NotFound(_) => "NotFound",
+            AppError::Engine(_) => "Engine",
+        }
+    }
+
     #[test]
     fn statuses_follow_the_design_contract() {
-        let s = |e: AppError| ApiError::from(e).status;
-        assert_eq!(s(AppError::EmptyKey), StatusCode::BAD_REQUEST);
-        assert_eq!(s(AppError::NotFound("k".into())), StatusCode::NOT_FOUND);
-        assert_eq!(
-            s(AppError::ValueTooLarge {
-                key: "k".into(),
-                len: 2,
-                max: 1
-            }),
-            StatusCode::PAYLOAD_TOO_LARGE
-        );
-        assert_eq!(
-            s(AppError::Engine(EngineError::Poisoned {
-                reason: "x".into()
-            })),
-            StatusCode::SERVICE_UNAVAILABLE
-        );
-        assert_eq!(
-            s(AppError::Engine(EngineError::DiskFull {
-                context: "x".into()
-            })),
-            StatusCode::INSUFFICIENT_STORAGE
-        );
-        assert_eq!(
-            s(AppError::Engine(EngineError::Busy("compacting".into()))),
-            StatusCode::CONFLICT
-        );
+        let app = vec![
+            (AppError::EmptyKey, StatusCode::BAD_REQUEST),
+            (
+                AppError::KeyTooLarge { len: 2, max: 1 },
+                StatusCode::PAYLOAD_TOO_LARGE,
+            ),
+            (
+                AppError::ValueTooLarge {
+                    key: "k".into(),
+                    len: 2,
+                    max: 1,
+                },
+                StatusCode::PAYLOAD_TOO_LARGE,
+            ),
+            (
+                AppError::BatchTooLarge { len: 2, max: 1 },
+                StatusCode::PAYLOAD_TOO_LARGE,
+            ),
+            (
+                AppError::InvertedRange {
+                    start: "b".into(),
+                    end: "a".into(),
+                },
+                StatusCode::BAD_REQUEST,
+            ),
+            (AppError::NotFound("k".into()), StatusCode::NOT_FOUND),
+        ];
+        let mut covered = std::collections::BTreeSet::new();
+        for (e, status) in app {
+            covered.insert(app_variant(&e));
+            assert_eq!(ApiError::from(e).status, status);
+        }
+        for (e, status) in engine_errors() {
+            covered.insert(engine_variant(&e));
+            assert_eq!(ApiError::from_engine(&e).status, status, "{e}");
+            let wrapped = AppError::Engine(e);
+            covered.insert(app_variant(&wrapped));
+            assert_eq!(ApiError::from(wrapped).status, status, "through AppError");
+        }
+        // Every variant of both enums was checked (the matches above name them all).
+        assert_eq!(covered.len(), 7 + 7, "{covered:?}");
     }
 }

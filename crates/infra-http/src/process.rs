@@ -7,7 +7,7 @@
 //! procfs library does). Where a file cannot be read (another OS, a restricted sandbox) the metrics it
 //! feeds are left out rather than reported as zero.
 
-use std::fmt::Write as _;
+use crate::prom::{Kind, Writer};
 
 /// Linux's `USER_HZ`: the unit of the tick counts in `/proc`.
 const TICKS_PER_SECOND: f64 = 100.0;
@@ -59,14 +59,11 @@ fn read(path: &str) -> Option<String> {
     std::fs::read_to_string(path).ok()
 }
 
-/// Appends the process metrics that can be read to `out`.
-pub fn render(out: &mut String) {
-    let mut family = |name: &str, kind: &str, help: &str, value: Option<f64>| {
+/// Writes the process metrics that can be read.
+pub fn write(w: &mut Writer) {
+    let mut family = |name: &str, kind: Kind, help: &str, value: Option<f64>| {
         if let Some(v) = value {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-            );
+            w.family(name, kind, help).sample(name, &[], v);
         }
     };
     let stat = read("/proc/self/stat").unwrap_or_default();
@@ -76,13 +73,13 @@ pub fn render(out: &mut String) {
         .map(|(user, system)| (user + system) / TICKS_PER_SECOND);
     family(
         "process_cpu_seconds_total",
-        "counter",
+        Kind::Counter,
         "Total user and system CPU time spent in seconds.",
         cpu,
     );
     family(
         "process_resident_memory_bytes",
-        "gauge",
+        Kind::Gauge,
         "Resident memory size in bytes.",
         read("/proc/self/status")
             .as_deref()
@@ -90,7 +87,7 @@ pub fn render(out: &mut String) {
     );
     family(
         "process_virtual_memory_bytes",
-        "gauge",
+        Kind::Gauge,
         "Virtual memory size in bytes.",
         stat_field(&fields, 23),
     );
@@ -99,7 +96,7 @@ pub fn render(out: &mut String) {
         .map(|(ticks, boot)| boot + ticks / TICKS_PER_SECOND);
     family(
         "process_start_time_seconds",
-        "gauge",
+        Kind::Gauge,
         "Start time of the process since unix epoch in seconds.",
         start,
     );
@@ -108,13 +105,13 @@ pub fn render(out: &mut String) {
         .map(|d| d.count() as f64);
     family(
         "process_open_fds",
-        "gauge",
+        Kind::Gauge,
         "Number of open file descriptors.",
         open,
     );
     family(
         "process_max_fds",
-        "gauge",
+        Kind::Gauge,
         "Maximum number of open file descriptors.",
         read("/proc/self/limits").as_deref().and_then(max_fds),
     );
@@ -149,8 +146,9 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn this_process_reports_every_metric() {
-        let mut out = String::new();
-        render(&mut out);
+        let mut w = Writer::new();
+        write(&mut w);
+        let out = w.finish();
         for name in [
             "process_cpu_seconds_total",
             "process_resident_memory_bytes",

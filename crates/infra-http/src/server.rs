@@ -16,31 +16,16 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use kv_app::KvService;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::body::{Counted, Direction};
+use crate::dispatch;
 use crate::error::ApiError;
-use crate::metrics::Metrics;
-use crate::routes;
+use crate::route::Route;
 use crate::stall::{stalled, StallClock, WatchedIo};
-
-/// What the handlers share: a cheap handle to the use cases plus the metrics.
-#[derive(Debug)]
-pub struct ServerState {
-    /// The use cases.
-    pub service: KvService,
-    /// Request metrics.
-    pub metrics: Arc<Metrics>,
-    /// Largest request body accepted, in bytes.
-    pub max_body_bytes: usize,
-    /// Leader or follower, and the replication state.
-    pub replication: crate::replication::Replication,
-    /// Run writes on the async workers instead of the blocking pool: true only when writes never wait for
-    /// an fsync (durability `never` or `interval`).
-    pub inline_writes: bool,
-}
+use crate::state::ServerState;
 
 /// Connection-level limits.
 #[derive(Clone, Debug)]
@@ -115,19 +100,21 @@ pub async fn serve(
                 let timeout = config.request_timeout;
                 async move {
                     let started = Instant::now();
+                    let req = req.map(|b| Counted::new(b, state.metrics.clone(), Direction::In));
                     let method = req.method().clone();
                     let path = req.uri().path().to_string();
-                    let (route, resp) = match tokio::time::timeout(timeout, routes::handle(state.clone(), req)).await {
+                    let (route, resp) = match tokio::time::timeout(timeout, dispatch::handle(&state, req)).await {
                         Ok(r) => r,
                         Err(_) => (
-                            routes::route_of(&path).unwrap_or("other"),
+                            Route::resolve(&path),
                             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("request timed out after {timeout:?}; a write's outcome is unknown")).into_response(),
                         ),
                     };
                     let elapsed = started.elapsed();
                     state.metrics.observe(route, resp.status().as_u16(), elapsed);
                     tracing::debug!(%method, %path, status = resp.status().as_u16(), micros = elapsed.as_micros() as u64, "request");
-                    Ok::<_, std::convert::Infallible>(resp)
+                    let metrics = state.metrics.clone();
+                    Ok::<_, std::convert::Infallible>(resp.map(|b| Counted::new(b, metrics, Direction::Out)))
                 }
             });
             let mut builder = hyper::server::conn::http1::Builder::new();

@@ -8,14 +8,11 @@
 //! long: it closes the connection, which drops this body, and the producer's next send fails and ends it.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame};
 use tokio::sync::mpsc;
-
-use crate::metrics::Metrics;
 
 /// Chunks in flight per streamed response.
 pub const CHANNEL_CHUNKS: usize = 4;
@@ -25,14 +22,13 @@ pub const CHANNEL_CHUNKS: usize = 4;
 #[derive(Debug)]
 pub struct ChannelBody {
     rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
-    metrics: Arc<Metrics>,
 }
 
 impl ChannelBody {
     /// A body and the sender that feeds it.
-    pub fn channel(metrics: Arc<Metrics>) -> (mpsc::Sender<Result<Bytes, std::io::Error>>, Self) {
+    pub fn channel() -> (mpsc::Sender<Result<Bytes, std::io::Error>>, Self) {
         let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
-        (tx, Self { rx, metrics })
+        (tx, Self { rx })
     }
 }
 
@@ -44,13 +40,8 @@ impl Body for ChannelBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        self.rx.poll_recv(cx).map(|chunk| {
-            chunk.map(|r| {
-                r.map(|bytes| {
-                    self.metrics.add_bytes_out(bytes.len());
-                    Frame::data(bytes)
-                })
-            })
-        })
+        self.rx
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|r| r.map(Frame::data)))
     }
 }

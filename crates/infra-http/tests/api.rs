@@ -391,3 +391,37 @@ async fn head_answers_like_get_without_a_body() {
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("GET, HEAD"));
 }
+
+/// A leader's read of a minimum LSN not yet written is woken by the write that reaches it (the write path
+/// signals it), long before its maximum wait, and answers with that write's value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_min_lsn_read_on_a_leader_wakes_when_the_write_lands() {
+    let s = std::sync::Arc::new(TestServer::default().await);
+    let r = s.post_json("/put", r#"{"key":"a","value":"1"}"#).await;
+    assert_eq!(r.status, 200);
+    let next = r.json()["lsn"].as_u64().unwrap() + 1;
+    let reader = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let r = s
+                .get(&format!("/read?key=a&min_lsn={next}&max_wait_ms=4000"))
+                .await;
+            (r, started.elapsed())
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(
+        s.post_json("/put", r#"{"key":"a","value":"2"}"#)
+            .await
+            .status,
+        200
+    );
+    let (r, took) = reader.await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "2");
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "woke only after {took:?}"
+    );
+}

@@ -343,6 +343,7 @@ async fn a_leader_with_followers_exposes_valid_metrics() {
         token: None,
         history: Some("0123456789abcdef".into()),
         max_read_wait: Duration::from_secs(1),
+        ..Replication::standalone()
     })
     .await;
     let f = scrape(&s).await;
@@ -371,6 +372,7 @@ async fn a_follower_exposes_valid_metrics() {
             token: None,
             history: None,
             max_read_wait: Duration::from_secs(1),
+            ..Replication::standalone()
         }
     })
     .await;

@@ -1,7 +1,7 @@
 //! `docs/openapi.yaml` and the server agree. The document is parsed as YAML (a real parser, so a document
 //! that YAML or OpenAPI tools reject fails here too) and checked: every route and method of the router is
 //! documented and nothing else; per path, the documented statuses are exactly the ones the server can
-//! answer there (`ROUTE_STATUSES`); every status the error mapping gives for the errors a route can meet
+//! answer there (`Route::statuses`); every status the error mapping gives for the errors a route can meet
 //! is in that table; every `$ref` resolves; and every documented operation is routed.
 //! (`python3 -m openapi_spec_validator docs/openapi.yaml` validates it fully; it is not needed here.)
 #![allow(clippy::unwrap_used)]
@@ -14,7 +14,7 @@ use common::TestServer;
 use kv_app::AppError;
 use kv_domain::EngineError;
 use kv_infra_http::error::ApiError;
-use kv_infra_http::routes::{ROUTES, ROUTE_STATUSES};
+use kv_infra_http::route::Route;
 use serde_norway::Value;
 
 const METHODS: [&str; 7] = ["get", "head", "put", "post", "delete", "patch", "options"];
@@ -206,12 +206,13 @@ fn paths_operations_parameters_and_responses_have_only_openapi_fields() {
 
 #[test]
 fn every_served_route_is_documented_and_nothing_else() {
-    let served: BTreeSet<(String, String)> = ROUTES
+    let served: BTreeSet<(String, String)> = Route::ALL
         .iter()
-        .flat_map(|(path, methods)| {
-            methods
+        .flat_map(|route| {
+            route
+                .methods()
                 .iter()
-                .map(move |m| (path.to_string(), m.to_string()))
+                .map(move |m| (route.pattern().to_string(), m.to_string()))
         })
         .collect();
     let documented: BTreeSet<_> = operations(&document()).into_keys().collect();
@@ -221,7 +222,7 @@ fn every_served_route_is_documented_and_nothing_else() {
 #[test]
 fn every_status_a_route_can_answer_is_documented_and_nothing_else() {
     let ops = operations(&document());
-    for (route, statuses) in ROUTE_STATUSES {
+    for (route, statuses) in Route::ALL.map(|r| (r.pattern(), r.statuses())) {
         let documented: BTreeSet<u16> = ops
             .iter()
             .filter(|((path, _), _)| path == route)
@@ -308,7 +309,10 @@ fn the_error_mapping_is_covered_by_the_route_status_table() {
             ],
         ),
     ];
-    let table: BTreeMap<&str, &[u16]> = ROUTE_STATUSES.into_iter().collect();
+    let table: BTreeMap<&str, &[u16]> = Route::ALL
+        .into_iter()
+        .map(|r| (r.pattern(), r.statuses()))
+        .collect();
     for (routes, errors) in groups {
         for e in errors {
             let what = e.to_string();
@@ -316,7 +320,7 @@ fn the_error_mapping_is_covered_by_the_route_status_table() {
             for route in routes {
                 assert!(
                     table[route].contains(&status),
-                    "{route} can answer {status} ({what}) but ROUTE_STATUSES does not list it"
+                    "{route} can answer {status} ({what}) but its route's statuses do not list it"
                 );
             }
         }

@@ -39,6 +39,7 @@ use tokio::sync::watch;
 use super::{Secret, EXPECTED_HISTORY_HEADER, HISTORY_HEADER, TOKEN_HEADER};
 use crate::client::{Client, ClientError};
 use crate::error::{full, ApiError, Body};
+use crate::prom::{Kind, Writer};
 
 /// Pooled leader connections idle longer than this are dropped rather than reused (the server side closes
 /// idle keep-alive connections after its header timeout).
@@ -252,54 +253,50 @@ impl FollowerNode {
         })
     }
 
-    /// Prometheus lines.
-    pub fn metrics_text(&self) -> String {
+    /// Writes this follower's metrics.
+    pub fn write_metrics(&self, w: &mut Writer) {
         let (applied, leader_lsn, behind, secs) = self.lag();
-        let mut out = String::new();
         // Counters end in `_total` and nothing else does (Prometheus naming; promtool checks it).
         for (name, kind, help, value) in [
             (
                 "kv_replication_applied_lsn",
-                "gauge",
+                Kind::Gauge,
                 "Durable applied LSN of this follower.",
                 applied as f64,
             ),
             (
                 "kv_replication_leader_lsn",
-                "gauge",
+                Kind::Gauge,
                 "The leader's last LSN as last reported to this follower.",
                 leader_lsn as f64,
             ),
             (
                 "kv_replication_lag_entries",
-                "gauge",
+                Kind::Gauge,
                 "Writes this follower lacks, as of the leader's last report.",
                 behind as f64,
             ),
             (
                 "kv_replication_lag_seconds",
-                "gauge",
+                Kind::Gauge,
                 "Time since this follower was last caught up, while behind.",
                 secs,
             ),
             (
                 "kv_replication_forwarded_writes_total",
-                "counter",
+                Kind::Counter,
                 "Client writes forwarded to the leader.",
                 self.forwarded.load(Ordering::Relaxed) as f64,
             ),
             (
                 "kv_replication_forward_failures_total",
-                "counter",
+                Kind::Counter,
                 "Forwarded writes that failed to reach the leader or got no answer.",
                 self.forward_failures.load(Ordering::Relaxed) as f64,
             ),
         ] {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-            ));
+            w.family(name, kind, help).sample(name, &[], value);
         }
-        out
     }
 
     /// Forwards a client write to the leader (see the module doc).
@@ -390,5 +387,24 @@ impl FollowerNode {
                 Ok(resp)
             }
         }
+    }
+}
+
+/// A follower's applied LSN is its replica's; waits wake on its apply path (see
+/// [`FollowerNode::wait_applied`]).
+#[async_trait::async_trait]
+impl kv_domain::AppliedLsn for FollowerNode {
+    fn applied(&self) -> kv_domain::Lsn {
+        self.replica.state().applied
+    }
+
+    async fn wait_applied(
+        &self,
+        lsn: kv_domain::Lsn,
+        timeout: Duration,
+    ) -> Result<(), kv_domain::Lsn> {
+        FollowerNode::wait_applied(self, lsn.0, timeout)
+            .await
+            .map_err(kv_domain::Lsn)
     }
 }

@@ -35,6 +35,7 @@ use tokio::sync::{watch, Notify};
 use super::wire;
 use super::{Secret, HISTORY_HEADER, LEADER_LSN_HEADER, TOKEN_HEADER};
 use crate::client::Client;
+use crate::prom::{Kind, Writer};
 
 /// Payload bytes per apply request (at least one entry is always sent).
 const FRAME_BYTES: usize = 1 << 20;
@@ -302,8 +303,8 @@ impl LeaderHub {
         )
     }
 
-    /// Prometheus lines for every follower.
-    pub fn metrics_text(&self) -> String {
+    /// Writes the metrics of every follower.
+    pub fn write_metrics(&self, w: &mut Writer) {
         // One sample per follower (a consistent row), then one family per metric.
         let rows: Vec<[f64; 6]> = self
             .links
@@ -327,46 +328,45 @@ impl LeaderHub {
         let families = [
             (
                 "kv_replication_follower_applied_lsn",
-                "gauge",
+                Kind::Gauge,
                 "Durable applied LSN of each follower.",
             ),
             (
                 "kv_replication_follower_lag_entries",
-                "gauge",
+                Kind::Gauge,
                 "Writes a follower lacks.",
             ),
             (
                 "kv_replication_follower_lag_bytes",
-                "gauge",
+                Kind::Gauge,
                 "Payload bytes of the writes a follower lacks.",
             ),
             (
                 "kv_replication_follower_lag_seconds",
-                "gauge",
+                Kind::Gauge,
                 "Age of the oldest write a follower lacks.",
             ),
             (
                 "kv_replication_follower_up",
-                "gauge",
+                Kind::Gauge,
                 "1 when a follower is streaming or in a snapshot.",
             ),
             (
                 "kv_replication_snapshots_sent_total",
-                "counter",
+                Kind::Counter,
                 "Snapshots sent to each follower.",
             ),
         ];
-        let mut out = String::new();
         for (column, (name, kind, help)) in families.iter().enumerate() {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            w.family(name, *kind, help);
             for (l, row) in self.links.iter().zip(&rows) {
-                out.push_str(&format!(
-                    "{name}{{follower=\"{}\"}} {}\n",
-                    l.url, row[column]
-                ));
+                w.sample(
+                    name,
+                    &[("follower", &l.url)],
+                    row.get(column).copied().unwrap_or(0.0),
+                );
             }
         }
-        out
     }
 
     fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
@@ -706,6 +706,25 @@ impl LeaderHub {
     }
 }
 
+/// The acknowledgement port of `kv_app::replicate_write`.
+#[async_trait::async_trait]
+impl kv_domain::FollowerAcks for LeaderHub {
+    fn record_write(&self, lsn: Lsn, payload_bytes: usize) {
+        LeaderHub::record_write(self, lsn, payload_bytes);
+    }
+
+    fn requirement(&self) -> kv_domain::AckRequirement {
+        kv_domain::AckRequirement {
+            followers: self.ack.followers,
+            timeout: self.ack.timeout,
+        }
+    }
+
+    async fn wait_acks(&self, lsn: Lsn) -> Result<(), usize> {
+        LeaderHub::wait_acks(self, lsn).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -725,16 +744,26 @@ mod tests {
             },
             &["http://127.0.0.1:1".to_string()],
         );
+        // A pause after write 7: a follower lacking it is at least that much older than one lacking 8.
+        let pause = Duration::from_millis(40);
         for i in 1..=10u64 {
             let lsn = engine.put(format!("k{i}").as_bytes(), b"v").unwrap();
             hub.record_write(lsn, 100 * i as usize);
+            if i == 7 {
+                std::thread::sleep(pause);
+            }
         }
         // Caught up: nothing.
         assert_eq!(hub.lag(10), (0, 0, 0.0));
         // Lacks writes 7..=10: 700 + 800 + 900 + 1000 bytes.
+        let lacking_8 = hub.lag(7).2;
         let (entries, bytes, secs) = hub.lag(6);
         assert_eq!((entries, bytes), (4, 3400));
-        assert!(secs >= 0.0);
+        // The age of the oldest write lacked: write 7's, which is older than write 8's by the pause.
+        assert!(
+            secs - lacking_8 >= pause.as_secs_f64(),
+            "lag of a follower lacking write 7: {secs} s, lacking 8: {lacking_8} s"
+        );
         // Lacks everything.
         assert_eq!(hub.lag(0).0, 10);
         assert_eq!(hub.lag(0).1, 5500);
@@ -743,7 +772,9 @@ mod tests {
         let json = hub.followers_json();
         assert_eq!(json[0]["lag_entries"], 4);
         assert_eq!(json[0]["lag_bytes"], 3400);
-        let metrics = hub.metrics_text();
+        let mut w = Writer::new();
+        hub.write_metrics(&mut w);
+        let metrics = w.finish();
         assert!(
             metrics.contains(
                 "kv_replication_follower_lag_bytes{follower=\"http://127.0.0.1:1\"} 3400\n"

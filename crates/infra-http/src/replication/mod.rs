@@ -26,14 +26,15 @@ pub mod wire;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{HeaderMap, Request, Response, StatusCode};
 use kv_app::ReplicaError;
 use serde_json::json;
 
-use crate::body::read_body;
+use crate::applied::LsnSignal;
+use crate::body::{read_body, RequestBody};
 use crate::error::{ApiError, Body};
+use crate::route::Route;
 pub use follower::FollowerNode;
 pub use leader::{AckPolicy, LeaderHub};
 pub use secret::Secret;
@@ -71,6 +72,8 @@ pub struct Replication {
     pub history: Option<String>,
     /// Longest wait of a read for its minimum LSN.
     pub max_read_wait: Duration,
+    /// On a leader: signalled by every acknowledged write, to wake min-LSN reads.
+    pub written: Arc<LsnSignal>,
 }
 
 impl Replication {
@@ -81,6 +84,7 @@ impl Replication {
             token: None,
             history: None,
             max_read_wait: Duration::from_secs(5),
+            written: Arc::new(LsnSignal::default()),
         }
     }
 
@@ -174,15 +178,15 @@ impl From<ReplicaError> for ApiError {
     }
 }
 
-/// Handles the replication endpoints (`path` under `/v1/replication/`).
+/// Handles the replication endpoints (`route`: one of the `Replication*` routes).
 pub async fn handle(
+    route: Route,
     repl: &Replication,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     max_body: usize,
 ) -> Result<serde_json::Value, ApiError> {
     repl.check_token(req.headers())?;
-    let path = req.uri().path().to_string();
-    if path == "/v1/replication/state" {
+    if route == Route::ReplicationState {
         return Ok(match &repl.role {
             Role::Follower(f) => {
                 // A leader's handshake names its history: the first sign of a leader restarted on an
@@ -230,10 +234,16 @@ pub async fn handle(
     // A frame holds whole entries, and one entry may hold a maximal batch: allow twice the client limit.
     let bytes = read_body(&parts.headers, body, max_body.saturating_mul(2)).await?;
     let node = node.clone();
-    let is_apply = path == "/v1/replication/apply";
-    if !is_apply && path != "/v1/replication/snapshot" {
-        return Err(ApiError::not_found(format!("no route for {path}")));
-    }
+    let is_apply = match route {
+        Route::ReplicationApply => true,
+        Route::ReplicationSnapshot => false,
+        other => {
+            return Err(ApiError::not_found(format!(
+                "{} is not a replication endpoint",
+                other.pattern()
+            )))
+        }
+    };
     let applied = tokio::task::spawn_blocking(move || -> Result<u64, ApiError> {
         let applied = if is_apply {
             let entries =

@@ -1,0 +1,178 @@
+//! The Go system's API: `/put`, `/read`, `/readrange`, `/batchput`, `/delete`, `/health-check`.
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | POST | `/put` | JSON `{"key", "value"}` (`data` accepted for `value`: the Go client sends it) |
+//! | GET, HEAD | `/read?key=K` | raw value bytes; 404 when absent |
+//! | GET, HEAD | `/readrange?start=A&end=B[&limit=N]` | JSON object key -> value, ascending, inclusive, streamed |
+//! | POST | `/batchput` | JSON object of string pairs (at least one, keys distinct), applied atomically |
+//! | POST, DELETE | `/delete?key=K` | idempotent delete |
+//! | GET, HEAD | `/health-check` | `OK` (liveness) |
+
+use bytes::Bytes;
+use hyper::{Method, Request, Response, StatusCode};
+use kv_app::{KvService, Pager};
+use kv_domain::{KeyRange, WriteBatch};
+use serde::Deserialize;
+
+use super::write::Writes;
+use super::{CHUNK_BYTES, PAGE};
+use crate::body::RequestBody;
+use crate::error::{ApiError, Body};
+use crate::json::StringPairs;
+use crate::request::{json_body, limit_param, query, required};
+use crate::response;
+use crate::stream::ChannelBody;
+
+#[derive(Deserialize)]
+struct PutRequest {
+    key: String,
+    value: Option<String>,
+    data: Option<String>,
+}
+
+/// `POST /put`.
+pub async fn put(w: Writes<'_>, req: Request<RequestBody>) -> Result<Response<Body>, ApiError> {
+    let bytes = json_body(req, w.max_body).await?;
+    let body: PutRequest = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    let value = match (body.value, body.data) {
+        (Some(v), None) | (None, Some(v)) => v,
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "give either \"value\" or \"data\", not both",
+            ))
+        }
+        (None, None) => return Err(ApiError::bad_request("missing field \"value\"")),
+    };
+    let payload = body.key.len() + value.len();
+    let lsn = w
+        .run(move |s| s.put(body.key.as_bytes(), value.as_bytes()))
+        .await?;
+    Ok(w.written(lsn, payload).await)
+}
+
+/// `GET /read`.
+pub fn read(service: &KvService, req: &Request<RequestBody>) -> Result<Response<Body>, ApiError> {
+    let params = query(req.uri())?;
+    let key = required(&params, "key")?;
+    // A read is one keydir lookup and one positional read of (usually cached) bytes: run it inline.
+    Ok(response::value(service.read(key)?))
+}
+
+/// `POST /batchput`.
+pub async fn batch_put(
+    w: Writes<'_>,
+    req: Request<RequestBody>,
+) -> Result<Response<Body>, ApiError> {
+    let bytes = json_body(req, w.max_body).await?;
+    let StringPairs(pairs) = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(format!(
+            "invalid JSON body (expected an object of string values with distinct keys): {e}"
+        ))
+    })?;
+    // An empty batch writes nothing, so it has no LSN of its own to answer with.
+    if pairs.is_empty() {
+        return Err(ApiError::bad_request(
+            "empty batch: the object must hold at least one key",
+        ));
+    }
+    let mut batch = WriteBatch::new();
+    let mut payload = 0;
+    for (k, v) in pairs {
+        payload += k.len() + v.len();
+        batch.put(k, v);
+    }
+    let lsn = w.run(move |s| s.batch_put(&batch)).await?;
+    Ok(w.written(lsn, payload).await)
+}
+
+/// `POST|DELETE /delete`.
+pub async fn delete(w: Writes<'_>, req: &Request<RequestBody>) -> Result<Response<Body>, ApiError> {
+    let params = query(req.uri())?;
+    let key = required(&params, "key")?.to_vec();
+    let payload = key.len();
+    let lsn = w.run(move |s| s.delete(&key)).await?;
+    Ok(w.written(lsn, payload).await)
+}
+
+/// `GET /health-check`.
+pub fn health_check() -> Response<Body> {
+    response::text(StatusCode::OK, "OK")
+}
+
+fn utf8(bytes: &[u8], what: &str) -> Result<String, std::io::Error> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{what} is not valid UTF-8; /readrange serves text only, use GET /v1/kv?encoding=base64"))
+    })
+}
+
+/// `/readrange`: a JSON object streamed page by page; aborted (truncated body) if a key or value is not
+/// UTF-8, since JSON strings could only carry it altered.
+pub fn read_range(
+    service: &KvService,
+    req: &Request<RequestBody>,
+) -> Result<Response<Body>, ApiError> {
+    let params = query(req.uri())?;
+    let start = required(&params, "start")?.to_vec();
+    let end = required(&params, "end")?.to_vec();
+    let limit = limit_param(&params, usize::MAX, usize::MAX)?;
+    // Validate (bounds order) and fetch the first page before answering 200, so bad input gets its status.
+    let mut pager = Pager::new(KeyRange::inclusive(start, end), limit, PAGE)?;
+    let first = super::first_page(service, &mut pager)?;
+    let (tx, body) = ChannelBody::channel();
+    if req.method() == Method::HEAD {
+        return Ok(response::streamed_json(body)); // the status is known; nothing will read the body
+    }
+    let service = service.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut sent = 0usize;
+        let mut out = String::from("{");
+        let rest = pager.pages(|r: &KeyRange, n| service.read_range_page(r, n));
+        for page in std::iter::once(Ok(first)).chain(rest) {
+            let page = match page {
+                Ok(page) => page,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                    return;
+                }
+            };
+            for e in &page {
+                let item = utf8(&e.key, "a key").and_then(|k| {
+                    utf8(&e.value, &format!("the value of key {k:?}")).map(|v| (k, v))
+                });
+                match item {
+                    Ok((k, v)) => {
+                        if sent > 0 {
+                            out.push(',');
+                        }
+                        out.push_str(&serde_json::Value::String(k).to_string());
+                        out.push(':');
+                        out.push_str(&serde_json::Value::String(v).to_string());
+                        sent += 1;
+                        if out.len() >= CHUNK_BYTES
+                            && tx
+                                .blocking_send(Ok(Bytes::from(std::mem::take(&mut out))))
+                                .is_err()
+                        {
+                            return; // the client went away
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!("aborting /readrange: {err}");
+                        let _ = tx.blocking_send(Err(err));
+                        return;
+                    }
+                }
+            }
+            if tx
+                .blocking_send(Ok(Bytes::from(std::mem::take(&mut out))))
+                .is_err()
+            {
+                return; // the client went away
+            }
+        }
+        let _ = tx.blocking_send(Ok(Bytes::from_static(b"}")));
+    });
+    Ok(response::streamed_json(body))
+}

@@ -1,0 +1,162 @@
+//! The binary-safe `/v1` key-value API.
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | PUT, GET, HEAD, DELETE | `/v1/kv/{key}` | raw bytes; the key percent-encoded in the path (binary-safe) |
+//! | GET, HEAD | `/v1/kv?start&end&limit&cursor&encoding` | a page of a listing, streamed, with a cursor to continue |
+
+use std::ops::Bound;
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use bytes::Bytes;
+use hyper::{Method, Request, Response};
+use kv_app::{AppError, KvService, Pager};
+use kv_domain::{Key, KeyRange};
+
+use super::write::Writes;
+use super::{CHUNK_BYTES, PAGE};
+use crate::body::{read_body, RequestBody};
+use crate::error::{ApiError, Body};
+use crate::request::{limit_param, percent_decode, query};
+use crate::response;
+use crate::route::KV_KEY_PREFIX;
+use crate::stream::ChannelBody;
+
+/// Default and maximum page size of the `/v1/kv` listing.
+const LISTING_DEFAULT: usize = 1000;
+const LISTING_MAX: usize = 10_000;
+
+/// `/v1/kv/{key}`: GET and HEAD read, PUT and DELETE write.
+pub async fn kv_key(w: Writes<'_>, req: Request<RequestBody>) -> Result<Response<Body>, ApiError> {
+    let path = req.uri().path();
+    let key = percent_decode(path.strip_prefix(KV_KEY_PREFIX).unwrap_or(path), false)?;
+    if key.is_empty() {
+        return Err(AppError::EmptyKey.into());
+    }
+    match *req.method() {
+        Method::GET | Method::HEAD => Ok(response::value(w.service.read(&key)?)),
+        Method::DELETE => {
+            let payload = key.len();
+            let lsn = w.run(move |s| s.delete(&key)).await?;
+            Ok(w.written(lsn, payload).await)
+        }
+        _ => {
+            let (parts, body) = req.into_parts();
+            let value = read_body(&parts.headers, body, w.max_body).await?;
+            let payload = key.len() + value.len();
+            let lsn = w.run(move |s| s.put(&key, &value)).await?;
+            Ok(w.written(lsn, payload).await)
+        }
+    }
+}
+
+fn encoded_field(name: &str, bytes: &[u8], force_base64: bool) -> String {
+    match (force_base64, std::str::from_utf8(bytes)) {
+        (false, Ok(s)) => format!(
+            "{}:{}",
+            serde_json::Value::String(name.into()),
+            serde_json::Value::String(s.into())
+        ),
+        _ => format!(
+            "{}:{}",
+            serde_json::Value::String(format!("{name}_base64")),
+            serde_json::Value::String(STANDARD.encode(bytes))
+        ),
+    }
+}
+
+/// `/v1/kv` listing: `{"items":[{"key":..,"value":..},...],"next_cursor":..}`, streamed. A key or value that is
+/// not UTF-8 (or every one, with `encoding=base64`) comes as `key_base64` / `value_base64` instead.
+pub fn listing(
+    service: &KvService,
+    req: &Request<RequestBody>,
+) -> Result<Response<Body>, ApiError> {
+    let params = query(req.uri())?;
+    let force_base64 = match params.get("encoding").map(Vec::as_slice) {
+        None | Some(b"utf8") => false,
+        Some(b"base64") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "encoding must be utf8 or base64, not {:?}",
+                String::from_utf8_lossy(other)
+            )))
+        }
+    };
+    let limit = limit_param(&params, LISTING_DEFAULT, LISTING_MAX)?;
+    let bound = |name: &str| {
+        params
+            .get(name)
+            .filter(|v| !v.is_empty())
+            .map_or(Bound::Unbounded, |v| Bound::Included(Key::from(v.clone())))
+    };
+    let mut range = KeyRange {
+        start: bound("start"),
+        end: bound("end"),
+    };
+    if let Some(cursor) = params.get("cursor").filter(|c| !c.is_empty()) {
+        let last = URL_SAFE_NO_PAD
+            .decode(cursor)
+            .map_err(|_| ApiError::bad_request("invalid cursor"))?;
+        range = range.after(&last);
+    }
+    let mut pager = Pager::new(range, limit, PAGE)?;
+    let first = super::first_page(service, &mut pager)?;
+    let (tx, body) = ChannelBody::channel();
+    if req.method() == Method::HEAD {
+        return Ok(response::streamed_json(body)); // the status is known; nothing will read the body
+    }
+    let service = service.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut sent = 0usize;
+        let mut out = String::from("{\"items\":[");
+        let rest = pager.pages(|r: &KeyRange, n| service.read_range_page(r, n));
+        for page in std::iter::once(Ok(first)).chain(rest) {
+            let page = match page {
+                Ok(page) => page,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                    return;
+                }
+            };
+            for e in &page {
+                if sent > 0 {
+                    out.push(',');
+                }
+                out.push('{');
+                out.push_str(&encoded_field("key", &e.key, force_base64));
+                out.push(',');
+                out.push_str(&encoded_field("value", &e.value, force_base64));
+                out.push('}');
+                sent += 1;
+                if out.len() >= CHUNK_BYTES
+                    && tx
+                        .blocking_send(Ok(Bytes::from(std::mem::take(&mut out))))
+                        .is_err()
+                {
+                    return;
+                }
+            }
+            if tx
+                .blocking_send(Ok(Bytes::from(std::mem::take(&mut out))))
+                .is_err()
+            {
+                return;
+            }
+        }
+        // A cursor only when the page is full and something follows it.
+        let next = match pager.last_key() {
+            Some(l) if pager.reached_limit() => {
+                match service.read_range_page(&pager.range().after(l), 1) {
+                    Ok(p) if !p.is_empty() => {
+                        serde_json::Value::String(URL_SAFE_NO_PAD.encode(l.as_bytes()))
+                    }
+                    _ => serde_json::Value::Null,
+                }
+            }
+            _ => serde_json::Value::Null,
+        };
+        let _ = tx.blocking_send(Ok(Bytes::from(format!("],\"next_cursor\":{next}}}"))));
+    });
+    Ok(response::streamed_json(body))
+}

@@ -1,0 +1,80 @@
+//! What every write handler shares: running the write where it belongs and answering with its LSN.
+
+use hyper::{Response, StatusCode};
+use kv_app::{replicate_write, AppError, KvService, WriteOutcome};
+use kv_domain::{FollowerAcks, Lsn};
+
+use crate::applied::LsnSignal;
+
+use crate::error::{ApiError, Body};
+use crate::replication::LeaderHub;
+use crate::response;
+
+/// What a write handler needs: the use cases, where to run them, the acknowledgement hub, the body limit.
+#[derive(Clone, Copy, Debug)]
+pub struct Writes<'a> {
+    /// The use cases.
+    pub service: &'a KvService,
+    /// On a leader with followers: the shipping hub, which the write wakes and whose acks it may await.
+    pub hub: Option<&'a LeaderHub>,
+    /// Signalled with every acknowledged write's LSN, to wake min-LSN reads.
+    pub written: &'a LsnSignal,
+    /// Largest request body accepted, in bytes.
+    pub max_body: usize,
+    /// Run writes on the async workers (see [`Writes::run`]).
+    pub inline: bool,
+}
+
+impl Writes<'_> {
+    /// Runs a write. When the durability mode makes writes wait for an fsync, it runs on the blocking pool so
+    /// the async workers stay free; otherwise a write is one `pwrite` (microseconds) and runs inline, which
+    /// is cheaper than the hop to another thread.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(KvService) -> Result<T, AppError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let service = self.service.clone();
+        if self.inline {
+            return f(service).map_err(ApiError::from);
+        }
+        tokio::task::spawn_blocking(move || f(service))
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("request task failed: {e}"),
+                )
+            })?
+            .map_err(ApiError::from)
+    }
+
+    /// The answer to a write that the engine acknowledged at `lsn` (`payload`: its key and value bytes). On a
+    /// leader with followers it wakes the shippers and, with synchronous acknowledgement, waits for the
+    /// configured number of followers: if they do not confirm within the timeout the answer is 504 with the
+    /// LSN (the write is durable on the leader and will still replicate; only the replication is unconfirmed).
+    pub async fn written(&self, lsn: Lsn, payload: usize) -> Response<Body> {
+        self.written.advance(lsn);
+        let acks = self.hub.map(|h| h as &dyn FollowerAcks);
+        match replicate_write(acks, lsn, payload).await {
+            WriteOutcome::Committed { lsn } => {
+                response::with_lsn(StatusCode::OK, &serde_json::json!({ "lsn": lsn.0 }), lsn)
+            }
+            WriteOutcome::Unconfirmed {
+                lsn,
+                confirmed,
+                required,
+                timeout,
+            } => {
+                let message = format!(
+                    "write committed on the leader at LSN {lsn} but only {confirmed} of the {required} required followers confirmed it within {} ms; it is durable here and replication continues",
+                    timeout.as_millis()
+                );
+                response::with_lsn(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &serde_json::json!({ "error": message, "lsn": lsn.0, "committed": true, "replicated": confirmed }),
+                    lsn,
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! From a request to its handler, by the [`Route`] table: 404 for an unknown path, 405 (with `Allow`) for
+//! a method the route does not serve, forwarding of writes on a follower, the leader's history check of a
+//! forwarded write, the min-LSN wait of reads, then the handler of the route's API family ([`crate::api`]).
+
+use hyper::{header, Request, Response, StatusCode};
+
+use crate::api::write::Writes;
+use crate::api::{admin, go, min_lsn, v1};
+use crate::body::{read_body, RequestBody};
+use crate::error::{ApiError, Body};
+use crate::replication::FollowerNode;
+use crate::response;
+use crate::route::{Class, Route};
+use crate::state::ServerState;
+
+/// Handles one request; answers with its route (`None`: no route matched) for the metrics.
+pub async fn handle(
+    state: &ServerState,
+    req: Request<RequestBody>,
+) -> (Option<Route>, Response<Body>) {
+    let Some(route) = Route::resolve(req.uri().path()) else {
+        let message = format!("no route for {} {}", req.method(), req.uri().path());
+        return (None, ApiError::not_found(message).into_response());
+    };
+    let resp = route_request(state, route, req)
+        .await
+        .unwrap_or_else(ApiError::into_response);
+    (Some(route), resp)
+}
+
+async fn route_request(
+    state: &ServerState,
+    route: Route,
+    req: Request<RequestBody>,
+) -> Result<Response<Body>, ApiError> {
+    let allowed = route.methods();
+    if !allowed.contains(&req.method().as_str()) {
+        return Ok(method_not_allowed(route, req.method()));
+    }
+    let repl = &state.replication;
+    match route.class(req.method().as_str()) {
+        Class::Write => {
+            if let Some(node) = repl.follower() {
+                return forward(node, req, state.max_body_bytes).await;
+            }
+            if let Some(refused) = repl.check_forwarded_history(req.headers()) {
+                return Ok(refused);
+            }
+        }
+        // Every read route serves only GET and HEAD besides its writes, which are classed above.
+        Class::Read => min_lsn::wait(state.service.engine().as_ref(), repl, &req).await?,
+        Class::Admin | Class::Internal => {}
+    }
+    let writes = Writes {
+        service: &state.service,
+        hub: repl.hub().map(AsRef::as_ref),
+        written: &repl.written,
+        max_body: state.max_body_bytes,
+        inline: state.inline_writes,
+    };
+    let service = &state.service;
+    match route {
+        Route::Put => go::put(writes, req).await,
+        Route::Read => go::read(service, &req),
+        Route::ReadRange => go::read_range(service, &req),
+        Route::BatchPut => go::batch_put(writes, req).await,
+        Route::Delete => go::delete(writes, &req).await,
+        Route::HealthCheck => Ok(go::health_check()),
+        Route::KvKey => v1::kv_key(writes, req).await,
+        Route::KvList => v1::listing(service, &req),
+        Route::Readyz => Ok(admin::readyz(&service.engine().status(), repl).await),
+        Route::Status => Ok(admin::status(&service.engine().status(), repl)),
+        Route::Metrics => Ok(admin::metrics(
+            &state.metrics,
+            &service.engine().status(),
+            repl,
+        )),
+        Route::AdminCompact => admin::compact(service).await,
+        Route::ReplicationState | Route::ReplicationApply | Route::ReplicationSnapshot => {
+            crate::replication::handle(route, repl, req, state.max_body_bytes)
+                .await
+                .map(|v| response::json(&v))
+        }
+    }
+}
+
+/// 405, with the methods the route serves in `Allow`.
+fn method_not_allowed(route: Route, method: &hyper::Method) -> Response<Body> {
+    let allowed = route.methods().join(", ");
+    let mut resp = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{} does not accept {method}; use {allowed}",
+            route.pattern()
+        ),
+    )
+    .into_response();
+    if let Ok(v) = header::HeaderValue::from_str(&allowed) {
+        resp.headers_mut().insert(header::ALLOW, v);
+    }
+    resp
+}
+
+/// Forwards a client write from a follower to its leader.
+async fn forward(
+    node: &FollowerNode,
+    req: Request<RequestBody>,
+    max_body: usize,
+) -> Result<Response<Body>, ApiError> {
+    let (parts, body) = req.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string());
+    let bytes = read_body(&parts.headers, body, max_body).await?;
+    node.forward(parts.method, &path, &parts.headers, bytes)
+        .await
+}
