@@ -166,8 +166,9 @@ pub trait Engine: Send + Sync {
     /// last LSN, give two writes one LSN).
     fn write_batch(&self, batch: &WriteBatch) -> EngineResult<Lsn>;
 
-    /// Up to `limit` live entries with keys in `range`, in ascending byte order of the key. Memory is bounded
-    /// by `limit`; to page, call again with [`KeyRange::after`] the last key returned.
+    /// Up to `limit` live entries with keys in `range`, in ascending byte order of the key; fewer than
+    /// `limit` only when the range holds no more. Memory is bounded by `limit`; to page, call again with
+    /// [`KeyRange::after`] the last key returned.
     fn scan(&self, range: &KeyRange, limit: usize) -> EngineResult<Vec<Entry>>;
 
     /// Up to `limit` live keys in `range`, ascending, without reading their values (memory bounded by the

@@ -32,16 +32,29 @@ impl Engine for FsEngine {
     }
 
     fn scan(&self, range: &KeyRange, limit: usize) -> EngineResult<Vec<Entry>> {
-        self.inner
-            .index
-            .range(range, limit)
-            .into_iter()
-            .filter_map(|(key, loc)| match self.inner.read_current(&key, loc) {
-                Ok(Some(value)) => Some(Ok(Entry { key, value })),
-                Ok(None) => None,
-                Err(e) => Some(Err(e)),
-            })
-            .collect()
+        // A key the keydir listed can be deleted before its value is read (it is then skipped): keep
+        // listing after the last key seen until `limit` entries came or the keydir has no more, so a short
+        // answer always means the range is exhausted (pagers stop on one).
+        let mut out = Vec::with_capacity(limit.min(1024));
+        let mut rest = range.clone();
+        while out.len() < limit {
+            let want = limit - out.len();
+            let listed = self.inner.index.range(&rest, want);
+            let exhausted = listed.len() < want;
+            let Some(last) = listed.last().map(|(k, _)| k.clone()) else {
+                break;
+            };
+            for (key, loc) in listed {
+                if let Some(value) = self.inner.read_current(&key, loc)? {
+                    out.push(Entry { key, value });
+                }
+            }
+            if exhausted {
+                break;
+            }
+            rest = range.after(last.as_bytes());
+        }
+        Ok(out)
     }
 
     fn scan_keys(&self, range: &KeyRange, limit: usize) -> EngineResult<Vec<Key>> {
