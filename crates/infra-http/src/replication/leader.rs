@@ -1,5 +1,8 @@
 //! The leader side: one shipper task per follower, acknowledgement waits, lag accounting.
 //!
+//! One concern (a leader's shipping protocol) at ~800 lines with its tests; it is kept whole rather than
+//! split because replication moves onto Raft next (issue 14), which replaces this file.
+//!
 //! ## A shipper's session
 //! 1. Handshake: `GET /v1/replication/state` on the follower gives its history id, applied LSN and whether
 //!    a snapshot is unfinished. A follower of another history, a follower ahead of this leader, or a node
@@ -8,7 +11,7 @@
 //! 2. A follower that never synced, or whose snapshot is unfinished, or whose next entry this leader's log
 //!    no longer holds (compacted), gets a snapshot: pages of the keydir in key order at base LSN `B` (the
 //!    durable LSN when it starts), then streaming continues from `B + 1`. The follower's position is
-//!    pinned (`Engine::retain_log_after`) from the start, so compaction cannot take the history after `B`:
+//!    pinned (`LogShipping::retain_log_after`) from the start, so compaction cannot take the history after `B`:
 //!    at most one snapshot per catch-up.
 //! 3. Streaming: entries are read from the log after the follower's position (up to `FRAME_BYTES` per
 //!    request, so batching grows with load), only up to the durable LSN, and posted in LSN order; the
