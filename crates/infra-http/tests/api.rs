@@ -121,6 +121,17 @@ async fn raw_binary_keys_and_values_round_trip() {
     assert_eq!(s.get("/v1/kv/bin%00%FF%2Fkey").await.status, 404);
 }
 
+/// The key of `/v1/kv/{key}` is the path after every leading repetition of the prefix, as it always was:
+/// a client that doubled the prefix keeps writing the key it wrote before the route table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_kv_prefix_names_the_key_after_it() {
+    let s = TestServer::default().await;
+    let r = s.request("PUT", "/v1/kv//v1/kv/x", None, b"v").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(s.snapshot(), vec![(b"x".to_vec(), b"v".to_vec())]);
+    assert_eq!(s.get("/v1/kv//v1/kv/").await.status, 400, "only prefixes: an empty key");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_listing_pages_with_a_cursor_and_uses_base64_for_binary() {
     let s = TestServer::default().await;

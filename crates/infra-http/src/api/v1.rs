@@ -30,7 +30,9 @@ const LISTING_MAX: usize = 10_000;
 /// `/v1/kv/{key}`: GET and HEAD read, PUT and DELETE write.
 pub async fn kv_key(w: Writes<'_>, req: Request<RequestBody>) -> Result<Response<Body>, ApiError> {
     let path = req.uri().path();
-    let key = percent_decode(path.strip_prefix(KV_KEY_PREFIX).unwrap_or(path), false)?;
+    // Every leading repetition of the prefix is stripped, as before the route table: `/v1/kv//v1/kv/x`
+    // names key `x` (changing that would change which key an existing client writes).
+    let key = percent_decode(path.trim_start_matches(KV_KEY_PREFIX), false)?;
     if key.is_empty() {
         return Err(AppError::EmptyKey.into());
     }
