@@ -1,11 +1,12 @@
 //! What every write handler shares: running the write where it belongs and answering with its LSN.
 
+use std::sync::Arc;
+
 use hyper::{Response, StatusCode};
 use kv_app::{replicate_write, AppError, KvService, WriteOutcome};
 use kv_domain::{FollowerAcks, Lsn};
 
 use crate::applied::LsnSignal;
-
 use crate::error::{ApiError, Body};
 use crate::replication::LeaderHub;
 use crate::response;
@@ -18,7 +19,7 @@ pub struct Writes<'a> {
     /// On a leader with followers: the shipping hub, which the write wakes and whose acks it may await.
     pub hub: Option<&'a LeaderHub>,
     /// Signalled with every acknowledged write's LSN, to wake min-LSN reads.
-    pub written: &'a LsnSignal,
+    pub written: &'a Arc<LsnSignal>,
     /// Largest request body accepted, in bytes.
     pub max_body: usize,
     /// Run writes on the async workers (see [`Writes::run`]).
@@ -26,18 +27,27 @@ pub struct Writes<'a> {
 }
 
 impl Writes<'_> {
-    /// Runs a write. When the durability mode makes writes wait for an fsync, it runs on the blocking pool so
-    /// the async workers stay free; otherwise a write is one `pwrite` (microseconds) and runs inline, which
-    /// is cheaper than the hop to another thread.
-    pub async fn run<T: Send + 'static>(
+    /// Runs a write and signals its LSN to waiting min-LSN reads as soon as the engine acknowledged it. When
+    /// the durability mode makes writes wait for an fsync, it runs on the blocking pool so the async workers
+    /// stay free; otherwise a write is one `pwrite` (microseconds) and runs inline, which is cheaper than
+    /// the hop to another thread. The signal is sent where the write finishes, not after this future
+    /// resumes: a request that timed out is dropped while its write still completes on the pool, and a
+    /// read waiting for that LSN must still wake.
+    pub async fn run(
         &self,
-        f: impl FnOnce(KvService) -> Result<T, AppError> + Send + 'static,
-    ) -> Result<T, ApiError> {
+        f: impl FnOnce(KvService) -> Result<Lsn, AppError> + Send + 'static,
+    ) -> Result<Lsn, ApiError> {
         let service = self.service.clone();
+        let signal = Arc::clone(self.written);
+        let write = move || {
+            let lsn = f(service)?;
+            signal.advance(lsn);
+            Ok::<Lsn, AppError>(lsn)
+        };
         if self.inline {
-            return f(service).map_err(ApiError::from);
+            return write().map_err(ApiError::from);
         }
-        tokio::task::spawn_blocking(move || f(service))
+        tokio::task::spawn_blocking(write)
             .await
             .map_err(|e| {
                 ApiError::new(
@@ -53,7 +63,6 @@ impl Writes<'_> {
     /// configured number of followers: if they do not confirm within the timeout the answer is 504 with the
     /// LSN (the write is durable on the leader and will still replicate; only the replication is unconfirmed).
     pub async fn written(&self, lsn: Lsn, payload: usize) -> Response<Body> {
-        self.written.advance(lsn);
         let acks = self.hub.map(|h| h as &dyn FollowerAcks);
         match replicate_write(acks, lsn, payload).await {
             WriteOutcome::Committed { lsn } => {
