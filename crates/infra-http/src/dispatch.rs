@@ -69,7 +69,7 @@ async fn route_request(
         Route::KvKey => v1::kv_key(writes, req).await,
         Route::KvList => v1::listing(service, &req),
         Route::Readyz => Ok(admin::readyz(&service.engine().status(), repl).await),
-        Route::Status => Ok(admin::status(&service.engine().status(), repl)),
+        Route::Status => admin::status(&service.engine().status(), repl),
         Route::Metrics => Ok(admin::metrics(
             &state.metrics,
             &service.engine().status(),

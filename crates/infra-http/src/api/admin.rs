@@ -24,7 +24,7 @@ pub async fn readyz(engine: &EngineStatus, replication: &Replication) -> Respons
 }
 
 /// `GET /v1/status`.
-pub fn status(s: &EngineStatus, replication: &Replication) -> Response<Body> {
+pub fn status(s: &EngineStatus, replication: &Replication) -> Result<Response<Body>, ApiError> {
     let doc = NodeStatus::new(
         replication.role_name(),
         s,
@@ -33,7 +33,7 @@ pub fn status(s: &EngineStatus, replication: &Replication) -> Response<Body> {
             .map_or(serde_json::json!([]), |h| h.followers_json()),
         replication.follower().map(|f| f.status_json()),
     );
-    response::json(&serde_json::to_value(doc).unwrap_or_default())
+    serialised(&doc)
 }
 
 /// `POST /v1/admin/compact`.
@@ -47,9 +47,20 @@ pub async fn compact(service: &KvService) -> Result<Response<Body>, ApiError> {
                 format!("compaction task failed: {e}"),
             )
         })??;
-    Ok(response::json(
-        &serde_json::to_value(CompactionReport::from(&s)).unwrap_or_default(),
-    ))
+    serialised(&CompactionReport::from(&s))
+}
+
+/// The JSON answer for `doc`. Serialising these plain structs cannot fail today; should a field ever make
+/// it fail, the client gets a 500 saying so rather than a 200 with `null`.
+fn serialised(doc: &impl serde::Serialize) -> Result<Response<Body>, ApiError> {
+    serde_json::to_value(doc)
+        .map(|v| response::json(&v))
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot serialise the answer: {e}"),
+            )
+        })
 }
 
 /// `GET /metrics`: the server's, then the replication role's.
