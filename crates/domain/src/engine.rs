@@ -172,7 +172,7 @@ pub trait Engine: Send + Sync {
     fn scan(&self, range: &KeyRange, limit: usize) -> EngineResult<Vec<Entry>>;
 
     /// Up to `limit` live keys in `range`, ascending, without reading their values (memory bounded by the
-    /// keys alone, whatever the value sizes).
+    /// keys alone, whatever the value sizes); fewer than `limit` only when the range holds no more.
     fn scan_keys(&self, range: &KeyRange, limit: usize) -> EngineResult<Vec<Key>>;
 
     /// LSN of the latest acknowledged write (`Lsn::ZERO` for a new store).

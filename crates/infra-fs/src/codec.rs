@@ -350,8 +350,9 @@ pub fn record_len(key: &[u8], value: &[u8]) -> usize {
 /// Every caller proves the bound by a limit check made before it (the record limits above for lengths;
 /// `kv_domain::MAX_WRITE_COST` and `Options::MAX_SEGMENT_BYTES` for offsets and batch counts in the
 /// active segment; recovery's size check of each segment file it replays). Should one ever be wrong the
-/// field saturates, which the decoder refuses as an implausible length, instead of wrapping to a smaller
-/// valid-looking one; debug builds stop at once.
+/// field saturates instead of wrapping to a smaller valid-looking one, and debug builds stop at once. Only
+/// a saturated record length is then refused by the decoder (as implausible); a saturated keydir
+/// location is not checked anywhere, so the bounds above are what keeps locations right.
 pub fn u32_field(n: impl TryInto<u32> + Copy + fmt::Debug) -> u32 {
     let narrowed = n.try_into().ok();
     debug_assert!(narrowed.is_some(), "{n:?} does not fit a u32 field");

@@ -3,8 +3,9 @@
 //!
 //! Compaction uses it to skip segments with nothing to reclaim (every record of such a segment is the live
 //! version of its key, so no tombstone elsewhere can refer to it) and to decide whether sealing the active
-//! segment first reclaims anything. Every keydir mutation updates it (see [`crate::keydir`]), under the
-//! engine's publish lock, so the ledger always matches the keydir.
+//! segment first reclaims anything. Every keydir mutation updates it under the engine's publish lock
+//! (records through [`crate::keydir`], compaction's remapping in `engine/compaction.rs`), so the ledger
+//! always matches the keydir.
 
 use std::collections::HashMap;
 

@@ -2,7 +2,8 @@
 //! log), the write path (`never`/`interval` writers) and group commit (the sync leader publishing a
 //! group). Each update also counts, in the [`Garbage`] ledger, the bytes it makes obsolete, so the two
 //! never disagree. Compaction's remapping is the other keydir mutation: a compare-and-swap of a location
-//! that makes nothing obsolete (see `engine/compaction.rs`).
+//! that moves a live record to its compacted copy; it books the copy that lost (the input's, or a stale
+//! output copy) in the ledger itself (see `engine/compaction.rs`).
 
 use kv_domain::{Location, OrderedIndex};
 

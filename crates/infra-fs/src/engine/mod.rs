@@ -27,8 +27,9 @@
 //! succeeds proves nothing). Reads keep working. Reopening runs recovery, which trusts only the disk.
 //!
 //! ## Invariants
-//! - `acked LSN <= durable LSN <= last accepted LSN`; in `always` mode the keydir reflects exactly the
-//!   acknowledged writes.
+//! - `durable LSN <= acked LSN <= last accepted LSN`; in `never`/`interval` mode a write is acknowledged
+//!   once `pwrite`n, before it is durable; in `always` mode acked and durable move together at the end of
+//!   each group commit, and the keydir reflects exactly the acknowledged writes.
 //! - The group buffer is written to the file under the writer lock, so a rotation never seals a segment
 //!   while a group's bytes are still on their way to it.
 //! - Segment ids only grow; the active segment is the one with the highest id.
