@@ -129,7 +129,11 @@ async fn a_repeated_kv_prefix_names_the_key_after_it() {
     let r = s.request("PUT", "/v1/kv//v1/kv/x", None, b"v").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(s.snapshot(), vec![(b"x".to_vec(), b"v".to_vec())]);
-    assert_eq!(s.get("/v1/kv//v1/kv/").await.status, 400, "only prefixes: an empty key");
+    assert_eq!(
+        s.get("/v1/kv//v1/kv/").await.status,
+        400,
+        "only prefixes: an empty key"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

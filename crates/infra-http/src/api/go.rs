@@ -9,14 +9,12 @@
 //! | POST, DELETE | `/delete?key=K` | idempotent delete |
 //! | GET, HEAD | `/health-check` | `OK` (liveness) |
 
-use bytes::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
 use kv_app::{KvService, Pager};
-use kv_domain::{KeyRange, WriteBatch};
+use kv_domain::{Entry, KeyRange, WriteBatch};
 use serde::Deserialize;
 
 use super::write::Writes;
-use super::{CHUNK_BYTES, PAGE};
 use crate::body::RequestBody;
 use crate::error::{ApiError, Body};
 use crate::json::StringPairs;
@@ -118,61 +116,23 @@ pub fn read_range(
     let end = required(&params, "end")?.to_vec();
     let limit = limit_param(&params, usize::MAX, usize::MAX)?;
     // Validate (bounds order) and fetch the first page before answering 200, so bad input gets its status.
-    let mut pager = Pager::new(KeyRange::inclusive(start, end), limit, PAGE)?;
-    let first = super::first_page(service, &mut pager)?;
+    let walk = super::Walk::start(service, KeyRange::inclusive(start, end), limit)?;
     let (tx, body) = ChannelBody::channel();
     if req.method() == Method::HEAD {
         return Ok(response::streamed_json(body)); // the status is known; nothing will read the body
     }
-    let service = service.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut sent = 0usize;
-        let mut out = String::from("{");
-        let rest = pager.pages(|r: &KeyRange, n| service.read_range_page(r, n));
-        for page in std::iter::once(Ok(first)).chain(rest) {
-            let page = match page {
-                Ok(page) => page,
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
-                    return;
-                }
-            };
-            for e in &page {
-                let item = utf8(&e.key, "a key").and_then(|k| {
-                    utf8(&e.value, &format!("the value of key {k:?}")).map(|v| (k, v))
-                });
-                match item {
-                    Ok((k, v)) => {
-                        if sent > 0 {
-                            out.push(',');
-                        }
-                        out.push_str(&serde_json::Value::String(k).to_string());
-                        out.push(':');
-                        out.push_str(&serde_json::Value::String(v).to_string());
-                        sent += 1;
-                        if out.len() >= CHUNK_BYTES
-                            && tx
-                                .blocking_send(Ok(Bytes::from(std::mem::take(&mut out))))
-                                .is_err()
-                        {
-                            return; // the client went away
-                        }
-                    }
-                    Err(err) => {
-                        tracing::warn!("aborting /readrange: {err}");
-                        let _ = tx.blocking_send(Err(err));
-                        return;
-                    }
-                }
-            }
-            if tx
-                .blocking_send(Ok(Bytes::from(std::mem::take(&mut out))))
-                .is_err()
-            {
-                return; // the client went away
-            }
+    let item = |e: &Entry, sent: usize, out: &mut String| {
+        let k = utf8(&e.key, "a key")?;
+        let v = utf8(&e.value, &format!("the value of key {k:?}"))?;
+        if sent > 0 {
+            out.push(',');
         }
-        let _ = tx.blocking_send(Ok(Bytes::from_static(b"}")));
-    });
+        out.push_str(&serde_json::Value::String(k).to_string());
+        out.push(':');
+        out.push_str(&serde_json::Value::String(v).to_string());
+        Ok(())
+    };
+    let close = |_: &KvService, _: &Pager| String::from("}");
+    super::stream_pages("/readrange", walk, tx, "{", item, close);
     Ok(response::streamed_json(body))
 }

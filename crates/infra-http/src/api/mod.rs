@@ -25,16 +25,93 @@ const PAGE: usize = 256;
 /// the chunks queued for one response are about this size rather than a whole page each.
 const CHUNK_BYTES: usize = 64 * 1024;
 
-/// Fetches the first page of `pager`'s walk, before a streamed answer commits to 200, so an engine error
-/// still gets its status.
-fn first_page(
-    service: &kv_app::KvService,
-    pager: &mut kv_app::Pager,
-) -> Result<Vec<kv_domain::Entry>, kv_app::AppError> {
-    let Some((range, want)) = pager.next_request() else {
-        return Ok(Vec::new());
-    };
-    let page = service.read_range_page(&range, want)?;
-    pager.advance(page.len(), page.last().map(|e| e.key.as_bytes()));
-    Ok(page)
+/// A range walk whose first page is already fetched: [`Walk::start`] runs before a streamed answer commits
+/// to 200, so a bad range or an engine error still gets its status.
+struct Walk {
+    service: kv_app::KvService,
+    pager: kv_app::Pager,
+    first: Vec<kv_domain::Entry>,
+}
+
+impl Walk {
+    /// Checks `range` (the pager refuses an inverted one) and fetches its first page.
+    fn start(
+        service: &kv_app::KvService,
+        range: kv_domain::KeyRange,
+        limit: usize,
+    ) -> Result<Self, kv_app::AppError> {
+        let mut pager = kv_app::Pager::new(range, limit, PAGE)?;
+        let first = match pager.next_request() {
+            Some((range, want)) => {
+                let page = service.read_range_page(&range, want)?;
+                pager.advance(page.len(), page.last().map(|e| e.key.as_bytes()));
+                page
+            }
+            None => Vec::new(),
+        };
+        Ok(Self {
+            service: service.clone(),
+            pager,
+            first,
+        })
+    }
+}
+
+/// Streams the rest of a [`Walk`] as one response body, on a blocking task (the pages are engine reads):
+/// `open`, then each entry as `item` writes it (`sent`: entries written before it, for separators), then
+/// what `close` returns. Chunks of about [`CHUNK_BYTES`] go out as they fill and at the end of each page,
+/// so memory is one page plus the channel. An engine error, or an entry `item` refuses, aborts the body
+/// (the client sees it truncated, never a well-formed wrong answer); a client that went away stops the
+/// walk. `what` names the route in the log line of an abort.
+fn stream_pages(
+    what: &'static str,
+    walk: Walk,
+    tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
+    open: &'static str,
+    mut item: impl FnMut(&kv_domain::Entry, usize, &mut String) -> std::io::Result<()> + Send + 'static,
+    close: impl FnOnce(&kv_app::KvService, &kv_app::Pager) -> String + Send + 'static,
+) {
+    use bytes::Bytes;
+    use kv_domain::KeyRange;
+    let Walk {
+        service,
+        mut pager,
+        first,
+    } = walk;
+    tokio::task::spawn_blocking(move || {
+        let mut sent = 0usize;
+        let mut out = String::from(open);
+        let send = |out: &mut String| {
+            tx.blocking_send(Ok(Bytes::from(std::mem::take(out))))
+                .is_ok()
+        };
+        {
+            let rest = pager.pages(|r: &KeyRange, n| service.read_range_page(r, n));
+            for page in std::iter::once(Ok(first)).chain(rest) {
+                let page = match page {
+                    Ok(page) => page,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                        return;
+                    }
+                };
+                for e in &page {
+                    if let Err(err) = item(e, sent, &mut out) {
+                        tracing::warn!("aborting {what}: {err}");
+                        let _ = tx.blocking_send(Err(err));
+                        return;
+                    }
+                    sent += 1;
+                    if out.len() >= CHUNK_BYTES && !send(&mut out) {
+                        return; // the client went away
+                    }
+                }
+                if !send(&mut out) {
+                    return; // the client went away
+                }
+            }
+        }
+        out.push_str(&close(&service, &pager));
+        send(&mut out);
+    });
 }

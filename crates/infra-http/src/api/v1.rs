@@ -9,13 +9,11 @@ use std::ops::Bound;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
-use bytes::Bytes;
 use hyper::{Method, Request, Response};
 use kv_app::{AppError, KvService, Pager};
-use kv_domain::{Key, KeyRange};
+use kv_domain::{Entry, Key, KeyRange};
 
 use super::write::Writes;
-use super::{CHUNK_BYTES, PAGE};
 use crate::body::{read_body, RequestBody};
 use crate::error::{ApiError, Body};
 use crate::request::{limit_param, percent_decode, query};
@@ -102,51 +100,24 @@ pub fn listing(
             .map_err(|_| ApiError::bad_request("invalid cursor"))?;
         range = range.after(&last);
     }
-    let mut pager = Pager::new(range, limit, PAGE)?;
-    let first = super::first_page(service, &mut pager)?;
+    let walk = super::Walk::start(service, range, limit)?;
     let (tx, body) = ChannelBody::channel();
     if req.method() == Method::HEAD {
         return Ok(response::streamed_json(body)); // the status is known; nothing will read the body
     }
-    let service = service.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut sent = 0usize;
-        let mut out = String::from("{\"items\":[");
-        let rest = pager.pages(|r: &KeyRange, n| service.read_range_page(r, n));
-        for page in std::iter::once(Ok(first)).chain(rest) {
-            let page = match page {
-                Ok(page) => page,
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
-                    return;
-                }
-            };
-            for e in &page {
-                if sent > 0 {
-                    out.push(',');
-                }
-                out.push('{');
-                out.push_str(&encoded_field("key", &e.key, force_base64));
-                out.push(',');
-                out.push_str(&encoded_field("value", &e.value, force_base64));
-                out.push('}');
-                sent += 1;
-                if out.len() >= CHUNK_BYTES
-                    && tx
-                        .blocking_send(Ok(Bytes::from(std::mem::take(&mut out))))
-                        .is_err()
-                {
-                    return;
-                }
-            }
-            if tx
-                .blocking_send(Ok(Bytes::from(std::mem::take(&mut out))))
-                .is_err()
-            {
-                return;
-            }
+    let item = move |e: &Entry, sent: usize, out: &mut String| {
+        if sent > 0 {
+            out.push(',');
         }
-        // A cursor only when the page is full and something follows it.
+        out.push('{');
+        out.push_str(&encoded_field("key", &e.key, force_base64));
+        out.push(',');
+        out.push_str(&encoded_field("value", &e.value, force_base64));
+        out.push('}');
+        Ok(())
+    };
+    // A cursor only when the page is full and something follows it.
+    let close = |service: &KvService, pager: &Pager| {
         let next = match pager.last_key() {
             Some(l) if pager.reached_limit() => {
                 match service.read_range_page(&pager.range().after(l), 1) {
@@ -158,7 +129,9 @@ pub fn listing(
             }
             _ => serde_json::Value::Null,
         };
-        let _ = tx.blocking_send(Ok(Bytes::from(format!("],\"next_cursor\":{next}}}"))));
-    });
+        format!("],\"next_cursor\":{next}}}")
+    };
+    let open = "{\"items\":[";
+    super::stream_pages("/v1/kv", walk, tx, open, item, close);
     Ok(response::streamed_json(body))
 }
