@@ -15,6 +15,11 @@ for i in $(seq "$ROUNDS"); do
     RUST_LOG=warn "$bin" --bind 127.0.0.1 --port $PORT --data-path "$data" --durability "$DURABILITY" &
     pid=$!
     for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/health-check" >/dev/null && break; sleep 0.1; done
+    # The same preload as run.sh: key00000..key09999, 256-byte values, in batches of 1 000.
+    for b in $(seq 0 9); do
+      python3 -c "import json; print(json.dumps({'key%05d' % i: 'v'*256 for i in range($b*1000, $b*1000+1000)}))" |
+        curl -sf -X POST --data-binary @- "http://127.0.0.1:$PORT/batchput" >/dev/null
+    done
     out=$(wrk -t2 -c"$CONNS" -d5s --latency -s "$SCRIPT" "http://127.0.0.1:$PORT")
     echo "round $i $bin: $(awk '/Requests\/sec/ {print $2}' <<<"$out") req/s," \
       "p50 $(awk '$1=="50%" {print $2}' <<<"$out"), p99 $(awk '$1=="99%" {print $2}' <<<"$out")"
