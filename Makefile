@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help run-leader run-follower docker compose-up compose-down bench-replication soak-replication check test test-steps test-clean lint bench bench-engine bench-index bench-http larger-than-ram soak fmt clean-bench
+.PHONY: help run-leader run-follower docker compose-up compose-down bench-replication soak-replication check test test-steps test-clean lint bench bench-engine bench-index bench-http bench-goals larger-than-ram soak fmt clean-bench
 
 PORT ?= 8080
 DATA ?= ./data
@@ -119,6 +119,9 @@ bench-index: ## Keydir memory per key and read latency under writes, at 1 M and 
 
 bench-http: ## HTTP load with wrk against kv-server and a bare hyper ceiling server (needs wrk: apt-get install wrk)
 	bench/http/run.sh
+
+bench-goals: ## The performance issue's goals as ratios in one sitting: ceiling, kv-server both modes, Redis (installs wrk, redis)
+	bench/http/goals.py
 
 bench-replication: ## Leader throughput with 0-4 followers (async, N=1), lag under steady load, catch-up of 1 M writes
 	bench/replication/run.sh
