@@ -96,6 +96,11 @@ impl Pager {
         self.last.as_ref()
     }
 
+    /// Whether the walk is over: no page is left to fetch.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
     /// Whether the walk stopped at its limit (rather than at the end of the range).
     pub fn reached_limit(&self) -> bool {
         self.sent >= self.limit

@@ -23,7 +23,11 @@ pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 
 /// A JSON response (200).
 pub fn json(value: &serde_json::Value) -> Response<Body> {
-    let body = value.to_string();
+    full_json(value.to_string())
+}
+
+/// A 200 JSON response of the already serialised `body`.
+pub fn full_json(body: String) -> Response<Body> {
     let mut resp = Response::new(full(body));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -20,7 +20,6 @@ use crate::error::{ApiError, Body};
 use crate::json::StringPairs;
 use crate::request::{json_body, limit_param, query, required};
 use crate::response;
-use crate::stream::ChannelBody;
 
 #[derive(Deserialize)]
 struct PutRequest {
@@ -117,10 +116,7 @@ pub fn read_range(
     let limit = limit_param(&params, usize::MAX, usize::MAX)?;
     // Validate (bounds order) and fetch the first page before answering 200, so bad input gets its status.
     let walk = super::Walk::start(service, KeyRange::inclusive(start, end), limit)?;
-    let (tx, body) = ChannelBody::channel();
-    if req.method() == Method::HEAD {
-        return Ok(response::streamed_json(body)); // the status is known; nothing will read the body
-    }
+    let head = req.method() == Method::HEAD;
     let item = |e: &Entry, sent: usize, out: &mut String| {
         let k = utf8(&e.key, "a key")?;
         let v = utf8(&e.value, &format!("the value of key {k:?}"))?;
@@ -133,6 +129,12 @@ pub fn read_range(
         Ok(())
     };
     let close = |_: &KvService, _: &Pager| String::from("}");
-    super::stream_pages("/readrange", walk, tx, "{", item, close);
-    Ok(response::streamed_json(body))
+    Ok(super::answer_walk(
+        "/readrange",
+        walk,
+        head,
+        "{",
+        item,
+        close,
+    ))
 }

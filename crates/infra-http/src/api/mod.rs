@@ -57,6 +57,41 @@ impl Walk {
     }
 }
 
+/// The answer to a range walk: `open`, each entry as `item` writes it (`sent`: entries written before it,
+/// for separators), then what `close` returns; `what` names the route in the log line of an abort.
+///
+/// A walk whose first page was its last (most ranges: up to a page of entries) is answered from memory
+/// with one buffer and no hop to the blocking pool; a longer one is streamed ([`stream_pages`]). Either way
+/// the bytes are the same. An entry `item` refuses sends the walk down the streamed path after all, which
+/// answers 200 and then aborts the body, exactly as a long range does.
+fn answer_walk(
+    what: &'static str,
+    walk: Walk,
+    head: bool,
+    open: &'static str,
+    mut item: impl FnMut(&kv_domain::Entry, usize, &mut String) -> std::io::Result<()> + Send + 'static,
+    close: impl FnOnce(&kv_app::KvService, &kv_app::Pager) -> String + Send + 'static,
+) -> hyper::Response<crate::error::Body> {
+    let (tx, body) = crate::stream::ChannelBody::channel();
+    if head {
+        return crate::response::streamed_json(body); // the status is known; nothing will read the body
+    }
+    if !walk.pager.is_done() {
+        stream_pages(what, walk, tx, open, item, close);
+        return crate::response::streamed_json(body);
+    }
+    let mut out = String::from(open);
+    for (sent, e) in walk.first.iter().enumerate() {
+        if item(e, sent, &mut out).is_err() {
+            // Rare (a value /readrange cannot carry): the streamed path meets the same entry and aborts.
+            stream_pages(what, walk, tx, open, item, close);
+            return crate::response::streamed_json(body);
+        }
+    }
+    out.push_str(&close(&walk.service, &walk.pager));
+    crate::response::full_json(out)
+}
+
 /// Streams the rest of a [`Walk`] as one response body, on a blocking task (the pages are engine reads):
 /// `open`, then each entry as `item` writes it (`sent`: entries written before it, for separators), then
 /// what `close` returns. Chunks of about [`CHUNK_BYTES`] go out as they fill and at the end of each page,

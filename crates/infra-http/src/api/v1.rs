@@ -19,7 +19,6 @@ use crate::error::{ApiError, Body};
 use crate::request::{limit_param, percent_decode, query};
 use crate::response;
 use crate::route::KV_KEY_PREFIX;
-use crate::stream::ChannelBody;
 
 /// Default and maximum page size of the `/v1/kv` listing.
 const LISTING_DEFAULT: usize = 1000;
@@ -101,10 +100,7 @@ pub fn listing(
         range = range.after(&last);
     }
     let walk = super::Walk::start(service, range, limit)?;
-    let (tx, body) = ChannelBody::channel();
-    if req.method() == Method::HEAD {
-        return Ok(response::streamed_json(body)); // the status is known; nothing will read the body
-    }
+    let head = req.method() == Method::HEAD;
     let item = move |e: &Entry, sent: usize, out: &mut String| {
         if sent > 0 {
             out.push(',');
@@ -132,6 +128,5 @@ pub fn listing(
         format!("],\"next_cursor\":{next}}}")
     };
     let open = "{\"items\":[";
-    super::stream_pages("/v1/kv", walk, tx, open, item, close);
-    Ok(response::streamed_json(body))
+    Ok(super::answer_walk("/v1/kv", walk, head, open, item, close))
 }
