@@ -331,7 +331,7 @@ fn the_background_compactor_runs_once_garbage_passes_the_threshold() {
     let engine = FsEngine::open(
         DIR,
         kv_infra_fs::Options {
-            auto_compaction: Some(auto.clone()),
+            auto_compaction: Some(auto),
             ..sim_options(&fs, Durability::Never, SEGMENT)
         },
     )
