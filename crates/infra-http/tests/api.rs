@@ -445,7 +445,7 @@ async fn a_min_lsn_read_on_a_leader_wakes_when_the_write_lands() {
 /// before the body completes, never a well-formed object with the value altered or left out. A range of one page is answered from memory, a
 /// longer one streamed: both must abort the same way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_range_with_a_binary_value_aborts_after_the_entries_before_it() {
+async fn a_range_with_a_binary_value_never_completes() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let s = TestServer::default().await;
     for (key, value) in [("a", &b"ok"[..]), ("b", &[0xff][..]), ("c", &b"ok"[..])] {

@@ -61,8 +61,8 @@ impl Walk {
 /// for separators), then what `close` returns; `what` names the route in the log line of an abort.
 ///
 /// A walk whose first page was its last (most ranges: up to a page of entries) is answered from memory
-/// with one buffer and no hop to the blocking pool; a longer one is streamed ([`stream_pages`]). Either way
-/// the bytes are the same. An entry `item` refuses sends the walk down the streamed path after all, which
+/// with one buffer and no hop to the blocking pool (sent with a `Content-Length`); a longer one is
+/// streamed ([`stream_pages`], chunked). Either way the body's bytes are the same. An entry `item` refuses sends the walk down the streamed path after all, which
 /// answers 200 and then aborts the body, exactly as a long range does.
 fn answer_walk(
     what: &'static str,
@@ -72,20 +72,23 @@ fn answer_walk(
     mut item: impl FnMut(&kv_domain::Entry, usize, &mut String) -> std::io::Result<()> + Send + 'static,
     close: impl FnOnce(&kv_app::KvService, &kv_app::Pager) -> String + Send + 'static,
 ) -> hyper::Response<crate::error::Body> {
-    let (tx, body) = crate::stream::ChannelBody::channel();
     if head {
-        return crate::response::streamed_json(body); // the status is known; nothing will read the body
+        // The status is known; nothing will read the body.
+        return crate::response::streamed_json(crate::stream::ChannelBody::channel().1);
     }
-    if !walk.pager.is_done() {
+    let streamed = |walk, item, close| {
+        let (tx, body) = crate::stream::ChannelBody::channel();
         stream_pages(what, walk, tx, open, item, close);
-        return crate::response::streamed_json(body);
+        crate::response::streamed_json(body)
+    };
+    if !walk.pager.is_done() {
+        return streamed(walk, item, close);
     }
     let mut out = String::from(open);
     for (sent, e) in walk.first.iter().enumerate() {
         if item(e, sent, &mut out).is_err() {
             // Rare (a value /readrange cannot carry): the streamed path meets the same entry and aborts.
-            stream_pages(what, walk, tx, open, item, close);
-            return crate::response::streamed_json(body);
+            return streamed(walk, item, close);
         }
     }
     out.push_str(&close(&walk.service, &walk.pager));
