@@ -433,7 +433,6 @@ async fn run(config: Config) -> Result<(), String> {
             .max_body_bytes
             .unwrap_or(config.max_value_bytes.saturating_add(1 << 20)),
         replication,
-        inline_writes: config.durability != Durability::Always,
     });
     let addr = SocketAddr::new(config.bind, config.port);
     let listener = tokio::net::TcpListener::bind(addr)

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use kv_domain::{BatchOp, Engine, EngineError, Entry, KeyRange, Lsn, Value, WriteBatch};
+use kv_domain::{BatchOp, Engine, EngineError, Entry, KeyRange, Lsn, Value, Write, WriteBatch};
 
 use crate::Limits;
 
@@ -118,10 +118,67 @@ impl KvService {
         Ok(())
     }
 
+    /// The service limits a write must pass (the engine then applies its own, see
+    /// [`kv_domain::check_batch`]).
+    fn check_write(&self, write: &Write<'_>) -> Result<(), AppError> {
+        match *write {
+            Write::Put { key, value } => {
+                self.check_key(key)?;
+                self.check_value(key, value)
+            }
+            Write::Delete { key } => self.check_key(key),
+            Write::Batch(batch) => {
+                if batch.len() > self.limits.max_batch_ops {
+                    return Err(AppError::BatchTooLarge {
+                        len: batch.len(),
+                        max: self.limits.max_batch_ops,
+                    });
+                }
+                for op in batch.ops() {
+                    self.check_key(op.key())?;
+                    if let BatchOp::Put { key, value } = op {
+                        self.check_value(key, value)?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Any write ([`KvService::put`], [`KvService::delete`], [`KvService::batch_put`]) for async callers,
+    /// with no thread waiting for it: validated, handed to [`Engine::submit`], and awaited on a channel.
+    /// `on_ack` runs with the LSN as soon as the engine acknowledges the write, even if this future was
+    /// dropped by then (a request that timed out): once submitted, a write completes whatever happens to
+    /// its caller, and whoever waits for its LSN must still learn of it. Dropping the future before its
+    /// first poll writes nothing.
+    pub async fn write(
+        &self,
+        write: Write<'_>,
+        on_ack: impl FnOnce(Lsn) + Send + 'static,
+    ) -> Result<Lsn, AppError> {
+        self.check_write(&write)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.engine.submit(
+            write,
+            Box::new(move |result| {
+                if let Ok(lsn) = result {
+                    on_ack(lsn);
+                }
+                // The receiver is gone when the caller gave up; the write stands all the same.
+                let _ = tx.send(result);
+            }),
+        );
+        match rx.await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(AppError::Engine(EngineError::Poisoned {
+                reason: "the engine dropped a write without answering it".into(),
+            })),
+        }
+    }
+
     /// Stores `value` under `key` (overwriting).
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<Lsn, AppError> {
-        self.check_key(key)?;
-        self.check_value(key, value)?;
+        self.check_write(&Write::Put { key, value })?;
         Ok(self.engine.put(key, value)?)
     }
 
@@ -154,18 +211,7 @@ impl KvService {
     /// Applies every operation of `batch` atomically. Every key and value is validated first: one invalid
     /// operation rejects the whole batch and nothing is written.
     pub fn batch_put(&self, batch: &WriteBatch) -> Result<Lsn, AppError> {
-        if batch.len() > self.limits.max_batch_ops {
-            return Err(AppError::BatchTooLarge {
-                len: batch.len(),
-                max: self.limits.max_batch_ops,
-            });
-        }
-        for op in batch.ops() {
-            self.check_key(op.key())?;
-            if let BatchOp::Put { key, value } = op {
-                self.check_value(key, value)?;
-            }
-        }
+        self.check_write(&Write::Batch(batch))?;
         Ok(self.engine.write_batch(batch)?)
     }
 
@@ -176,7 +222,7 @@ impl KvService {
 
     /// Deletes `key`; succeeds whether or not it exists.
     pub fn delete(&self, key: &[u8]) -> Result<Lsn, AppError> {
-        self.check_key(key)?;
+        self.check_write(&Write::Delete { key })?;
         Ok(self.engine.delete(key)?)
     }
 }
@@ -263,5 +309,120 @@ mod tests {
             s.read_range(b"z", b"a", 10),
             Err(AppError::InvertedRange { .. })
         ));
+    }
+
+    /// A [`MemoryEngine`] whose `submit` applies the write at once but answers only when told to, as an
+    /// engine waiting for its group commit does.
+    #[derive(Default)]
+    struct Deferred {
+        inner: MemoryEngine,
+        answers: std::sync::Mutex<Vec<(kv_domain::EngineResult<Lsn>, kv_domain::WriteDone)>>,
+    }
+
+    impl Deferred {
+        fn answer_all(&self) -> usize {
+            let answers = std::mem::take(&mut *self.answers.lock().unwrap());
+            let n = answers.len();
+            answers.into_iter().for_each(|(result, done)| done(result));
+            n
+        }
+    }
+
+    impl Engine for Deferred {
+        fn put(&self, key: &[u8], value: &[u8]) -> kv_domain::EngineResult<Lsn> {
+            self.inner.put(key, value)
+        }
+        fn submit(&self, write: Write<'_>, done: kv_domain::WriteDone) {
+            let result = match write {
+                Write::Put { key, value } => self.inner.put(key, value),
+                Write::Delete { key } => self.inner.delete(key),
+                Write::Batch(b) => self.inner.write_batch(b),
+            };
+            self.answers.lock().unwrap().push((result, done));
+        }
+        fn get(&self, key: &[u8]) -> kv_domain::EngineResult<Option<Value>> {
+            self.inner.get(key)
+        }
+        fn delete(&self, key: &[u8]) -> kv_domain::EngineResult<Lsn> {
+            self.inner.delete(key)
+        }
+        fn write_batch(&self, batch: &WriteBatch) -> kv_domain::EngineResult<Lsn> {
+            self.inner.write_batch(batch)
+        }
+        fn scan(&self, range: &KeyRange, limit: usize) -> kv_domain::EngineResult<Vec<Entry>> {
+            self.inner.scan(range, limit)
+        }
+        fn scan_keys(&self, range: &KeyRange, limit: usize) -> kv_domain::EngineResult<Vec<Key>> {
+            self.inner.scan_keys(range, limit)
+        }
+        fn last_lsn(&self) -> Lsn {
+            self.inner.last_lsn()
+        }
+        fn sync(&self) -> kv_domain::EngineResult<()> {
+            self.inner.sync()
+        }
+        fn status(&self) -> kv_domain::EngineStatus {
+            self.inner.status()
+        }
+        fn compact(&self) -> kv_domain::EngineResult<kv_domain::CompactionStats> {
+            self.inner.compact()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_async_write_is_validated_then_answered_when_the_engine_acknowledges() {
+        let engine = Arc::new(Deferred::default());
+        let s = KvService::new(engine.clone(), small());
+        let acked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = |acked: &Arc<std::sync::Mutex<Vec<Lsn>>>| {
+            let acked = Arc::clone(acked);
+            move |lsn| acked.lock().unwrap().push(lsn)
+        };
+        // Refused by the service limits: nothing reaches the engine.
+        let refused = s
+            .write(
+                Write::Put {
+                    key: b"toolong",
+                    value: b"v",
+                },
+                record(&acked),
+            )
+            .await;
+        assert!(matches!(
+            refused,
+            Err(AppError::KeyTooLarge { len: 7, max: 4 })
+        ));
+        assert_eq!(engine.answer_all(), 0, "a refused write is never submitted");
+
+        // The caller gives up before the engine answers (a request timeout): the write stands, and the
+        // acknowledgement hook still runs when the engine answers.
+        let gave_up = tokio::time::timeout(
+            std::time::Duration::from_millis(20),
+            s.write(
+                Write::Put {
+                    key: b"k",
+                    value: b"v",
+                },
+                record(&acked),
+            ),
+        )
+        .await;
+        assert!(gave_up.is_err(), "no answer before the engine acknowledges");
+        assert!(acked.lock().unwrap().is_empty());
+        assert_eq!(engine.answer_all(), 1);
+        assert_eq!(*acked.lock().unwrap(), vec![Lsn(1)]);
+
+        // A caller that waits gets the LSN.
+        let waiting = {
+            let s = s.clone();
+            let hook = record(&acked);
+            tokio::spawn(async move { s.write(Write::Delete { key: b"k" }, hook).await })
+        };
+        while engine.answer_all() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(waiting.await.unwrap().unwrap(), Lsn(2));
+        assert_eq!(*acked.lock().unwrap(), vec![Lsn(1), Lsn(2)]);
+        assert_eq!(engine.get(b"k").unwrap(), None);
     }
 }

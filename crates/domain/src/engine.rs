@@ -130,6 +130,29 @@ pub fn check_batch(ops: &[BatchOp]) -> EngineResult<()> {
     Ok(())
 }
 
+/// One write for [`Engine::submit`].
+#[derive(Clone, Copy, Debug)]
+pub enum Write<'a> {
+    /// [`Engine::put`].
+    Put {
+        /// The key.
+        key: &'a [u8],
+        /// The value.
+        value: &'a [u8],
+    },
+    /// [`Engine::delete`].
+    Delete {
+        /// The key.
+        key: &'a [u8],
+    },
+    /// [`Engine::write_batch`].
+    Batch(&'a WriteBatch),
+}
+
+/// Called exactly once with the outcome of a [`Engine::submit`]ted write. It may run on an engine thread
+/// while other writes wait for it, so it must not block (send on a channel, advance a counter).
+pub type WriteDone = Box<dyn FnOnce(EngineResult<Lsn>) + Send>;
+
 /// A persistent, ordered key/value store.
 ///
 /// **Durability contract:** a write is durable once its method returns `Ok` when the engine runs with
@@ -147,11 +170,24 @@ pub fn check_batch(ops: &[BatchOp]) -> EngineResult<()> {
 /// fails [`check_batch`]. A scan of an empty range ([`KeyRange::is_empty`]) returns no entry.
 ///
 /// The trait is dyn-compatible: the layers above hold an `Arc<dyn Engine>`. Methods block (they do file
-/// I/O), so async callers run them on a blocking thread. Replication needs more of an engine: see
+/// I/O), so async callers run them on a blocking thread, or write through [`Engine::submit`]. Replication needs more of an engine: see
 /// [`crate::LogShipping`].
 pub trait Engine: Send + Sync {
     /// Sets `key` to `value`, returning the write's LSN.
     fn put(&self, key: &[u8], value: &[u8]) -> EngineResult<Lsn>;
+
+    /// The write without a thread waiting for it: accepts `write` (or refuses it) now and calls `done`
+    /// with the outcome exactly when the blocking method would have returned it, durable and visible
+    /// under the same contract. An engine whose writes wait for an fsync calls `done` later, from its own
+    /// thread, so an async caller awaits a channel instead of holding a blocking thread per write. The
+    /// default runs the blocking method and calls `done` before returning.
+    fn submit(&self, write: Write<'_>, done: WriteDone) {
+        done(match write {
+            Write::Put { key, value } => self.put(key, value),
+            Write::Delete { key } => self.delete(key),
+            Write::Batch(batch) => self.write_batch(batch),
+        })
+    }
 
     /// The latest value of `key`, or `None` if it is absent or deleted.
     fn get(&self, key: &[u8]) -> EngineResult<Option<Value>>;

@@ -27,8 +27,8 @@ mod ports;
 mod replication;
 
 pub use engine::{
-    check_batch, check_record, write_cost, Engine, KeyRange, BATCH_COST, MAX_KEY_LEN,
-    MAX_VALUE_LEN, MAX_WRITE_COST, OP_COST,
+    check_batch, check_record, write_cost, Engine, KeyRange, Write, WriteDone, BATCH_COST,
+    MAX_KEY_LEN, MAX_VALUE_LEN, MAX_WRITE_COST, OP_COST,
 };
 pub use entities::{
     BatchOp, CompactionStats, Durability, EngineStatus, Entry, GroupCommitStats, Key, Location,

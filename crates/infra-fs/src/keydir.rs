@@ -1,5 +1,5 @@
 //! Keydir updates: the one place that changes the keydir for a record, shared by recovery (replaying the
-//! log), the write path (`never`/`interval` writers) and group commit (the sync leader publishing a
+//! log), the write path (`never`/`interval` writers) and group commit (the commit thread publishing a
 //! group). Each update also counts, in the [`Garbage`] ledger, the bytes it makes obsolete, so the two
 //! never disagree. Compaction's remapping is the other keydir mutation: a compare-and-swap of a location
 //! that moves a live record to its compacted copy; it books the copy that lost (the input's, or a stale

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{contents, sim_options, Model};
-use kv_domain::{Durability, Engine, EngineError};
+use kv_domain::{Durability, Engine, EngineError, Write};
 use kv_infra_fs::sim::{Faults, SimFs};
 use kv_infra_fs::{FsEngine, Options};
 
@@ -376,4 +376,131 @@ fn a_clean_store_on_a_full_disk_opens_and_serves_reads() {
         engine.put(b"x", b"y"),
         Err(EngineError::DiskFull { .. })
     ));
+}
+
+/// What `Engine::submit` callbacks reported: each write's key, value and outcome, in callback order.
+type Outcomes = Arc<std::sync::Mutex<Vec<(Vec<u8>, Vec<u8>, Result<u64, EngineError>)>>>;
+
+/// Submits `key = value` and records its outcome in `outcomes` when the callback runs.
+fn submit(engine: &FsEngine, outcomes: &Outcomes, key: Vec<u8>, value: Vec<u8>) {
+    let record = Arc::clone(outcomes);
+    let write = Write::Put {
+        key: &key,
+        value: &value,
+    };
+    let (k, v) = (key.clone(), value.clone());
+    engine.submit(
+        write,
+        Box::new(move |result| {
+            record.lock().unwrap().push((k, v, result.map(|lsn| lsn.0)));
+        }),
+    );
+}
+
+#[test]
+fn a_submitted_write_is_acknowledged_only_once_durable_and_visible() {
+    let fs = SimFs::new();
+    let engine = Arc::new(open(&fs, Durability::Always));
+    let checked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    for i in 0..40u32 {
+        let (key, value) = (format!("k{i}").into_bytes(), format!("v{i}").into_bytes());
+        let (engine2, fs2, checked2) = (Arc::clone(&engine), fs.clone(), Arc::clone(&checked));
+        let (k, v) = (key.clone(), value.clone());
+        // The check runs inside the callback, at the moment of acknowledgement: a power loss then keeps
+        // the write, and readers already see it.
+        engine.submit(
+            Write::Put {
+                key: &key,
+                value: &value,
+            },
+            Box::new(move |result| {
+                let lsn = result.unwrap();
+                let visible = engine2.get(&k).unwrap().map(|got| got.as_bytes() == v);
+                let survivor = reopen_after_power_loss(&fs2);
+                let durable = survivor.get(&k).unwrap().map(|got| got.as_bytes() == v);
+                checked2.lock().unwrap().push((lsn.0, visible, durable));
+            }),
+        );
+    }
+    engine.sync().unwrap();
+    let checked = checked.lock().unwrap().clone();
+    assert_eq!(checked.len(), 40, "every callback ran exactly once");
+    let mut lsns: Vec<u64> = checked.iter().map(|c| c.0).collect();
+    lsns.sort_unstable();
+    assert_eq!(lsns, (1..=40).collect::<Vec<_>>(), "one LSN per write");
+    for (lsn, visible, durable) in checked {
+        assert_eq!(visible, Some(true), "LSN {lsn} visible when acknowledged");
+        assert_eq!(durable, Some(true), "LSN {lsn} durable when acknowledged");
+    }
+}
+
+#[test]
+fn a_failed_group_fails_its_submitted_writes_and_poisons() {
+    for fail_at in [1, 2, 5] {
+        let fs = SimFs::new();
+        let engine = open(&fs, Durability::Always);
+        fs.set_faults(Faults {
+            fail_sync_number: Some(fs.syncs() + fail_at),
+            ..Faults::default()
+        });
+        let outcomes: Outcomes = Arc::default();
+        for i in 0..200u32 {
+            let (k, v) = (
+                format!("k{}", i % 13).into_bytes(),
+                format!("v{i}").into_bytes(),
+            );
+            submit(&engine, &outcomes, k, v);
+            // Waiting for each write keeps the groups small, so the failing sync is reached.
+            let _ = engine.sync();
+        }
+        let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
+        assert_eq!(outcomes.len(), 200, "sync #{fail_at}: every callback ran");
+        let first_err = outcomes
+            .iter()
+            .position(|o| o.2.is_err())
+            .expect("the injected failure fails a write");
+        let failed = &outcomes[first_err].2;
+        assert!(
+            matches!(failed, Err(EngineError::Io { .. })) && format!("{failed:?}").contains("EIO"),
+            "sync #{fail_at}: the failed group reports the I/O error: {failed:?}"
+        );
+        assert!(
+            outcomes[first_err + 1..]
+                .iter()
+                .all(|o| matches!(o.2, Err(EngineError::Poisoned { .. }))),
+            "sync #{fail_at}: every later write is refused as poisoned"
+        );
+        let mut model = Model::new();
+        for (k, v, _) in &outcomes[..first_err] {
+            model.insert(k.clone(), v.clone());
+        }
+        assert_fail_stop(&fs, &engine, &model);
+    }
+}
+
+#[test]
+fn dropping_the_engine_completes_the_writes_still_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let outcomes: Outcomes = Arc::default();
+    {
+        let engine = FsEngine::open(dir.path(), Options::default()).unwrap();
+        for i in 0..100u32 {
+            submit(
+                &engine,
+                &outcomes,
+                format!("k{i}").into_bytes(),
+                b"v".to_vec(),
+            );
+        }
+    }
+    let outcomes = outcomes.lock().unwrap();
+    assert_eq!(outcomes.len(), 100, "no callback is lost on drop");
+    assert!(
+        outcomes.iter().all(|o| o.2.is_ok()),
+        "the final sync made them durable"
+    );
+    let engine = FsEngine::open(dir.path(), Options::default()).unwrap();
+    for (k, _, _) in outcomes.iter() {
+        assert!(engine.get(k).unwrap().is_some());
+    }
 }

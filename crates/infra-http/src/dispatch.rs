@@ -56,7 +56,6 @@ async fn route_request(
         hub: repl.hub().map(AsRef::as_ref),
         written: &repl.written,
         max_body: state.max_body_bytes,
-        inline: state.inline_writes,
     };
     let service = &state.service;
     match route {

@@ -20,7 +20,4 @@ pub struct ServerState {
     pub max_body_bytes: usize,
     /// Leader or follower, and the replication state.
     pub replication: Replication,
-    /// Run writes on the async workers instead of the blocking pool: true only when writes never wait for
-    /// an fsync (durability `never` or `interval`).
-    pub inline_writes: bool,
 }

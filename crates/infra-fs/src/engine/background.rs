@@ -52,10 +52,9 @@ pub(super) fn start(inner: &Arc<Inner>) -> Vec<Task> {
 
 /// One tick of the interval syncer: makes everything written so far durable.
 fn interval_sync(inner: &Inner) {
-    let target = inner.writer.lock().last_lsn;
     if inner.poison.get().is_none() {
         // A failure poisons the engine and is reported to writers; nothing to do here.
-        let _ = inner.sync_to(target);
+        let _ = inner.sync_all();
     }
 }
 

@@ -82,13 +82,13 @@ pub(super) fn compact(inner: &Inner, seal_active: bool) -> EngineResult<Compacti
     }
     let (active_id, accepted) = {
         let w = inner.writer.lock();
-        (w.active.id, w.last_lsn)
+        (w.active.id, w.accepted)
     };
     // IMPORTANT: in `always` mode a write sealed into an input by a rotation may still wait for its group
     // commit to publish it in the keydir. Wait until every write accepted so far is published, or the
     // keydir walk below would miss it and retiring its segment would lose an acknowledged write. Writes
     // accepted from now on go to the active segment or later ones, which are not inputs.
-    inner.sync_to(accepted)?;
+    inner.sync_through(accepted)?;
     let sealed: Vec<Arc<Segment>> = inner
         .segments
         .read()

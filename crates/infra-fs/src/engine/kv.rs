@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 
 use kv_domain::{
     CompactionStats, Engine, EngineResult, EngineStatus, Entry, GroupCommitStats, Key, KeyRange,
-    Lsn, Value, WriteBatch,
+    Lsn, Value, Write, WriteBatch, WriteDone,
 };
 
 use super::{compaction, FsEngine};
@@ -13,6 +13,15 @@ use crate::codec::WriteOp;
 impl Engine for FsEngine {
     fn put(&self, key: &[u8], value: &[u8]) -> EngineResult<Lsn> {
         self.inner.write(WriteOp::Put(key, value))
+    }
+
+    fn submit(&self, write: Write<'_>, done: WriteDone) {
+        let op = match write {
+            Write::Put { key, value } => WriteOp::Put(key, value),
+            Write::Delete { key } => WriteOp::Delete(key),
+            Write::Batch(batch) => WriteOp::Batch(batch.ops()),
+        };
+        self.inner.submit(op, done)
     }
 
     fn get(&self, key: &[u8]) -> EngineResult<Option<Value>> {
@@ -73,8 +82,7 @@ impl Engine for FsEngine {
 
     fn sync(&self) -> EngineResult<()> {
         self.inner.poisoned()?;
-        let target = self.inner.writer.lock().last_lsn;
-        self.inner.sync_to(target)
+        self.inner.sync_all()
     }
 
     /// Merges the sealed segments that hold garbage into new segments holding only live records, sealing

@@ -13,12 +13,12 @@
 //! - `never` / `interval`: the records are `pwrite`n in one call and the keydir is updated under the same
 //!   lock; the write is acknowledged once it has reached the OS, so it survives a process crash.
 //! - `always` (group commit): the records are appended to an in-memory group buffer and their keydir
-//!   updates queued; the writer then waits until its LSN is durable. The first waiter becomes the *sync
-//!   leader*: under the writer lock it `pwrite`s the whole buffer (one call for the group) and takes the
-//!   queue; then, without the lock, it `fdatasync`s once for everyone in the group, publishes the queued
-//!   keydir updates in LSN order, and unparks exactly the waiters now durable (plus one to lead the next
-//!   group). Writers keep appending while the leader syncs, forming the next group. No reader ever sees a
-//!   write before it is durable.
+//!   updates queued; the writer then waits until it is durable, parked (`put`) or with a callback
+//!   (`submit`, the async path: no thread waits). The commit thread, under the writer lock, `pwrite`s the
+//!   whole buffer (one call for the group) and takes the queue; then, without the lock, it `fdatasync`s
+//!   once for everyone in the group, publishes the queued keydir updates in LSN order, and completes
+//!   exactly the waiters now durable. Writers keep appending while it syncs, forming the next group. No
+//!   reader ever sees a write before it is durable.
 //!
 //! ## Fail-stop
 //! A failed `pwrite`, `fdatasync`, or rotation poisons the engine: the failure is recorded once, every
@@ -38,7 +38,7 @@
 //! ## Where each concern lives
 //! - `open.rs`: opening (recovery wiring, the active segment, the manifest), closing, dropping;
 //! - `write.rs`: the write path (validation, LSN assignment, encoding, `never`/`interval` publishing);
-//! - `group_commit.rs`: `always` mode's shared fsync and the publishing of its group;
+//! - `group_commit.rs`: the commit thread: every fsync a waiter asks for, and `always` mode's publishing;
 //! - `segments.rs`: creating and rotating segments, and recording the segment set in the manifest;
 //! - `read.rs`: the read path (keydir lookup to verified value);
 //! - `fail_stop.rs`: poisoning and the read-only state;
@@ -54,7 +54,7 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
 use kv_domain::{CompactionStats, GroupCommitStats, Location, OrderedIndex, RecoveryReport};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::codec::RecordKind;
 use crate::garbage::Garbage;
@@ -80,6 +80,8 @@ pub struct FsEngine {
     inner: Arc<Inner>,
     /// Background threads (interval syncer, compactor) and their stop flags.
     background: Vec<(Arc<AtomicBool>, JoinHandle<()>)>,
+    /// The commit thread (see `group_commit.rs`); stopped last, after the final sync.
+    commit: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for FsEngine {
@@ -96,7 +98,7 @@ struct Inner {
     opts: Options,
     /// Bounds the open segment descriptors.
     budget: Arc<FdBudget>,
-    /// The keydir. Mutated under the `publish` lock, by the writer (never/interval), the sync leader
+    /// The keydir. Mutated under the `publish` lock, by the writer (never/interval), the commit thread
     /// (always) or compaction's remapping.
     index: Box<dyn OrderedIndex>,
     /// Every segment by id. Readers clone an `Arc<Segment>` out and drop the guard before any I/O.
@@ -104,11 +106,16 @@ struct Inner {
     /// The single-writer state. A `parking_lot` mutex: held for one `pwrite` (plus a rotation now and then),
     /// never across an fsync of a group.
     writer: Mutex<Writer>,
-    /// Group-commit coordination; separate from `writer` so that writers can append while a leader syncs.
-    sync: Mutex<SyncState>,
+    /// Group-commit coordination with the commit thread; separate from `writer` so that writers can append
+    /// while a group syncs (see `group_commit.rs`).
+    sync: Mutex<group_commit::SyncState>,
+    /// Wakes the idle commit thread when a waiter arrives.
+    commit_wake: Condvar,
     /// Everything up to this LSN is durable.
     durable_lsn: AtomicU64,
-    /// Serialises keydir mutations between the writer (`never`/`interval`), the sync leader (`always`) and
+    /// Every accepted write up to this number ([`Writer::accepted`]) is durable and visible.
+    durable_seq: AtomicU64,
+    /// Serialises keydir mutations between the writer (`never`/`interval`), the commit thread (`always`) and
     /// compaction's remapping, so a remap can never overwrite a newer location; it guards the per-segment
     /// garbage ledger, which every keydir mutation updates (`garbage_bytes` mirrors its total).
     publish: Mutex<Garbage>,
@@ -148,6 +155,8 @@ struct Writer {
     offset: u64,
     /// LSN of the latest write accepted (in the file, or in `buf` in `always` mode).
     last_lsn: u64,
+    /// How many writes were accepted since open: what durability waiters wait for (see `group_commit.rs`).
+    accepted: u64,
     /// `always` mode: encoded records of the current group, not yet written to the file.
     buf: Vec<u8>,
     /// File offset where `buf` starts.
@@ -162,12 +171,4 @@ struct PendingUpdate {
     key: Box<[u8]>,
     location: Location,
     kind: RecordKind,
-}
-
-#[derive(Default)]
-struct SyncState {
-    /// A leader is syncing a group.
-    syncing: bool,
-    /// Parked writers and the LSN each waits for.
-    waiters: Vec<(u64, std::thread::Thread)>,
 }

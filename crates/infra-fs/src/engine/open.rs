@@ -16,7 +16,7 @@ use kv_domain::{CompactionStats, Engine, EngineError, EngineResult, OrderedIndex
 use parking_lot::{Mutex, RwLock};
 
 use super::segments::create_segment;
-use super::{background, history, FsEngine, Inner, SyncState, Writer};
+use super::{background, group_commit, history, FsEngine, Inner, Writer};
 use crate::codec::SEGMENT_HEADER_LEN;
 use crate::garbage::Garbage;
 use crate::options::Options;
@@ -64,8 +64,14 @@ impl FsEngine {
             lock,
         };
         let inner = Arc::new(assemble(parts, active, rec)?);
+        let commit = group_commit::start(&inner)
+            .map_err(|e| EngineError::io("starting the commit thread", e))?;
         let background = background::start(&inner);
-        Ok(Self { inner, background })
+        Ok(Self {
+            inner,
+            background,
+            commit: Some(commit),
+        })
     }
 
     /// Makes everything durable, stops the background threads and releases the directory lock, reporting
@@ -110,10 +116,12 @@ impl Drop for FsEngine {
     fn drop(&mut self) {
         self.stop_background();
         if self.inner.poison.get().is_none() {
-            let target = self.inner.writer.lock().last_lsn;
-            if let Err(e) = self.inner.sync_to(target) {
+            if let Err(e) = self.inner.sync_all() {
                 tracing::error!("final sync on close failed: {e}");
             }
+        }
+        if let Some(commit) = self.commit.take() {
+            group_commit::stop(&self.inner, commit);
         }
     }
 }
@@ -262,13 +270,16 @@ fn assemble(p: Parts, active: Active, rec: Recovered) -> EngineResult<Inner> {
             active_file,
             offset,
             last_lsn: rec.last_lsn,
+            accepted: 0,
             buf: Vec::new(),
             buf_start: offset,
             pending: Vec::new(),
             scratch: Vec::new(),
         }),
-        sync: Mutex::new(SyncState::default()),
+        sync: Mutex::new(group_commit::SyncState::default()),
+        commit_wake: parking_lot::Condvar::new(),
         durable_lsn: AtomicU64::new(rec.last_lsn),
+        durable_seq: AtomicU64::new(0),
         garbage_bytes: AtomicU64::new(p.garbage.total()),
         compactor_ticks: AtomicU64::new(0),
         publish: Mutex::new(p.garbage),

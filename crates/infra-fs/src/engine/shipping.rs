@@ -53,12 +53,12 @@ impl LogShipping for FsEngine {
                 };
                 // write_at refuses an LSN below the last one (or equal, for a batch), so concurrent
                 // writers could not reorder it.
-                last = Some(i.write_at(op, Some(e.lsn.0), false)?);
+                last = Some(i.write_at(op, Some(e.lsn.0))?);
                 Ok(())
             });
         // The entries before a refused one stay written: make them durable and visible like the others
         // (in `always` mode they would otherwise wait for the next group commit).
-        let synced = last.map_or(Ok(()), |lsn| i.sync_to(lsn.0));
+        let synced = last.map_or(Ok(()), |at| i.sync_through(at.seq));
         written.and(synced)?;
         Ok(self.last_lsn())
     }
@@ -70,10 +70,11 @@ impl LogShipping for FsEngine {
                 BatchOp::Put { key, value } => WriteOp::Put(key, value),
                 BatchOp::Delete { key } => WriteOp::Delete(key),
             };
-            i.write_at(op, Some(at.0), false).map(drop)
+            i.write_at(op, Some(at.0)).map(drop)
         });
-        // Also after a refused op: the ops before it stay written, durable and visible.
-        let synced = i.sync_forced();
+        // Also after a refused op: the ops before it stay written, durable and visible. (Every page is
+        // written at one LSN: waiting by accepted-write number, not LSN, is what makes this sync.)
+        let synced = i.sync_all();
         written.and(synced)
     }
 }

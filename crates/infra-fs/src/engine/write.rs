@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 
 use kv_domain::{check_batch, check_record, Durability, EngineError, EngineResult, Location, Lsn};
 
+use super::group_commit::Done;
 use super::{Inner, PendingUpdate};
 use crate::codec::{u32_field, WriteOp, SEGMENT_HEADER_LEN};
 use crate::keydir::{apply_update, Update};
@@ -18,23 +19,43 @@ fn validate(op: &WriteOp<'_>) -> EngineResult<()> {
     }
 }
 
+/// A write the engine accepted: its LSN and its number among the writes accepted since open (what
+/// durability waits are for, see `group_commit.rs`).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Accepted {
+    pub(super) lsn: Lsn,
+    pub(super) seq: u64,
+}
+
 impl Inner {
-    /// Writes `op` at the next LSN and, in `always` mode, waits until it is durable.
+    /// Writes `op` at the next LSN and, in `always` mode, blocks until it is durable.
     pub(super) fn write(&self, op: WriteOp<'_>) -> EngineResult<Lsn> {
-        self.write_at(op, None, true)
+        let at = self.write_at(op, None)?;
+        if self.opts.durability == Durability::Always {
+            self.sync_through(at.seq)?;
+        }
+        Ok(at.lsn)
+    }
+
+    /// Writes `op` at the next LSN and calls `done` with its LSN once it is acknowledged: in `always` mode
+    /// from the commit thread once durable, in the other modes at once. Never blocks on an fsync (a
+    /// rotation aside), so async workers call it directly.
+    pub(super) fn submit(&self, op: WriteOp<'_>, done: Done) {
+        match self.write_at(op, None) {
+            Ok(at) if self.opts.durability == Durability::Always => {
+                self.on_durable(at.seq, at.lsn, done)
+            }
+            Ok(at) => done(Ok(at.lsn)),
+            Err(e) => done(Err(e)),
+        }
     }
 
     /// Writes `op` with the LSN `at` (replication: the leader's LSN; it may equal the last one for a single
     /// record, as every page of a snapshot does, but a batch must be strictly above it, the invariant
-    /// recovery checks) or else the next LSN. With `wait`
-    /// false, `always` mode returns before the group commit: the caller syncs (and until then the write
-    /// is neither durable nor visible).
-    pub(super) fn write_at(
-        &self,
-        op: WriteOp<'_>,
-        at: Option<u64>,
-        wait: bool,
-    ) -> EngineResult<Lsn> {
+    /// recovery checks) or else the next LSN. In `always` mode it returns before the group commit: the
+    /// caller waits with `sync_through` or `on_durable` (until then the write is neither durable nor
+    /// visible).
+    pub(super) fn write_at(&self, op: WriteOp<'_>, at: Option<u64>) -> EngineResult<Accepted> {
         validate(&op)?;
         self.writable()?;
         let always = self.opts.durability == Durability::Always;
@@ -76,7 +97,7 @@ impl Inner {
             len: u32_field(len),
         };
         if always {
-            // Group commit: append to the shared buffer; the sync leader writes and fsyncs it for everyone.
+            // Group commit: append to the shared buffer; the commit thread writes and fsyncs it for everyone.
             if w.buf.is_empty() {
                 w.buf_start = base;
             }
@@ -113,12 +134,11 @@ impl Inner {
             drop(garbage);
             self.acked_lsn.store(lsn, Ordering::Release);
         }
+        w.accepted += 1;
+        let seq = w.accepted;
         drop(w);
         self.disk_bytes.fetch_add(total, Ordering::Relaxed);
-        if always && wait {
-            self.sync_to(lsn)?;
-        }
         self.writes.fetch_add(1, Ordering::Relaxed);
-        Ok(Lsn(lsn))
+        Ok(Accepted { lsn: Lsn(lsn), seq })
     }
 }

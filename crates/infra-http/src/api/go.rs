@@ -11,7 +11,7 @@
 
 use hyper::{Method, Request, Response, StatusCode};
 use kv_app::{KvService, Pager};
-use kv_domain::{Entry, KeyRange, WriteBatch};
+use kv_domain::{Entry, KeyRange, Write, WriteBatch};
 use serde::Deserialize;
 
 use super::write::Writes;
@@ -44,7 +44,10 @@ pub async fn put(w: Writes<'_>, req: Request<RequestBody>) -> Result<Response<Bo
     };
     let payload = body.key.len() + value.len();
     let lsn = w
-        .run(move |s| s.put(body.key.as_bytes(), value.as_bytes()))
+        .submit(Write::Put {
+            key: body.key.as_bytes(),
+            value: value.as_bytes(),
+        })
         .await?;
     Ok(w.written(lsn, payload).await)
 }
@@ -80,16 +83,16 @@ pub async fn batch_put(
         payload += k.len() + v.len();
         batch.put(k, v);
     }
-    let lsn = w.run(move |s| s.batch_put(&batch)).await?;
+    let lsn = w.submit(Write::Batch(&batch)).await?;
     Ok(w.written(lsn, payload).await)
 }
 
 /// `POST|DELETE /delete`.
 pub async fn delete(w: Writes<'_>, req: &Request<RequestBody>) -> Result<Response<Body>, ApiError> {
     let params = query(req.uri())?;
-    let key = required(&params, "key")?.to_vec();
+    let key = required(&params, "key")?;
     let payload = key.len();
-    let lsn = w.run(move |s| s.delete(&key)).await?;
+    let lsn = w.submit(Write::Delete { key }).await?;
     Ok(w.written(lsn, payload).await)
 }
 

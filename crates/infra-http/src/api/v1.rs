@@ -11,7 +11,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use hyper::{Method, Request, Response};
 use kv_app::{AppError, KvService, Pager};
-use kv_domain::{Entry, Key, KeyRange};
+use kv_domain::{Entry, Key, KeyRange, Write};
 
 use super::write::Writes;
 use crate::body::{read_body, RequestBody};
@@ -37,14 +37,19 @@ pub async fn kv_key(w: Writes<'_>, req: Request<RequestBody>) -> Result<Response
         Method::GET | Method::HEAD => Ok(response::value(w.service.read(&key)?)),
         Method::DELETE => {
             let payload = key.len();
-            let lsn = w.run(move |s| s.delete(&key)).await?;
+            let lsn = w.submit(Write::Delete { key: &key }).await?;
             Ok(w.written(lsn, payload).await)
         }
         _ => {
             let (parts, body) = req.into_parts();
             let value = read_body(&parts.headers, body, w.max_body).await?;
             let payload = key.len() + value.len();
-            let lsn = w.run(move |s| s.put(&key, &value)).await?;
+            let lsn = w
+                .submit(Write::Put {
+                    key: &key,
+                    value: &value,
+                })
+                .await?;
             Ok(w.written(lsn, payload).await)
         }
     }

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use hyper::{Response, StatusCode};
-use kv_app::{replicate_write, AppError, KvService, WriteOutcome};
-use kv_domain::{FollowerAcks, Lsn};
+use kv_app::{replicate_write, KvService, WriteOutcome};
+use kv_domain::{FollowerAcks, Lsn, Write};
 
 use crate::applied::LsnSignal;
 use crate::error::{ApiError, Body};
@@ -22,40 +22,21 @@ pub struct Writes<'a> {
     pub written: &'a Arc<LsnSignal>,
     /// Largest request body accepted, in bytes.
     pub max_body: usize,
-    /// Run writes on the async workers (see [`Writes::run`]).
-    pub inline: bool,
 }
 
 impl Writes<'_> {
-    /// Runs a write and signals its LSN to waiting min-LSN reads as soon as the engine acknowledged it. When
-    /// the durability mode makes writes wait for an fsync, it runs on the blocking pool so the async workers
-    /// stay free; otherwise a write is one `pwrite` (microseconds) and runs inline, which is cheaper than
-    /// the hop to another thread. The signal is sent where the write finishes, not after this future
-    /// resumes: a request that timed out is dropped while its write still completes on the pool, and a
-    /// read waiting for that LSN must still wake.
-    pub async fn run(
-        &self,
-        f: impl FnOnce(KvService) -> Result<Lsn, AppError> + Send + 'static,
-    ) -> Result<Lsn, ApiError> {
-        let service = self.service.clone();
+    /// Runs a write and signals its LSN to waiting min-LSN reads as soon as the engine acknowledged it.
+    /// Nothing waits on a thread: the engine accepts the write on this async worker (a `pwrite`, or an
+    /// append to the group-commit buffer) and answers on a channel when it is durable (see
+    /// [`KvService::write`]). The signal is sent where the engine acknowledges, not after this future
+    /// resumes: a request that timed out is dropped while its write still completes, and a read waiting
+    /// for that LSN must still wake.
+    pub async fn submit(&self, write: Write<'_>) -> Result<Lsn, ApiError> {
         let signal = Arc::clone(self.written);
-        let write = move || {
-            let lsn = f(service)?;
-            signal.advance(lsn);
-            Ok::<Lsn, AppError>(lsn)
-        };
-        if self.inline {
-            return write().map_err(ApiError::from);
-        }
-        tokio::task::spawn_blocking(write)
-            .await
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("request task failed: {e}"),
-                )
-            })?
-            .map_err(ApiError::from)
+        Ok(self
+            .service
+            .write(write, move |lsn| signal.advance(lsn))
+            .await?)
     }
 
     /// The answer to a write that the engine acknowledged at `lsn` (`payload`: its key and value bytes). On a
