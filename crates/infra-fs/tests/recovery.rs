@@ -202,6 +202,55 @@ fn damage_found_on_the_read_path_is_an_error_never_wrong_bytes() {
     }
 }
 
+/// A scan reads runs of neighbouring records with one `pread` (`engine/read.rs`): a flipped byte in any
+/// record of such a run is still an error naming that record, never a wrong value or a skipped key.
+#[test]
+fn damage_inside_a_coalesced_scan_is_an_error_naming_the_record() {
+    let fs = SimFs::new();
+    let engine = open(&fs, 1 << 20).unwrap();
+    let mut batch = WriteBatch::new();
+    for i in 0..20 {
+        batch.put(format!("k{i:02}"), format!("value {i:02}"));
+    }
+    engine.write_batch(&batch).unwrap();
+    let all = kv_domain::KeyRange::all();
+    assert_eq!(engine.scan(&all, 100).unwrap().len(), 20);
+    let seg = segments(&fs).pop().unwrap();
+    let clean = fs.read_file(&seg).unwrap();
+    // Record i of the batch: the value is the last bytes of each record; flip one in the first, a middle
+    // and the last record of the run.
+    let starts: Vec<usize> = (0..20)
+        .map(|i| {
+            let needle = format!("value {i:02}");
+            clean
+                .windows(needle.len())
+                .rposition(|w| w == needle.as_bytes())
+                .unwrap()
+        })
+        .collect();
+    for i in [0, 9, 19] {
+        let mut bytes = clean.clone();
+        bytes[starts[i]] ^= 0x01;
+        fs.set_file(&seg, bytes);
+        match engine.scan(&all, 100) {
+            Err(EngineError::Corrupted { file, offset, .. }) => {
+                assert_eq!(file, segment_name(FIRST_SEGMENT_ID));
+                assert!(
+                    offset < starts[i] as u64 && starts[i] as u64 - offset < 64,
+                    "record {i}: offset {offset} names the damaged record (value at {})",
+                    starts[i]
+                );
+            }
+            other => panic!("record {i}: expected corruption, got {other:?}"),
+        }
+        // Single reads of the other keys are unaffected.
+        let other = format!("k{:02}", (i + 1) % 20);
+        assert!(engine.get(other.as_bytes()).unwrap().is_some());
+    }
+    fs.set_file(&seg, clean);
+    assert_eq!(engine.scan(&all, 100).unwrap().len(), 20);
+}
+
 #[test]
 fn a_newest_segment_with_a_torn_header_is_set_aside() {
     let fs = SimFs::new();

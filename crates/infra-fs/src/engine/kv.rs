@@ -53,11 +53,7 @@ impl Engine for FsEngine {
             let Some(last) = listed.last().map(|(k, _)| k.clone()) else {
                 break;
             };
-            for (key, loc) in listed {
-                if let Some(value) = self.inner.read_current(&key, loc)? {
-                    out.push(Entry { key, value });
-                }
-            }
+            out.extend(self.inner.read_listed(listed)?);
             if exhausted {
                 break;
             }
