@@ -57,9 +57,8 @@ impl Walk {
     }
 }
 
-/// The answer to a range walk: `open`, each entry as `item` writes it straight into the response buffer
-/// (`sent`: entries written before it, for separators; no intermediate value per entry), then what
-/// `close` returns; `what` names the route in the log line of an abort.
+/// The answer to a range walk: `open`, each entry as `item` writes it (`sent`: entries written before it,
+/// for separators), then what `close` returns; `what` names the route in the log line of an abort.
 ///
 /// A walk whose first page was its last (most ranges: up to a page of entries) is answered from memory
 /// with one buffer and no hop to the blocking pool (sent with a `Content-Length`); a longer one is
@@ -70,7 +69,7 @@ fn answer_walk(
     walk: Walk,
     head: bool,
     open: &'static str,
-    mut item: impl FnMut(&kv_domain::Entry, usize, &mut Vec<u8>) -> std::io::Result<()> + Send + 'static,
+    mut item: impl FnMut(&kv_domain::Entry, usize, &mut String) -> std::io::Result<()> + Send + 'static,
     close: impl FnOnce(&kv_app::KvService, &kv_app::Pager) -> String + Send + 'static,
 ) -> hyper::Response<crate::error::Body> {
     if head {
@@ -85,14 +84,14 @@ fn answer_walk(
     if !walk.pager.is_done() {
         return streamed(walk, item, close);
     }
-    let mut out = Vec::from(open);
+    let mut out = String::from(open);
     for (sent, e) in walk.first.iter().enumerate() {
         if item(e, sent, &mut out).is_err() {
             // Rare (a value /readrange cannot carry): the streamed path meets the same entry and aborts.
             return streamed(walk, item, close);
         }
     }
-    out.extend_from_slice(close(&walk.service, &walk.pager).as_bytes());
+    out.push_str(&close(&walk.service, &walk.pager));
     crate::response::full_json(out)
 }
 
@@ -107,7 +106,7 @@ fn stream_pages(
     walk: Walk,
     tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
     open: &'static str,
-    mut item: impl FnMut(&kv_domain::Entry, usize, &mut Vec<u8>) -> std::io::Result<()> + Send + 'static,
+    mut item: impl FnMut(&kv_domain::Entry, usize, &mut String) -> std::io::Result<()> + Send + 'static,
     close: impl FnOnce(&kv_app::KvService, &kv_app::Pager) -> String + Send + 'static,
 ) {
     use bytes::Bytes;
@@ -119,8 +118,8 @@ fn stream_pages(
     } = walk;
     tokio::task::spawn_blocking(move || {
         let mut sent = 0usize;
-        let mut out = Vec::from(open);
-        let send = |out: &mut Vec<u8>| {
+        let mut out = String::from(open);
+        let send = |out: &mut String| {
             tx.blocking_send(Ok(Bytes::from(std::mem::take(out))))
                 .is_ok()
         };
@@ -150,7 +149,7 @@ fn stream_pages(
                 }
             }
         }
-        out.extend_from_slice(close(&service, &pager).as_bytes());
+        out.push_str(&close(&service, &pager));
         send(&mut out);
     });
 }
