@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help run-leader run-follower docker compose-up compose-down bench-replication soak-replication check test test-steps test-clean lint bench bench-engine bench-index bench-http bench-goals larger-than-ram soak fmt clean-bench
+.PHONY: help run-leader run-follower docker compose-up compose-down bench-replication soak-replication check test test-steps test-clean lint bench bench-engine bench-index bench-http bench-goals bench-rss larger-than-ram soak fmt clean-bench
 
 PORT ?= 8080
 DATA ?= ./data
@@ -122,6 +122,9 @@ bench-http: ## HTTP load with wrk against kv-server and a bare hyper ceiling ser
 
 bench-goals: ## The performance issue's goals as ratios in one sitting: ceiling, kv-server both modes, Redis (installs wrk, redis)
 	bench/http/goals.py
+
+bench-rss: ## Server RSS after 2 M puts over 1 M keys (goal 8 of the performance issue; installs wrk)
+	bench/http/rss.py
 
 bench-replication: ## Leader throughput with 0-4 followers (async, N=1), lag under steady load, catch-up of 1 M writes
 	bench/replication/run.sh
