@@ -585,6 +585,22 @@ async fn clients_that_stop_reading_lose_their_slot_after_the_write_timeout() {
         .await
         .expect("a third client was locked out by two clients that do not read");
     assert_eq!((served.status, served.text().as_str()), (200, "OK"));
+    // Each stalled connection is closed once its own write has waited for the write timeout. Wait for both
+    // before reading them: reading lets a response move again, and the detector then rightly spares it (a
+    // race this test lost when one response's wait began a few milliseconds after the other's: that
+    // client then read the whole response and its connection ended only at the header timeout).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = s.get("/metrics").await.text();
+        if metrics.contains("kv_http_stalled_connections_closed_total 2") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stall detector did not close both connections: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The stalled connections were closed: reading them ends (after what was buffered) instead of hanging.
     for mut c in stalled {
         let mut sink = vec![0u8; 1 << 16];
@@ -599,9 +615,4 @@ async fn clients_that_stop_reading_lose_their_slot_after_the_write_timeout() {
         .await;
         assert!(ended.is_ok(), "a stalled connection was left open");
     }
-    let metrics = s.get("/metrics").await.text();
-    assert!(
-        metrics.contains("kv_http_stalled_connections_closed_total 2"),
-        "{metrics}"
-    );
 }
