@@ -1,4 +1,4 @@
-//! Strict JSON request objects.
+//! Strict JSON request objects, and JSON strings written straight into response buffers.
 //!
 //! `serde_json::Map` keeps the last of repeated keys without a word, so `{"a":"1","a":"2"}` would store one
 //! pair and lose the other silently. [`StringPairs`] reads the object with its own visitor and refuses a
@@ -8,6 +8,13 @@ use std::collections::btree_map::{BTreeMap, Entry};
 use std::fmt;
 
 use serde::de::{Deserialize, Deserializer, Error as _, MapAccess, Visitor};
+
+/// Appends `s` to `out` as a JSON string literal, quoted and escaped by serde_json, with no intermediate
+/// `String` or `serde_json::Value` (a range answer writes two per entry).
+pub fn write_str(out: &mut Vec<u8>, s: &str) {
+    // Cannot fail: serialising a `str` only fails when the writer does, and writing to a `Vec` never does.
+    let _ = serde_json::to_writer(out, s);
+}
 
 /// A JSON object whose values are all strings and whose keys are all distinct (the `/batchput` body).
 /// Invariant: no key appears twice in the document it was read from.

@@ -27,7 +27,7 @@ pub fn json(value: &serde_json::Value) -> Response<Body> {
 }
 
 /// A 200 JSON response of the already serialised `body`.
-pub fn full_json(body: String) -> Response<Body> {
+pub fn full_json(body: impl Into<bytes::Bytes>) -> Response<Body> {
     let mut resp = Response::new(full(body));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

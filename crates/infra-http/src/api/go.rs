@@ -101,8 +101,8 @@ pub fn health_check() -> Response<Body> {
     response::text(StatusCode::OK, "OK")
 }
 
-fn utf8(bytes: &[u8], what: &str) -> Result<String, std::io::Error> {
-    String::from_utf8(bytes.to_vec()).map_err(|_| {
+fn utf8<'a>(bytes: &'a [u8], what: &str) -> Result<&'a str, std::io::Error> {
+    std::str::from_utf8(bytes).map_err(|_| {
         std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{what} is not valid UTF-8; /readrange serves text only, use GET /v1/kv?encoding=base64"))
     })
 }
@@ -120,15 +120,15 @@ pub fn read_range(
     // Validate (bounds order) and fetch the first page before answering 200, so bad input gets its status.
     let walk = super::Walk::start(service, KeyRange::inclusive(start, end), limit)?;
     let head = req.method() == Method::HEAD;
-    let item = |e: &Entry, sent: usize, out: &mut String| {
+    let item = |e: &Entry, sent: usize, out: &mut Vec<u8>| {
         let k = utf8(&e.key, "a key")?;
         let v = utf8(&e.value, &format!("the value of key {k:?}"))?;
         if sent > 0 {
-            out.push(',');
+            out.push(b',');
         }
-        out.push_str(&serde_json::Value::String(k).to_string());
-        out.push(':');
-        out.push_str(&serde_json::Value::String(v).to_string());
+        crate::json::write_str(out, k);
+        out.push(b':');
+        crate::json::write_str(out, v);
         Ok(())
     };
     let close = |_: &KvService, _: &Pager| String::from("}");

@@ -57,8 +57,9 @@ impl Walk {
     }
 }
 
-/// The answer to a range walk: `open`, each entry as `item` writes it (`sent`: entries written before it,
-/// for separators), then what `close` returns; `what` names the route in the log line of an abort.
+/// The answer to a range walk: `open`, each entry as `item` writes it straight into the response buffer
+/// (`sent`: entries written before it, for separators; no intermediate value per entry), then what
+/// `close` returns; `what` names the route in the log line of an abort.
 ///
 /// A walk whose first page was its last (most ranges: up to a page of entries) is answered from memory
 /// with one buffer and no hop to the blocking pool (sent with a `Content-Length`); a longer one is
@@ -69,7 +70,7 @@ fn answer_walk(
     walk: Walk,
     head: bool,
     open: &'static str,
-    mut item: impl FnMut(&kv_domain::Entry, usize, &mut String) -> std::io::Result<()> + Send + 'static,
+    mut item: impl FnMut(&kv_domain::Entry, usize, &mut Vec<u8>) -> std::io::Result<()> + Send + 'static,
     close: impl FnOnce(&kv_app::KvService, &kv_app::Pager) -> String + Send + 'static,
 ) -> hyper::Response<crate::error::Body> {
     if head {
@@ -84,14 +85,14 @@ fn answer_walk(
     if !walk.pager.is_done() {
         return streamed(walk, item, close);
     }
-    let mut out = String::from(open);
+    let mut out = Vec::from(open);
     for (sent, e) in walk.first.iter().enumerate() {
         if item(e, sent, &mut out).is_err() {
             // Rare (a value /readrange cannot carry): the streamed path meets the same entry and aborts.
             return streamed(walk, item, close);
         }
     }
-    out.push_str(&close(&walk.service, &walk.pager));
+    out.extend_from_slice(close(&walk.service, &walk.pager).as_bytes());
     crate::response::full_json(out)
 }
 
@@ -106,7 +107,7 @@ fn stream_pages(
     walk: Walk,
     tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
     open: &'static str,
-    mut item: impl FnMut(&kv_domain::Entry, usize, &mut String) -> std::io::Result<()> + Send + 'static,
+    mut item: impl FnMut(&kv_domain::Entry, usize, &mut Vec<u8>) -> std::io::Result<()> + Send + 'static,
     close: impl FnOnce(&kv_app::KvService, &kv_app::Pager) -> String + Send + 'static,
 ) {
     use bytes::Bytes;
@@ -118,8 +119,8 @@ fn stream_pages(
     } = walk;
     tokio::task::spawn_blocking(move || {
         let mut sent = 0usize;
-        let mut out = String::from(open);
-        let send = |out: &mut String| {
+        let mut out = Vec::from(open);
+        let send = |out: &mut Vec<u8>| {
             tx.blocking_send(Ok(Bytes::from(std::mem::take(out))))
                 .is_ok()
         };
@@ -149,7 +150,7 @@ fn stream_pages(
                 }
             }
         }
-        out.push_str(&close(&service, &pager));
+        out.extend_from_slice(close(&service, &pager).as_bytes());
         send(&mut out);
     });
 }

@@ -55,18 +55,20 @@ pub async fn kv_key(w: Writes<'_>, req: Request<RequestBody>) -> Result<Response
     }
 }
 
-fn encoded_field(name: &str, bytes: &[u8], force_base64: bool) -> String {
+/// Writes `"name":"..."` for `bytes`: as a JSON string when it is UTF-8 (and base64 is not forced), else
+/// as `"name_base64":"..."`.
+fn write_field(out: &mut Vec<u8>, name: &str, bytes: &[u8], force_base64: bool) {
     match (force_base64, std::str::from_utf8(bytes)) {
-        (false, Ok(s)) => format!(
-            "{}:{}",
-            serde_json::Value::String(name.into()),
-            serde_json::Value::String(s.into())
-        ),
-        _ => format!(
-            "{}:{}",
-            serde_json::Value::String(format!("{name}_base64")),
-            serde_json::Value::String(STANDARD.encode(bytes))
-        ),
+        (false, Ok(s)) => {
+            crate::json::write_str(out, name);
+            out.push(b':');
+            crate::json::write_str(out, s);
+        }
+        _ => {
+            crate::json::write_str(out, &format!("{name}_base64"));
+            out.push(b':');
+            crate::json::write_str(out, &STANDARD.encode(bytes));
+        }
     }
 }
 
@@ -106,15 +108,15 @@ pub fn listing(
     }
     let walk = super::Walk::start(service, range, limit)?;
     let head = req.method() == Method::HEAD;
-    let item = move |e: &Entry, sent: usize, out: &mut String| {
+    let item = move |e: &Entry, sent: usize, out: &mut Vec<u8>| {
         if sent > 0 {
-            out.push(',');
+            out.push(b',');
         }
-        out.push('{');
-        out.push_str(&encoded_field("key", &e.key, force_base64));
-        out.push(',');
-        out.push_str(&encoded_field("value", &e.value, force_base64));
-        out.push('}');
+        out.push(b'{');
+        write_field(out, "key", &e.key, force_base64);
+        out.push(b',');
+        write_field(out, "value", &e.value, force_base64);
+        out.push(b'}');
         Ok(())
     };
     // A cursor only when the page is full and something follows it.
