@@ -150,7 +150,8 @@ pub enum Write<'a> {
 }
 
 /// Called exactly once with the outcome of a [`Engine::submit`]ted write. It may run on an engine thread
-/// while other writes wait for it, so it must not block (send on a channel, advance a counter).
+/// while other writes wait for it, so it must not block (send on a channel, advance a counter) nor call
+/// the same engine's write or sync methods (which would wait for that thread), and must not panic.
 pub type WriteDone = Box<dyn FnOnce(EngineResult<Lsn>) + Send>;
 
 /// A persistent, ordered key/value store.

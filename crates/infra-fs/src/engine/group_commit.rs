@@ -1,4 +1,5 @@
-//! Group commit: one commit thread makes accepted writes durable and visible, for every durability mode.
+//! Group commit: one commit thread makes accepted writes durable (and, in `always` mode, visible) for every
+//! durability mode.
 //!
 //! A write is *accepted* under the writer lock and numbered by [`Writer::accepted`] (a count of accepted
 //! writes, not an LSN: snapshot pages all share one LSN). Whoever needs it durable registers a
@@ -187,7 +188,12 @@ impl Inner {
         drop(garbage);
         self.acked_lsn.fetch_max(target, Ordering::AcqRel);
         let before = self.durable_lsn.fetch_max(target, Ordering::AcqRel);
-        self.durable_seq.fetch_max(seq, Ordering::AcqRel);
+        let synced_before = self.durable_seq.fetch_max(seq, Ordering::AcqRel);
+        if self.opts.durability == kv_domain::Durability::Always {
+            // The writes this group acknowledges (the other modes count theirs when written).
+            self.writes
+                .fetch_add(seq.saturating_sub(synced_before), Ordering::Relaxed);
+        }
         let size = target.saturating_sub(before);
         if size > 0 {
             let bucket = GroupCommitStats::BOUNDS

@@ -138,7 +138,10 @@ impl Inner {
         let seq = w.accepted;
         drop(w);
         self.disk_bytes.fetch_add(total, Ordering::Relaxed);
-        self.writes.fetch_add(1, Ordering::Relaxed);
+        if !always {
+            // Acknowledged now; an `always` write is counted by the group commit that acknowledges it.
+            self.writes.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(Accepted { lsn: Lsn(lsn), seq })
     }
 }
