@@ -504,3 +504,50 @@ fn dropping_the_engine_completes_the_writes_still_waiting() {
         assert!(engine.get(k).unwrap().is_some());
     }
 }
+
+/// The last handle to the engine can be dropped by a write's callback, which runs on the commit thread:
+/// closing must then neither wait for that thread (itself) nor lose the writes.
+#[test]
+fn a_callback_may_drop_the_last_handle_to_the_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let engine = Arc::new(FsEngine::open(dir.path(), Options::default()).unwrap());
+        for i in 0..50u32 {
+            let (held, tx) = (Arc::clone(&engine), tx.clone());
+            let key = format!("k{i}");
+            engine.submit(
+                Write::Put {
+                    key: key.as_bytes(),
+                    value: b"v",
+                },
+                Box::new(move |result| {
+                    // Dropped first: a close that waited for this thread, or joined it, would keep the
+                    // answer from being sent.
+                    drop(held);
+                    let _ = tx.send(result.map(|lsn| lsn.0));
+                }),
+            );
+        }
+        // Dropped here, while callbacks still hold clones: one of them drops the last.
+    }
+    drop(tx);
+    let answered: Vec<_> =
+        std::iter::from_fn(|| rx.recv_timeout(Duration::from_secs(10)).ok()).collect();
+    assert_eq!(answered.len(), 50, "every callback ran to its end");
+    assert!(answered.iter().all(Result::is_ok));
+    // The commit thread releases the directory once its callbacks are done.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let engine = loop {
+        match FsEngine::open(dir.path(), Options::default()) {
+            Ok(engine) => break engine,
+            Err(EngineError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => panic!("reopen: {e}"),
+        }
+    };
+    for i in 0..50u32 {
+        assert!(engine.get(format!("k{i}").as_bytes()).unwrap().is_some());
+    }
+}

@@ -61,6 +61,16 @@ impl Inner {
         written.map_err(|e| self.io_failure(format!("appending to {}", w.active.name), e))
     }
 
+    /// The sync on close: through the commit thread, or, when closing on the commit thread itself (the
+    /// last handle dropped by a callback, between two groups), one group right here.
+    pub(super) fn final_sync(&self, on_commit_thread: bool) -> EngineResult<()> {
+        if on_commit_thread {
+            self.sync_group()
+        } else {
+            self.sync_all()
+        }
+    }
+
     /// Blocks until every write accepted so far is durable and visible.
     pub(super) fn sync_all(&self) -> EngineResult<()> {
         let target = self.writer.lock().accepted;
@@ -235,9 +245,12 @@ pub(super) fn start(inner: &Arc<Inner>) -> std::io::Result<JoinHandle<()>> {
         .spawn(move || inner.commit_loop())
 }
 
-/// Asks the commit thread to exit once nobody waits, and joins it.
-pub(super) fn stop(inner: &Inner, handle: JoinHandle<()>) {
+/// Asks the commit thread to exit once nobody waits, and joins it if `join` (not when called on the commit
+/// thread itself).
+pub(super) fn stop(inner: &Inner, handle: JoinHandle<()>, join: bool) {
     inner.sync.lock().stop = true;
     inner.commit_wake.notify_one();
-    let _ = handle.join();
+    if join {
+        let _ = handle.join();
+    }
 }

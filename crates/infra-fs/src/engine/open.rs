@@ -115,13 +115,20 @@ impl FsEngine {
 impl Drop for FsEngine {
     fn drop(&mut self) {
         self.stop_background();
+        // The last handle may be dropped by a write's callback, on the commit thread itself: waiting for
+        // that thread (a sync through it, or a join) would then wait forever, so it syncs inline instead
+        // and the thread exits by itself once its callbacks are done.
+        let on_commit_thread = self
+            .commit
+            .as_ref()
+            .is_some_and(|h| h.thread().id() == std::thread::current().id());
         if self.inner.poison.get().is_none() {
-            if let Err(e) = self.inner.sync_all() {
+            if let Err(e) = self.inner.final_sync(on_commit_thread) {
                 tracing::error!("final sync on close failed: {e}");
             }
         }
         if let Some(commit) = self.commit.take() {
-            group_commit::stop(&self.inner, commit);
+            group_commit::stop(&self.inner, commit, !on_commit_thread);
         }
     }
 }
