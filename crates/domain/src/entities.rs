@@ -192,9 +192,10 @@ pub enum Durability {
     /// `fdatasync` every `ms` milliseconds. A process crash loses nothing that reached the OS; power loss may
     /// lose up to the last interval of acknowledged writes.
     Interval { ms: u64 },
-    /// Never `fdatasync` on its own (only on rotation, close and an explicit sync). A write is acknowledged
-    /// once its one `pwrite` has handed it to the OS (the engine buffers nothing), so a process crash loses
-    /// nothing; power loss may lose anything the OS had not written back.
+    /// Never wait for an `fdatasync`: the file engine syncs on rotation, close and an explicit sync, and in
+    /// the background once per MiB written (so a rotation has little left to flush), but acknowledges a
+    /// write once its one `pwrite` has handed it to the OS (the engine buffers nothing), so a process crash
+    /// loses nothing; power loss may lose anything not yet synced.
     Never,
 }
 

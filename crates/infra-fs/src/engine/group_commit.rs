@@ -14,6 +14,9 @@
 //! cannot lead (it would block an async worker for an fsync), and parking one blocking-pool thread per
 //! waiting request cost 64 threads and two context switches per write at 64 connections on 2 cores.
 //!
+//! It also runs syncs nobody waits for (`request_sync`): in `never`/`interval` mode writers ask for one
+//! every [`BACKGROUND_SYNC_BYTES`], so a rotation's fsync under the writer lock finds little to flush.
+//!
 //! Invariants: `durable_seq` only grows and never passes `Writer::accepted`; a waiter is completed once,
 //! with `Ok` only if its number is at or below `durable_seq`; a failed group poisons the engine and every
 //! waiter gets its error (later ones the poison); the thread exits only when asked to and nobody waits.
@@ -45,6 +48,8 @@ pub(super) struct SyncState {
     waiters: Vec<Waiter>,
     /// The commit thread is asleep on `Inner::commit_wake`.
     idle: bool,
+    /// A sync nobody waits for was asked for (`request_sync`).
+    requested: bool,
     /// Set on close: the thread exits once nobody waits.
     stop: bool,
 }
@@ -120,6 +125,20 @@ impl Inner {
     /// Queues `waiter` and wakes the commit thread if it sleeps; completes it at once if its group
     /// finished meanwhile (`durable_seq` is advanced before the commit thread takes this lock, so a waiter
     /// queued after that check would otherwise cost an extra group).
+    /// Asks the commit thread for a sync that nobody waits for: `never`/`interval` writers call it every
+    /// [`BACKGROUND_SYNC_BYTES`] appended, so the active segment's dirty pages are flushed off the writer
+    /// lock as they accumulate and the fsync a rotation must do under the lock stays small. (Before, a
+    /// `never` rotation flushed a whole 64 MiB segment with every writer and both async workers stalled
+    /// behind it: the p99 of PUT at 64 connections was 13-15 ms, against 5-7 ms with these syncs.)
+    pub(super) fn request_sync(&self) {
+        let mut s = self.sync.lock();
+        s.requested = true;
+        if s.idle {
+            s.idle = false;
+            self.commit_wake.notify_one();
+        }
+    }
+
     fn enqueue(&self, waiter: Waiter) {
         let mut s = self.sync.lock();
         if self.durable_seq.load(Ordering::Acquire) >= waiter.seq {
@@ -138,14 +157,15 @@ impl Inner {
         loop {
             {
                 let mut s = self.sync.lock();
-                while s.waiters.is_empty() && !s.stop {
+                while s.waiters.is_empty() && !s.requested && !s.stop {
                     s.idle = true;
                     self.commit_wake.wait(&mut s);
                 }
                 s.idle = false;
-                if s.waiters.is_empty() {
+                if s.waiters.is_empty() && !s.requested {
                     return;
                 }
+                s.requested = false;
             }
             let result = self.sync_group();
             let durable = self.durable_seq.load(Ordering::Acquire);
@@ -235,6 +255,9 @@ fn copy_error(e: &EngineError) -> EngineError {
         },
     }
 }
+
+/// Bytes a `never`/`interval` writer appends between two background sync requests (see `request_sync`).
+pub(super) const BACKGROUND_SYNC_BYTES: u64 = 1 << 20;
 
 /// Starts the commit thread. It holds the engine until [`stop`] returns: the engine's drop stops it after
 /// its final sync.

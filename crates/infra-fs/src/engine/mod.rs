@@ -157,6 +157,8 @@ struct Writer {
     last_lsn: u64,
     /// How many writes were accepted since open: what durability waiters wait for (see `group_commit.rs`).
     accepted: u64,
+    /// `never`/`interval`: bytes appended since the last background sync request.
+    unsynced: u64,
     /// `always` mode: encoded records of the current group, not yet written to the file.
     buf: Vec<u8>,
     /// File offset where `buf` starts.

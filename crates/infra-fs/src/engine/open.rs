@@ -278,6 +278,7 @@ fn assemble(p: Parts, active: Active, rec: Recovered) -> EngineResult<Inner> {
             offset,
             last_lsn: rec.last_lsn,
             accepted: 0,
+            unsynced: 0,
             buf: Vec::new(),
             buf_start: offset,
             pending: Vec::new(),

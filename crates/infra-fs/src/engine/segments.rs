@@ -103,6 +103,7 @@ impl Inner {
         w.active = seg;
         w.active_file = file;
         w.offset = SEGMENT_HEADER_LEN as u64;
+        w.unsynced = 0;
         Ok(())
     }
 }

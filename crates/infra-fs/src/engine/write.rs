@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use kv_domain::{check_batch, check_record, Durability, EngineError, EngineResult, Location, Lsn};
 
-use super::group_commit::Done;
+use super::group_commit::{Done, BACKGROUND_SYNC_BYTES};
 use super::{Inner, PendingUpdate};
 use crate::codec::{u32_field, WriteOp, SEGMENT_HEADER_LEN};
 use crate::keydir::{apply_update, Update};
@@ -133,10 +133,18 @@ impl Inner {
             self.garbage_bytes.store(garbage.total(), Ordering::Relaxed);
             drop(garbage);
             self.acked_lsn.store(lsn, Ordering::Release);
+            w.unsynced += total;
+        }
+        let sync_soon = w.unsynced >= BACKGROUND_SYNC_BYTES;
+        if sync_soon {
+            w.unsynced = 0;
         }
         w.accepted += 1;
         let seq = w.accepted;
         drop(w);
+        if sync_soon {
+            self.request_sync();
+        }
         self.disk_bytes.fetch_add(total, Ordering::Relaxed);
         if !always {
             // Acknowledged now; an `always` write is counted by the group commit that acknowledges it.
