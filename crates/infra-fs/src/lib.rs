@@ -3,7 +3,8 @@
 //! The Bitcask-style storage of the Moniepoint storage engine: checksummed, append-only log segments
 //! ([`codec`], [`segment`]), crash recovery ([`recovery`]), the keydir implementations ([`index`]), and
 //! [`FsEngine`], which implements [`kv_domain::Engine`] over them with group commit and fail-stop I/O.
-//! All file I/O goes through the [`vfs`] seam; [`sim`] is a simulated file system for crash tests.
+//! All file I/O goes through the [`vfs`] seam (reads of segments through the memory maps of [`mapped`],
+//! the only `unsafe` code); [`sim`] is a simulated file system for crash tests.
 //! [`dump`] prints a segment record by record (golden tests, debugging).
 
 pub mod codec;
@@ -14,6 +15,7 @@ pub mod hint;
 pub mod index;
 mod keydir;
 pub mod manifest;
+pub mod mapped;
 pub mod meta;
 mod options;
 pub mod recovery;

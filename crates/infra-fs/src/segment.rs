@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use crate::codec::{
     decode_record, decode_record_header, DecodeError, Record, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
+use crate::mapped::Mapping;
 use crate::vfs::{FileHandle, FileSystem};
 
 /// File-name suffix of segment files.
@@ -37,9 +38,10 @@ pub fn parse_segment_name(name: &str) -> Option<u32> {
 
 /// A segment file. Sealed segments are immutable; the active one only grows, under the writer lock.
 ///
-/// Its descriptor is opened on demand and may be closed again by the [`FdBudget`] it belongs to, so the
-/// number of open descriptors stays bounded however many segments exist. A reader holds the `Arc` of the
-/// handle for the duration of one read, so closing never interrupts a read.
+/// Its descriptor (and its memory map, see [`crate::mapped`]) is opened on demand and may be closed again by
+/// the [`FdBudget`] it belongs to, so the number of open descriptors and of maps stays bounded however many
+/// segments exist. A reader holds the `Arc` of the handle or map for the duration of one read, so closing
+/// never interrupts a read.
 pub struct Segment {
     /// Segment id (also in its header and its file name).
     pub id: u32,
@@ -48,10 +50,24 @@ pub struct Segment {
     path: PathBuf,
     fs: Arc<dyn FileSystem>,
     budget: Arc<FdBudget>,
-    handle: Mutex<Option<Arc<dyn FileHandle>>>,
+    handle: Mutex<Option<Open>>,
     last_used: AtomicU64,
     /// The active segment is never closed by the budget.
     pinned: AtomicBool,
+}
+
+/// An open segment: its descriptor, and its map once a reader asked for one.
+struct Open {
+    file: Arc<dyn FileHandle>,
+    /// `None` until first asked for; `Some(None)` when the file system has no maps or mapping failed
+    /// (readers then `pread`, and mapping is not retried until the segment is reopened).
+    map: Option<Option<Arc<Mapping>>>,
+}
+
+impl Open {
+    fn new(file: Arc<dyn FileHandle>) -> Self {
+        Self { file, map: None }
+    }
 }
 
 impl std::fmt::Debug for Segment {
@@ -83,7 +99,7 @@ impl Segment {
             pinned: AtomicBool::new(false),
         });
         if let Some(h) = handle {
-            *seg.handle.lock() = Some(h);
+            *seg.handle.lock() = Some(Open::new(h));
             budget.admit(&seg);
         }
         seg
@@ -92,13 +108,45 @@ impl Segment {
     /// The open file, opening it (and perhaps closing the least recently used other segment) if needed.
     pub fn file(self: &Arc<Self>) -> io::Result<Arc<dyn FileHandle>> {
         self.last_used.store(self.budget.tick(), Ordering::Relaxed);
-        if let Some(h) = self.handle.lock().as_ref() {
-            return Ok(h.clone());
+        if let Some(open) = self.handle.lock().as_ref() {
+            return Ok(open.file.clone());
         }
         let h = self.fs.open(&self.path)?;
-        *self.handle.lock() = Some(h.clone());
+        *self.handle.lock() = Some(Open::new(h.clone()));
         self.budget.admit(self);
         Ok(h)
+    }
+
+    /// A read-only map of the file covering at least `reserve` bytes (the active segment's size limit, so
+    /// the map of a growing segment covers what it will hold), mapping it on first use; `None` where the
+    /// file system has no maps or mapping failed: the caller then reads with `pread`.
+    pub fn mapping(self: &Arc<Self>, reserve: u64) -> io::Result<Option<Arc<Mapping>>> {
+        if let Some(Open { map: Some(map), .. }) = self.handle.lock().as_ref() {
+            self.last_used.store(self.budget.tick(), Ordering::Relaxed);
+            return Ok(map.clone());
+        }
+        let file = self.file()?;
+        let map = match file.len() {
+            Ok(len) => match file.map(len.max(reserve)) {
+                Ok(map) => map.map(Arc::new),
+                Err(e) => {
+                    tracing::warn!(segment = %self.name, error = %e, "cannot map segment; reading with pread");
+                    None
+                }
+            },
+            Err(e) => return Err(e),
+        };
+        let mut handle = self.handle.lock();
+        match handle.as_mut() {
+            // Another reader mapped it meanwhile: keep one map.
+            Some(Open {
+                map: Some(kept), ..
+            }) => return Ok(kept.clone()),
+            Some(open) if Arc::ptr_eq(&open.file, &file) => open.map = Some(map.clone()),
+            // Closed (or closed and reopened) meanwhile: this map serves this read only.
+            _ => {}
+        }
+        Ok(map)
     }
 
     /// Keeps this segment's descriptor open whatever the budget (the active segment).

@@ -9,6 +9,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::mapped::Mapping;
+
 /// An open file. Positional I/O only (`pread`/`pwrite`), so one handle serves concurrent readers.
 #[expect(
     clippy::len_without_is_empty,
@@ -25,6 +27,13 @@ pub trait FileHandle: Send + Sync + Debug {
     fn len(&self) -> io::Result<u64>;
     /// Truncates or extends to `len` bytes.
     fn set_len(&self, len: u64) -> io::Result<()>;
+
+    /// A read-only memory map of the first `len` bytes (`len` may exceed the file's length; see
+    /// [`crate::mapped`] for when that is sound), or `None` where this file system has no maps (the
+    /// simulated one): readers then use [`FileHandle::read_at`].
+    fn map(&self, _len: u64) -> io::Result<Option<Mapping>> {
+        Ok(None)
+    }
 
     /// Reads exactly `buf.len()` bytes at `offset`, failing with `UnexpectedEof` if the file is shorter.
     fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
@@ -103,6 +112,9 @@ impl FileHandle for RealFile {
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.0.set_len(len)
+    }
+    fn map(&self, len: u64) -> io::Result<Option<Mapping>> {
+        Mapping::of(&self.0, len).map(Some)
     }
 }
 

@@ -1,7 +1,10 @@
 //! The read path: from the keydir's location to a verified value, one at a time (`get`) or a run of
 //! neighbours in one read (`scan`).
 //!
-//! Coalescing: a scan lists keys in order, and records of neighbouring keys are usually neighbours on
+//! Maps first: a segment is read through its memory map ([`crate::mapped`]), a copy out of the page cache
+//! without a system call, whenever it has one covering the record; otherwise with `pread`, below.
+//!
+//! Coalescing (the `pread` path): a scan lists keys in order, and records of neighbouring keys are usually neighbours on
 //! disk (compaction writes its outputs in key order; batches and sequential loads write runs of keys), so
 //! the locations of one segment that follow each other with gaps of at most [`MAX_GAP`] bytes are read
 //! with one `pread` of at most [`MAX_SPAN`] bytes, and each record is verified (CRC, kind, key) from that
@@ -13,6 +16,7 @@ use kv_domain::{EngineError, EngineResult, Entry, Key, Location, Value};
 
 use super::Inner;
 use crate::codec::{decode_record, RecordKind, RECORD_HEADER_LEN};
+use crate::mapped::Mapping;
 use crate::segment::{segment_name, Segment};
 
 /// Largest gap between two records read by one coalesced `pread` (bytes read and thrown away: cheaper
@@ -31,6 +35,14 @@ impl Inner {
     ) -> EngineResult<Option<Value>> {
         for _ in 0..8 {
             let seg = self.segments.read().get(&loc.segment).cloned();
+            if let Some(seg) = &seg {
+                if let Some(map) = self.mapping(seg)? {
+                    if let Some(bytes) = map.get(loc.offset as u64, loc.len) {
+                        let value = verify(seg, bytes, key, loc)?;
+                        return Ok(Some(Value::from(value.to_vec())));
+                    }
+                }
+            }
             // A segment retired (and deleted) by compaction after we looked it up reads as missing too.
             let file = match seg.as_ref().map(|s| s.file()) {
                 Some(Ok(file)) => Some(file),
@@ -70,6 +82,25 @@ impl Inner {
             let (this, after) = rest.split_at(run);
             rest = after;
             let seg = self.segments.read().get(&first.segment).cloned();
+            if let Some(seg) = &seg {
+                if let Some(map) = self.mapping(seg)? {
+                    for (key, loc) in this {
+                        let value = match map.get(loc.offset as u64, loc.len) {
+                            Some(bytes) => {
+                                Some(Value::from(verify(seg, bytes, key, *loc)?.to_vec()))
+                            }
+                            None => self.read_current(key, *loc)?,
+                        };
+                        if let Some(value) = value {
+                            out.push(Entry {
+                                key: key.clone(),
+                                value,
+                            });
+                        }
+                    }
+                    continue;
+                }
+            }
             let opened = match seg {
                 Some(seg) if run > 1 => seg.file().ok().map(|file| (seg, file)),
                 _ => None,
@@ -91,6 +122,16 @@ impl Inner {
             }
         }
         Ok(out)
+    }
+
+    /// `seg`'s memory map, or `None` when it has none (the file system has no maps, mapping failed, or the
+    /// segment was retired and deleted meanwhile: the `pread` path handles each case).
+    fn mapping(&self, seg: &Arc<Segment>) -> EngineResult<Option<Arc<Mapping>>> {
+        match seg.mapping(self.opts.max_segment_bytes) {
+            Ok(map) => Ok(map),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(EngineError::io(format!("mapping {}", seg.name), e)),
+        }
     }
 
     /// Reads the neighbouring records of `run` (one segment, see `run_len`) with one `pread`.
