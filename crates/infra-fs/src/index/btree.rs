@@ -46,6 +46,11 @@ impl OrderedIndex for BTreeIndex {
         self.map.write().remove(key)
     }
     fn get(&self, key: &[u8]) -> Option<Location> {
+        if key.len() <= InlineKey::INLINE {
+            // Searching by inline key compares words, not slices (see `InlineKey`'s `Ord`).
+            let key = InlineKey::from(key);
+            return self.map.read().get(&key).copied();
+        }
         self.map.read().get(key).copied()
     }
     fn range(&self, range: &KeyRange, limit: usize) -> Vec<(Key, Location)> {
