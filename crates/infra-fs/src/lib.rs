@@ -5,7 +5,8 @@
 //! [`FsEngine`], which implements [`kv_domain::Engine`] over them with group commit and fail-stop I/O.
 //! All file I/O goes through the [`vfs`] seam (reads of segments through the memory maps of [`mapped`],
 //! the only `unsafe` code); [`sim`] is a simulated file system for crash tests.
-//! [`dump`] prints a segment record by record (golden tests, debugging).
+//! [`dump`] prints a segment record by record (golden tests, debugging). [`raft_log`] is the Raft
+//! cluster's durable log and vote, on the same record format.
 
 pub mod codec;
 pub mod dump;
@@ -18,6 +19,7 @@ pub mod manifest;
 pub mod mapped;
 pub mod meta;
 mod options;
+pub mod raft_log;
 pub mod recovery;
 pub mod repair;
 pub mod segment;

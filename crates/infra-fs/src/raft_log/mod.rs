@@ -1,0 +1,381 @@
+//! [`RaftLog`]: a durable, checksummed log of consecutive numbered entries, and a vote, for the Raft
+//! cluster (`crates/infra-raft` adapts it to openraft's `RaftLogStorage`). It knows nothing of Raft's
+//! types: an entry is an index and opaque bytes, the vote and the purge marker are opaque bytes.
+//!
+//! ## Files, in `<data dir>/raft/`
+//! - Segments `NNNNNNNNNN.seg`, with the engine's segment header ([`crate::codec`]; its base LSN field holds
+//!   the index of the segment's first entry) and one put record per entry: LSN = the entry's index, key `e`,
+//!   value = the entry's bytes, CRC32C over it all. Ids count up from 1; a new segment starts when the
+//!   active one would pass `max_segment_bytes`, after a truncation emptied the log, or after a purge
+//!   removed the active one.
+//! - `VOTE`: the latest vote; `PURGED`: the index of the last purged entry, then the caller's marker (its
+//!   log id). Both are [`small_file`]s: replaced whole, atomically, checksummed.
+//!
+//! ## Invariants (what openraft's storage contract asks, and where it is kept)
+//! - **No holes**: entries are consecutive across all segments; `append` refuses an entry that does not
+//!   follow the last one, and recovery refuses a log with a gap (a missing segment file) as corrupt.
+//! - **Durable before acknowledged**: `append` and `truncate_from` return only after `fdatasync`;
+//!   `save_vote` only after its file and directory entry are durable.
+//! - **Truncation never leaves a hole**: whole segments are removed newest first (each removal made
+//!   durable before the next), then the segment holding the first removed entry is cut and fsynced, so a
+//!   crash in between leaves a prefix of the old log.
+//! - **Purge records before it deletes**: `PURGED` is stored first, then segments wholly at or below it
+//!   are removed oldest first; recovery finishes an interrupted purge and ignores entries at or below it.
+//! - **Only the newest segment can be torn**: a segment is fsynced before its successor is created; at
+//!   open, an invalid record in the newest segment is a torn, never-acknowledged tail and is cut
+//!   ([`LogRecovery::cut_bytes`]); anywhere else it is corruption and the open fails.
+//! - **Fail-stop**: after a failed write or sync the log refuses every later write (the kernel may have
+//!   dropped the dirty pages; a retry that succeeds proves nothing).
+
+mod recover;
+mod small_file;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kv_domain::{EngineError, EngineResult};
+
+use crate::codec::{decode_record, encode_record, encode_segment_header, RecordKind};
+use crate::codec::{RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
+use crate::segment::segment_name;
+use crate::vfs::{path_in, FileHandle, FileSystem, RealFs};
+
+pub use recover::LogRecovery;
+
+/// Key of every entry record.
+const ENTRY_KEY: &[u8] = b"e";
+const VOTE: &str = "VOTE";
+const PURGED: &str = "PURGED";
+
+/// Options of a [`RaftLog`].
+#[derive(Debug, Clone)]
+pub struct RaftLogOptions {
+    /// A new segment starts once the active one would grow past this many bytes.
+    pub max_segment_bytes: u64,
+    /// The file system (the real one, or a simulated one in tests).
+    pub fs: Arc<dyn FileSystem>,
+}
+
+impl Default for RaftLogOptions {
+    fn default() -> Self {
+        Self {
+            max_segment_bytes: 64 << 20,
+            fs: Arc::new(RealFs),
+        }
+    }
+}
+
+/// The last purged entry: its index and the caller's marker for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Purged {
+    /// Index of the last purged entry.
+    pub index: u64,
+    /// What the caller stored with it (openraft: the serialized log id).
+    pub marker: Vec<u8>,
+}
+
+/// One segment of the log.
+#[derive(Debug)]
+struct LogSegment {
+    id: u32,
+    file: Arc<dyn FileHandle>,
+    /// Index of `entries[0]` (or of the first entry to come, when empty).
+    first: u64,
+    /// Offset and length of each entry's record, in index order.
+    entries: Vec<(u64, u32)>,
+    /// Where the next record goes.
+    end: u64,
+}
+
+impl LogSegment {
+    fn last(&self) -> Option<u64> {
+        (!self.entries.is_empty()).then(|| self.first + self.entries.len() as u64 - 1)
+    }
+}
+
+/// See the module doc. Not internally synchronised: the caller serialises writes (openraft does) and
+/// wraps it in a lock to share it with readers.
+#[derive(Debug)]
+pub struct RaftLog {
+    dir: PathBuf,
+    opts: RaftLogOptions,
+    /// Oldest first; the last one is the active segment.
+    segments: Vec<LogSegment>,
+    purged: Option<Purged>,
+    vote: Option<Vec<u8>>,
+    /// Set by the first failed write or sync.
+    poison: Option<String>,
+}
+
+impl RaftLog {
+    /// Opens (creating if needed) the log in `dir`, recovering as the module doc says.
+    pub fn open(dir: impl AsRef<Path>, opts: RaftLogOptions) -> EngineResult<(Self, LogRecovery)> {
+        recover::open(dir.as_ref(), opts)
+    }
+
+    /// The index of the first entry held (after the purged ones), if any.
+    pub fn first_index(&self) -> Option<u64> {
+        let first = self.segments.iter().find(|s| !s.entries.is_empty())?.first;
+        let first = match &self.purged {
+            Some(p) => first.max(p.index + 1),
+            None => first,
+        };
+        (self.last_index()? >= first).then_some(first)
+    }
+
+    /// The index of the last entry held, if any.
+    pub fn last_index(&self) -> Option<u64> {
+        let last = self.segments.iter().rev().find_map(|s| s.last())?;
+        match &self.purged {
+            Some(p) if last <= p.index => None,
+            _ => Some(last),
+        }
+    }
+
+    /// The last purged entry, if any was purged.
+    pub fn purged(&self) -> Option<&Purged> {
+        self.purged.as_ref()
+    }
+
+    /// The vote last saved, if any.
+    pub fn vote(&self) -> Option<&[u8]> {
+        self.vote.as_deref()
+    }
+
+    /// Saves `vote` durably, replacing the previous one.
+    pub fn save_vote(&mut self, vote: &[u8]) -> EngineResult<()> {
+        self.check_writable()?;
+        small_file::store(&*self.opts.fs, &self.dir, VOTE, vote).inspect_err(|e| self.poison(e))?;
+        self.vote = Some(vote.to_vec());
+        Ok(())
+    }
+
+    /// Appends `entries` (index, bytes), which must be consecutive and follow the last entry held (or the
+    /// last purged one), durably: returns after `fdatasync`.
+    pub fn append<'a>(
+        &mut self,
+        entries: impl IntoIterator<Item = (u64, &'a [u8])>,
+    ) -> EngineResult<()> {
+        self.check_writable()?;
+        let mut next = self.next_index();
+        let mut buf = Vec::new();
+        // (index, offset in buf, length) of each encoded record.
+        let mut encoded: Vec<(u64, usize, u32)> = Vec::new();
+        for (index, bytes) in entries {
+            if let Some(want) = next {
+                if index != want {
+                    return Err(EngineError::InvalidInput(format!(
+                        "raft log: entry {index} appended where entry {want} must come next"
+                    )));
+                }
+            }
+            let at = buf.len();
+            let len = encode_record(&mut buf, RecordKind::Put, index, 0, ENTRY_KEY, bytes);
+            encoded.push((index, at, crate::codec::u32_field(len)));
+            next = Some(index + 1);
+        }
+        let Some(&(first_index, _, _)) = encoded.first() else {
+            return Ok(());
+        };
+        let active_full = self.segments.last().is_none_or(|s| {
+            !s.entries.is_empty() && s.end + buf.len() as u64 > self.opts.max_segment_bytes
+        });
+        if active_full {
+            self.start_segment(first_index)?;
+        }
+        let Some(seg) = self.segments.last_mut() else {
+            return Err(EngineError::Corrupted {
+                file: "raft".into(),
+                offset: 0,
+                reason: "no active segment after starting one".into(),
+            });
+        };
+        if seg.entries.is_empty() {
+            seg.first = first_index;
+        }
+        let start = seg.end;
+        let written = seg
+            .file
+            .write_all_at(&buf, start)
+            .and_then(|_| seg.file.sync_data());
+        if let Err(e) = written {
+            let err = EngineError::io(format!("appending to raft/{}", segment_name(seg.id)), e);
+            self.poison(&err);
+            return Err(err);
+        }
+        for (_, at, len) in encoded {
+            seg.entries.push((start + at as u64, len));
+        }
+        seg.end = start + buf.len() as u64;
+        Ok(())
+    }
+
+    /// The entries with indexes in `[from, to)` that the log holds, each verified (CRC, index).
+    pub fn entries(&self, from: u64, to: u64) -> EngineResult<Vec<(u64, Vec<u8>)>> {
+        let (Some(first), Some(last)) = (self.first_index(), self.last_index()) else {
+            return Ok(Vec::new());
+        };
+        let (from, to) = (from.max(first), to.min(last + 1));
+        let mut out = Vec::with_capacity(to.saturating_sub(from) as usize);
+        for seg in &self.segments {
+            let Some(seg_last) = seg.last() else { continue };
+            if seg_last < from || seg.first >= to {
+                continue;
+            }
+            for index in from.max(seg.first)..to.min(seg_last + 1) {
+                let (offset, len) = seg.entries[(index - seg.first) as usize];
+                let mut bytes = vec![0u8; len as usize];
+                let name = segment_name(seg.id);
+                seg.file
+                    .read_exact_at(&mut bytes, offset)
+                    .map_err(|e| EngineError::io(format!("reading raft/{name} at {offset}"), e))?;
+                let corrupt = |reason: String| EngineError::Corrupted {
+                    file: format!("raft/{name}"),
+                    offset,
+                    reason,
+                };
+                let rec = decode_record(&bytes).map_err(|e| corrupt(e.to_string()))?;
+                if rec.header.lsn != index || rec.header.kind != RecordKind::Put {
+                    return Err(corrupt(format!("expected entry {index}, found {rec:?}")));
+                }
+                let value_at = RECORD_HEADER_LEN + ENTRY_KEY.len();
+                bytes.drain(..value_at);
+                out.push((index, bytes));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes every entry from `index` on (inclusive), durably. A no-op past the last entry.
+    pub fn truncate_from(&mut self, index: u64) -> EngineResult<()> {
+        self.check_writable()?;
+        let fs = self.opts.fs.clone();
+        // Whole segments starting at or after `index`, newest first, each removal durable before the next.
+        while let Some(seg) = self.segments.last() {
+            if seg.entries.is_empty() || seg.first < index {
+                break;
+            }
+            let name = segment_name(seg.id);
+            fs.remove(&path_in(&self.dir, &name))
+                .and_then(|_| fs.sync_dir(&self.dir))
+                .map_err(|e| EngineError::io(format!("removing raft/{name}"), e))
+                .inspect_err(|e| self.poison(e))?;
+            self.segments.pop();
+        }
+        let Some(seg) = self.segments.last_mut() else {
+            return Ok(());
+        };
+        let Some(last) = seg.last() else {
+            return Ok(());
+        };
+        if index > last {
+            return Ok(());
+        }
+        let keep = (index - seg.first) as usize;
+        let cut_at = seg.entries[keep].0;
+        let name = segment_name(seg.id);
+        let cut = seg.file.set_len(cut_at).and_then(|_| seg.file.sync_data());
+        if let Err(e) = cut {
+            let err = EngineError::io(format!("truncating raft/{name}"), e);
+            self.poison(&err);
+            return Err(err);
+        }
+        seg.entries.truncate(keep);
+        seg.end = cut_at;
+        Ok(())
+    }
+
+    /// Removes every entry up to `index` (inclusive): stores `PURGED` (index and `marker`) first, then
+    /// deletes the segments wholly at or below it. `index` may lie past the last entry (a snapshot
+    /// installed beyond the log); the next append must then be `index + 1`.
+    pub fn purge_through(&mut self, index: u64, marker: &[u8]) -> EngineResult<()> {
+        self.check_writable()?;
+        if self.purged.as_ref().is_some_and(|p| p.index >= index) {
+            return Ok(());
+        }
+        let mut payload = index.to_le_bytes().to_vec();
+        payload.extend_from_slice(marker);
+        small_file::store(&*self.opts.fs, &self.dir, PURGED, &payload)
+            .inspect_err(|e| self.poison(e))?;
+        self.purged = Some(Purged {
+            index,
+            marker: marker.to_vec(),
+        });
+        self.remove_purged_segments()
+    }
+
+    /// Deletes, oldest first, the segments whose entries are all at or below the purge point (an empty
+    /// active segment is kept only if it starts after it).
+    fn remove_purged_segments(&mut self) -> EngineResult<()> {
+        let Some(purged) = self.purged.as_ref().map(|p| p.index) else {
+            return Ok(());
+        };
+        let fs = self.opts.fs.clone();
+        while let Some(seg) = self.segments.first() {
+            let wholly_purged = match seg.last() {
+                Some(last) => last <= purged,
+                None => seg.first <= purged,
+            };
+            if !wholly_purged {
+                break;
+            }
+            let name = segment_name(seg.id);
+            fs.remove(&path_in(&self.dir, &name))
+                .map_err(|e| EngineError::io(format!("removing raft/{name}"), e))
+                .inspect_err(|e| self.poison(e))?;
+            self.segments.remove(0);
+        }
+        fs.sync_dir(&self.dir)
+            .map_err(|e| EngineError::io("syncing raft/".to_string(), e))
+            .inspect_err(|e| self.poison(e))
+    }
+
+    /// Seals the active segment (already durable: every append fsynced it) and creates the next one,
+    /// header and directory entry durable, for entries from `first_index` on.
+    fn start_segment(&mut self, first_index: u64) -> EngineResult<()> {
+        let id = self.segments.last().map_or(1, |s| s.id + 1);
+        let name = segment_name(id);
+        let fs = self.opts.fs.clone();
+        let created = fs.create(&path_in(&self.dir, &name)).and_then(|file| {
+            // IMPORTANT: header durable, then the directory entry, before any entry is appended.
+            file.write_all_at(&encode_segment_header(id, first_index), 0)
+                .and_then(|_| file.sync_data())
+                .and_then(|_| fs.sync_dir(&self.dir))
+                .map(|_| file)
+        });
+        let file = created
+            .map_err(|e| EngineError::io(format!("creating raft/{name}"), e))
+            .inspect_err(|e| self.poison(e))?;
+        self.segments.push(LogSegment {
+            id,
+            file,
+            first: first_index,
+            entries: Vec::new(),
+            end: SEGMENT_HEADER_LEN as u64,
+        });
+        Ok(())
+    }
+
+    /// The index the next append must start at, if the log constrains it.
+    fn next_index(&self) -> Option<u64> {
+        self.last_index()
+            .or_else(|| self.purged.as_ref().map(|p| p.index))
+            .map(|i| i + 1)
+    }
+
+    fn check_writable(&self) -> EngineResult<()> {
+        match &self.poison {
+            Some(reason) => Err(EngineError::Poisoned {
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn poison(&mut self, e: &EngineError) {
+        if self.poison.is_none() {
+            tracing::error!(error = %e, "raft log: write failed; refusing further writes until reopened");
+            self.poison = Some(e.to_string());
+        }
+    }
+}

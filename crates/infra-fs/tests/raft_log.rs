@@ -1,0 +1,296 @@
+//! The Raft log (`kv_infra_fs::raft_log`): random histories of appends, truncations, purges and votes
+//! against a model, with a reopen now and then; simulated power loss at every sync point of each history;
+//! a torn tail, a damaged sealed segment and a missing segment; fail-stop after a failed sync.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use kv_domain::EngineError;
+use kv_infra_fs::raft_log::{RaftLog, RaftLogOptions};
+use kv_infra_fs::sim::{Faults, SimFs};
+use kv_infra_fs::vfs::FileSystem;
+use rand::{Rng, SeedableRng};
+
+const DIR: &str = "/data/raft";
+/// Small segments, so histories rotate, truncate across segments and purge whole ones.
+const SEGMENT: u64 = 300;
+
+fn opts(fs: &SimFs) -> RaftLogOptions {
+    RaftLogOptions {
+        max_segment_bytes: SEGMENT,
+        fs: Arc::new(fs.clone()),
+    }
+}
+
+fn open(fs: &SimFs) -> RaftLog {
+    RaftLog::open(DIR, opts(fs)).unwrap().0
+}
+
+/// What the log must hold after a sequence of acknowledged operations.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Model {
+    entries: BTreeMap<u64, Vec<u8>>,
+    purged: Option<u64>,
+    vote: Option<Vec<u8>>,
+}
+
+impl Model {
+    fn next(&self) -> u64 {
+        let last = self.entries.keys().next_back().copied();
+        match (last, self.purged) {
+            (Some(l), _) => l + 1,
+            (None, Some(p)) => p + 1,
+            (None, None) => 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Append(Vec<(u64, Vec<u8>)>),
+    TruncateFrom(u64),
+    PurgeThrough(u64),
+    Vote(Vec<u8>),
+}
+
+fn random_op(rng: &mut impl Rng, m: &Model) -> Op {
+    let next = m.next();
+    let floor = m.purged.map_or(0, |p| p + 1);
+    match rng.gen_range(0..10) {
+        0..=5 => {
+            let n = rng.gen_range(1..5);
+            Op::Append(
+                (next..next + n)
+                    .map(|i| {
+                        let len = rng.gen_range(0..60);
+                        (i, (0..len).map(|_| rng.gen()).collect())
+                    })
+                    .collect(),
+            )
+        }
+        6 if next > floor => Op::TruncateFrom(rng.gen_range(floor..=next)),
+        // Now and then past the last entry (a snapshot installed beyond the log).
+        7 if next > floor => Op::PurgeThrough(rng.gen_range(floor..next + 2)),
+        _ => Op::Vote(format!("vote {}", rng.gen::<u16>()).into_bytes()),
+    }
+}
+
+fn apply(log: &mut RaftLog, m: &mut Model, op: &Op) {
+    match op {
+        Op::Append(entries) => {
+            log.append(entries.iter().map(|(i, b)| (*i, b.as_slice())))
+                .unwrap();
+            m.entries.extend(entries.iter().cloned());
+        }
+        Op::TruncateFrom(i) => {
+            log.truncate_from(*i).unwrap();
+            m.entries.retain(|k, _| k < i);
+        }
+        Op::PurgeThrough(i) => {
+            log.purge_through(*i, format!("id {i}").as_bytes()).unwrap();
+            m.entries.retain(|k, _| k > i);
+            m.purged = Some(m.purged.map_or(*i, |p| p.max(*i)));
+        }
+        Op::Vote(v) => {
+            log.save_vote(v).unwrap();
+            m.vote = Some(v.clone());
+        }
+    }
+}
+
+fn contents(log: &RaftLog) -> Model {
+    Model {
+        entries: log.entries(0, u64::MAX).unwrap().into_iter().collect(),
+        purged: log.purged().map(|p| p.index),
+        vote: log.vote().map(<[u8]>::to_vec),
+    }
+}
+
+#[test]
+fn random_histories_match_the_model_across_reopens() {
+    for seed in 0..60 {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let fs = SimFs::new();
+        let mut log = open(&fs);
+        let mut m = Model::default();
+        for _ in 0..80 {
+            let op = random_op(&mut rng, &m);
+            apply(&mut log, &mut m, &op);
+            if rng.gen_ratio(1, 10) {
+                drop(log);
+                log = open(&fs);
+            }
+            let got = contents(&log);
+            assert_eq!(got, m, "seed {seed} after {op:?}");
+            assert_eq!(log.first_index(), m.entries.keys().next().copied());
+            assert_eq!(log.last_index(), m.entries.keys().next_back().copied());
+            if let Some(p) = m.purged {
+                assert_eq!(log.purged().unwrap().marker, format!("id {p}").into_bytes());
+            }
+        }
+    }
+}
+
+#[test]
+fn an_append_that_does_not_follow_the_last_entry_is_refused() {
+    let fs = SimFs::new();
+    let mut log = open(&fs);
+    log.append([(5, &b"a"[..]), (6, b"b")]).unwrap();
+    for bad in [[(8, &b"x"[..])], [(6, &b"x"[..])], [(4, &b"x"[..])]] {
+        assert!(matches!(log.append(bad), Err(EngineError::InvalidInput(_))));
+    }
+    assert!(matches!(
+        log.append([(7, &b"c"[..]), (9, b"d")]),
+        Err(EngineError::InvalidInput(_))
+    ));
+    assert_eq!(log.last_index(), Some(6), "a refused append writes nothing");
+    log.purge_through(10, b"m").unwrap();
+    assert!(log.append([(7, &b"x"[..])]).is_err());
+    log.append([(11, &b"e"[..])]).unwrap();
+    assert_eq!(log.entries(0, 100).unwrap(), vec![(11, b"e".to_vec())]);
+}
+
+/// A crash image must reopen to the state after the acknowledged operations or after the one in flight
+/// too, where every entry held matches one of the two, entries are consecutive, and every entry the two
+/// agree on is kept (no acknowledged entry lost).
+#[test]
+fn power_loss_at_any_sync_point_keeps_every_acknowledged_entry() {
+    let mut images = 0;
+    for seed in 0..30 {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1000 + seed);
+        let fs = SimFs::new();
+        fs.create_dir_all(Path::new(DIR)).unwrap();
+        fs.sync_dir(Path::new("/data")).unwrap();
+        fs.sync_dir(Path::new("/")).unwrap();
+        let mut log = open(&fs);
+        fs.capture_crash_points();
+        let mut states = vec![Model::default()];
+        let mut m = Model::default();
+        for done in 0..40u64 {
+            fs.mark(done);
+            let op = random_op(&mut rng, &m);
+            apply(&mut log, &mut m, &op);
+            states.push(m.clone());
+        }
+        for point in fs.crash_points() {
+            let mark = point.mark as usize;
+            let (before, after) = (&states[mark], &states[(mark + 1).min(states.len() - 1)]);
+            for torn in [None, Some(seed + point.mark + 7)] {
+                images += 1;
+                let crashed = point.materialize(torn);
+                let (log, _) = RaftLog::open(DIR, opts(&crashed))
+                    .unwrap_or_else(|e| panic!("seed {seed}, mark {mark}: open failed: {e}"));
+                let got = contents(&log);
+                let ctx = format!("seed {seed}, mark {mark}, torn {torn:?}: got {got:?}");
+                assert!(got.vote == before.vote || got.vote == after.vote, "{ctx}");
+                assert!(
+                    got.purged == before.purged || got.purged == after.purged,
+                    "{ctx}"
+                );
+                let keys: Vec<u64> = got.entries.keys().copied().collect();
+                assert!(keys.windows(2).all(|w| w[1] == w[0] + 1), "hole: {ctx}");
+                for (i, bytes) in &got.entries {
+                    assert!(
+                        before.entries.get(i) == Some(bytes) || after.entries.get(i) == Some(bytes),
+                        "entry {i} matches neither state: {ctx}"
+                    );
+                }
+                let floor = got.purged.map_or(0, |p| p + 1);
+                // No hole between the purge point and the first entry either (these histories start at 0).
+                if let Some(first) = keys.first() {
+                    assert_eq!(*first, floor, "hole after the purge point: {ctx}");
+                }
+                for (i, bytes) in before.entries.range(floor..) {
+                    if after.entries.get(i) == Some(bytes) {
+                        assert_eq!(got.entries.get(i), Some(bytes), "entry {i} lost: {ctx}");
+                    }
+                }
+            }
+        }
+    }
+    assert!(images > 1000, "only {images} crash images");
+}
+
+fn segment_paths(fs: &SimFs) -> Vec<std::path::PathBuf> {
+    let mut paths: Vec<_> = fs
+        .paths()
+        .into_iter()
+        .filter(|p| p.starts_with(DIR) && p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    paths.sort();
+    paths
+}
+
+fn filled(fs: &SimFs, n: u64) -> RaftLog {
+    let mut log = open(fs);
+    for i in 0..n {
+        log.append([(i, format!("entry {i:03} {}", "x".repeat(40)).as_bytes())])
+            .unwrap();
+    }
+    log
+}
+
+#[test]
+fn a_torn_tail_of_the_newest_segment_is_cut_and_reported() {
+    let fs = SimFs::new();
+    drop(filled(&fs, 20));
+    let newest = segment_paths(&fs).pop().unwrap();
+    let mut bytes = fs.read_file(&newest).unwrap();
+    bytes.truncate(bytes.len() - 5);
+    fs.set_file(&newest, bytes);
+    let (log, report) = RaftLog::open(DIR, opts(&fs)).unwrap();
+    assert_eq!(log.last_index(), Some(18));
+    assert!(report.cut_bytes > 0, "{report:?}");
+    assert_eq!(report.entries, 19);
+}
+
+#[test]
+fn a_damaged_sealed_segment_or_a_missing_one_fails_the_open() {
+    let fs = SimFs::new();
+    drop(filled(&fs, 20));
+    let paths = segment_paths(&fs);
+    assert!(paths.len() >= 4, "{paths:?}");
+    let damaged = fs.deep_copy();
+    let mut bytes = damaged.read_file(&paths[1]).unwrap();
+    let at = bytes.len() - 10;
+    bytes[at] ^= 0x40;
+    damaged.set_file(&paths[1], bytes);
+    assert!(matches!(
+        RaftLog::open(DIR, opts(&damaged)),
+        Err(EngineError::Corrupted { .. })
+    ));
+    let missing = fs.deep_copy();
+    missing.remove(&paths[2]).unwrap();
+    let err = RaftLog::open(DIR, opts(&missing)).unwrap_err();
+    assert!(err.to_string().contains("missing"), "{err}");
+}
+
+#[test]
+fn after_a_failed_sync_every_write_is_refused_until_reopened() {
+    let fs = SimFs::new();
+    let mut log = filled(&fs, 3);
+    fs.set_faults(Faults {
+        fail_sync_number: Some(fs.syncs() + 1),
+        ..Faults::default()
+    });
+    assert!(log.append([(3, &b"lost"[..])]).is_err());
+    assert!(matches!(
+        log.append([(3, &b"again"[..])]),
+        Err(EngineError::Poisoned { .. })
+    ));
+    assert!(matches!(
+        log.save_vote(b"v"),
+        Err(EngineError::Poisoned { .. })
+    ));
+    assert!(matches!(
+        log.truncate_from(1),
+        Err(EngineError::Poisoned { .. })
+    ));
+    assert_eq!(log.entries(0, 10).unwrap().len(), 3, "reads keep working");
+    drop(log);
+    let mut log = open(&fs);
+    log.append([(log.last_index().unwrap() + 1, &b"after reopen"[..])])
+        .unwrap();
+}
