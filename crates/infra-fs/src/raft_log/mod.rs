@@ -28,7 +28,7 @@
 //!   dropped the dirty pages; a retry that succeeds proves nothing).
 
 mod recover;
-mod small_file;
+pub mod small_file;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

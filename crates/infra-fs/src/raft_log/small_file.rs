@@ -13,12 +13,7 @@ use crate::codec::Crc;
 use crate::vfs::{path_in, FileSystem};
 
 /// Replaces `dir/name` with `payload`, durably.
-pub(super) fn store(
-    fs: &dyn FileSystem,
-    dir: &Path,
-    name: &str,
-    payload: &[u8],
-) -> EngineResult<()> {
+pub fn store(fs: &dyn FileSystem, dir: &Path, name: &str, payload: &[u8]) -> EngineResult<()> {
     let tmp_name = format!("{name}.tmp");
     let tmp = path_in(dir, &tmp_name);
     let err = |e| EngineError::io(format!("writing {name}"), e);
@@ -37,7 +32,7 @@ pub(super) fn store(
 }
 
 /// The payload of `dir/name`, `None` if there is no such file.
-pub(super) fn load(fs: &dyn FileSystem, dir: &Path, name: &str) -> EngineResult<Option<Vec<u8>>> {
+pub fn load(fs: &dyn FileSystem, dir: &Path, name: &str) -> EngineResult<Option<Vec<u8>>> {
     let file = match fs.open(&path_in(dir, name)) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

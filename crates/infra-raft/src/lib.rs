@@ -1,0 +1,20 @@
+//! # kv-infra-raft
+//!
+//! Replication on Raft for the Moniepoint storage engine. Consensus (terms, elections, log matching,
+//! membership changes) comes from openraft, pinned exactly in the workspace `Cargo.toml`; this crate
+//! supplies what openraft leaves to the application, and keeps openraft's types out of `domain` and
+//! `app`:
+//! - [`LogStore`]: the Raft log and vote, on `kv-infra-fs`'s checksummed segment log
+//!   ([`kv_infra_fs::raft_log`]);
+//! - [`StateMachine`]: the key/value engine, applying committed entries at their index as LSN, with
+//!   snapshots of one exact applied index streamed from and into files.
+//!
+//! openraft's storage conformance suite runs against both (`tests/suite.rs`).
+
+mod log_store;
+mod state_machine;
+mod types;
+
+pub use log_store::LogStore;
+pub use state_machine::{Builder, SnapshotFile, StateMachine};
+pub use types::{alias, Applied, Command, NodeId, Op, TypeConfig};

@@ -1,0 +1,376 @@
+//! openraft's state machine ([`RaftStateMachine`]) over the key/value engine: a committed entry is
+//! applied with its Raft index as its LSN (`LogShipping::apply_log`), so `x-kv-lsn`, `min_lsn` and
+//! read-your-writes keep their meaning under Raft.
+//!
+//! ## State beside the engine, in `raft/STATE` (a checksummed small file, JSON)
+//! The last applied log id, the membership and the current snapshot's metadata. It is stored at every
+//! membership entry, snapshot build and snapshot install, not at every apply: after a restart openraft may
+//! re-apply entries the engine already holds, which `apply_log` skips (it ignores every entry at or below
+//! the engine's last LSN), so a stale `STATE` costs re-delivery, never a double apply.
+//!
+//! ## Snapshots: `raft/snapshot-<index>.snap`
+//! Every live key at one applied index, in key order, one engine put record each (checksummed, LSN = the
+//! snapshot's index; format in `kv_infra_fs::codec`). Built from the engine in pages, so memory stays
+//! bounded whatever the store's size. Exactness: the snapshot is taken inside `get_snapshot_builder`,
+//! which openraft calls on the state machine's task, so no entry is applied while the engine is read:
+//! the snapshot is the state at exactly its index. (Applying waits meanwhile; reads do not.)
+//! Installing replaces the engine's contents page by page (each page deletes the keys in its range the
+//! snapshot lacks), at the snapshot's index as LSN.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures_util::{Stream, TryStreamExt};
+use kv_domain::{BatchOp, Key, KeyRange, LogEntry, LogShipping};
+use kv_infra_fs::codec::{encode_record, RecordKind};
+use kv_infra_fs::raft_log::small_file;
+use kv_infra_fs::segment::{scan_records, ScanEnd};
+use kv_infra_fs::vfs::{FileSystem, RealFs};
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::types::alias::{LogId, SnapshotMeta, StoredMembership};
+
+/// A snapshot of this state machine.
+type SnapshotOf = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotFile>;
+use crate::types::{Applied, TypeConfig};
+
+const STATE: &str = "STATE";
+/// Keys read from the engine, and ops written to it, per snapshot page.
+const PAGE: usize = 1024;
+
+/// A snapshot's data: the file holding it (see the module doc). The network streams it in bounded
+/// pages; the receiving node writes them to its own file before installing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotFile {
+    /// Where the snapshot's records are.
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct State {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    snapshot: Option<SnapshotMeta>,
+}
+
+/// The state machine of one node. Cloning shares it.
+#[derive(Clone)]
+pub struct StateMachine {
+    engine: Arc<dyn LogShipping>,
+    dir: PathBuf,
+    state: Arc<Mutex<State>>,
+}
+
+impl std::fmt::Debug for StateMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateMachine")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn io_err(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
+    io::Error::other(e)
+}
+
+fn invalid(reason: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, reason)
+}
+
+impl StateMachine {
+    /// The state machine over `engine`, keeping its own files in `dir` (the Raft directory).
+    pub fn open(engine: Arc<dyn LogShipping>, dir: &Path) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let state = match small_file::load(&RealFs, dir, STATE).map_err(io_err)? {
+            None => State::default(),
+            Some(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| invalid(format!("raft/{STATE}: {e}")))?
+            }
+        };
+        Ok(Self {
+            engine,
+            dir: dir.to_path_buf(),
+            state: Arc::new(Mutex::new(state)),
+        })
+    }
+
+    /// The last applied log id.
+    pub fn last_applied(&self) -> Option<LogId> {
+        self.state.lock().last_applied
+    }
+
+    fn store_state(&self, state: &State) -> io::Result<()> {
+        let bytes = serde_json::to_vec(state).map_err(io_err)?;
+        small_file::store(&RealFs, &self.dir, STATE, &bytes).map_err(io_err)
+    }
+
+    fn snapshot_path(&self, meta: &SnapshotMeta) -> PathBuf {
+        let index = meta.last_log_id.map_or(0, |id| id.index);
+        self.dir.join(format!("snapshot-{index:020}.snap"))
+    }
+
+    /// Writes every live key of the engine to a new snapshot file, durably, and makes it the current one.
+    fn take_snapshot(&self) -> io::Result<SnapshotOf> {
+        let (last_applied, membership) = {
+            let s = self.state.lock();
+            (s.last_applied, s.membership.clone())
+        };
+        let index = last_applied.map_or(0, |id| id.index);
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership,
+        };
+        let path = self.snapshot_path(&meta);
+        let tmp = path.with_extension("snap.tmp");
+        let file = RealFs.create(&tmp).or_else(|e| {
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                RealFs.remove(&tmp)?;
+                RealFs.create(&tmp)
+            } else {
+                Err(e)
+            }
+        })?;
+        let mut offset = 0u64;
+        let mut range = KeyRange::all();
+        let mut buf = Vec::new();
+        loop {
+            let page = self.engine.scan(&range, PAGE).map_err(io_err)?;
+            buf.clear();
+            for entry in &page {
+                encode_record(
+                    &mut buf,
+                    RecordKind::Put,
+                    index,
+                    0,
+                    entry.key.as_bytes(),
+                    entry.value.as_bytes(),
+                );
+            }
+            file.write_all_at(&buf, offset)?;
+            offset += buf.len() as u64;
+            match page.last() {
+                Some(last) if page.len() == PAGE => range = range.after(last.key.as_bytes()),
+                _ => break,
+            }
+        }
+        // IMPORTANT: contents durable, then the name, then the directory entry.
+        file.sync_data()?;
+        RealFs.rename(&tmp, &path)?;
+        RealFs.sync_dir(&self.dir)?;
+        self.make_current(&meta)?;
+        Ok(SnapshotOf {
+            meta,
+            snapshot: SnapshotFile { path },
+        })
+    }
+
+    /// Records `meta` as the current snapshot and deletes the older snapshot files.
+    fn make_current(&self, meta: &SnapshotMeta) -> io::Result<()> {
+        let mut state = self.state.lock().clone();
+        state.snapshot = Some(meta.clone());
+        self.store_state(&state)?;
+        *self.state.lock() = state;
+        let keep = self.snapshot_path(meta);
+        for entry in std::fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            let is_snapshot = path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("snapshot-"));
+            if is_snapshot && path != keep {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the engine's contents with the snapshot in `file`, page by page, at LSN `at`.
+    fn replace_contents(&self, file: &Path, at: u64) -> io::Result<()> {
+        if self.engine.last_lsn().0 > at {
+            return Err(invalid(format!(
+                "snapshot at {at} is behind this node's engine, at {}",
+                self.engine.last_lsn().0
+            )));
+        }
+        let handle = RealFs.open(file)?;
+        let len = handle.len()?;
+        let mut page: Vec<BatchOp> = Vec::with_capacity(PAGE);
+        let mut after: Option<Key> = None;
+        let mut failed: Option<io::Error> = None;
+        let ended = scan_records(&*handle, 0, len, |_, rec| {
+            if failed.is_some() {
+                return Ok(());
+            }
+            page.push(BatchOp::Put {
+                key: Key::from(rec.key),
+                value: kv_domain::Value::from(rec.value.to_vec()),
+            });
+            if page.len() == PAGE {
+                if let Err(e) = self.install_page(&mut page, &mut after, at, false) {
+                    failed = Some(e);
+                }
+            }
+            Ok(())
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if let ScanEnd::Invalid { offset, error } = ended {
+            return Err(invalid(format!(
+                "snapshot {} damaged at byte {offset}: {error}",
+                file.display()
+            )));
+        }
+        self.install_page(&mut page, &mut after, at, true)
+    }
+
+    /// Installs `page` (keys ascending, after `after`): deletes the engine's keys in the page's range
+    /// that it lacks (to the end of the key space when `last`), writes its puts, then empties it.
+    fn install_page(
+        &self,
+        page: &mut Vec<BatchOp>,
+        after: &mut Option<Key>,
+        at: u64,
+        last: bool,
+    ) -> io::Result<()> {
+        let through = page.last().map(|op| op.key().clone());
+        let mut range = match after {
+            Some(k) => KeyRange::all().after(k.as_bytes()),
+            None => KeyRange::all(),
+        };
+        if !last {
+            if let Some(t) = &through {
+                range.end = std::ops::Bound::Included(t.clone());
+            }
+        }
+        let wanted: std::collections::BTreeSet<&[u8]> =
+            page.iter().map(|op| op.key().as_bytes()).collect();
+        let mut deletes = Vec::new();
+        loop {
+            let keys = self.engine.scan_keys(&range, PAGE).map_err(io_err)?;
+            for k in &keys {
+                if !wanted.contains(k.as_bytes()) {
+                    deletes.push(BatchOp::Delete { key: k.clone() });
+                }
+            }
+            match keys.last() {
+                Some(k) if keys.len() == PAGE => range = range.after(k.as_bytes()),
+                _ => break,
+            }
+        }
+        let mut ops = deletes;
+        ops.append(page);
+        self.engine
+            .install_snapshot_page(kv_domain::Lsn(at), &ops)
+            .map_err(io_err)?;
+        if through.is_some() {
+            *after = through;
+        }
+        Ok(())
+    }
+}
+
+/// The builder hands out the snapshot `get_snapshot_builder` took (see the module doc).
+#[derive(Debug)]
+pub struct Builder {
+    taken: io::Result<SnapshotOf>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for Builder {
+    type SnapshotData = SnapshotFile;
+
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf, io::Error> {
+        match &self.taken {
+            Ok(s) => Ok(s.clone()),
+            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+        }
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotFile;
+    type SnapshotBuilder = Builder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let s = self.state.lock();
+        Ok((s.last_applied, s.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let index = entry.log_id.index;
+            match entry.payload {
+                EntryPayload::Blank => {}
+                EntryPayload::Normal(cmd) => {
+                    // An entry with no operation writes nothing (the engine refuses empty batches);
+                    // proposers never send one, but a replica must not wedge on it.
+                    if !cmd.ops.is_empty() {
+                        self.engine
+                            .apply_log(&[LogEntry {
+                                lsn: kv_domain::Lsn(index),
+                                ops: cmd.to_ops(),
+                            }])
+                            .map_err(io_err)?;
+                    }
+                }
+                EntryPayload::Membership(m) => {
+                    let mut state = self.state.lock().clone();
+                    state.membership = StoredMembership::new(Some(entry.log_id), m);
+                    state.last_applied = Some(entry.log_id);
+                    self.store_state(&state)?;
+                    *self.state.lock() = state;
+                }
+            }
+            self.state.lock().last_applied = Some(entry.log_id);
+            if let Some(responder) = responder {
+                responder.send(Applied { lsn: index });
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        Builder {
+            taken: self.take_snapshot(),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotFile,
+    ) -> Result<(), io::Error> {
+        let at = meta.last_log_id.map_or(0, |id| id.index);
+        self.replace_contents(&snapshot.path, at)?;
+        // Keep a copy as this node's current snapshot (the received file may be a temporary).
+        let kept = self.snapshot_path(meta);
+        if snapshot.path != kept {
+            std::fs::copy(&snapshot.path, &kept)?;
+            std::fs::File::open(&kept)?.sync_all()?;
+            RealFs.sync_dir(&self.dir)?;
+        }
+        let mut state = self.state.lock().clone();
+        state.last_applied = meta.last_log_id;
+        state.membership = meta.last_membership.clone();
+        self.store_state(&state)?;
+        *self.state.lock() = state;
+        self.make_current(meta)
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf>, io::Error> {
+        let meta = self.state.lock().snapshot.clone();
+        Ok(meta.map(|meta| {
+            let path = self.snapshot_path(&meta);
+            SnapshotOf {
+                meta,
+                snapshot: SnapshotFile { path },
+            }
+        }))
+    }
+}
