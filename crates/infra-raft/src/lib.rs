@@ -9,12 +9,22 @@
 //! - [`StateMachine`]: the key/value engine, applying committed entries at their index as LSN, with
 //!   snapshots of one exact applied index streamed from and into files.
 //!
-//! openraft's storage conformance suite runs against both (`tests/suite.rs`).
+//! - [`Network`]: openraft's messages as JSON over any [`RaftTransport`] (HTTP in `kv-infra-http`);
+//! - [`RaftNode`]: a cluster member, with writes, read barriers and status in plain types.
+//!
+//! openraft's storage conformance suite runs against the log store and state machine (`tests/suite.rs`);
+//! `tests/cluster.rs` runs three nodes in one process over an in-process transport.
 
 mod log_store;
+mod network;
+mod node;
 mod state_machine;
 mod types;
 
 pub use log_store::LogStore;
+pub use network::{Network, RaftTransport, Rpc, SnapshotChunk, TransportError, SNAPSHOT_CHUNK};
+pub use node::{
+    ClusterError, ClusterSettings, ClusterStatus, Member, RaftNode, StartError, Written,
+};
 pub use state_machine::{Builder, SnapshotFile, StateMachine};
 pub use types::{alias, Applied, Command, NodeId, Op, TypeConfig};

@@ -124,7 +124,7 @@ pub mod alias {
     pub type SnapshotMeta = a::SnapshotMetaOf<TypeConfig>;
 }
 
-mod b64 {
+pub(crate) mod b64 {
     use base64::Engine as _;
     use serde::{Deserialize, Deserializer, Serializer};
 

@@ -1,0 +1,461 @@
+//! [`RaftNode`]: one member of a Raft cluster: openraft over this crate's log store, state machine and
+//! network, with the operations the server needs in plain types (writes, linearizable-read barriers,
+//! status, the handler of peers' messages), so nothing above this crate sees openraft's types.
+//!
+//! Formation: every node starts with the same peer list; the node with the lowest id initialises the
+//! cluster with all of them as voters, once, when its log and vote are empty (openraft's advice:
+//! initialise on one pristine node). The others wait to hear from a leader. A restarted node never
+//! initialises again (openraft refuses: its log is not empty).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kv_domain::LogShipping;
+use kv_infra_fs::raft_log::RaftLogOptions;
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::storage::RaftLogStorage;
+use openraft::{BasicNode, Config, ReadPolicy, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+
+use crate::log_store::LogStore;
+use crate::network::{Network, RaftTransport, Rpc, SnapshotChunk};
+use crate::state_machine::{SnapshotFile, StateMachine};
+use crate::types::{Command, NodeId, TypeConfig};
+
+type Raft = openraft::Raft<TypeConfig, StateMachine>;
+
+/// How a node joins its cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// This node's id (`CLUSTER_NODE_ID`).
+    pub node_id: NodeId,
+    /// Every voter's id and base URL, this node's included (`CLUSTER_PEERS`).
+    pub peers: BTreeMap<NodeId, String>,
+    /// Leader heartbeat interval.
+    pub heartbeat: Duration,
+    /// Election timeout range: a follower that hears nothing for a random time in it campaigns.
+    pub election_timeout: (Duration, Duration),
+    /// A snapshot is taken after this many entries since the last one.
+    pub snapshot_after_entries: u64,
+    /// Entries kept in the log below the latest snapshot (lagging followers catch up from them without
+    /// a snapshot); the rest is purged.
+    pub keep_entries_after_snapshot: u64,
+}
+
+impl ClusterSettings {
+    /// Settings for a LAN cluster: heartbeats every 50 ms, elections after 300–600 ms of silence.
+    pub fn new(node_id: NodeId, peers: BTreeMap<NodeId, String>) -> Self {
+        Self {
+            node_id,
+            peers,
+            heartbeat: Duration::from_millis(50),
+            election_timeout: (Duration::from_millis(300), Duration::from_millis(600)),
+            snapshot_after_entries: 100_000,
+            keep_entries_after_snapshot: 1000,
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The settings are inconsistent.
+    #[error("cluster settings: {0}")]
+    Settings(String),
+    /// The log or state machine could not be opened.
+    #[error("raft storage: {0}")]
+    Storage(#[from] std::io::Error),
+    /// openraft refused to start.
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// A write that was committed and applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// Its log index: its LSN.
+    pub lsn: u64,
+    /// The leader's term it was committed in.
+    pub term: u64,
+}
+
+/// Why a write or a linearizable read did not succeed here.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterError {
+    /// Another node leads: send the request there.
+    #[error("node {leader_id} leads the cluster, at {leader_url}")]
+    NotLeader {
+        /// The leader's id.
+        leader_id: NodeId,
+        /// The leader's base URL.
+        leader_url: String,
+    },
+    /// No leader with a quorum within the timeout (a majority is down or cut off): nothing was written.
+    #[error("no leader with a quorum: {0}")]
+    Unavailable(String),
+    /// The write was proposed but its fate is unknown (leadership changed, or the timeout passed
+    /// before it was committed): it may or may not take effect.
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+    /// The node has stopped (shut down, or its storage failed).
+    #[error("raft node stopped: {0}")]
+    Stopped(String),
+}
+
+/// A member of the cluster, as `GET /v1/cluster` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Its id.
+    pub id: NodeId,
+    /// Its base URL.
+    pub url: String,
+    /// `voter` or `learner`.
+    pub role: String,
+    /// The last index the leader knows it holds (on the leader only).
+    pub matched_index: Option<u64>,
+    /// How far behind the leader's last index it is (on the leader only).
+    pub lag_entries: Option<u64>,
+}
+
+/// This node's view of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// This node.
+    pub node_id: NodeId,
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub state: String,
+    /// The leader it knows, if any.
+    pub leader_id: Option<NodeId>,
+    /// The leader's base URL.
+    pub leader_url: Option<String>,
+    /// The current term.
+    pub term: u64,
+    /// The last index of its log.
+    pub last_log_index: Option<u64>,
+    /// The last index it knows committed.
+    pub commit_index: Option<u64>,
+    /// The last index its state machine applied.
+    pub applied_index: Option<u64>,
+    /// The index of its latest snapshot (built here or installed from the leader).
+    pub snapshot_index: Option<u64>,
+    /// Voters and learners.
+    pub members: Vec<Member>,
+}
+
+/// See the module doc.
+pub struct RaftNode {
+    id: NodeId,
+    raft: Raft,
+    raft_dir: PathBuf,
+    /// Serialises incoming snapshot chunks (one leader sends them in order).
+    incoming: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for RaftNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftNode")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RaftNode {
+    /// Starts this node over `engine` (its state machine) with its Raft files in `data_dir/raft`.
+    pub async fn start<T: RaftTransport>(
+        settings: ClusterSettings,
+        data_dir: &Path,
+        engine: Arc<dyn LogShipping>,
+        transport: Arc<T>,
+    ) -> Result<Self, StartError> {
+        if !settings.peers.contains_key(&settings.node_id) {
+            return Err(StartError::Settings(format!(
+                "node {} is not among the peers {:?}",
+                settings.node_id,
+                settings.peers.keys().collect::<Vec<_>>()
+            )));
+        }
+        let ms = |d: Duration| d.as_millis().min(u64::MAX as u128) as u64;
+        let config = Config {
+            cluster_name: "moniepoint-kv".into(),
+            heartbeat_interval: ms(settings.heartbeat),
+            election_timeout_min: ms(settings.election_timeout.0),
+            election_timeout_max: ms(settings.election_timeout.1),
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_after_entries),
+            max_in_snapshot_log_to_keep: settings.keep_entries_after_snapshot,
+            // A rejoining node asks before bumping the term, so it does not depose a healthy leader.
+            enable_pre_vote: Some(true),
+            ..Config::default()
+        }
+        .validate()
+        .map_err(|e| StartError::Settings(e.to_string()))?;
+        let raft_dir = data_dir.join("raft");
+        let (mut log, report) = LogStore::open(&raft_dir, RaftLogOptions::default())?;
+        if report.cut_bytes > 0 {
+            tracing::warn!(
+                cut_bytes = report.cut_bytes,
+                "raft log: cut a torn tail at open"
+            );
+        }
+        let pristine = log.get_log_state().await?.last_log_id.is_none()
+            && openraft::storage::RaftLogReader::read_vote(&mut log)
+                .await?
+                .is_none();
+        let sm = StateMachine::open(engine, &raft_dir)?;
+        let raft = Raft::new(
+            settings.node_id,
+            Arc::new(config),
+            Network::new(transport),
+            log,
+            sm,
+        )
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+        let lowest = settings.peers.keys().next().copied();
+        if pristine && lowest == Some(settings.node_id) {
+            let members: BTreeMap<NodeId, BasicNode> = settings
+                .peers
+                .iter()
+                .map(|(id, url)| (*id, BasicNode::new(url)))
+                .collect();
+            match raft.initialize(members).await {
+                Ok(()) => tracing::info!(node = settings.node_id, "initialised the cluster"),
+                // Not pristine after all (a vote or a log arrived first): nothing to do.
+                Err(RaftError::APIError(e)) => tracing::info!(error = %e, "cluster already formed"),
+                Err(e) => return Err(StartError::Raft(e.to_string())),
+            }
+        }
+        Ok(Self {
+            id: settings.node_id,
+            raft,
+            raft_dir,
+            incoming: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Proposes `cmd` and waits until it is committed and applied here, for at most `timeout`. A
+    /// leader just elected refuses writes until a quorum has acknowledged it: this waits that out.
+    pub async fn write(&self, cmd: Command, timeout: Duration) -> Result<Written, ClusterError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let attempt = tokio::time::timeout(left, self.raft.client_write(cmd.clone())).await;
+            let answer = match attempt {
+                Ok(answer) => answer,
+                Err(_) => {
+                    return Err(ClusterError::Unknown(format!(
+                        "not committed within {timeout:?}; it may still be"
+                    )))
+                }
+            };
+            match answer {
+                Ok(resp) => {
+                    return Ok(Written {
+                        lsn: resp.log_id.index,
+                        term: resp.log_id.leader_id.term,
+                    })
+                }
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(fwd))) => {
+                    // Nothing was proposed: safe to retry or to forward.
+                    match (fwd.leader_id, fwd.leader_node) {
+                        (Some(id), Some(node)) if id != self.id => {
+                            return Err(ClusterError::NotLeader {
+                                leader_id: id,
+                                leader_url: node.addr,
+                            })
+                        }
+                        _ if Instant::now() + Duration::from_millis(20) < deadline => {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        _ => {
+                            return Err(ClusterError::Unavailable(format!(
+                                "no leader with a quorum within {timeout:?}"
+                            )))
+                        }
+                    }
+                }
+                Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(fwd))) => {
+                    return Err(ClusterError::Unknown(format!(
+                        "leadership changed after the write was proposed ({fwd})"
+                    )))
+                }
+                Err(RaftError::APIError(e)) => return Err(ClusterError::Unknown(e.to_string())),
+                Err(RaftError::Fatal(e)) => return Err(ClusterError::Stopped(e.to_string())),
+            }
+        }
+    }
+
+    /// Waits until this node has applied everything committed before the call, as confirmed by a quorum
+    /// (read index), for at most `timeout`: a read of the engine after it is linearizable. Returns the
+    /// index read at.
+    pub async fn read_barrier(&self, timeout: Duration) -> Result<u64, ClusterError> {
+        let attempt = tokio::time::timeout(
+            timeout,
+            self.raft.ensure_linearizable(ReadPolicy::ReadIndex),
+        )
+        .await;
+        match attempt {
+            Err(_) => Err(ClusterError::Unavailable(format!(
+                "no quorum confirmed leadership within {timeout:?}"
+            ))),
+            Ok(Ok(read)) => Ok(read.log_id().index),
+            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(fwd)))) => {
+                match (fwd.leader_id, fwd.leader_node) {
+                    (Some(id), Some(node)) if id != self.id => Err(ClusterError::NotLeader {
+                        leader_id: id,
+                        leader_url: node.addr,
+                    }),
+                    _ => Err(ClusterError::Unavailable("no leader known".into())),
+                }
+            }
+            Ok(Err(RaftError::APIError(e))) => Err(ClusterError::Unavailable(e.to_string())),
+            Ok(Err(RaftError::Fatal(e))) => Err(ClusterError::Stopped(e.to_string())),
+        }
+    }
+
+    /// Asks the leader (this node) to hand leadership to `to`.
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<(), ClusterError> {
+        self.raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|e| ClusterError::Stopped(e.to_string()))
+    }
+
+    /// This node's view of the cluster.
+    pub fn status(&self) -> ClusterStatus {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+        let last = m.last_log_index;
+        let members = membership
+            .nodes()
+            .map(|(id, node)| {
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).copied().flatten())
+                    .map(|l| l.index);
+                Member {
+                    id: *id,
+                    url: node.addr.clone(),
+                    role: if voters.contains(id) {
+                        "voter"
+                    } else {
+                        "learner"
+                    }
+                    .into(),
+                    matched_index: matched,
+                    lag_entries: match (m.replication.as_ref(), last) {
+                        (Some(_), Some(last)) => Some(last.saturating_sub(matched.unwrap_or(0))),
+                        _ => None,
+                    },
+                }
+            })
+            .collect();
+        let leader_url = m
+            .current_leader
+            .and_then(|l| membership.get_node(&l).map(|n| n.addr.clone()));
+        ClusterStatus {
+            node_id: self.id,
+            state: match m.state {
+                ServerState::Leader => "leader",
+                ServerState::Follower => "follower",
+                ServerState::Candidate => "candidate",
+                ServerState::Learner => "learner",
+                ServerState::Shutdown => "shutdown",
+            }
+            .into(),
+            leader_id: m.current_leader,
+            leader_url,
+            term: m.current_term,
+            last_log_index: last,
+            commit_index: m.local_committed.map(|l| l.index),
+            applied_index: m.last_applied.map(|l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            members,
+        }
+    }
+
+    /// Answers a peer's message `rpc` (JSON `body`, see [`Rpc`]) with the JSON of the outcome; `Err`
+    /// when the body is not such a message (the transport answers 400).
+    pub async fn handle(&self, rpc: Rpc, body: &[u8]) -> Result<Vec<u8>, String> {
+        fn decode<Q: serde::de::DeserializeOwned>(rpc: Rpc, body: &[u8]) -> Result<Q, String> {
+            serde_json::from_slice(body).map_err(|e| format!("bad {} message: {e}", rpc.name()))
+        }
+        let encoded = match rpc {
+            Rpc::Append => serde_json::to_vec(&self.raft.append_entries(decode(rpc, body)?).await),
+            Rpc::Vote => serde_json::to_vec(&self.raft.vote(decode(rpc, body)?).await),
+            Rpc::PreVote => serde_json::to_vec(&self.raft.pre_vote(decode(rpc, body)?).await),
+            Rpc::TransferLeader => serde_json::to_vec(
+                &self
+                    .raft
+                    .handle_transfer_leader(decode(rpc, body)?)
+                    .await
+                    .map_err(|e| e.to_string()),
+            ),
+            Rpc::Snapshot => {
+                let chunk: SnapshotChunk = decode(rpc, body)?;
+                serde_json::to_vec(&self.receive_chunk(chunk).await)
+            }
+        };
+        encoded.map_err(|e| format!("encoding the {} answer: {e}", rpc.name()))
+    }
+
+    /// Appends a snapshot chunk to `raft/incoming.snap`; installs the snapshot after the last one.
+    async fn receive_chunk(
+        &self,
+        chunk: SnapshotChunk,
+    ) -> Result<Option<openraft::raft::SnapshotResponse<TypeConfig>>, String> {
+        let _one_at_a_time = self.incoming.lock().await;
+        let path = self.raft_dir.join("incoming.snap");
+        let written = (|| -> std::io::Result<()> {
+            use std::os::unix::fs::FileExt;
+            let file = if chunk.offset == 0 {
+                std::fs::File::create(&path)?
+            } else {
+                std::fs::OpenOptions::new().write(true).open(&path)?
+            };
+            let have = file.metadata()?.len();
+            if have != chunk.offset {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("chunk at {} but {have} bytes received", chunk.offset),
+                ));
+            }
+            file.write_all_at(&chunk.bytes, chunk.offset)?;
+            if chunk.done {
+                file.sync_all()?;
+            }
+            Ok(())
+        })();
+        written.map_err(|e| format!("receiving the snapshot: {e}"))?;
+        if !chunk.done {
+            return Ok(None);
+        }
+        let snapshot = openraft::type_config::alias::SnapshotOf::<TypeConfig, SnapshotFile> {
+            meta: chunk.meta,
+            snapshot: SnapshotFile { path },
+        };
+        self.raft
+            .install_full_snapshot(chunk.vote, snapshot)
+            .await
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Stops this node's Raft tasks (the engine stays open with its owner).
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+}
