@@ -25,7 +25,7 @@ pub use consistency::{replicate_write, wait_for_lsn, LsnNotReached, WriteOutcome
 pub use history::{leader_history, HistoryError, LeaderHistory};
 pub use limits::Limits;
 pub use pager::{check_range, Pager, Pages};
-pub use service::{AppError, KvService};
+pub use service::{Acked, AppError, KvService};
 
 mod replica;
 pub use replica::{MemoryMetaStore, Replica, ReplicaError, ReplicaState, SnapshotPage};

@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
-use kv_domain::{BatchOp, Engine, EngineError, Entry, KeyRange, Lsn, Value, Write, WriteBatch};
+use kv_domain::{
+    BatchOp, Consensus, ConsensusError, Engine, EngineError, Entry, Key, KeyRange, Lsn, Value,
+    Write, WriteBatch,
+};
 
 use crate::Limits;
 
@@ -52,6 +55,18 @@ pub enum AppError {
     /// The engine failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// The cluster did not commit the write (or confirm a linearizable read) here.
+    #[error(transparent)]
+    Consensus(#[from] ConsensusError),
+}
+
+/// An acknowledged write: its LSN, and in a cluster the term of the leader that committed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Acked {
+    /// The write's LSN.
+    pub lsn: Lsn,
+    /// The committing leader's term (`None` outside a cluster).
+    pub term: Option<u64>,
 }
 
 /// The store's use cases over any [`Engine`]: a cheap, cloneable handle.
@@ -59,6 +74,8 @@ pub enum AppError {
 pub struct KvService {
     engine: Arc<dyn Engine>,
     limits: Limits,
+    /// In a cluster: where writes go (committed by a quorum, then applied to `engine`).
+    consensus: Option<Arc<dyn Consensus>>,
 }
 
 impl std::fmt::Debug for KvService {
@@ -81,7 +98,33 @@ pub(crate) fn lossy(bytes: &[u8]) -> String {
 impl KvService {
     /// Use cases over `engine` with the given limits.
     pub fn new(engine: Arc<dyn Engine>, limits: Limits) -> Self {
-        Self { engine, limits }
+        Self {
+            engine,
+            limits,
+            consensus: None,
+        }
+    }
+
+    /// The same use cases in a cluster: writes are proposed to `consensus`, which applies them to the
+    /// engine once a quorum committed them; reads stay local (see [`KvService::read_barrier`]).
+    pub fn with_consensus(mut self, consensus: Arc<dyn Consensus>) -> Self {
+        self.consensus = Some(consensus);
+        self
+    }
+
+    /// Whether writes go through a cluster's consensus.
+    pub fn is_clustered(&self) -> bool {
+        self.consensus.is_some()
+    }
+
+    /// Makes the next read linearizable: in a cluster, waits until this node applied every write
+    /// committed before the call (confirmed by a quorum); alone, every acknowledged write is already
+    /// readable. Returns the LSN the read reflects at least.
+    pub async fn read_barrier(&self) -> Result<Lsn, AppError> {
+        match &self.consensus {
+            Some(c) => Ok(c.read_barrier().await?),
+            None => Ok(self.engine.last_lsn()),
+        }
     }
 
     /// The engine underneath (for status and sync).
@@ -92,6 +135,17 @@ impl KvService {
     /// The limits in force.
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// The synchronous writes go straight to the engine: in a cluster that would bypass consensus.
+    fn check_local_write(&self) -> Result<(), AppError> {
+        match self.consensus {
+            Some(_) => Err(AppError::Consensus(ConsensusError::Unavailable(
+                "a synchronous write would bypass the cluster's consensus; use KvService::write"
+                    .into(),
+            ))),
+            None => Ok(()),
+        }
     }
 
     fn check_key(&self, key: &[u8]) -> Result<(), AppError> {
@@ -156,7 +210,26 @@ impl KvService {
         write: Write<'_>,
         on_ack: impl FnOnce(Lsn) + Send + 'static,
     ) -> Result<Lsn, AppError> {
+        Ok(self.write_acked(write, on_ack).await?.lsn)
+    }
+
+    /// [`KvService::write`], answering the committing leader's term as well in a cluster. There the
+    /// write is proposed to the consensus, which applies it to the engine once committed; `on_ack` runs
+    /// once it is applied here.
+    pub async fn write_acked(
+        &self,
+        write: Write<'_>,
+        on_ack: impl FnOnce(Lsn) + Send + 'static,
+    ) -> Result<Acked, AppError> {
         self.check_write(&write)?;
+        if let Some(consensus) = &self.consensus {
+            let committed = consensus.propose(ops_of(&write)).await?;
+            on_ack(committed.lsn);
+            return Ok(Acked {
+                lsn: committed.lsn,
+                term: Some(committed.term),
+            });
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.engine.submit(
             write,
@@ -169,7 +242,10 @@ impl KvService {
             }),
         );
         match rx.await {
-            Ok(result) => Ok(result?),
+            Ok(result) => Ok(Acked {
+                lsn: result?,
+                term: None,
+            }),
             Err(_) => Err(AppError::Engine(EngineError::Poisoned {
                 reason: "the engine dropped a write without answering it".into(),
             })),
@@ -179,6 +255,7 @@ impl KvService {
     /// Stores `value` under `key` (overwriting).
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<Lsn, AppError> {
         self.check_write(&Write::Put { key, value })?;
+        self.check_local_write()?;
         Ok(self.engine.put(key, value)?)
     }
 
@@ -212,6 +289,7 @@ impl KvService {
     /// operation rejects the whole batch and nothing is written.
     pub fn batch_put(&self, batch: &WriteBatch) -> Result<Lsn, AppError> {
         self.check_write(&Write::Batch(batch))?;
+        self.check_local_write()?;
         Ok(self.engine.write_batch(batch)?)
     }
 
@@ -223,7 +301,22 @@ impl KvService {
     /// Deletes `key`; succeeds whether or not it exists.
     pub fn delete(&self, key: &[u8]) -> Result<Lsn, AppError> {
         self.check_write(&Write::Delete { key })?;
+        self.check_local_write()?;
         Ok(self.engine.delete(key)?)
+    }
+}
+
+/// The operations of a write, as a cluster proposes them.
+fn ops_of(write: &Write<'_>) -> Vec<BatchOp> {
+    match *write {
+        Write::Put { key, value } => vec![BatchOp::Put {
+            key: Key::from(key),
+            value: Value::from(value.to_vec()),
+        }],
+        Write::Delete { key } => vec![BatchOp::Delete {
+            key: Key::from(key),
+        }],
+        Write::Batch(batch) => batch.ops().to_vec(),
     }
 }
 
@@ -424,5 +517,105 @@ mod tests {
         assert_eq!(waiting.await.unwrap().unwrap(), Lsn(2));
         assert_eq!(*acked.lock().unwrap(), vec![Lsn(1), Lsn(2)]);
         assert_eq!(engine.get(b"k").unwrap(), None);
+    }
+
+    /// A consensus that commits by applying to a memory engine at growing LSNs, or refuses as told.
+    #[derive(Debug)]
+    struct FakeConsensus {
+        engine: Arc<MemoryEngine>,
+        refuse: std::sync::Mutex<Option<ConsensusError>>,
+        proposed: std::sync::Mutex<Vec<Vec<BatchOp>>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Consensus for FakeConsensus {
+        async fn propose(&self, ops: Vec<BatchOp>) -> Result<kv_domain::Committed, ConsensusError> {
+            if let Some(e) = self.refuse.lock().unwrap().clone() {
+                return Err(e);
+            }
+            self.proposed.lock().unwrap().push(ops.clone());
+            let mut batch = WriteBatch::new();
+            for op in &ops {
+                match op {
+                    BatchOp::Put { key, value } => {
+                        batch.put(key.as_bytes(), value.as_bytes());
+                    }
+                    BatchOp::Delete { key } => {
+                        batch.delete(key.as_bytes());
+                    }
+                }
+            }
+            let lsn = self.engine.write_batch(&batch).unwrap();
+            Ok(kv_domain::Committed { lsn, term: 7 })
+        }
+        async fn read_barrier(&self) -> Result<Lsn, ConsensusError> {
+            match self.refuse.lock().unwrap().clone() {
+                Some(e) => Err(e),
+                None => Ok(self.engine.last_lsn()),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn in_a_cluster_writes_are_validated_then_proposed_and_answer_the_term() {
+        let engine = Arc::new(MemoryEngine::new());
+        let consensus = Arc::new(FakeConsensus {
+            engine: engine.clone(),
+            refuse: std::sync::Mutex::new(None),
+            proposed: std::sync::Mutex::new(Vec::new()),
+        });
+        let s = KvService::new(engine.clone(), small()).with_consensus(consensus.clone());
+        assert!(s.is_clustered());
+        let refused = s
+            .write_acked(
+                Write::Put {
+                    key: b"toolong",
+                    value: b"v",
+                },
+                |_| {},
+            )
+            .await;
+        assert!(matches!(refused, Err(AppError::KeyTooLarge { .. })));
+        assert!(
+            consensus.proposed.lock().unwrap().is_empty(),
+            "refused before proposing"
+        );
+        let acked = s
+            .write_acked(
+                Write::Put {
+                    key: b"k",
+                    value: b"v",
+                },
+                |_| {},
+            )
+            .await
+            .unwrap();
+        assert_eq!(acked.term, Some(7));
+        assert_eq!(engine.get(b"k").unwrap().unwrap().as_bytes(), b"v");
+        assert_eq!(s.read_barrier().await.unwrap(), acked.lsn);
+        // The synchronous writes would bypass consensus: refused.
+        assert!(matches!(s.put(b"k", b"w"), Err(AppError::Consensus(_))));
+        *consensus.refuse.lock().unwrap() = Some(ConsensusError::NotLeader {
+            leader_id: 2,
+            leader_url: "http://b".into(),
+        });
+        assert!(matches!(
+            s.write(Write::Delete { key: b"k" }, |_| {}).await,
+            Err(AppError::Consensus(ConsensusError::NotLeader {
+                leader_id: 2,
+                ..
+            }))
+        ));
+        assert!(matches!(
+            s.read_barrier().await,
+            Err(AppError::Consensus(_))
+        ));
+        // Alone, writes answer no term.
+        let alone = KvService::new(engine, small());
+        let acked = alone
+            .write_acked(Write::Delete { key: b"k" }, |_| {})
+            .await
+            .unwrap();
+        assert_eq!(acked.term, None);
     }
 }

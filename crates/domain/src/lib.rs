@@ -38,5 +38,5 @@ pub use error::{EngineError, EngineResult};
 pub use index::OrderedIndex;
 pub use log_shipping::LogShipping;
 pub use memory::MemoryEngine;
-pub use ports::{AckRequirement, AppliedLsn, FollowerAcks};
+pub use ports::{AckRequirement, AppliedLsn, Committed, Consensus, ConsensusError, FollowerAcks};
 pub use replication::{LogCursor, LogEntry, LogRead, MetaStore, ReplicaMeta};

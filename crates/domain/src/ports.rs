@@ -43,3 +43,43 @@ pub trait FollowerAcks: Send + Sync {
     /// struck.
     async fn wait_acks(&self, lsn: Lsn) -> Result<(), usize>;
 }
+
+/// A write committed by the cluster's consensus: its LSN (the Raft log index) and the leader's term.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// The write's LSN.
+    pub lsn: Lsn,
+    /// The term of the leader that committed it.
+    pub term: u64,
+}
+
+/// Why the consensus did not commit a write (or confirm a linearizable read) here.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConsensusError {
+    /// Another node leads: nothing was proposed here; the request belongs there.
+    #[error("node {leader_id} leads the cluster, at {leader_url}")]
+    NotLeader {
+        /// The leader's id.
+        leader_id: u64,
+        /// The leader's base URL.
+        leader_url: String,
+    },
+    /// No leader with a quorum in time: nothing was written.
+    #[error("the cluster has no leader with a quorum: {0}")]
+    Unavailable(String),
+    /// Proposed, but its fate is unknown: it may or may not take effect.
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+}
+
+/// Replication by consensus (the Raft cluster): writes are proposed, committed by a quorum, then applied
+/// to the local engine at their log index as LSN, before [`Consensus::propose`] returns.
+#[async_trait]
+pub trait Consensus: Send + Sync + std::fmt::Debug {
+    /// Proposes the operations of one write (applied atomically).
+    async fn propose(&self, ops: Vec<crate::BatchOp>) -> Result<Committed, ConsensusError>;
+
+    /// Waits until this node has applied every write committed before the call, confirmed by a quorum:
+    /// a read of the local engine after it is linearizable. Returns the LSN read at.
+    async fn read_barrier(&self) -> Result<Lsn, ConsensusError>;
+}

@@ -4,7 +4,7 @@ use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::{header, Response, StatusCode};
 use kv_app::AppError;
-use kv_domain::EngineError;
+use kv_domain::{ConsensusError, EngineError};
 
 /// The response body type of every handler.
 pub type Body = BoxBody<Bytes, std::io::Error>;
@@ -63,6 +63,12 @@ impl From<AppError> for ApiError {
             | AppError::BatchTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::Engine(engine) => return ApiError::from_engine(engine),
+            // Leadership moved between routing and proposing (nothing was proposed), or no quorum:
+            // nothing was written, retry. An open fate is 504, as for a forwarded write.
+            AppError::Consensus(
+                ConsensusError::NotLeader { .. } | ConsensusError::Unavailable(_),
+            ) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Consensus(ConsensusError::Unknown(_)) => StatusCode::GATEWAY_TIMEOUT,
         };
         ApiError::new(status, e.to_string())
     }
@@ -153,6 +159,7 @@ mod tests {
             AppError::InvertedRange { .. } => "InvertedRange",
             AppError::NotFound(_) => "NotFound",
             AppError::Engine(_) => "Engine",
+            AppError::Consensus(_) => "Consensus",
         }
     }
 
@@ -184,6 +191,21 @@ mod tests {
                 StatusCode::BAD_REQUEST,
             ),
             (AppError::NotFound("k".into()), StatusCode::NOT_FOUND),
+            (
+                AppError::Consensus(ConsensusError::NotLeader {
+                    leader_id: 2,
+                    leader_url: "http://b".into(),
+                }),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                AppError::Consensus(ConsensusError::Unavailable("no quorum".into())),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                AppError::Consensus(ConsensusError::Unknown("leader changed".into())),
+                StatusCode::GATEWAY_TIMEOUT,
+            ),
         ];
         let mut covered = std::collections::BTreeSet::new();
         for (e, status) in app {
@@ -198,6 +220,6 @@ mod tests {
             assert_eq!(ApiError::from(wrapped).status, status, "through AppError");
         }
         // Every variant of both enums was checked (the matches above name them all).
-        assert_eq!(covered.len(), 7 + 7, "{covered:?}");
+        assert_eq!(covered.len(), 8 + 7, "{covered:?}");
     }
 }
