@@ -39,6 +39,24 @@ async fn route_request(
     }
     let repl = &state.replication;
     match route.class(req.method().as_str()) {
+        Class::Write if repl.cluster.is_some() => {
+            if let Some(cluster) = &repl.cluster {
+                if let Some((_, leader_url)) = cluster.write_target()? {
+                    return crate::cluster::send_to_leader(&leader_url, req, state.max_body_bytes)
+                        .await;
+                }
+            }
+        }
+        Class::Read if crate::cluster::wants_linearizable(req.uri())? => {
+            if let Some(cluster) = &repl.cluster {
+                if let Some((_, leader_url)) = cluster.write_target()? {
+                    return crate::cluster::send_to_leader(&leader_url, req, state.max_body_bytes)
+                        .await;
+                }
+            }
+            state.service.read_barrier().await?;
+            min_lsn::wait(state.service.engine().as_ref(), repl, &req).await?;
+        }
         Class::Write => {
             if let Some(node) = repl.follower() {
                 return forward(node, req, state.max_body_bytes).await;
@@ -80,6 +98,8 @@ async fn route_request(
                 .await
                 .map(|v| response::json(&v))
         }
+        Route::Raft => crate::cluster::handle_raft(repl, req).await,
+        Route::Cluster => crate::cluster::handle_status(repl, &req),
     }
 }
 

@@ -36,6 +36,7 @@ pub mod api;
 pub mod applied;
 pub mod body;
 pub mod client;
+pub mod cluster;
 pub mod dispatch;
 pub mod error;
 pub mod json;

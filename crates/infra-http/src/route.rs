@@ -41,6 +41,10 @@ pub enum Route {
     ReplicationApply,
     /// `POST /v1/replication/snapshot`.
     ReplicationSnapshot,
+    /// `POST /v1/raft/{rpc}`: a Raft message between cluster members.
+    Raft,
+    /// `GET /v1/cluster`: this node's view of its Raft cluster.
+    Cluster,
 }
 
 /// What a request does, which decides forwarding (writes, on a follower) and min-LSN waits (reads).
@@ -58,10 +62,12 @@ pub enum Class {
 
 /// Prefix of [`Route::KvKey`] paths: the key follows it.
 pub const KV_KEY_PREFIX: &str = "/v1/kv/";
+/// Prefix of [`Route::Raft`] paths: the message's name follows it.
+pub const RAFT_PREFIX: &str = "/v1/raft/";
 
 impl Route {
     /// Every route, in the order of the metrics and of this enum.
-    pub const ALL: [Route; 15] = [
+    pub const ALL: [Route; 17] = [
         Route::Put,
         Route::Read,
         Route::ReadRange,
@@ -77,6 +83,8 @@ impl Route {
         Route::ReplicationState,
         Route::ReplicationApply,
         Route::ReplicationSnapshot,
+        Route::Raft,
+        Route::Cluster,
     ];
 
     /// The path pattern, as `docs/openapi.yaml` writes it; also the metric label.
@@ -97,6 +105,8 @@ impl Route {
             Route::ReplicationState => "/v1/replication/state",
             Route::ReplicationApply => "/v1/replication/apply",
             Route::ReplicationSnapshot => "/v1/replication/snapshot",
+            Route::Raft => "/v1/raft/{rpc}",
+            Route::Cluster => "/v1/cluster",
         }
     }
 
@@ -109,7 +119,7 @@ impl Route {
     pub const fn methods(self) -> &'static [&'static str] {
         match self {
             Route::Put | Route::BatchPut | Route::AdminCompact => &["POST"],
-            Route::ReplicationApply | Route::ReplicationSnapshot => &["POST"],
+            Route::ReplicationApply | Route::ReplicationSnapshot | Route::Raft => &["POST"],
             Route::Delete => &["POST", "DELETE"],
             Route::KvKey => &["PUT", "GET", "HEAD", "DELETE"],
             Route::Read
@@ -119,7 +129,8 @@ impl Route {
             | Route::KvList
             | Route::Status
             | Route::Metrics
-            | Route::ReplicationState => &["GET", "HEAD"],
+            | Route::ReplicationState
+            | Route::Cluster => &["GET", "HEAD"],
         }
     }
 
@@ -133,10 +144,12 @@ impl Route {
             | Route::Readyz
             | Route::Status
             | Route::Metrics
-            | Route::AdminCompact => Class::Admin,
-            Route::ReplicationState | Route::ReplicationApply | Route::ReplicationSnapshot => {
-                Class::Internal
-            }
+            | Route::AdminCompact
+            | Route::Cluster => Class::Admin,
+            Route::ReplicationState
+            | Route::ReplicationApply
+            | Route::ReplicationSnapshot
+            | Route::Raft => Class::Internal,
         }
     }
 
@@ -149,20 +162,22 @@ impl Route {
     /// cannot fire.)
     pub const fn statuses(self) -> &'static [u16] {
         match self {
-            Route::Put | Route::BatchPut => &[200, 400, 405, 413, 415, 500, 503, 504, 507],
-            Route::Read => &[200, 400, 404, 405, 500, 503],
-            Route::ReadRange | Route::KvList => &[200, 400, 405, 500, 503],
-            Route::Delete => &[200, 400, 405, 413, 500, 503, 504, 507],
+            Route::Put | Route::BatchPut => &[200, 307, 400, 405, 413, 415, 500, 503, 504, 507],
+            Route::Read => &[200, 400, 404, 405, 500, 503, 504],
+            Route::ReadRange | Route::KvList => &[200, 400, 405, 500, 503, 504],
+            Route::Delete => &[200, 307, 400, 405, 413, 500, 503, 504, 507],
             Route::HealthCheck | Route::Metrics => &[200, 405],
             // 500 only if the status document failed to serialise (it cannot today; see `api::admin`).
             Route::Status => &[200, 405, 500],
             Route::Readyz => &[200, 405, 503],
-            Route::KvKey => &[200, 400, 404, 405, 413, 500, 503, 504, 507],
+            Route::KvKey => &[200, 307, 400, 404, 405, 413, 500, 503, 504, 507],
             Route::AdminCompact => &[200, 405, 409, 500, 503, 507],
             Route::ReplicationState => &[200, 401, 405],
             Route::ReplicationApply | Route::ReplicationSnapshot => {
                 &[200, 400, 401, 405, 409, 413, 500, 503, 507]
             }
+            Route::Raft => &[200, 400, 401, 404, 405, 413, 503],
+            Route::Cluster => &[200, 401, 404, 405],
         }
     }
 
@@ -171,6 +186,9 @@ impl Route {
     pub fn resolve(path: &str) -> Option<Route> {
         if path.starts_with(KV_KEY_PREFIX) {
             return Some(Route::KvKey);
+        }
+        if path.len() > RAFT_PREFIX.len() && path.starts_with(RAFT_PREFIX) {
+            return Some(Route::Raft);
         }
         Route::ALL.into_iter().find(|r| r.pattern() == path)
     }
@@ -215,6 +233,8 @@ mod tests {
             Route::ReplicationState => "/v1/replication/state",
             Route::ReplicationApply => "/v1/replication/apply",
             Route::ReplicationSnapshot => "/v1/replication/snapshot",
+            Route::Raft => "/v1/raft/append",
+            Route::Cluster => "/v1/cluster",
         }
     }
 
@@ -244,6 +264,9 @@ mod tests {
             "/v1/admin",
             "/v1/replication",
             "/v1/replication/other",
+            "/v1/raft",
+            "/v1/raft/",
+            "/v1/clusters",
             "/metrics/x",
             "put",
         ] {
@@ -303,7 +326,7 @@ mod tests {
     fn the_statuses_with_a_series_are_those_any_route_answers() {
         assert_eq!(
             Route::all_statuses(),
-            vec![200, 400, 401, 404, 405, 409, 413, 415, 500, 503, 504, 507]
+            vec![200, 307, 400, 401, 404, 405, 409, 413, 415, 500, 503, 504, 507]
         );
     }
 }

@@ -3,13 +3,16 @@
 use std::sync::Arc;
 
 use hyper::{Response, StatusCode};
-use kv_app::{replicate_write, KvService, WriteOutcome};
+use kv_app::{replicate_write, Acked, KvService, WriteOutcome};
 use kv_domain::{FollowerAcks, Lsn, Write};
 
 use crate::applied::LsnSignal;
 use crate::error::{ApiError, Body};
 use crate::replication::LeaderHub;
 use crate::response;
+
+/// The header naming the term of the leader that committed a write (in a Raft cluster).
+pub const TERM_HEADER: &str = "x-kv-term";
 
 /// What a write handler needs: the use cases, where to run them, the acknowledgement hub, the body limit.
 #[derive(Clone, Copy, Debug)]
@@ -31,19 +34,29 @@ impl Writes<'_> {
     /// [`KvService::write`]). The signal is sent where the engine acknowledges, not after this future
     /// resumes: a request that timed out is dropped while its write still completes, and a read waiting
     /// for that LSN must still wake.
-    pub async fn submit(&self, write: Write<'_>) -> Result<Lsn, ApiError> {
+    pub async fn submit(&self, write: Write<'_>) -> Result<Acked, ApiError> {
         let signal = Arc::clone(self.written);
         Ok(self
             .service
-            .write(write, move |lsn| signal.advance(lsn))
+            .write_acked(write, move |lsn| signal.advance(lsn))
             .await?)
     }
 
-    /// The answer to a write that the engine acknowledged at `lsn` (`payload`: its key and value bytes). On a
+    /// The answer to a write acknowledged at `acked` (`payload`: its key and value bytes): `x-kv-lsn`,
+    /// and in a cluster `x-kv-term` (the committing leader's term). On a
     /// leader with followers it wakes the shippers and, with synchronous acknowledgement, waits for the
     /// configured number of followers: if they do not confirm within the timeout the answer is 504 with the
     /// LSN (the write is durable on the leader and will still replicate; only the replication is unconfirmed).
-    pub async fn written(&self, lsn: Lsn, payload: usize) -> Response<Body> {
+    pub async fn written(&self, acked: Acked, payload: usize) -> Response<Body> {
+        let mut resp = self.answer(acked.lsn, payload).await;
+        if let Some(term) = acked.term {
+            resp.headers_mut()
+                .insert(TERM_HEADER, hyper::header::HeaderValue::from(term));
+        }
+        resp
+    }
+
+    async fn answer(&self, lsn: Lsn, payload: usize) -> Response<Body> {
         let acks = self.hub.map(|h| h as &dyn FollowerAcks);
         match replicate_write(acks, lsn, payload).await {
             WriteOutcome::Committed { lsn } => {

@@ -74,6 +74,9 @@ pub struct Replication {
     pub max_read_wait: Duration,
     /// On a leader: signalled by every acknowledged write, to wake min-LSN reads.
     pub written: Arc<LsnSignal>,
+    /// In a Raft cluster: this node's membership (`role` is then `Leader(None)`: writes go through the
+    /// consensus, not the shippers).
+    pub cluster: Option<crate::cluster::SharedCluster>,
 }
 
 impl Replication {
@@ -85,11 +88,19 @@ impl Replication {
             history: None,
             max_read_wait: Duration::from_secs(5),
             written: Arc::new(LsnSignal::default()),
+            cluster: None,
         }
     }
 
     /// `leader` or `follower`.
     pub fn role_name(&self) -> &'static str {
+        if let Some(cluster) = &self.cluster {
+            return match cluster.status().state.as_str() {
+                "leader" => "leader",
+                "learner" => "learner",
+                _ => "follower",
+            };
+        }
         match self.role {
             Role::Leader(_) => "leader",
             Role::Follower(_) => "follower",

@@ -1,0 +1,356 @@
+//! The Raft cluster over HTTP (the cluster issue; `docs/cluster.md`).
+//!
+//! - [`HttpTransport`]: moves `kv-infra-raft`'s messages between nodes as `POST /v1/raft/{rpc}` with a
+//!   JSON body, carrying the replication token (peers refuse a request without it, 401).
+//! - [`ClusterNode`]: a [`RaftNode`] as the `domain::Consensus` port `KvService` proposes writes to,
+//!   plus what the HTTP layer asks of it: who leads (to forward or redirect a write), the status of
+//!   `GET /v1/cluster`, and the handler of the Raft routes.
+//!
+//! | method | path | body | answer |
+//! |---|---|---|---|
+//! | POST | `/v1/raft/append` | openraft's `AppendEntriesRequest` | the receiver's `Result`, JSON |
+//! | POST | `/v1/raft/vote`, `/v1/raft/pre-vote` | `VoteRequest` | `Result<VoteResponse, _>` |
+//! | POST | `/v1/raft/snapshot` | a chunk of at most 1 MiB (base64) | `Result<Option<SnapshotResponse>, _>` |
+//! | POST | `/v1/raft/transfer-leader` | `TransferLeaderRequest` | `Result<_, String>` |
+//! | GET | `/v1/cluster` | | [`ClusterStatus`] |
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use hyper::{Method, StatusCode};
+use kv_domain::{BatchOp, Committed, Consensus, ConsensusError, Lsn};
+use kv_infra_raft::{
+    ClusterError, ClusterStatus, Command, NodeId, RaftNode, RaftTransport, Rpc, TransportError,
+};
+use parking_lot::Mutex;
+
+use crate::client::{Client, ClientError};
+use crate::error::ApiError;
+use crate::replication::{Secret, TOKEN_HEADER};
+
+pub use crate::route::RAFT_PREFIX;
+/// Longest wait for a peer's answer to a Raft message (a snapshot chunk: 30 s).
+const RPC_TIMEOUT: Duration = Duration::from_secs(3);
+const SNAPSHOT_RPC_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for a proposed write to be committed and applied.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for a linearizable read's barrier.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle connections kept per peer.
+const POOL_PER_PEER: usize = 4;
+
+/// Raft messages over HTTP/1.1 with a small pool of connections per peer.
+#[derive(Debug)]
+pub struct HttpTransport {
+    token: Option<Secret>,
+    pool: Mutex<HashMap<String, Vec<Client>>>,
+}
+
+impl HttpTransport {
+    /// A transport that sends `token` (the replication token) with every message.
+    pub fn new(token: Option<Secret>) -> Self {
+        Self {
+            token,
+            pool: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl RaftTransport for HttpTransport {
+    async fn call(
+        &self,
+        target: NodeId,
+        url: &str,
+        rpc: Rpc,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, TransportError> {
+        // Snapshot chunks get a connection of their own, with their longer timeout.
+        let snapshot = rpc == Rpc::Snapshot;
+        let pooled = if snapshot {
+            None
+        } else {
+            self.pool.lock().get_mut(url).and_then(Vec::pop)
+        };
+        let mut client = match pooled {
+            Some(c) => c,
+            None => {
+                let timeout = if snapshot {
+                    SNAPSHOT_RPC_TIMEOUT
+                } else {
+                    RPC_TIMEOUT
+                };
+                Client::new(url)
+                    .map_err(|e| {
+                        TransportError::Unreachable(format!("node {target} at {url}: {e}"))
+                    })?
+                    .with_timeouts(Some(Duration::from_secs(1)), Some(timeout))
+            }
+        };
+        let mut headers = vec![(CONTENT_TYPE, HeaderValue::from_static("application/json"))];
+        if let Some(token) = &self.token {
+            if let Ok(v) = HeaderValue::from_str(token.expose()) {
+                headers.push((HeaderName::from_static(TOKEN_HEADER), v));
+            }
+        }
+        let path = format!("{RAFT_PREFIX}{}", rpc.name());
+        let answer = client
+            .send_with(Method::POST, &path, &headers, Bytes::from(body))
+            .await;
+        match answer {
+            Ok((StatusCode::OK, _, body)) if snapshot => Ok(body.to_vec()),
+            Ok((StatusCode::OK, _, body)) => {
+                let mut pool = self.pool.lock();
+                let idle = pool.entry(url.to_string()).or_default();
+                if idle.len() < POOL_PER_PEER {
+                    idle.push(client);
+                }
+                Ok(body.to_vec())
+            }
+            Ok((status, _, body)) => Err(TransportError::Network(format!(
+                "node {target} at {url} answered {status} to {}: {}",
+                rpc.name(),
+                String::from_utf8_lossy(&body)
+            ))),
+            Err(ClientError::Unreachable { source, .. }) => Err(TransportError::Unreachable(
+                format!("node {target} at {url}: {source}"),
+            )),
+            Err(e) => Err(TransportError::Network(format!(
+                "node {target} at {url}: {e}"
+            ))),
+        }
+    }
+}
+
+/// A cluster member as the server uses it (see the module doc).
+#[derive(Debug)]
+pub struct ClusterNode {
+    node: RaftNode,
+}
+
+impl ClusterNode {
+    /// Wraps a started node.
+    pub fn new(node: RaftNode) -> Self {
+        Self { node }
+    }
+
+    /// The Raft node.
+    pub fn raft(&self) -> &RaftNode {
+        &self.node
+    }
+
+    /// Who should take a write now: `Ok(None)` this node, `Ok(Some((id, url)))` another, `Err` nobody
+    /// known (an election is under way, or this node is cut off).
+    pub fn write_target(&self) -> Result<Option<(NodeId, String)>, ApiError> {
+        let status = self.node.status();
+        match (status.leader_id, status.leader_url) {
+            (Some(id), _) if id == self.node.id() => Ok(None),
+            (Some(id), Some(url)) => Ok(Some((id, url))),
+            _ => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "no leader known to node {} (term {}): an election may be under way; nothing was written, retry",
+                    status.node_id, status.term
+                ),
+            )),
+        }
+    }
+
+    /// This node's view of the cluster.
+    pub fn status(&self) -> ClusterStatus {
+        self.node.status()
+    }
+
+    /// Answers a Raft route (`path` below [`RAFT_PREFIX`]) with its JSON.
+    pub async fn handle_rpc(&self, name: &str, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+        let rpc = Rpc::from_name(name)
+            .ok_or_else(|| ApiError::not_found(format!("no Raft message {name:?}")))?;
+        self.node
+            .handle(rpc, body)
+            .await
+            .map_err(ApiError::bad_request)
+    }
+}
+
+fn consensus_error(e: ClusterError) -> ConsensusError {
+    match e {
+        ClusterError::NotLeader {
+            leader_id,
+            leader_url,
+        } => ConsensusError::NotLeader {
+            leader_id,
+            leader_url,
+        },
+        ClusterError::Unavailable(r) => ConsensusError::Unavailable(r),
+        ClusterError::Unknown(r) => ConsensusError::Unknown(r),
+        ClusterError::Stopped(r) => ConsensusError::Unavailable(format!("this node stopped: {r}")),
+    }
+}
+
+#[async_trait]
+impl Consensus for ClusterNode {
+    async fn propose(&self, ops: Vec<BatchOp>) -> Result<Committed, ConsensusError> {
+        let written = self
+            .node
+            .write(Command::from_ops(&ops), WRITE_TIMEOUT)
+            .await
+            .map_err(consensus_error)?;
+        Ok(Committed {
+            lsn: Lsn(written.lsn),
+            term: written.term,
+        })
+    }
+
+    async fn read_barrier(&self) -> Result<Lsn, ConsensusError> {
+        self.node
+            .read_barrier(READ_TIMEOUT)
+            .await
+            .map(Lsn)
+            .map_err(consensus_error)
+    }
+}
+
+/// The shared handle `KvService` and the server hold.
+pub type SharedCluster = Arc<ClusterNode>;
+
+/// Marks a write a node forwarded to the leader it knew: a node that is not the leader either refuses
+/// it (503) instead of forwarding it again, so a request makes at most one hop.
+pub const FORWARDED_HEADER: &str = "x-kv-forwarded";
+/// Longest wait for the leader's answer to a forwarded request.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether a read asks for `consistency=linearizable` (`local`, the default, or absent: no); anything
+/// else is a 400.
+pub fn wants_linearizable(uri: &hyper::Uri) -> Result<bool, ApiError> {
+    let params = crate::request::query(uri)?;
+    match params.get("consistency").map(Vec::as_slice) {
+        None | Some(b"local") => Ok(false),
+        Some(b"linearizable") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "consistency must be local or linearizable, not {:?}",
+            String::from_utf8_lossy(other)
+        ))),
+    }
+}
+
+/// A request for the leader at `leader_url`, arriving at another node: a 307 to the leader when the
+/// query says `redirect=true`; otherwise forwarded once, the leader's answer relayed. A request that was
+/// already forwarded is refused (503): the node that sent it had an outdated view of the leader.
+pub async fn send_to_leader(
+    leader_url: &str,
+    req: hyper::Request<crate::body::RequestBody>,
+    max_body: usize,
+) -> Result<hyper::Response<crate::error::Body>, ApiError> {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path().to_string(), |p| p.as_str().to_string());
+    let redirect = crate::request::query(req.uri())?
+        .get("redirect")
+        .is_some_and(|v| v.as_slice() == b"true");
+    if redirect {
+        let location = format!("{}{path}", leader_url.trim_end_matches('/'));
+        let mut resp = ApiError::new(
+            StatusCode::TEMPORARY_REDIRECT,
+            format!("the leader is at {leader_url}"),
+        )
+        .into_response();
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            resp.headers_mut().insert(hyper::header::LOCATION, v);
+        }
+        return Ok(resp);
+    }
+    if req.headers().contains_key(FORWARDED_HEADER) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("this node is not the leader (the leader is at {leader_url}) and the request was already forwarded once; nothing was written, retry"),
+        ));
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = crate::body::read_body(&parts.headers, body, max_body).await?;
+    let mut pass: Vec<(HeaderName, HeaderValue)> = [CONTENT_TYPE]
+        .iter()
+        .filter_map(|n| parts.headers.get(n).map(|v| (n.clone(), v.clone())))
+        .collect();
+    pass.push((
+        HeaderName::from_static(FORWARDED_HEADER),
+        HeaderValue::from_static("1"),
+    ));
+    for name in [crate::replication::MIN_LSN_HEADER, TOKEN_HEADER] {
+        if let Some(v) = parts.headers.get(name) {
+            pass.push((HeaderName::from_static(name), v.clone()));
+        }
+    }
+    let mut client = Client::new(leader_url)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .with_timeouts(Some(Duration::from_secs(1)), Some(FORWARD_TIMEOUT));
+    match client.send_with(parts.method, &path, &pass, bytes).await {
+        Ok((status, headers, body)) => {
+            let mut resp = hyper::Response::new(crate::error::full(body));
+            *resp.status_mut() = status;
+            for (name, value) in &headers {
+                let relayed = name == CONTENT_TYPE
+                    || name.as_str().starts_with("x-kv-")
+                    || name == hyper::header::LOCATION;
+                if relayed {
+                    resp.headers_mut().insert(name.clone(), value.clone());
+                }
+            }
+            Ok(resp)
+        }
+        Err(ClientError::Unreachable { source, .. }) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the leader at {leader_url} is unreachable ({source}); nothing was written, retry"),
+        )),
+        Err(e) => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("outcome unknown: forwarding to the leader at {leader_url} failed after the request was sent ({e}); a write may or may not have been applied (it was not retried)"),
+        )),
+    }
+}
+
+/// `POST /v1/raft/{rpc}`: a peer's Raft message (replication token required).
+pub async fn handle_raft(
+    repl: &crate::replication::Replication,
+    req: hyper::Request<crate::body::RequestBody>,
+) -> Result<hyper::Response<crate::error::Body>, ApiError> {
+    repl.check_token(req.headers())?;
+    let Some(cluster) = &repl.cluster else {
+        return Err(ApiError::not_found(
+            "this node is not a member of a Raft cluster",
+        ));
+    };
+    let name = req
+        .uri()
+        .path()
+        .strip_prefix(RAFT_PREFIX)
+        .unwrap_or_default()
+        .to_string();
+    // A snapshot chunk is 1 MiB of base64 plus its metadata; entries are bounded by openraft's batch.
+    let (parts, body) = req.into_parts();
+    let bytes = crate::body::read_body(&parts.headers, body, 64 << 20).await?;
+    let answer = cluster.handle_rpc(&name, &bytes).await?;
+    let mut resp = hyper::Response::new(crate::error::full(answer));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(resp)
+}
+
+/// `GET /v1/cluster` (replication token required).
+pub fn handle_status(
+    repl: &crate::replication::Replication,
+    req: &hyper::Request<crate::body::RequestBody>,
+) -> Result<hyper::Response<crate::error::Body>, ApiError> {
+    repl.check_token(req.headers())?;
+    let Some(cluster) = &repl.cluster else {
+        return Err(ApiError::not_found(
+            "this node is not a member of a Raft cluster (start it with CLUSTER_NODE_ID and CLUSTER_PEERS)",
+        ));
+    };
+    let status = serde_json::to_value(cluster.status())
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(crate::response::json(&status))
+}
