@@ -56,6 +56,14 @@ struct Config {
     /// the leader, replication unconfirmed).
     #[arg(long, env = "REPLICATION_ACK_TIMEOUT_MS", default_value_t = 5_000)]
     replication_ack_timeout_ms: u64,
+    /// Raft cluster: this node's id among CLUSTER_PEERS. With CLUSTER_PEERS set, the node is a member of a
+    /// Raft cluster (automatic failover; docs/cluster.md) instead of a static leader or follower.
+    #[arg(long, env = "CLUSTER_NODE_ID")]
+    cluster_node_id: Option<u64>,
+    /// Raft cluster: every voter as `ID=URL` (the base URL the others reach it at), comma-separated, the
+    /// same list on every node, e.g. `1=http://kv1:8080,2=http://kv2:8080,3=http://kv3:8080`.
+    #[arg(long, env = "CLUSTER_PEERS", value_delimiter = ',')]
+    cluster_peers: Vec<String>,
     /// Longest time a read with `min_lsn` waits for this node to apply that LSN.
     #[arg(long, env = "READ_MAX_WAIT_MS", default_value_t = 5_000)]
     read_max_wait_ms: u64,
@@ -163,7 +171,9 @@ fn parse_durability(s: &str) -> Result<Durability, String> {
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // openraft warns on every heartbeat a down peer misses (20 a second): its errors only, unless
+        // RUST_LOG asks for more (e.g. RUST_LOG=info,openraft=info).
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=error"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -267,7 +277,57 @@ fn main() -> ExitCode {
     }
 }
 
+/// This node's id and every voter's URL by id.
+type ClusterMembers = (u64, std::collections::BTreeMap<u64, String>);
+
+/// The peers of CLUSTER_PEERS (`ID=URL,...`), checked: ids unique, URLs http(s), this node among them.
+fn cluster_peers(c: &Config) -> Result<Option<ClusterMembers>, String> {
+    let listed: Vec<&String> = c
+        .cluster_peers
+        .iter()
+        .filter(|p| !p.trim().is_empty())
+        .collect();
+    match (c.cluster_node_id, listed.is_empty()) {
+        (None, true) => return Ok(None),
+        (Some(_), true) => return Err("CLUSTER_NODE_ID is set but CLUSTER_PEERS is empty".into()),
+        (None, false) => return Err("CLUSTER_PEERS is set but CLUSTER_NODE_ID is not".into()),
+        (Some(_), false) => {}
+    }
+    let mut peers = std::collections::BTreeMap::new();
+    for entry in listed {
+        let (id, url) = entry.trim().split_once('=').ok_or_else(|| {
+            format!("CLUSTER_PEERS entry {entry:?} is not ID=URL (e.g. 1=http://kv1:8080)")
+        })?;
+        let id: u64 = id.trim().parse().map_err(|_| {
+            format!("CLUSTER_PEERS entry {entry:?}: {id:?} is not a node id (a number)")
+        })?;
+        let url = url.trim().trim_end_matches('/').to_string();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!(
+                "CLUSTER_PEERS entry {entry:?}: the URL must start with http://"
+            ));
+        }
+        if peers.insert(id, url).is_some() {
+            return Err(format!("CLUSTER_PEERS names node {id} twice"));
+        }
+    }
+    let me = c.cluster_node_id.unwrap_or_default();
+    if !peers.contains_key(&me) {
+        return Err(format!(
+            "CLUSTER_NODE_ID {me} is not among CLUSTER_PEERS ({:?})",
+            peers.keys().collect::<Vec<_>>()
+        ));
+    }
+    Ok(Some((me, peers)))
+}
+
 fn check_replication_config(c: &Config) -> Result<(), String> {
+    if cluster_peers(c)?.is_some()
+        && (c.replication_mode == Role::Follower
+            || c.replication_replica_hosts.iter().any(|h| !h.is_empty()))
+    {
+        return Err("CLUSTER_PEERS (a Raft cluster) cannot be combined with REPLICATION_MODE=follower or REPLICATION_REPLICA_HOSTS (static replication) yet".into());
+    }
     match c.replication_mode {
         Role::Follower => {
             if c.replication_leader_host
@@ -421,13 +481,40 @@ async fn run(config: Config) -> Result<(), String> {
         max_value_bytes: config.max_value_bytes,
         max_batch_ops: config.max_batch_ops,
     };
-    let replication = replication(&config, &engine)?;
+    let mut service = KvService::new(engine.clone(), limits);
+    let replication = match cluster_peers(&config)? {
+        None => replication(&config, &engine)?,
+        Some((node_id, peers)) => {
+            if config.replication_token.is_none() {
+                tracing::warn!("REPLICATION_TOKEN is not set: the Raft endpoints accept anyone who can reach this port");
+            }
+            let transport = Arc::new(kv_infra_http::cluster::HttpTransport::new(
+                config.replication_token.clone(),
+            ));
+            let shipping: Arc<dyn kv_domain::LogShipping> = engine.clone();
+            let settings = kv_infra_raft::ClusterSettings::new(node_id, peers.clone());
+            let node =
+                kv_infra_raft::RaftNode::start(settings, &config.data_path, shipping, transport)
+                    .await
+                    .map_err(|e| format!("cannot start the Raft node: {e}"))?;
+            tracing::info!(node_id, ?peers, "cluster member");
+            let cluster = Arc::new(kv_infra_http::cluster::ClusterNode::new(node));
+            service = service.with_consensus(cluster.clone());
+            kv_infra_http::replication::Replication {
+                token: config.replication_token.clone(),
+                max_read_wait: Duration::from_millis(config.read_max_wait_ms),
+                cluster: Some(cluster),
+                ..kv_infra_http::replication::Replication::standalone()
+            }
+        }
+    };
     let (stop_shipping, shipping_stopped) = tokio::sync::watch::channel(false);
     if let Some(hub) = replication.hub() {
         hub.start(shipping_stopped);
     }
+    let cluster = replication.cluster.clone();
     let state = Arc::new(ServerState {
-        service: KvService::new(engine.clone(), limits),
+        service,
         metrics: Arc::new(Metrics::default()),
         max_body_bytes: config
             .max_body_bytes
@@ -451,6 +538,17 @@ async fn run(config: Config) -> Result<(), String> {
         .map_err(|e| format!("server failed: {e}"))?;
     let _ = stop_shipping.send(true);
     drop(state);
+    if let Some(cluster) = cluster {
+        cluster.raft().shutdown().await;
+        drop(cluster);
+        // openraft's state-machine task lets go of the engine a moment after shutdown.
+        for _ in 0..100 {
+            if Arc::strong_count(&engine) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     // Requests are drained: make everything durable and release the lock.
     let closed = tokio::task::spawn_blocking(move || match Arc::try_unwrap(engine) {
         Ok(engine) => engine.close(),
@@ -461,4 +559,68 @@ async fn run(config: Config) -> Result<(), String> {
     closed.map_err(|e| format!("final sync failed: {e}"))?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peers_of(args: &[&str]) -> Result<Option<ClusterMembers>, String> {
+        let mut all = vec!["kv-server"];
+        all.extend_from_slice(args);
+        let config = Config::try_parse_from(all).map_err(|e| e.to_string())?;
+        cluster_peers(&config)
+    }
+
+    #[test]
+    fn cluster_peers_are_parsed_and_every_mistake_is_named() {
+        assert_eq!(peers_of(&[]), Ok(None));
+        let (me, peers) = peers_of(&[
+            "--cluster-node-id",
+            "2",
+            "--cluster-peers",
+            "1=http://a:8080, 2=http://b:8080/,3=http://c:8080",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(me, 2);
+        assert_eq!(peers[&2], "http://b:8080", "trimmed, no trailing slash");
+        assert_eq!(peers.len(), 3);
+        let mistakes: [(&[&str], &str); 6] = [
+            (&["--cluster-node-id", "1"], "CLUSTER_PEERS is empty"),
+            (&["--cluster-peers", "1=http://a"], "CLUSTER_NODE_ID is not"),
+            (
+                &["--cluster-node-id", "1", "--cluster-peers", "1:http://a"],
+                "not ID=URL",
+            ),
+            (
+                &["--cluster-node-id", "1", "--cluster-peers", "x=http://a"],
+                "not a node id",
+            ),
+            (
+                &["--cluster-node-id", "1", "--cluster-peers", "1=a:8080"],
+                "must start with http",
+            ),
+            (
+                &[
+                    "--cluster-node-id",
+                    "4",
+                    "--cluster-peers",
+                    "1=http://a,2=http://b",
+                ],
+                "not among CLUSTER_PEERS",
+            ),
+        ];
+        for (args, says) in mistakes {
+            let err = peers_of(args).unwrap_err();
+            assert!(err.contains(says), "{args:?}: {err}");
+        }
+        let twice = peers_of(&[
+            "--cluster-node-id",
+            "1",
+            "--cluster-peers",
+            "1=http://a,1=http://b",
+        ]);
+        assert!(twice.unwrap_err().contains("twice"));
+    }
 }
