@@ -1,0 +1,167 @@
+//! A Raft cluster of three real `kv-server` processes on 127.0.0.1 (`CLUSTER_NODE_ID`, `CLUSTER_PEERS`,
+//! the replication token on): the nodes form the cluster by themselves; writes sent to any node are
+//! forwarded to the leader (or redirected with `?redirect=true`); a linearizable read on a follower sees
+//! them; Raft traffic and `/v1/cluster` need the token;
+//! the leader is SIGKILLed three times under four writers, a new one takes writes each time, and after
+//! the old ones return all three hold the same contents with every acknowledged write.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use integration_tests::cluster::{assert_all_present, AckedWriters, Node, TOKEN};
+use serde_json::Value as Json;
+
+fn cluster_status(node: &Node) -> Option<Json> {
+    let (code, body) = node
+        .client()
+        .try_request_with(
+            "GET",
+            "/v1/cluster",
+            &[("x-kv-replication-token", TOKEN)],
+            b"",
+        )
+        .ok()?;
+    (code == 200).then(|| serde_json::from_slice(&body).unwrap())
+}
+
+/// The leader every running node agrees on, within `within`.
+fn agreed_leader(nodes: &[Node], within: Duration) -> u64 {
+    let deadline = Instant::now() + within;
+    loop {
+        let views: Vec<Option<u64>> = nodes
+            .iter()
+            .filter(|n| n.server.is_some())
+            .map(|n| cluster_status(n).and_then(|s| s["leader_id"].as_u64()))
+            .collect();
+        if let Some(Some(l)) = views.first() {
+            let leader_up = nodes[(*l - 1) as usize].server.is_some();
+            if leader_up && views.iter().all(|v| *v == Some(*l)) {
+                return *l;
+            }
+        }
+        assert!(Instant::now() < deadline, "no agreed leader: {views:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn start_cluster(root: &std::path::Path) -> Vec<Node> {
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|i| Node::new(&root.join(format!("n{i}")), Vec::new()))
+        .collect();
+    let peers: Vec<String> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("{}={}", i + 1, n.url()))
+        .collect();
+    for (i, node) in nodes.iter_mut().enumerate() {
+        node.args = vec![
+            "--cluster-node-id".into(),
+            (i + 1).to_string(),
+            "--cluster-peers".into(),
+            peers.join(","),
+            "--replication-token".into(),
+            TOKEN.into(),
+        ];
+        node.start();
+    }
+    nodes
+}
+
+#[test]
+fn writes_to_any_node_reach_the_leader_or_redirect_and_linearizable_reads_see_them() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = start_cluster(root.path());
+    let leader = agreed_leader(&nodes, Duration::from_secs(20));
+    let follower = &nodes[(leader % 3) as usize];
+    let (code, body) = follower
+        .client()
+        .request("PUT", "/v1/kv/through-a-follower", b"v1");
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let (code, body) = follower
+        .client()
+        .request("PUT", "/v1/kv/redirected?redirect=true", b"v2");
+    assert_eq!(code, 307, "{}", String::from_utf8_lossy(&body));
+    // A linearizable read on a follower sees the write at once (it is served by the leader).
+    let (code, body) = follower.client().request(
+        "GET",
+        "/v1/kv/through-a-follower?consistency=linearizable",
+        b"",
+    );
+    assert_eq!((code, body.as_slice()), (200, &b"v1"[..]));
+    let (code, _) = follower
+        .client()
+        .request("GET", "/v1/kv/x?consistency=strong", b"");
+    assert_eq!(code, 400, "an unknown consistency level is refused");
+    // Raft traffic needs the token.
+    let (code, _) = follower.client().request("POST", "/v1/raft/vote", b"{}");
+    assert_eq!(code, 401);
+    let (code, _) = follower.client().request("GET", "/v1/cluster", b"");
+    assert_eq!(code, 401);
+    let status = cluster_status(follower).unwrap();
+    assert_eq!(status["members"].as_array().unwrap().len(), 3);
+    assert_eq!(status["leader_id"].as_u64(), Some(leader));
+    for node in &mut nodes {
+        node.stop();
+    }
+}
+
+#[test]
+fn the_leader_is_killed_three_times_under_writers_and_no_acknowledged_write_is_lost() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = start_cluster(root.path());
+    let mut acked = Vec::new();
+    let mut failovers = Vec::new();
+    for round in 0..3 {
+        let leader = agreed_leader(&nodes, Duration::from_secs(20));
+        // Four writers through the two other nodes, which forward to the leader.
+        let others: Vec<usize> = (0..3).filter(|i| *i as u64 + 1 != leader).collect();
+        let writers: Vec<AckedWriters> = others
+            .iter()
+            .map(|i| AckedWriters::start(nodes[*i].client(), &format!("r{round}n{i}"), 2))
+            .collect();
+        std::thread::sleep(Duration::from_millis(500));
+        let before: usize = writers.iter().map(AckedWriters::count).sum();
+        assert!(before > 0, "no write acknowledged before the kill");
+        nodes[(leader - 1) as usize].kill();
+        let killed = Instant::now();
+        // A new leader is there once acknowledgements resume.
+        loop {
+            std::thread::sleep(Duration::from_millis(20));
+            let now: usize = writers.iter().map(AckedWriters::count).sum();
+            if now > before + 8 {
+                break;
+            }
+            assert!(
+                killed.elapsed() < Duration::from_secs(15),
+                "writes never resumed"
+            );
+        }
+        failovers.push(killed.elapsed());
+        std::thread::sleep(Duration::from_millis(300));
+        for w in writers {
+            acked.extend(w.stop());
+        }
+        nodes[(leader - 1) as usize].start();
+    }
+    let leader = agreed_leader(&nodes, Duration::from_secs(20));
+    // Everyone catches up: wait for equal contents (each node answers from its own engine).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let reference = loop {
+        let all: Vec<_> = nodes.iter().map(Node::contents).collect();
+        if all.windows(2).all(|w| w[0] == w[1]) {
+            break all.into_iter().next().unwrap();
+        }
+        assert!(Instant::now() < deadline, "contents never converged");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_all_present(&acked, &reference, "on the converged cluster");
+    failovers.sort();
+    eprintln!(
+        "leader {leader}; {} acknowledged writes; time from SIGKILL to resumed acknowledgements: {:?}",
+        acked.len(),
+        failovers
+    );
+    for node in &mut nodes {
+        node.stop();
+    }
+}
