@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help run-leader run-follower docker compose-up compose-down bench-replication soak-replication check test test-steps test-clean lint bench bench-engine bench-index bench-http bench-goals bench-rss larger-than-ram soak fmt clean-bench
+.PHONY: help run-leader run-follower run-cluster docker compose-up compose-down bench-replication soak-replication check test test-steps test-clean lint bench bench-engine bench-index bench-http bench-goals bench-rss larger-than-ram soak fmt clean-bench
 
 PORT ?= 8080
 DATA ?= ./data
@@ -23,6 +23,18 @@ run-leader: ## Run the server: a leader on $(PORT) with data in $(DATA); standal
 run-follower: ## Run a follower on $(FOLLOWER_PORT) with data in $(FOLLOWER_DATA), following $(LEADER)
 	$(CARGO) run --release -p kv-server -- --port $(FOLLOWER_PORT) --data-path $(FOLLOWER_DATA) \
 		--replication-mode follower --replication-leader-host $(LEADER)
+
+CLUSTER_DATA ?= ./data-cluster
+run-cluster: ## Run a 3-node Raft cluster on 127.0.0.1:8081-8083 (data in $(CLUSTER_DATA)/N); Ctrl-C stops all
+	$(CARGO) build --release -p kv-server
+	@peers=1=http://127.0.0.1:8081,2=http://127.0.0.1:8082,3=http://127.0.0.1:8083; \
+	trap 'kill 0' INT TERM; \
+	for i in 1 2 3; do \
+		target/release/kv-server --bind 127.0.0.1 --port 808$$i --data-path $(CLUSTER_DATA)/$$i \
+			--cluster-node-id $$i --cluster-peers $$peers & \
+	done; \
+	echo "cluster on 127.0.0.1:8081-8083; try: curl -XPOST localhost:8082/put -d '{\"key\":\"a\",\"value\":\"1\"}'"; \
+	wait
 
 IMAGE ?= moniepoint-kv:latest
 COMPOSE := docker-compose -f docker/compose.yaml -p moniepoint-kv

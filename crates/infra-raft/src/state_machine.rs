@@ -6,7 +6,8 @@
 //! The last applied log id, the membership and the current snapshot's metadata. It is stored at every
 //! membership entry, snapshot build and snapshot install, not at every apply: after a restart openraft may
 //! re-apply entries the engine already holds, which `apply_log` skips (it ignores every entry at or below
-//! the engine's last LSN), so a stale `STATE` costs re-delivery, never a double apply.
+//! the engine's last LSN), so a stale `STATE` costs re-delivery, never a double apply. The engine is
+//! synced before each store, so `STATE` never runs ahead of what the engine holds durably.
 //!
 //! ## Snapshots: `raft/snapshot-<index>.snap`
 //! Every live key at one applied index, in key order, one engine put record each (checksummed, LSN = the
@@ -103,7 +104,11 @@ impl StateMachine {
         self.state.lock().last_applied
     }
 
+    /// Stores `STATE`. IMPORTANT: the engine is synced first, so `STATE` never claims an applied index the
+    /// engine could lose (in `never` or `interval` mode a power loss may drop its unsynced tail; openraft
+    /// re-applies only entries after `STATE`'s index, and may have purged the ones before).
     fn store_state(&self, state: &State) -> io::Result<()> {
+        self.engine.sync().map_err(io_err)?;
         let bytes = serde_json::to_vec(state).map_err(io_err)?;
         small_file::store(&RealFs, &self.dir, STATE, &bytes).map_err(io_err)
     }
