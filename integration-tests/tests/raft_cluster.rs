@@ -100,6 +100,27 @@ fn writes_to_any_node_reach_the_leader_or_redirect_and_linearizable_reads_see_th
     let status = cluster_status(follower).unwrap();
     assert_eq!(status["members"].as_array().unwrap().len(), 3);
     assert_eq!(status["leader_id"].as_u64(), Some(leader));
+    // Every node is ready, shows the cluster in its status, and exports the Raft series.
+    for node in &nodes {
+        let (code, body) = node.client().request("GET", "/readyz", b"");
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+        let st = node.status();
+        assert_eq!(st["cluster"]["leader_id"].as_u64(), Some(leader));
+        let (code, body) = node.client().request("GET", "/metrics", b"");
+        assert_eq!(code, 200);
+        let text = String::from_utf8(body).unwrap();
+        assert!(text.contains("\nkv_raft_leader_id "), "{text}");
+        assert!(text.contains("\nkv_raft_applied_index "));
+    }
+    let (_, body) = nodes[(leader - 1) as usize]
+        .client()
+        .request("GET", "/metrics", b"");
+    let text = String::from_utf8(body).unwrap();
+    assert!(text.contains("kv_raft_is_leader 1"));
+    assert!(
+        text.contains("kv_raft_peer_lag_entries{peer=\""),
+        "the leader shows each member's lag"
+    );
     for node in &mut nodes {
         node.stop();
     }
@@ -164,4 +185,36 @@ fn the_leader_is_killed_three_times_under_writers_and_no_acknowledged_write_is_l
     for node in &mut nodes {
         node.stop();
     }
+}
+
+#[test]
+fn a_member_without_a_majority_is_not_ready_refuses_writes_and_still_reads_locally() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|i| Node::new(&root.path().join(format!("n{i}")), Vec::new()))
+        .collect();
+    let peers: Vec<String> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("{}={}", i + 1, n.url()))
+        .collect();
+    // Node 2 alone: it does not initialise the cluster (node 1 would) and hears from no leader.
+    let alone = &mut nodes[1];
+    alone.args = vec![
+        "--cluster-node-id".into(),
+        "2".into(),
+        "--cluster-peers".into(),
+        peers.join(","),
+    ];
+    alone.start();
+    let (code, body) = alone.client().request("GET", "/readyz", b"");
+    let text = String::from_utf8_lossy(&body).to_string();
+    assert_eq!(code, 503, "{text}");
+    assert!(text.contains("no Raft leader known"), "{text}");
+    let (code, body) = alone.client().request("PUT", "/v1/kv/k", b"v");
+    assert_eq!(code, 503, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("nothing was written"));
+    let (code, _) = alone.client().request("GET", "/v1/kv/k", b"");
+    assert_eq!(code, 404, "local reads still answer");
+    alone.stop();
 }

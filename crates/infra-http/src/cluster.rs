@@ -164,6 +164,66 @@ impl ClusterNode {
         self.node.status()
     }
 
+    /// The cluster's series for `/metrics`: term, leader, log, commit and applied index, and on the
+    /// leader each member's matched index and lag.
+    pub fn write_metrics(&self, w: &mut crate::prom::Writer) {
+        use crate::prom::Kind;
+        let s = self.node.status();
+        w.gauge(
+            "kv_raft_term",
+            "The current Raft term (it grows by at least one per election).",
+            s.term,
+        );
+        w.gauge(
+            "kv_raft_is_leader",
+            "1 while this node leads the cluster.",
+            u8::from(s.state == "leader"),
+        );
+        w.gauge(
+            "kv_raft_leader_id",
+            "The leader this node knows (0: none).",
+            s.leader_id.unwrap_or(0),
+        );
+        w.gauge(
+            "kv_raft_last_log_index",
+            "The last index of this node's Raft log.",
+            s.last_log_index.unwrap_or(0),
+        );
+        w.gauge(
+            "kv_raft_commit_index",
+            "The last index this node knows committed.",
+            s.commit_index.unwrap_or(0),
+        );
+        w.gauge(
+            "kv_raft_applied_index",
+            "The last index this node's engine applied.",
+            s.applied_index.unwrap_or(0),
+        );
+        let leader_view: Vec<_> = s
+            .members
+            .iter()
+            .filter_map(|m| Some((m.id.to_string(), m.matched_index?, m.lag_entries?)))
+            .collect();
+        if !leader_view.is_empty() {
+            w.family(
+                "kv_raft_peer_matched_index",
+                Kind::Gauge,
+                "On the leader: the last index each member holds.",
+            );
+            for (id, matched, _) in &leader_view {
+                w.sample("kv_raft_peer_matched_index", &[("peer", id)], matched);
+            }
+            w.family(
+                "kv_raft_peer_lag_entries",
+                Kind::Gauge,
+                "On the leader: how many entries each member is behind its log.",
+            );
+            for (id, _, lag) in &leader_view {
+                w.sample("kv_raft_peer_lag_entries", &[("peer", id)], lag);
+            }
+        }
+    }
+
     /// Answers a Raft route (`path` below [`RAFT_PREFIX`]) with its JSON.
     pub async fn handle_rpc(&self, name: &str, body: &[u8]) -> Result<Vec<u8>, ApiError> {
         let rpc = Rpc::from_name(name)

@@ -42,6 +42,9 @@ pub struct NodeStatus {
     pub recovery: RecoveryDoc,
     /// On a follower: its replication state.
     pub replication: Option<serde_json::Value>,
+    /// In a Raft cluster: this node's view of it (as `GET /v1/cluster` shows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<serde_json::Value>,
     /// `leader`, `follower`, or `embedded` (kvctl on a data directory).
     pub role: String,
     /// Segment files.
@@ -140,6 +143,7 @@ impl NodeStatus {
             read_only: s.read_only.clone(),
             recovery: (&s.recovery).into(),
             replication,
+            cluster: None,
             role: role.to_string(),
             segments: s.segments,
             writes: s.writes,

@@ -149,6 +149,9 @@ pub struct ClusterStatus {
 pub struct RaftNode {
     id: NodeId,
     raft: Raft,
+    /// The last index of this node's log when it started: it is ready once it has applied that far
+    /// (or as far as the cluster has committed, if less).
+    start_index: Option<u64>,
     raft_dir: PathBuf,
     /// Serialises incoming snapshot chunks (one leader sends them in order).
     incoming: tokio::sync::Mutex<()>,
@@ -200,7 +203,8 @@ impl RaftNode {
                 "raft log: cut a torn tail at open"
             );
         }
-        let pristine = log.get_log_state().await?.last_log_id.is_none()
+        let start_index = log.get_log_state().await?.last_log_id.map(|id| id.index);
+        let pristine = start_index.is_none()
             && openraft::storage::RaftLogReader::read_vote(&mut log)
                 .await?
                 .is_none();
@@ -231,6 +235,7 @@ impl RaftNode {
         Ok(Self {
             id: settings.node_id,
             raft,
+            start_index,
             raft_dir,
             incoming: tokio::sync::Mutex::new(()),
         })
@@ -328,6 +333,31 @@ impl RaftNode {
             .transfer_leader(to)
             .await
             .map_err(|e| ClusterError::Stopped(e.to_string()))
+    }
+
+    /// Why this node cannot serve as a cluster member yet (empty: ready): it knows no leader, or it has
+    /// not applied what its log held at start (or what the cluster committed, if that is less).
+    pub fn ready_reasons(&self) -> Vec<String> {
+        let status = self.status();
+        let mut reasons = Vec::new();
+        if status.leader_id.is_none() {
+            reasons.push(format!(
+                "no Raft leader known (term {}): an election is under way or this node is cut off from the majority",
+                status.term
+            ));
+        }
+        let applied = status.applied_index.unwrap_or(0);
+        let target = match (self.start_index, status.commit_index) {
+            (Some(start), Some(commit)) => Some(start.min(commit)),
+            (Some(_), None) => None,
+            (None, _) => None,
+        };
+        if let Some(target) = target.filter(|t| applied < *t) {
+            reasons.push(format!(
+                "catching up: applied index {applied}, {target} needed (what this node's log held at start)"
+            ));
+        }
+        reasons
     }
 
     /// This node's view of the cluster.

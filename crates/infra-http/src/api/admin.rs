@@ -25,7 +25,7 @@ pub async fn readyz(engine: &EngineStatus, replication: &Replication) -> Respons
 
 /// `GET /v1/status`.
 pub fn status(s: &EngineStatus, replication: &Replication) -> Result<Response<Body>, ApiError> {
-    let doc = NodeStatus::new(
+    let mut doc = NodeStatus::new(
         replication.role_name(),
         s,
         replication
@@ -33,6 +33,10 @@ pub fn status(s: &EngineStatus, replication: &Replication) -> Result<Response<Bo
             .map_or(serde_json::json!([]), |h| h.followers_json()),
         replication.follower().map(|f| f.status_json()),
     );
+    doc.cluster = replication
+        .cluster
+        .as_ref()
+        .and_then(|c| serde_json::to_value(c.status()).ok());
     serialised(&doc)
 }
 
@@ -76,6 +80,9 @@ pub fn metrics(
     }
     if let Some(node) = replication.follower() {
         node.write_metrics(&mut w);
+    }
+    if let Some(cluster) = &replication.cluster {
+        cluster.write_metrics(&mut w);
     }
     let mut resp = Response::new(full(w.finish()));
     resp.headers_mut().insert(

@@ -6,7 +6,9 @@
 //! - its engine accepts writes (not poisoned by an I/O error, not opened read-only on a full disk);
 //! - on a follower: no snapshot is half-installed (the contents would be a mix of two points in time);
 //! - on a follower: its leader answers (a probe of `GET /v1/replication/state`, within a second), is a
-//!   leader, accepts the token, and holds this follower's history.
+//!   leader, accepts the token, and holds this follower's history;
+//! - in a Raft cluster: it knows a leader, and has applied what its log held at start
+//!   (`RaftNode::ready_reasons`).
 //!
 //! A leader's readiness never depends on its followers: a leader whose followers are all down still
 //! serves every write (compose starts the followers only once the leader is ready).
@@ -34,6 +36,9 @@ pub fn engine_reasons(status: &EngineStatus) -> Vec<String> {
 /// Every reason this node is not ready; empty when it is. Probes the leader on a follower.
 pub async fn reasons(engine: &EngineStatus, repl: &Replication) -> Vec<String> {
     let mut reasons = engine_reasons(engine);
+    if let Some(cluster) = &repl.cluster {
+        reasons.extend(cluster.raft().ready_reasons());
+    }
     if let Some(node) = repl.follower() {
         if node.replica.state().snapshot_in_progress {
             reasons.push("a snapshot from the leader is half-installed: this follower's contents are a mix of old and new until it completes".into());
