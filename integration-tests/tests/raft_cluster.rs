@@ -1,7 +1,7 @@
 //! A Raft cluster of three real `kv-server` processes on 127.0.0.1 (`CLUSTER_NODE_ID`, `CLUSTER_PEERS`,
 //! the replication token on): the nodes form the cluster by themselves; writes sent to any node are
 //! forwarded to the leader (or redirected with `?redirect=true`); a linearizable read on a follower sees
-//! them; Raft traffic and `/v1/cluster` need the token;
+//! them; Raft traffic and `/v1/cluster` need the token, and Raft traffic the cluster's id;
 //! the leader is SIGKILLed three times under four writers, a new one takes writes each time, and after
 //! the old ones return all three hold the same contents with every acknowledged write.
 #![allow(clippy::unwrap_used)]
@@ -95,6 +95,16 @@ fn writes_to_any_node_reach_the_leader_or_redirect_and_linearizable_reads_see_th
     // Raft traffic needs the token.
     let (code, _) = follower.client().request("POST", "/v1/raft/vote", b"{}");
     assert_eq!(code, 401);
+    // ... and the cluster's id: a node of another cluster is refused.
+    for cluster in [None, Some("another-cluster")] {
+        let mut headers = vec![("x-kv-replication-token", TOKEN)];
+        headers.extend(cluster.map(|c| ("x-kv-cluster", c)));
+        let (code, body) = follower
+            .client()
+            .try_request_with("POST", "/v1/raft/vote", &headers, b"{}")
+            .unwrap();
+        assert_eq!(code, 409, "{cluster:?}: {}", String::from_utf8_lossy(&body));
+    }
     let (code, _) = follower.client().request("GET", "/v1/cluster", b"");
     assert_eq!(code, 401);
     let status = cluster_status(follower).unwrap();

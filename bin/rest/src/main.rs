@@ -64,6 +64,10 @@ struct Config {
     /// same list on every node, e.g. `1=http://kv1:8080,2=http://kv2:8080,3=http://kv3:8080`.
     #[arg(long, env = "CLUSTER_PEERS", value_delimiter = ',')]
     cluster_peers: Vec<String>,
+    /// Raft cluster: its id, sent with every Raft message; a node refuses messages of another cluster
+    /// (default: derived from CLUSTER_PEERS, which every member shares).
+    #[arg(long, env = "CLUSTER_ID")]
+    cluster_id: Option<String>,
     /// Longest time a read with `min_lsn` waits for this node to apply that LSN.
     #[arg(long, env = "READ_MAX_WAIT_MS", default_value_t = 5_000)]
     read_max_wait_ms: u64,
@@ -488,8 +492,11 @@ async fn run(config: Config) -> Result<(), String> {
             if config.replication_token.is_none() {
                 tracing::warn!("REPLICATION_TOKEN is not set: the Raft endpoints accept anyone who can reach this port");
             }
+            let cluster_id =
+                kv_infra_http::cluster::cluster_id(config.cluster_id.as_deref(), &peers);
             let transport = Arc::new(kv_infra_http::cluster::HttpTransport::new(
                 config.replication_token.clone(),
+                cluster_id.clone(),
             ));
             let shipping: Arc<dyn kv_domain::LogShipping> = engine.clone();
             let settings = kv_infra_raft::ClusterSettings::new(node_id, peers.clone());
@@ -497,8 +504,8 @@ async fn run(config: Config) -> Result<(), String> {
                 kv_infra_raft::RaftNode::start(settings, &config.data_path, shipping, transport)
                     .await
                     .map_err(|e| format!("cannot start the Raft node: {e}"))?;
-            tracing::info!(node_id, ?peers, "cluster member");
-            let cluster = Arc::new(kv_infra_http::cluster::ClusterNode::new(node));
+            tracing::info!(node_id, ?peers, %cluster_id, "cluster member");
+            let cluster = Arc::new(kv_infra_http::cluster::ClusterNode::new(node, cluster_id));
             service = service.with_consensus(cluster.clone());
             kv_infra_http::replication::Replication {
                 token: config.replication_token.clone(),

@@ -1,7 +1,8 @@
 //! The Raft cluster over HTTP (the cluster issue; `docs/cluster.md`).
 //!
 //! - [`HttpTransport`]: moves `kv-infra-raft`'s messages between nodes as `POST /v1/raft/{rpc}` with a
-//!   JSON body, carrying the replication token (peers refuse a request without it, 401).
+//!   JSON body, carrying the replication token (peers refuse a request without it, 401) and the cluster
+//!   id (peers of another cluster refuse it, 409).
 //! - [`ClusterNode`]: a [`RaftNode`] as the `domain::Consensus` port `KvService` proposes writes to,
 //!   plus what the HTTP layer asks of it: who leads (to forward or redirect a write), the status of
 //!   `GET /v1/cluster`, and the handler of the Raft routes.
@@ -43,18 +44,44 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle connections kept per peer.
 const POOL_PER_PEER: usize = 4;
 
+/// The header naming the sender's cluster on every Raft message: a node refuses (409) a message from a
+/// node of another cluster, so two clusters wired to each other by mistake cannot mix their logs.
+pub const CLUSTER_HEADER: &str = "x-kv-cluster";
+
+/// The id of a cluster: `CLUSTER_ID` when set, else derived from its peer list (`CLUSTER_PEERS`, which
+/// every member is started with): a hex FNV-1a hash of the `id=url` entries in id order.
+pub fn cluster_id(
+    explicit: Option<&str>,
+    peers: &std::collections::BTreeMap<NodeId, String>,
+) -> String {
+    if let Some(id) = explicit.filter(|id| !id.is_empty()) {
+        return id.to_string();
+    }
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for (id, url) in peers {
+        for b in format!("{id}={url},").bytes() {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{hash:016x}")
+}
+
 /// Raft messages over HTTP/1.1 with a small pool of connections per peer.
 #[derive(Debug)]
 pub struct HttpTransport {
     token: Option<Secret>,
+    cluster: String,
     pool: Mutex<HashMap<String, Vec<Client>>>,
 }
 
 impl HttpTransport {
-    /// A transport that sends `token` (the replication token) with every message.
-    pub fn new(token: Option<Secret>) -> Self {
+    /// A transport that sends `token` (the replication token) and the cluster id `cluster` with every
+    /// message.
+    pub fn new(token: Option<Secret>, cluster: String) -> Self {
         Self {
             token,
+            cluster,
             pool: Mutex::new(HashMap::new()),
         }
     }
@@ -91,6 +118,9 @@ impl RaftTransport for HttpTransport {
             }
         };
         let mut headers = vec![(CONTENT_TYPE, HeaderValue::from_static("application/json"))];
+        if let Ok(v) = HeaderValue::from_str(&self.cluster) {
+            headers.push((HeaderName::from_static(CLUSTER_HEADER), v));
+        }
         if let Some(token) = &self.token {
             if let Ok(v) = HeaderValue::from_str(token.expose()) {
                 headers.push((HeaderName::from_static(TOKEN_HEADER), v));
@@ -129,12 +159,29 @@ impl RaftTransport for HttpTransport {
 #[derive(Debug)]
 pub struct ClusterNode {
     node: RaftNode,
+    cluster: String,
 }
 
 impl ClusterNode {
-    /// Wraps a started node.
-    pub fn new(node: RaftNode) -> Self {
-        Self { node }
+    /// Wraps a started node of the cluster with id `cluster` (see [`cluster_id`]).
+    pub fn new(node: RaftNode, cluster: String) -> Self {
+        Self { node, cluster }
+    }
+
+    /// Refuses (409) a Raft message from a node of another cluster, or one that does not say.
+    fn check_cluster(&self, headers: &hyper::HeaderMap) -> Result<(), ApiError> {
+        let theirs = headers.get(CLUSTER_HEADER).and_then(|v| v.to_str().ok());
+        if theirs == Some(self.cluster.as_str()) {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "this node belongs to cluster {}; the message came from cluster {} (CLUSTER_PEERS or CLUSTER_ID differ between the nodes)",
+                self.cluster,
+                theirs.unwrap_or("<none>")
+            ),
+        ))
     }
 
     /// The Raft node.
@@ -162,6 +209,11 @@ impl ClusterNode {
     /// This node's view of the cluster.
     pub fn status(&self) -> ClusterStatus {
         self.node.status()
+    }
+
+    /// The cluster's id.
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster
     }
 
     /// The cluster's series for `/metrics`: term, leader, log, commit and applied index, and on the
@@ -383,6 +435,7 @@ pub async fn handle_raft(
             "this node is not a member of a Raft cluster",
         ));
     };
+    cluster.check_cluster(req.headers())?;
     let name = req
         .uri()
         .path()
@@ -413,4 +466,29 @@ pub fn handle_status(
     let status = serde_json::to_value(cluster.status())
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(crate::response::json(&status))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cluster_id_is_the_explicit_one_or_a_hash_of_the_peer_list() {
+        let peers = |list: &[(u64, &str)]| -> std::collections::BTreeMap<u64, String> {
+            list.iter().map(|(i, u)| (*i, u.to_string())).collect()
+        };
+        let a = peers(&[(1, "http://a"), (2, "http://b")]);
+        assert_eq!(cluster_id(Some("prod"), &a), "prod");
+        assert_eq!(cluster_id(None, &a), cluster_id(Some(""), &a));
+        assert_eq!(cluster_id(None, &a).len(), 16);
+        // Another list (other URLs, other ids) is another cluster.
+        assert_ne!(
+            cluster_id(None, &a),
+            cluster_id(None, &peers(&[(1, "http://a"), (2, "http://c")]))
+        );
+        assert_ne!(
+            cluster_id(None, &a),
+            cluster_id(None, &peers(&[(1, "http://a"), (3, "http://b")]))
+        );
+    }
 }

@@ -176,7 +176,7 @@ impl Route {
             Route::ReplicationApply | Route::ReplicationSnapshot => {
                 &[200, 400, 401, 405, 409, 413, 500, 503, 507]
             }
-            Route::Raft => &[200, 400, 401, 404, 405, 413, 503],
+            Route::Raft => &[200, 400, 401, 404, 405, 409, 413, 503],
             Route::Cluster => &[200, 401, 404, 405],
         }
     }
