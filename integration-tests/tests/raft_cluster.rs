@@ -228,3 +228,95 @@ fn a_member_without_a_majority_is_not_ready_refuses_writes_and_still_reads_local
     assert_eq!(code, 404, "local reads still answer");
     alone.stop();
 }
+
+fn cluster_op(node: &Node, op: &str, body: &str) -> (u16, String) {
+    let (code, body) = node
+        .client()
+        .try_request_with(
+            "POST",
+            &format!("/v1/cluster/{op}"),
+            &[("x-kv-replication-token", TOKEN)],
+            body.as_bytes(),
+        )
+        .unwrap();
+    (code, String::from_utf8_lossy(&body).to_string())
+}
+
+#[test]
+fn a_fourth_node_joins_as_learner_is_promoted_an_old_voter_is_removed_and_leadership_moves() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = start_cluster(root.path());
+    let writers = AckedWriters::start(nodes[1].client(), "members", 2);
+    let leader = agreed_leader(&nodes, Duration::from_secs(20));
+    // Node 4 starts with the same peer list plus itself; it waits to hear from the leader.
+    let mut fourth = Node::new(&root.path().join("n4"), Vec::new());
+    let mut peers: Vec<String> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("{}={}", i + 1, n.url()))
+        .collect();
+    let cluster_id = "membership-test";
+    for node in &mut nodes {
+        // The peer list changes with node 4: give every node the same explicit cluster id.
+        node.stop();
+        node.args.extend(["--cluster-id".to_string(), cluster_id.to_string()]);
+        node.start();
+    }
+    peers.push(format!("4={}", fourth.url()));
+    fourth.args = vec![
+        "--cluster-node-id".into(),
+        "4".into(),
+        "--cluster-peers".into(),
+        peers.join(","),
+        "--replication-token".into(),
+        TOKEN.into(),
+        "--cluster-id".into(),
+        cluster_id.into(),
+    ];
+    fourth.start();
+    let leader = agreed_leader(&nodes, Duration::from_secs(20)).max(leader);
+    let follower = &nodes[(leader % 3) as usize];
+    // Through a follower: forwarded to the leader.
+    let (code, body) = cluster_op(follower, "add-learner", &format!(r#"{{"id":4,"url":"{}"}}"#, fourth.url()));
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = cluster_op(follower, "promote", r#"{"ids":[4]}"#);
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = cluster_op(follower, "promote", r#"{"ids":[]}"#);
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = cluster_op(follower, "transfer-leader", r#"{"to":9}"#);
+    assert_eq!(code, 409, "{body}");
+    let (code, body) = cluster_op(follower, "transfer-leader", r#"{"to":4}"#);
+    assert_eq!(code, 200, "{body}");
+    let status = cluster_status(&fourth).unwrap();
+    assert_eq!(status["leader_id"].as_u64(), Some(4), "{status}");
+    // Remove node 1, then stop it: the three others keep taking writes.
+    let (code, body) = cluster_op(&fourth, "remove", r#"{"id":1}"#);
+    assert_eq!(code, 200, "{body}");
+    nodes[0].stop();
+    std::thread::sleep(Duration::from_millis(300));
+    let acked = writers.stop();
+    let (code, body) = nodes[2].client().request("PUT", "/v1/kv/after-removal", b"v");
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let status = cluster_status(&fourth).unwrap();
+    let ids: Vec<u64> = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![2, 3, 4], "{status}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let live = [&nodes[1], &nodes[2], &fourth];
+    let reference = loop {
+        let all: Vec<_> = live.iter().map(|n| n.contents()).collect();
+        if all.windows(2).all(|w| w[0] == w[1]) && all[0].contains_key("after-removal") {
+            break all.into_iter().next().unwrap();
+        }
+        assert!(Instant::now() < deadline, "contents never converged");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_all_present(&acked, &reference, "after the membership changes");
+    for node in nodes.iter_mut().chain(std::iter::once(&mut fourth)) {
+        node.stop();
+    }
+}

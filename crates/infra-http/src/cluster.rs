@@ -287,6 +287,18 @@ impl ClusterNode {
     }
 }
 
+/// The HTTP error of a cluster operation's failure.
+fn api_error(e: ClusterError) -> ApiError {
+    let status = match &e {
+        ClusterError::Refused(_) => StatusCode::CONFLICT,
+        ClusterError::Unknown(_) => StatusCode::GATEWAY_TIMEOUT,
+        ClusterError::NotLeader { .. }
+        | ClusterError::Unavailable(_)
+        | ClusterError::Stopped(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    ApiError::new(status, e.to_string())
+}
+
 fn consensus_error(e: ClusterError) -> ConsensusError {
     match e {
         ClusterError::NotLeader {
@@ -299,6 +311,7 @@ fn consensus_error(e: ClusterError) -> ConsensusError {
         ClusterError::Unavailable(r) => ConsensusError::Unavailable(r),
         ClusterError::Unknown(r) => ConsensusError::Unknown(r),
         ClusterError::Stopped(r) => ConsensusError::Unavailable(format!("this node stopped: {r}")),
+        ClusterError::Refused(r) => ConsensusError::Unavailable(r),
     }
 }
 
@@ -466,6 +479,128 @@ pub fn handle_status(
     let status = serde_json::to_value(cluster.status())
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(crate::response::json(&status))
+}
+
+/// The bodies of the membership operations.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeRef {
+    id: NodeId,
+    #[serde(default)]
+    url: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeIds {
+    ids: Vec<NodeId>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferTo {
+    to: NodeId,
+}
+
+fn parse<T: serde::de::DeserializeOwned>(
+    op: &str,
+    body: &[u8],
+    shape: &str,
+) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("{op} takes {shape}: {e}")))
+}
+
+/// `POST /v1/cluster/{add-learner,promote,remove,transfer-leader}` (replication token): runs on the
+/// leader (another node forwards it there once, or redirects with `?redirect=true`) and answers once the
+/// change is committed, `{"ok":true,"log_index":N}` (a transfer: once the new leader leads).
+pub async fn handle_op(
+    repl: &crate::replication::Replication,
+    req: hyper::Request<crate::body::RequestBody>,
+    max_body: usize,
+) -> Result<hyper::Response<crate::error::Body>, ApiError> {
+    repl.check_token(req.headers())?;
+    let Some(cluster) = &repl.cluster else {
+        return Err(ApiError::not_found(
+            "this node is not a member of a Raft cluster (start it with CLUSTER_NODE_ID and CLUSTER_PEERS)",
+        ));
+    };
+    let op = req
+        .uri()
+        .path()
+        .strip_prefix(crate::route::CLUSTER_OP_PREFIX)
+        .unwrap_or_default()
+        .to_string();
+    const OPS: [&str; 4] = ["add-learner", "promote", "remove", "transfer-leader"];
+    if !OPS.contains(&op.as_str()) {
+        return Err(ApiError::not_found(format!(
+            "no cluster operation {op:?}; there are {}",
+            OPS.join(", ")
+        )));
+    }
+    if let Some((_, leader_url)) = cluster.write_target()? {
+        return send_to_leader(&leader_url, req, max_body).await;
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = crate::body::read_body(&parts.headers, body, max_body).await?;
+    let node = cluster.raft();
+    let answer = match op.as_str() {
+        "add-learner" => {
+            let n: NodeRef = parse(&op, &bytes, r#"{"id":N,"url":"http://host:port"}"#)?;
+            let url = n
+                .url
+                .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "add-learner needs the node's base URL as url (http://...)",
+                    )
+                })?;
+            node.add_learner(n.id, url.trim_end_matches('/'))
+                .await
+                .map_err(api_error)?
+        }
+        "promote" => {
+            let n: NodeIds = parse(&op, &bytes, r#"{"ids":[N,...]}"#)?;
+            if n.ids.is_empty() {
+                return Err(ApiError::bad_request("promote needs at least one id"));
+            }
+            node.promote(n.ids.into_iter().collect())
+                .await
+                .map_err(api_error)?
+        }
+        "remove" => {
+            let n: NodeRef = parse(&op, &bytes, r#"{"id":N}"#)?;
+            node.remove(n.id).await.map_err(api_error)?
+        }
+        _ => {
+            let t: TransferTo = parse(&op, &bytes, r#"{"to":N}"#)?;
+            let members = cluster.status().members;
+            if !members.iter().any(|m| m.id == t.to && m.role == "voter") {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!("node {} is not a voter of this cluster", t.to),
+                ));
+            }
+            node.transfer_leader(t.to).await.map_err(api_error)?;
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                let status = cluster.status();
+                if status.leader_id == Some(t.to) {
+                    break status.commit_index.unwrap_or(0);
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(ApiError::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!("leadership transfer to node {} requested but not complete within 5 s (leader now: {:?})", t.to, status.leader_id),
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    Ok(crate::response::json(
+        &serde_json::json!({ "ok": true, "log_index": answer }),
+    ))
 }
 
 #[cfg(test)]

@@ -100,6 +100,7 @@ async fn route_request(
         }
         Route::Raft => crate::cluster::handle_raft(repl, req).await,
         Route::Cluster => crate::cluster::handle_status(repl, &req),
+        Route::ClusterOp => crate::cluster::handle_op(repl, req, state.max_body_bytes).await,
     }
 }
 

@@ -45,6 +45,8 @@ pub enum Route {
     Raft,
     /// `GET /v1/cluster`: this node's view of its Raft cluster.
     Cluster,
+    /// `POST /v1/cluster/{op}`: a membership operation (add-learner, promote, remove, transfer-leader).
+    ClusterOp,
 }
 
 /// What a request does, which decides forwarding (writes, on a follower) and min-LSN waits (reads).
@@ -64,10 +66,12 @@ pub enum Class {
 pub const KV_KEY_PREFIX: &str = "/v1/kv/";
 /// Prefix of [`Route::Raft`] paths: the message's name follows it.
 pub const RAFT_PREFIX: &str = "/v1/raft/";
+/// Prefix of [`Route::ClusterOp`] paths: the operation's name follows it.
+pub const CLUSTER_OP_PREFIX: &str = "/v1/cluster/";
 
 impl Route {
     /// Every route, in the order of the metrics and of this enum.
-    pub const ALL: [Route; 17] = [
+    pub const ALL: [Route; 18] = [
         Route::Put,
         Route::Read,
         Route::ReadRange,
@@ -85,6 +89,7 @@ impl Route {
         Route::ReplicationSnapshot,
         Route::Raft,
         Route::Cluster,
+        Route::ClusterOp,
     ];
 
     /// The path pattern, as `docs/openapi.yaml` writes it; also the metric label.
@@ -107,6 +112,7 @@ impl Route {
             Route::ReplicationSnapshot => "/v1/replication/snapshot",
             Route::Raft => "/v1/raft/{rpc}",
             Route::Cluster => "/v1/cluster",
+            Route::ClusterOp => "/v1/cluster/{op}",
         }
     }
 
@@ -120,6 +126,7 @@ impl Route {
         match self {
             Route::Put | Route::BatchPut | Route::AdminCompact => &["POST"],
             Route::ReplicationApply | Route::ReplicationSnapshot | Route::Raft => &["POST"],
+            Route::ClusterOp => &["POST"],
             Route::Delete => &["POST", "DELETE"],
             Route::KvKey => &["PUT", "GET", "HEAD", "DELETE"],
             Route::Read
@@ -145,7 +152,8 @@ impl Route {
             | Route::Status
             | Route::Metrics
             | Route::AdminCompact
-            | Route::Cluster => Class::Admin,
+            | Route::Cluster
+            | Route::ClusterOp => Class::Admin,
             Route::ReplicationState
             | Route::ReplicationApply
             | Route::ReplicationSnapshot
@@ -178,6 +186,7 @@ impl Route {
             }
             Route::Raft => &[200, 400, 401, 404, 405, 409, 413, 503],
             Route::Cluster => &[200, 401, 404, 405],
+            Route::ClusterOp => &[200, 307, 400, 401, 404, 405, 409, 413, 503, 504],
         }
     }
 
@@ -189,6 +198,9 @@ impl Route {
         }
         if path.len() > RAFT_PREFIX.len() && path.starts_with(RAFT_PREFIX) {
             return Some(Route::Raft);
+        }
+        if path.len() > CLUSTER_OP_PREFIX.len() && path.starts_with(CLUSTER_OP_PREFIX) {
+            return Some(Route::ClusterOp);
         }
         Route::ALL.into_iter().find(|r| r.pattern() == path)
     }
@@ -235,6 +247,7 @@ mod tests {
             Route::ReplicationSnapshot => "/v1/replication/snapshot",
             Route::Raft => "/v1/raft/append",
             Route::Cluster => "/v1/cluster",
+            Route::ClusterOp => "/v1/cluster/promote",
         }
     }
 
@@ -267,6 +280,7 @@ mod tests {
             "/v1/raft",
             "/v1/raft/",
             "/v1/clusters",
+            "/v1/cluster/",
             "/metrics/x",
             "put",
         ] {

@@ -103,6 +103,10 @@ pub enum ClusterError {
     /// The node has stopped (shut down, or its storage failed).
     #[error("raft node stopped: {0}")]
     Stopped(String),
+    /// A membership change the cluster refuses (promoting a node that is not a learner, removing the
+    /// last voter, a change while another is in progress).
+    #[error("membership change refused: {0}")]
+    Refused(String),
 }
 
 /// A member of the cluster, as `GET /v1/cluster` shows it.
@@ -323,6 +327,76 @@ impl RaftNode {
             }
             Ok(Err(RaftError::APIError(e))) => Err(ClusterError::Unavailable(e.to_string())),
             Ok(Err(RaftError::Fatal(e))) => Err(ClusterError::Stopped(e.to_string())),
+        }
+    }
+
+    /// Adds node `id` at `url` as a learner (it receives the log but does not vote); returns once the
+    /// change is committed (the learner may still be catching up: see `lag_entries`).
+    pub async fn add_learner(&self, id: NodeId, url: &str) -> Result<u64, ClusterError> {
+        let answer = self.raft.add_learner(id, BasicNode::new(url), false).await;
+        Self::membership_outcome(answer)
+    }
+
+    /// Makes the learners `ids` voters (through openraft's joint consensus).
+    pub async fn promote(
+        &self,
+        ids: std::collections::BTreeSet<NodeId>,
+    ) -> Result<u64, ClusterError> {
+        let answer = self
+            .raft
+            .change_membership(openraft::ChangeMembers::AddVoterIds(ids), false)
+            .await;
+        Self::membership_outcome(answer)
+    }
+
+    /// Removes node `id` from the cluster: from the voters if it is one, then from the members.
+    pub async fn remove(&self, id: NodeId) -> Result<u64, ClusterError> {
+        let is_voter = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == id);
+        let ids: std::collections::BTreeSet<NodeId> = [id].into();
+        if is_voter {
+            let answer = self
+                .raft
+                .change_membership(openraft::ChangeMembers::RemoveVoters(ids.clone()), false)
+                .await;
+            Self::membership_outcome(answer)?;
+        }
+        let answer = self
+            .raft
+            .change_membership(openraft::ChangeMembers::RemoveNodes(ids), false)
+            .await;
+        Self::membership_outcome(answer)
+    }
+
+    /// The log index of a committed membership change, or why there is none.
+    fn membership_outcome(
+        answer: Result<
+            openraft::raft::ClientWriteResponse<TypeConfig>,
+            RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
+        >,
+    ) -> Result<u64, ClusterError> {
+        match answer {
+            Ok(resp) => Ok(resp.log_id.index),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(fwd))) => {
+                match (fwd.leader_id, fwd.leader_node) {
+                    (Some(leader_id), Some(node)) => Err(ClusterError::NotLeader {
+                        leader_id,
+                        leader_url: node.addr,
+                    }),
+                    _ => Err(ClusterError::Unavailable("no leader known".into())),
+                }
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(ClusterError::Refused(e.to_string()))
+            }
+            Err(RaftError::APIError(e)) => Err(ClusterError::Unknown(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(ClusterError::Stopped(e.to_string())),
         }
     }
 
