@@ -122,6 +122,37 @@ fn writes_to_any_node_reach_the_leader_or_redirect_and_linearizable_reads_see_th
         assert!(text.contains("\nkv_raft_leader_id "), "{text}");
         assert!(text.contains("\nkv_raft_applied_index "));
     }
+    // kvctl cluster status: the token from the flag, the environment or a file; without it, exit 2.
+    let token_file = root.path().join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let kvctl = |args: &[&str], env: &[(&str, &str)]| {
+        let out = std::process::Command::new(integration_tests::binary("kvctl"))
+            .env_remove("KV_REPLICATION_TOKEN")
+            .envs(env.iter().copied())
+            .args(["--url", &follower.url(), "--output", "json", "cluster"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let file_arg = token_file.to_str().unwrap();
+    for (args, env) in [
+        (vec!["status", "--token", TOKEN], vec![]),
+        (vec!["status"], vec![("KV_REPLICATION_TOKEN", TOKEN)]),
+        (vec!["status", "--token-file", file_arg], vec![]),
+    ] {
+        let (code, stdout, stderr) = kvctl(&args, &env);
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+        let doc: Json = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(doc["leader_id"].as_u64(), Some(leader));
+    }
+    let (code, _, stderr) = kvctl(&["status"], &[]);
+    assert_eq!(code, Some(2), "401 is a usage error: {stderr}");
+    assert!(stderr.contains("token"), "{stderr}");
     let (_, body) = nodes[(leader - 1) as usize]
         .client()
         .request("GET", "/metrics", b"");
@@ -259,7 +290,8 @@ fn a_fourth_node_joins_as_learner_is_promoted_an_old_voter_is_removed_and_leader
     for node in &mut nodes {
         // The peer list changes with node 4: give every node the same explicit cluster id.
         node.stop();
-        node.args.extend(["--cluster-id".to_string(), cluster_id.to_string()]);
+        node.args
+            .extend(["--cluster-id".to_string(), cluster_id.to_string()]);
         node.start();
     }
     peers.push(format!("4={}", fourth.url()));
@@ -277,7 +309,11 @@ fn a_fourth_node_joins_as_learner_is_promoted_an_old_voter_is_removed_and_leader
     let leader = agreed_leader(&nodes, Duration::from_secs(20)).max(leader);
     let follower = &nodes[(leader % 3) as usize];
     // Through a follower: forwarded to the leader.
-    let (code, body) = cluster_op(follower, "add-learner", &format!(r#"{{"id":4,"url":"{}"}}"#, fourth.url()));
+    let (code, body) = cluster_op(
+        follower,
+        "add-learner",
+        &format!(r#"{{"id":4,"url":"{}"}}"#, fourth.url()),
+    );
     assert_eq!(code, 200, "{body}");
     let (code, body) = cluster_op(follower, "promote", r#"{"ids":[4]}"#);
     assert_eq!(code, 200, "{body}");
@@ -285,8 +321,24 @@ fn a_fourth_node_joins_as_learner_is_promoted_an_old_voter_is_removed_and_leader
     assert_eq!(code, 400, "{body}");
     let (code, body) = cluster_op(follower, "transfer-leader", r#"{"to":9}"#);
     assert_eq!(code, 409, "{body}");
-    let (code, body) = cluster_op(follower, "transfer-leader", r#"{"to":4}"#);
-    assert_eq!(code, 200, "{body}");
+    // The transfer through kvctl.
+    let out = std::process::Command::new(integration_tests::binary("kvctl"))
+        .args([
+            "--url",
+            &follower.url(),
+            "cluster",
+            "transfer-leader",
+            "4",
+            "--token",
+            TOKEN,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let status = cluster_status(&fourth).unwrap();
     assert_eq!(status["leader_id"].as_u64(), Some(4), "{status}");
     // Remove node 1, then stop it: the three others keep taking writes.
@@ -295,7 +347,9 @@ fn a_fourth_node_joins_as_learner_is_promoted_an_old_voter_is_removed_and_leader
     nodes[0].stop();
     std::thread::sleep(Duration::from_millis(300));
     let acked = writers.stop();
-    let (code, body) = nodes[2].client().request("PUT", "/v1/kv/after-removal", b"v");
+    let (code, body) = nodes[2]
+        .client()
+        .request("PUT", "/v1/kv/after-removal", b"v");
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
     let status = cluster_status(&fourth).unwrap();
     let ids: Vec<u64> = status["members"]

@@ -163,6 +163,18 @@ enum Command {
     Status,
     /// Compact now: reclaim the space of overwritten and deleted values; prints the report.
     Compact,
+    /// A Raft cluster: its status, and membership operations (run on the leader; any member forwards).
+    Cluster {
+        /// The operation.
+        #[command(subcommand)]
+        op: ClusterOp,
+        /// The replication token (else KV_REPLICATION_TOKEN, else the first line of --token-file).
+        #[arg(long, env = "KV_REPLICATION_TOKEN", hide_env_values = true, global = true)]
+        token: Option<String>,
+        /// A file whose first line is the replication token (keeps it off the command line).
+        #[arg(long, global = true)]
+        token_file: Option<PathBuf>,
+    },
     /// Interactive shell: put, read, delete, readrange, batchput, status, help, exit.
     Shell,
     /// Load generator against a server: req/s and latency percentiles (HDR histogram). Not bounded by
@@ -177,6 +189,57 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+}
+
+/// `kvctl cluster ...`.
+#[derive(clap::Subcommand, Debug)]
+enum ClusterOp {
+    /// This node's view of the cluster (GET /v1/cluster).
+    Status,
+    /// Add node ID at URL as a learner (it receives the log, does not vote).
+    AddLearner {
+        /// The node's id.
+        id: u64,
+        /// The node's base URL, as the other members reach it.
+        url: String,
+    },
+    /// Make learners voters.
+    Promote {
+        /// The learners' ids.
+        #[arg(required = true)]
+        ids: Vec<u64>,
+    },
+    /// Remove a node from the cluster (a voter first stops voting).
+    Remove {
+        /// The node's id.
+        id: u64,
+    },
+    /// Hand leadership to a voter.
+    TransferLeader {
+        /// The voter's id.
+        to: u64,
+    },
+}
+
+/// The token of `kvctl cluster`: the flag or environment variable, else the file's first line.
+fn cluster_token(
+    token: Option<String>,
+    file: Option<&PathBuf>,
+) -> Result<Option<String>, CliError> {
+    if token.is_some() {
+        return Ok(token);
+    }
+    let Some(file) = file else { return Ok(None) };
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        CliError::usage(format!("cannot read --token-file {}: {e}", file.display()))
+    })?;
+    match text.lines().next().map(str::trim).filter(|t| !t.is_empty()) {
+        Some(t) => Ok(Some(t.to_string())),
+        None => Err(CliError::usage(format!(
+            "--token-file {} is empty",
+            file.display()
+        ))),
+    }
 }
 
 impl Command {
@@ -353,6 +416,44 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             let text = match output {
                 Output::Text => serde_json::to_string_pretty(&status),
                 Output::Json => serde_json::to_string(&status),
+            }
+            .map_err(|e| CliError::failure(e.to_string()))?;
+            writeln!(std::io::stdout().lock(), "{text}")?;
+            Ok(())
+        }
+        Command::Cluster {
+            op,
+            token,
+            token_file,
+        } => {
+            let token = cluster_token(token.clone(), token_file.as_ref())?;
+            let (method, path, body) = match op {
+                ClusterOp::Status => (hyper::Method::GET, "/v1/cluster", serde_json::json!({})),
+                ClusterOp::AddLearner { id, url } => (
+                    hyper::Method::POST,
+                    "/v1/cluster/add-learner",
+                    serde_json::json!({ "id": id, "url": url }),
+                ),
+                ClusterOp::Promote { ids } => (
+                    hyper::Method::POST,
+                    "/v1/cluster/promote",
+                    serde_json::json!({ "ids": ids }),
+                ),
+                ClusterOp::Remove { id } => (
+                    hyper::Method::POST,
+                    "/v1/cluster/remove",
+                    serde_json::json!({ "id": id }),
+                ),
+                ClusterOp::TransferLeader { to } => (
+                    hyper::Method::POST,
+                    "/v1/cluster/transfer-leader",
+                    serde_json::json!({ "to": to }),
+                ),
+            };
+            let answer = target.cluster(method, path, token.as_deref(), body).await?;
+            let text = match output {
+                Output::Text => serde_json::to_string_pretty(&answer),
+                Output::Json => serde_json::to_string(&answer),
             }
             .map_err(|e| CliError::failure(e.to_string()))?;
             writeln!(std::io::stdout().lock(), "{text}")?;

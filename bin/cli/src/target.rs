@@ -151,6 +151,29 @@ impl Target {
         }
     }
 
+    /// A cluster call (status or a membership operation) on a server; a data directory has no cluster.
+    pub async fn cluster(
+        &mut self,
+        method: hyper::Method,
+        path: &str,
+        token: Option<&str>,
+        body: serde_json::Value,
+    ) -> Result<serde_json::Value, CliError> {
+        match self {
+            Target::Remote(c) => {
+                let bytes = if method == hyper::Method::GET {
+                    bytes::Bytes::new()
+                } else {
+                    bytes::Bytes::from(body.to_string())
+                };
+                Ok(c.cluster(method, path, token, bytes).await?)
+            }
+            Target::Embedded(_) => Err(CliError::usage(
+                "cluster commands talk to a server (--url), not a data directory",
+            )),
+        }
+    }
+
     /// The status document.
     pub async fn status(&mut self) -> Result<serde_json::Value, CliError> {
         match self {

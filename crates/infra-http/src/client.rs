@@ -384,6 +384,36 @@ impl Client {
             .map_err(|e| ClientError::Invalid(format!("bad compaction report: {e}")))
     }
 
+    /// A cluster call (`GET /v1/cluster` or `POST /v1/cluster/{op}` with a JSON body), carrying the
+    /// replication `token` when given; the answer's JSON.
+    pub async fn cluster(
+        &mut self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Bytes,
+    ) -> Result<Json, ClientError> {
+        let mut headers = vec![(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("application/json"),
+        )];
+        if let Some(v) = token.and_then(|t| hyper::header::HeaderValue::from_str(t).ok()) {
+            headers.push((
+                hyper::header::HeaderName::from_static("x-kv-replication-token"),
+                v,
+            ));
+        }
+        let (status, _, body) = self.send_with(method, path, &headers, body).await?;
+        if !status.is_success() {
+            let message = serde_json::from_slice::<Json>(&body)
+                .ok()
+                .and_then(|j| j.get("error").and_then(Json::as_str).map(str::to_string))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+            return Err(ClientError::Status { status, message });
+        }
+        serde_json::from_slice(&body).map_err(|e| ClientError::Invalid(format!("bad answer: {e}")))
+    }
+
     /// The server's status document.
     pub async fn status(&mut self) -> Result<Json, ClientError> {
         let body = self.call(Method::GET, "/v1/status", Bytes::new()).await?;
