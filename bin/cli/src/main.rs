@@ -169,7 +169,12 @@ enum Command {
         #[command(subcommand)]
         op: ClusterOp,
         /// The replication token (else KV_REPLICATION_TOKEN, else the first line of --token-file).
-        #[arg(long, env = "KV_REPLICATION_TOKEN", hide_env_values = true, global = true)]
+        #[arg(
+            long,
+            env = "KV_REPLICATION_TOKEN",
+            hide_env_values = true,
+            global = true
+        )]
         token: Option<String>,
         /// A file whose first line is the replication token (keeps it off the command line).
         #[arg(long, global = true)]

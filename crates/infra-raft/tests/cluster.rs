@@ -109,10 +109,20 @@ impl Cluster {
         let node = self.transport.nodes.lock().remove(&id).unwrap();
         node.shutdown().await;
         drop(node);
-        let engine = self.engines.remove(&id).unwrap();
-        // The state machine held the other handles; once Raft stopped, this is the last one.
-        let engine =
-            Arc::try_unwrap(engine).unwrap_or_else(|_| panic!("engine of {id} still shared"));
+        let mut engine = self.engines.remove(&id).unwrap();
+        // The state machine holds the other handle until openraft's state-machine task has ended,
+        // which can be a moment after `shutdown` returns.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let engine = loop {
+            match Arc::try_unwrap(engine) {
+                Ok(engine) => break engine,
+                Err(shared) => {
+                    assert!(Instant::now() < deadline, "engine of {id} still shared");
+                    engine = shared;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
         engine.close().unwrap();
     }
 
