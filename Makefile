@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help run-leader run-follower run-cluster docker compose-up compose-down bench-replication soak-replication check test test-steps test-clean lint bench bench-engine bench-index bench-http bench-goals bench-rss larger-than-ram soak fmt clean-bench
+.PHONY: help run-leader run-follower run-cluster docker compose-up compose-down bench-replication soak-replication check test test-steps test-clean lint bench bench-engine bench-index bench-http bench-goals bench-cluster bench-rss larger-than-ram soak fmt clean-bench
 
 PORT ?= 8080
 DATA ?= ./data
@@ -25,13 +25,13 @@ run-follower: ## Run a follower on $(FOLLOWER_PORT) with data in $(FOLLOWER_DATA
 		--replication-mode follower --replication-leader-host $(LEADER)
 
 CLUSTER_DATA ?= ./data-cluster
-run-cluster: ## Run a 3-node Raft cluster on 127.0.0.1:8081-8083 (data in $(CLUSTER_DATA)/N); Ctrl-C stops all
+run-cluster: ## Run a 3-node Raft cluster on 127.0.0.1:8081-8083 (data in $(CLUSTER_DATA)/N; docs/cluster.md); Ctrl-C stops all
 	$(CARGO) build --release -p kv-server
 	@peers=1=http://127.0.0.1:8081,2=http://127.0.0.1:8082,3=http://127.0.0.1:8083; \
 	trap 'kill 0' INT TERM; \
 	for i in 1 2 3; do \
 		target/release/kv-server --bind 127.0.0.1 --port 808$$i --data-path $(CLUSTER_DATA)/$$i \
-			--cluster-node-id $$i --cluster-peers $$peers & \
+			--cluster-node-id $$i --cluster-peers $$peers --durability never & \
 	done; \
 	echo "cluster on 127.0.0.1:8081-8083; try: curl -XPOST localhost:8082/put -d '{\"key\":\"a\",\"value\":\"1\"}'"; \
 	wait
@@ -134,6 +134,10 @@ bench-http: ## HTTP load with wrk against kv-server and a bare hyper ceiling ser
 
 bench-goals: ## The performance issue's goals as ratios in one sitting: ceiling, kv-server both modes, Redis (installs wrk, redis)
 	bench/http/goals.py
+
+bench-cluster: ## Writes to a 3-node Raft cluster vs a 3-node etcd (cluster issue goal 7; installs wrk, etcd-server)
+	bench/cluster/raft_vs_etcd.py --durability never
+	bench/cluster/raft_vs_etcd.py --durability always
 
 bench-rss: ## Server RSS after 2 M puts over 1 M keys (goal 8 of the performance issue; installs wrk)
 	bench/http/rss.py
