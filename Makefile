@@ -28,7 +28,7 @@ CLUSTER_DATA ?= ./data-cluster
 run-cluster: ## Run a 3-node Raft cluster on 127.0.0.1:8081-8083 (data in $(CLUSTER_DATA)/N; docs/cluster.md); Ctrl-C stops all
 	$(CARGO) build --release -p kv-server
 	@peers=1=http://127.0.0.1:8081,2=http://127.0.0.1:8082,3=http://127.0.0.1:8083; \
-	trap 'kill 0' INT TERM; \
+	trap 'trap - INT TERM; kill 0' INT TERM; \
 	for i in 1 2 3; do \
 		target/release/kv-server --bind 127.0.0.1 --port 808$$i --data-path $(CLUSTER_DATA)/$$i \
 			--cluster-node-id $$i --cluster-peers $$peers --durability never & \
