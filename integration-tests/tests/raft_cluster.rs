@@ -44,15 +44,21 @@ fn agreed_leader(nodes: &[Node], within: Duration) -> u64 {
     }
 }
 
-fn start_cluster(root: &std::path::Path) -> Vec<Node> {
-    let mut nodes: Vec<Node> = (1..=3)
+/// Three nodes (not started) in `root`, and their CLUSTER_PEERS entries.
+fn three_nodes(root: &std::path::Path) -> (Vec<Node>, Vec<String>) {
+    let nodes: Vec<Node> = (1..=3)
         .map(|i| Node::new(&root.join(format!("n{i}")), Vec::new()))
         .collect();
-    let peers: Vec<String> = nodes
+    let peers = nodes
         .iter()
         .enumerate()
         .map(|(i, n)| format!("{}={}", i + 1, n.url()))
         .collect();
+    (nodes, peers)
+}
+
+fn start_cluster(root: &std::path::Path) -> Vec<Node> {
+    let (mut nodes, peers) = three_nodes(root);
     for (i, node) in nodes.iter_mut().enumerate() {
         node.args = vec![
             "--cluster-node-id".into(),
@@ -231,14 +237,7 @@ fn the_leader_is_killed_three_times_under_writers_and_no_acknowledged_write_is_l
 #[test]
 fn a_member_without_a_majority_is_not_ready_refuses_writes_and_still_reads_locally() {
     let root = tempfile::tempdir().unwrap();
-    let mut nodes: Vec<Node> = (1..=3)
-        .map(|i| Node::new(&root.path().join(format!("n{i}")), Vec::new()))
-        .collect();
-    let peers: Vec<String> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| format!("{}={}", i + 1, n.url()))
-        .collect();
+    let (mut nodes, peers) = three_nodes(root.path());
     // Node 2 alone: it does not initialise the cluster (node 1 would) and hears from no leader.
     let alone = &mut nodes[1];
     alone.args = vec![

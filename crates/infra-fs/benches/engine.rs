@@ -161,6 +161,24 @@ fn parallel(threads: usize, n: usize, op: impl Fn(usize, usize) + Sync) -> f64 {
     (threads * n) as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Scans of 100 keys from 20 000 starting points spread over `sorted` (the store's keys, ascending), on one
+/// thread; returns scans/s.
+fn ranges_of_100(engine: &FsEngine, sorted: &[[u8; 16]]) -> f64 {
+    parallel(1, 20_000, |_, i| {
+        let start = &sorted[(i * 7919) % (sorted.len() - 200)];
+        let got = engine
+            .scan(
+                &KeyRange {
+                    start: std::ops::Bound::Included(Key::from(&start[..])),
+                    end: std::ops::Bound::Unbounded,
+                },
+                100,
+            )
+            .expect("scan");
+        assert_eq!(got.len(), 100);
+    })
+}
+
 /// Child mode: open `dir` in a fresh process and print "seconds rss-growth-bytes keys".
 fn open_child(dir: &Path) {
     let rss_before = rss_bytes();
@@ -279,19 +297,7 @@ fn main() {
     let ops = if !wants("read") {
         0.0
     } else {
-        parallel(1, 20_000, |_, i| {
-            let start = &sorted[(i * 7919) % (sorted.len() - 200)];
-            let got = engine
-                .scan(
-                    &KeyRange {
-                        start: std::ops::Bound::Included(Key::from(&start[..])),
-                        end: std::ops::Bound::Unbounded,
-                    },
-                    100,
-                )
-                .expect("scan");
-            assert_eq!(got.len(), 100);
-        })
+        ranges_of_100(&engine, &sorted)
     };
     println!("| range of 100 keys, random write order | - | 1 | {ops:.0} | - | |");
     if wants("read") {
@@ -307,19 +313,7 @@ fn main() {
             }
             sorted_engine.write_batch(&b).expect("load");
         }
-        let ops = parallel(1, 20_000, |_, i| {
-            let start = &sorted[(i * 7919) % (sorted.len() - 200)];
-            let got = sorted_engine
-                .scan(
-                    &KeyRange {
-                        start: std::ops::Bound::Included(Key::from(&start[..])),
-                        end: std::ops::Bound::Unbounded,
-                    },
-                    100,
-                )
-                .expect("scan");
-            assert_eq!(got.len(), 100);
-        });
+        let ops = ranges_of_100(&sorted_engine, &sorted);
         println!(
             "| range of 100 keys, key write order (compaction's layout) | - | 1 | {ops:.0} | - | |"
         );
