@@ -66,7 +66,7 @@ impl Server {
             .args(extra)
             .env(
                 "RUST_LOG",
-                std::env::var("KV_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+                std::env::var("KV_TEST_LOG").unwrap_or_else(|_| "warn,openraft=error".into()),
             )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
