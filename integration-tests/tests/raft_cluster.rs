@@ -484,3 +484,64 @@ fn writes_and_linearizable_reads_on_any_node_stay_linearizable_while_the_leader_
         node.stop();
     }
 }
+
+#[test]
+fn a_follower_catches_up_after_a_burst_of_large_writes() {
+    // 300 values of 256 KiB while a follower is down: catching up takes appends far larger than any
+    // client request. (With a fixed 64 MiB limit on Raft messages and openraft's 300-entry appends,
+    // replication to it stalled for good: the leader resent the same 100 MB append.)
+    let root = tempfile::tempdir().unwrap();
+    let (mut nodes, peers) = three_nodes(root.path());
+    for (i, node) in nodes.iter_mut().enumerate() {
+        node.args = vec![
+            "--cluster-node-id".into(),
+            (i + 1).to_string(),
+            "--cluster-peers".into(),
+            peers.join(","),
+            "--max-value-bytes".into(),
+            "262144".into(),
+        ];
+        node.start();
+    }
+    let leader = agreed_leader(&nodes, Duration::from_secs(20));
+    let lagging = (leader % 3) as usize;
+    nodes[lagging].kill();
+    let value = vec![b'x'; 256 << 10];
+    let leader_client = nodes[(leader - 1) as usize].client();
+    let writers: Vec<_> = (0..4)
+        .map(|t| {
+            let value = value.clone();
+            std::thread::spawn(move || {
+                for i in 0..75 {
+                    let (code, body) =
+                        leader_client.request("PUT", &format!("/v1/kv/big-{t}-{i}"), &value);
+                    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    nodes[lagging].start();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, body) = nodes[lagging]
+            .client()
+            .request("GET", "/v1/kv/big-3-74", b"");
+        if code == 200 {
+            assert_eq!(body.len(), 256 << 10);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the follower never caught up: {:?}",
+            nodes[lagging].status()["cluster"]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(nodes[lagging].status()["keys"].as_u64(), Some(300));
+    for node in &mut nodes {
+        node.stop();
+    }
+}

@@ -437,10 +437,21 @@ pub async fn send_to_leader(
     }
 }
 
+/// The largest Raft message accepted: an append of [`kv_infra_raft::MAX_APPEND_ENTRIES`] entries of the
+/// largest write a client may send (`max_body`), each under twice its body once JSON and base64 (a
+/// snapshot chunk, 1 MiB of base64, is far below). A smaller limit would stall replication for good on a
+/// burst of large writes: the leader resends the same append.
+pub fn raft_body_limit(max_body: usize) -> usize {
+    (kv_infra_raft::MAX_APPEND_ENTRIES as usize)
+        .saturating_mul(max_body.saturating_mul(2))
+        .saturating_add(1 << 20)
+}
+
 /// `POST /v1/raft/{rpc}`: a peer's Raft message (replication token required).
 pub async fn handle_raft(
     repl: &crate::replication::Replication,
     req: hyper::Request<crate::body::RequestBody>,
+    max_body: usize,
 ) -> Result<hyper::Response<crate::error::Body>, ApiError> {
     repl.check_token(req.headers())?;
     let Some(cluster) = &repl.cluster else {
@@ -455,9 +466,8 @@ pub async fn handle_raft(
         .strip_prefix(RAFT_PREFIX)
         .unwrap_or_default()
         .to_string();
-    // A snapshot chunk is 1 MiB of base64 plus its metadata; entries are bounded by openraft's batch.
     let (parts, body) = req.into_parts();
-    let bytes = crate::body::read_body(&parts.headers, body, 64 << 20).await?;
+    let bytes = crate::body::read_body(&parts.headers, body, raft_body_limit(max_body)).await?;
     let answer = cluster.handle_rpc(&name, &bytes).await?;
     let mut resp = hyper::Response::new(crate::error::full(answer));
     resp.headers_mut()

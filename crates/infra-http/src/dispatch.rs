@@ -98,7 +98,7 @@ async fn route_request(
                 .await
                 .map(|v| response::json(&v))
         }
-        Route::Raft => crate::cluster::handle_raft(repl, req).await,
+        Route::Raft => crate::cluster::handle_raft(repl, req, state.max_body_bytes).await,
         Route::Cluster => crate::cluster::handle_status(repl, &req),
         Route::ClusterOp => crate::cluster::handle_op(repl, req, state.max_body_bytes).await,
     }

@@ -25,6 +25,7 @@ pub use log_store::LogStore;
 pub use network::{Network, RaftTransport, Rpc, SnapshotChunk, TransportError, SNAPSHOT_CHUNK};
 pub use node::{
     ClusterError, ClusterSettings, ClusterStatus, Member, RaftNode, StartError, Written,
+    MAX_APPEND_ENTRIES,
 };
 pub use state_machine::{Builder, SnapshotFile, StateMachine};
 pub use types::{alias, Applied, Command, NodeId, Op, TypeConfig};

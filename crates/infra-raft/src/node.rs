@@ -27,6 +27,11 @@ use crate::types::{Command, NodeId, TypeConfig};
 
 type Raft = openraft::Raft<TypeConfig, StateMachine>;
 
+/// Most entries one append message carries. A receiver must accept a message of this many entries of the
+/// largest write (each a JSON entry with base64 values: under twice the write's body), or replication to
+/// it stalls on a burst of large writes: `kv-infra-http` sizes the Raft route's body limit from it.
+pub const MAX_APPEND_ENTRIES: u64 = 64;
+
 /// How a node joins its cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterSettings {
@@ -193,6 +198,9 @@ impl RaftNode {
             install_snapshot_timeout: 10_000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_after_entries),
             max_in_snapshot_log_to_keep: settings.keep_entries_after_snapshot,
+            // openraft bounds an append by entries, not bytes: a small count keeps each message (and
+            // the receiver's body limit, see `MAX_APPEND_ENTRIES`) proportionate to the value limit.
+            max_payload_entries: MAX_APPEND_ENTRIES,
             // A rejoining node asks before bumping the term, so it does not depose a healthy leader.
             enable_pre_vote: Some(true),
             ..Config::default()
