@@ -430,6 +430,18 @@ fn reads_with_min_lsn_on_a_follower_see_its_own_forwarded_writes() {
             .request("GET", "/read?key=ryw1&min_lsn=999999&max_wait_ms=100", b"");
     assert_eq!(status, 503);
     assert!(String::from_utf8_lossy(&body).contains("min_lsn"));
+    // A static follower cannot promise a linearizable read: refused, not answered stale.
+    let (status, body) = f
+        .client()
+        .request("GET", "/read?key=ryw1&consistency=linearizable", b"");
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("static follower"));
+    // The leader (the only writer) serves it.
+    let (status, _) =
+        leader
+            .client()
+            .request("GET", "/read?key=ryw1&consistency=linearizable", b"");
+    assert_eq!(status, 200);
     // Leader down: writes through the follower answer 503 and say why; reads keep working.
     leader.stop();
     let (status, body) = f

@@ -54,6 +54,12 @@ async fn route_request(
                         .await;
                 }
             }
+            if repl.follower().is_some() {
+                // A static follower applies the leader's log asynchronously: its reads may be stale.
+                return Err(ApiError::bad_request(
+                    "consistency=linearizable needs a Raft cluster or the leader; this node is a static follower (REPLICATION_MODE=follower), whose reads may lag: read from the leader, or pass min_lsn to read your own writes here",
+                ));
+            }
             state.service.read_barrier().await?;
             min_lsn::wait(state.service.engine().as_ref(), repl, &req).await?;
         }
