@@ -350,6 +350,14 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Whether a read asks for `consistency=linearizable` (`local`, the default, or absent: no); anything
 /// else is a 400.
 pub fn wants_linearizable(uri: &hyper::Uri) -> Result<bool, ApiError> {
+    // Every read asks this: parse the query only when it can name the parameter (spelt out, or
+    // percent-encoded).
+    if !uri
+        .query()
+        .is_some_and(|q| q.contains("consistency") || q.contains('%'))
+    {
+        return Ok(false);
+    }
     let params = crate::request::query(uri)?;
     match params.get("consistency").map(Vec::as_slice) {
         None | Some(b"local") => Ok(false),
@@ -437,6 +445,20 @@ pub async fn send_to_leader(
     }
 }
 
+/// This node's cluster membership, for a request that carries the replication token: 401 without it,
+/// 404 on a node that is not a cluster member.
+fn member<'a>(
+    repl: &'a crate::replication::Replication,
+    headers: &hyper::HeaderMap,
+) -> Result<&'a ClusterNode, ApiError> {
+    repl.check_token(headers)?;
+    repl.cluster.as_deref().ok_or_else(|| {
+        ApiError::not_found(
+            "this node is not a member of a Raft cluster (start it with CLUSTER_NODE_ID and CLUSTER_PEERS)",
+        )
+    })
+}
+
 /// The largest Raft message accepted: an append of [`kv_infra_raft::MAX_APPEND_ENTRIES`] entries of the
 /// largest write a client may send (`max_body`), each under twice its body once JSON and base64 (a
 /// snapshot chunk, 1 MiB of base64, is far below). A smaller limit would stall replication for good on a
@@ -453,12 +475,7 @@ pub async fn handle_raft(
     req: hyper::Request<crate::body::RequestBody>,
     max_body: usize,
 ) -> Result<hyper::Response<crate::error::Body>, ApiError> {
-    repl.check_token(req.headers())?;
-    let Some(cluster) = &repl.cluster else {
-        return Err(ApiError::not_found(
-            "this node is not a member of a Raft cluster",
-        ));
-    };
+    let cluster = member(repl, req.headers())?;
     cluster.check_cluster(req.headers())?;
     let name = req
         .uri()
@@ -480,12 +497,7 @@ pub fn handle_status(
     repl: &crate::replication::Replication,
     req: &hyper::Request<crate::body::RequestBody>,
 ) -> Result<hyper::Response<crate::error::Body>, ApiError> {
-    repl.check_token(req.headers())?;
-    let Some(cluster) = &repl.cluster else {
-        return Err(ApiError::not_found(
-            "this node is not a member of a Raft cluster (start it with CLUSTER_NODE_ID and CLUSTER_PEERS)",
-        ));
-    };
+    let cluster = member(repl, req.headers())?;
     let status = serde_json::to_value(cluster.status())
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(crate::response::json(&status))
@@ -529,12 +541,7 @@ pub async fn handle_op(
     req: hyper::Request<crate::body::RequestBody>,
     max_body: usize,
 ) -> Result<hyper::Response<crate::error::Body>, ApiError> {
-    repl.check_token(req.headers())?;
-    let Some(cluster) = &repl.cluster else {
-        return Err(ApiError::not_found(
-            "this node is not a member of a Raft cluster (start it with CLUSTER_NODE_ID and CLUSTER_PEERS)",
-        ));
-    };
+    let cluster = member(repl, req.headers())?;
     let op = req
         .uri()
         .path()
@@ -616,6 +623,16 @@ pub async fn handle_op(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn linearizable_is_asked_for_by_name_even_percent_encoded_and_anything_else_is_refused() {
+        let ask = |q: &str| wants_linearizable(&format!("/read?{q}").parse().unwrap());
+        assert_eq!(ask("key=a").ok(), Some(false));
+        assert_eq!(ask("key=a&consistency=local").ok(), Some(false));
+        assert_eq!(ask("key=a&consistency=linearizable").ok(), Some(true));
+        assert_eq!(ask("key=%61&consisten%63y=linearizable").ok(), Some(true));
+        assert!(ask("consistency=strong").is_err());
+    }
 
     #[test]
     fn the_cluster_id_is_the_explicit_one_or_a_hash_of_the_peer_list() {
