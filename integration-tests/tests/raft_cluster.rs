@@ -58,6 +58,11 @@ fn three_nodes(root: &std::path::Path) -> (Vec<Node>, Vec<String>) {
 }
 
 fn start_cluster(root: &std::path::Path) -> Vec<Node> {
+    start_cluster_with(root, &[])
+}
+
+/// Three started members with the token on, each also given `extra` arguments.
+fn start_cluster_with(root: &std::path::Path, extra: &[&str]) -> Vec<Node> {
     let (mut nodes, peers) = three_nodes(root);
     for (i, node) in nodes.iter_mut().enumerate() {
         node.args = vec![
@@ -68,6 +73,7 @@ fn start_cluster(root: &std::path::Path) -> Vec<Node> {
             "--replication-token".into(),
             TOKEN.into(),
         ];
+        node.args.extend(extra.iter().map(|a| a.to_string()));
         node.start();
     }
     nodes
@@ -491,18 +497,7 @@ fn a_follower_catches_up_after_a_burst_of_large_writes() {
     // client request. (With a fixed 64 MiB limit on Raft messages and openraft's 300-entry appends,
     // replication to it stalled for good: the leader resent the same 100 MB append.)
     let root = tempfile::tempdir().unwrap();
-    let (mut nodes, peers) = three_nodes(root.path());
-    for (i, node) in nodes.iter_mut().enumerate() {
-        node.args = vec![
-            "--cluster-node-id".into(),
-            (i + 1).to_string(),
-            "--cluster-peers".into(),
-            peers.join(","),
-            "--max-value-bytes".into(),
-            "262144".into(),
-        ];
-        node.start();
-    }
+    let mut nodes = start_cluster_with(root.path(), &["--max-value-bytes", "262144"]);
     let leader = agreed_leader(&nodes, Duration::from_secs(20));
     let lagging = (leader % 3) as usize;
     nodes[lagging].kill();
