@@ -195,7 +195,7 @@ fn replay_segment(
 }
 
 /// Whether any valid record with an LSN above `after_lsn` starts anywhere in `tail` (bytes after a cut).
-fn valid_record_follows(tail: &[u8], after_lsn: u64) -> bool {
+pub(crate) fn valid_record_follows(tail: &[u8], after_lsn: u64) -> bool {
     (1..tail.len()).any(|i| {
         tail.get(i..)
             .and_then(|b| decode_record(b).ok())

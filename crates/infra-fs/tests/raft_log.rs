@@ -246,25 +246,128 @@ fn a_torn_tail_of_the_newest_segment_is_cut_and_reported() {
     assert_eq!(report.entries, 19);
 }
 
+/// Opens `fs`'s log after damage: it must keep exactly entries `0..kept`, report the damage, and stay
+/// recovering across a reopen (the marker was stored before the cut) until `finish_recovery`.
+fn assert_damage_remembered(fs: &SimFs, kept: u64, what: &str) {
+    let (log, report) = RaftLog::open(DIR, opts(fs)).unwrap();
+    assert!(
+        report.damage.is_some(),
+        "{what}: no damage reported: {report:?}"
+    );
+    assert_eq!(log.last_index(), kept.checked_sub(1), "{what}: {report:?}");
+    // Entries 0..20 were held: the node must get through entry 19 again, seen past the damage.
+    assert_eq!(log.recovering().map(|r| r.through), Some(19), "{what}");
+    drop(log);
+    let (mut log, report) = RaftLog::open(DIR, opts(fs)).unwrap();
+    assert_eq!(report.damage, None, "{what}: the cut left a clean log");
+    assert!(
+        log.recovering().is_some(),
+        "{what}: the marker did not survive a reopen"
+    );
+    // New entries go after the valid prefix, and recovery ends only when told.
+    log.append([(kept, &b"refetched"[..])]).unwrap();
+    log.finish_recovery().unwrap();
+    drop(log);
+    let (log, _) = RaftLog::open(DIR, opts(fs)).unwrap();
+    assert_eq!(log.recovering(), None, "{what}");
+    assert_eq!(log.last_index(), Some(kept), "{what}");
+}
+
+/// Flips one byte `back` bytes before the end of `path`.
+fn flip(fs: &SimFs, path: &Path, back: usize) {
+    let mut bytes = fs.read_file(path).unwrap();
+    let at = bytes.len() - back;
+    bytes[at] ^= 0x40;
+    fs.set_file(path, bytes);
+}
+
+/// Entries in the segment at `path` (each segment holds consecutive entries from its header's base).
+fn first_entry(fs: &SimFs, path: &Path) -> u64 {
+    let bytes = fs.read_file(path).unwrap();
+    kv_infra_fs::codec::decode_segment_header(&bytes[..kv_infra_fs::codec::SEGMENT_HEADER_LEN])
+        .unwrap()
+        .1
+}
+
 #[test]
-fn a_damaged_sealed_segment_or_a_missing_one_fails_the_open() {
+fn a_damaged_sealed_segment_keeps_the_prefix_and_is_remembered() {
     let fs = SimFs::new();
     drop(filled(&fs, 20));
     let paths = segment_paths(&fs);
     assert!(paths.len() >= 4, "{paths:?}");
-    let damaged = fs.deep_copy();
-    let mut bytes = damaged.read_file(&paths[1]).unwrap();
-    let at = bytes.len() - 10;
-    bytes[at] ^= 0x40;
-    damaged.set_file(&paths[1], bytes);
-    assert!(matches!(
-        RaftLog::open(DIR, opts(&damaged)),
-        Err(EngineError::Corrupted { .. })
-    ));
-    let missing = fs.deep_copy();
-    missing.remove(&paths[2]).unwrap();
-    let err = RaftLog::open(DIR, opts(&missing)).unwrap_err();
-    assert!(err.to_string().contains("missing"), "{err}");
+    // The last entry of the second segment is damaged: everything from it on is gone.
+    flip(&fs, &paths[1], 10);
+    let kept = first_entry(&fs, &paths[2]) - 1;
+    assert_damage_remembered(&fs, kept, "damaged sealed segment");
+    assert!(segment_paths(&fs).len() <= 2, "later segments were removed");
+}
+
+#[test]
+fn a_missing_segment_keeps_the_entries_before_it_and_is_remembered() {
+    let fs = SimFs::new();
+    drop(filled(&fs, 20));
+    let paths = segment_paths(&fs);
+    let kept = first_entry(&fs, &paths[2]);
+    fs.remove(&paths[2]).unwrap();
+    assert_damage_remembered(&fs, kept, "missing segment");
+}
+
+#[test]
+fn a_flipped_byte_before_valid_entries_of_the_newest_segment_is_damage_not_a_torn_tail() {
+    // One segment holding entries 0..20, damaged `back` bytes before its end.
+    let one_segment = |back: fn(usize) -> usize| {
+        let fs = SimFs::new();
+        let big = RaftLogOptions {
+            max_segment_bytes: 1 << 20,
+            fs: Arc::new(fs.clone()),
+        };
+        let mut log = RaftLog::open(DIR, big.clone()).unwrap().0;
+        for i in 0..20u64 {
+            log.append([(i, format!("entry {i:03} {}", "x".repeat(40)).as_bytes())])
+                .unwrap();
+        }
+        drop(log);
+        let newest = segment_paths(&fs).pop().unwrap();
+        let len = fs.read_file(&newest).unwrap().len();
+        flip(&fs, &newest, back(len));
+        RaftLog::open(DIR, big).unwrap()
+    };
+    // A byte in the middle: the entries after it are intact, so they were written (and acknowledged)
+    // after the damaged one; a torn append could not leave them.
+    let (log, report) = one_segment(|len| len / 2);
+    let kept = log.last_index().map_or(0, |l| l + 1);
+    assert!(kept > 0 && kept < 20, "kept {kept}: {report:?}");
+    assert!(report.damage.is_some(), "{report:?}");
+    assert_eq!(log.recovering().map(|r| r.through), Some(19), "{report:?}");
+    // The same damage in the last entry is a torn tail: cut, not remembered.
+    let (log, report) = one_segment(|_| 3);
+    assert_eq!(log.last_index(), Some(18));
+    assert_eq!(report.damage, None);
+    assert_eq!(log.recovering(), None);
+}
+
+/// Power loss at every sync point of the repair itself: every image still knows it is recovering.
+#[test]
+fn power_loss_during_the_repair_of_damage_never_forgets_the_damage() {
+    let fs = SimFs::new();
+    drop(filled(&fs, 20));
+    let paths = segment_paths(&fs);
+    flip(&fs, &paths[1], 10);
+    fs.capture_crash_points();
+    let _ = RaftLog::open(DIR, opts(&fs)).unwrap();
+    let points = fs.crash_points();
+    assert!(points.len() >= 3, "the repair syncs: {}", points.len());
+    for (n, point) in points.iter().enumerate() {
+        for torn in [None, Some(n as u64)] {
+            let crashed = point.materialize(torn);
+            let (log, _) = RaftLog::open(DIR, opts(&crashed))
+                .unwrap_or_else(|e| panic!("point {n}: open failed: {e}"));
+            assert!(
+                log.recovering().is_some(),
+                "point {n}, torn {torn:?}: the damage was forgotten"
+            );
+        }
+    }
 }
 
 #[test]

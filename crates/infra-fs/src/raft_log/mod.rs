@@ -10,10 +10,12 @@
 //!   removed the active one.
 //! - `VOTE`: the latest vote; `PURGED`: the index of the last purged entry, then the caller's marker (its
 //!   log id). Both are [`small_file`]s: replaced whole, atomically, checksummed.
+//! - `RECOVERING` (a [`small_file`] too): present while the log is recovering from damage; it holds
+//!   the highest index the log is known to have held and what was found ([`Recovering`]).
 //!
 //! ## Invariants (what openraft's storage contract asks, and where it is kept)
 //! - **No holes**: entries are consecutive across all segments; `append` refuses an entry that does not
-//!   follow the last one, and recovery refuses a log with a gap (a missing segment file) as corrupt.
+//!   follow the last one, and recovery treats a gap (a missing segment file) as damage (below).
 //! - **Durable before acknowledged**: `append` and `truncate_from` return only after `fdatasync`;
 //!   `save_vote` only after its file and directory entry are durable.
 //! - **Truncation never leaves a hole**: whole segments are removed newest first (each removal made
@@ -22,8 +24,17 @@
 //! - **Purge records before it deletes**: `PURGED` is stored first, then segments wholly at or below it
 //!   are removed oldest first; recovery finishes an interrupted purge and ignores entries at or below it.
 //! - **Only the newest segment can be torn**: a segment is fsynced before its successor is created; at
-//!   open, an invalid record in the newest segment is a torn, never-acknowledged tail and is cut
-//!   ([`LogRecovery::cut_bytes`]); anywhere else it is corruption and the open fails.
+//!   open, an invalid record in the newest segment with no valid record after it is a torn,
+//!   never-acknowledged tail and is cut ([`LogRecovery::cut_bytes`]).
+//! - **Damage is remembered, not hidden** (protocol-aware recovery, Alagappan et al., FAST '18): an
+//!   invalid record with valid ones after it, a damaged sealed segment, a bad header of a sealed segment
+//!   or a missing segment means entries that were acknowledged are gone. Recovery stores `RECOVERING`
+//!   (IMPORTANT: before cutting, so the evidence survives a crash), keeps the valid prefix before the
+//!   damage and removes the rest ([`LogRecovery::damage`]). While [`RaftLog::recovering`] is set the
+//!   node must neither vote nor campaign (Raft's election rule counts on a voter remembering what it
+//!   acknowledged); `crates/infra-raft` enforces that and calls [`RaftLog::finish_recovery`] once its
+//!   node has applied entries through [`Recovering::through`] again. A damaged `VOTE` or `PURGED` still fails the open: a forgotten
+//!   vote could be cast twice in one term.
 //! - **Fail-stop**: after a failed write or sync the log refuses every later write (the kernel may have
 //!   dropped the dirty pages; a retry that succeeds proves nothing).
 
@@ -46,6 +57,7 @@ pub use recover::LogRecovery;
 const ENTRY_KEY: &[u8] = b"e";
 const VOTE: &str = "VOTE";
 const PURGED: &str = "PURGED";
+const RECOVERING: &str = "RECOVERING";
 
 /// Options of a [`RaftLog`].
 #[derive(Debug, Clone)]
@@ -72,6 +84,34 @@ pub struct Purged {
     pub index: u64,
     /// What the caller stored with it (openraft: the serialized log id).
     pub marker: Vec<u8>,
+}
+
+/// What `RECOVERING` holds: how far the log reached before it was damaged, and what was found.
+///
+/// Format: `through` (u64, little-endian), then the reason (UTF-8), in a [`small_file`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovering {
+    /// The highest entry index the log is known to have held (the first lost one, or a higher one
+    /// seen in a valid record past the damage).
+    pub through: u64,
+    /// What was found, and where.
+    pub reason: String,
+}
+
+impl Recovering {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = self.through.to_le_bytes().to_vec();
+        out.extend_from_slice(self.reason.as_bytes());
+        out
+    }
+
+    fn decode(payload: &[u8]) -> Option<Self> {
+        let (through, reason) = payload.split_at_checked(8)?;
+        Some(Self {
+            through: u64::from_le_bytes(through.try_into().ok()?),
+            reason: String::from_utf8_lossy(reason).into_owned(),
+        })
+    }
 }
 
 /// One segment of the log.
@@ -103,6 +143,8 @@ pub struct RaftLog {
     segments: Vec<LogSegment>,
     purged: Option<Purged>,
     vote: Option<Vec<u8>>,
+    /// The damage the log is recovering from (`RECOVERING`), if it is.
+    recovering: Option<Recovering>,
     /// Set by the first failed write or sync.
     poison: Option<String>,
 }
@@ -140,6 +182,32 @@ impl RaftLog {
     /// The vote last saved, if any.
     pub fn vote(&self) -> Option<&[u8]> {
         self.vote.as_deref()
+    }
+
+    /// The damage this log is recovering from, if it is: it lost entries that may have been
+    /// acknowledged, so its node must not vote or lead until it holds entries through
+    /// [`Recovering::through`] again (see the module doc). Survives reopens until
+    /// [`RaftLog::finish_recovery`].
+    pub fn recovering(&self) -> Option<&Recovering> {
+        self.recovering.as_ref()
+    }
+
+    /// Ends the recovery: the node has fetched what its log lost. Removes `RECOVERING` durably.
+    pub fn finish_recovery(&mut self) -> EngineResult<()> {
+        if self.recovering.is_none() {
+            return Ok(());
+        }
+        let fs = self.opts.fs.clone();
+        match fs.remove(&path_in(&self.dir, RECOVERING)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(EngineError::io(format!("removing raft/{RECOVERING}"), e))
+            }
+            _ => {}
+        }
+        fs.sync_dir(&self.dir)
+            .map_err(|e| EngineError::io(format!("removing raft/{RECOVERING}"), e))?;
+        self.recovering = None;
+        Ok(())
     }
 
     /// Saves `vote` durably, replacing the previous one.

@@ -5,10 +5,16 @@ use std::path::Path;
 
 use kv_domain::{EngineError, EngineResult};
 
-use super::{small_file, LogSegment, Purged, RaftLog, RaftLogOptions, ENTRY_KEY, PURGED, VOTE};
-use crate::codec::{decode_segment_header, DecodeError, RecordKind, SEGMENT_HEADER_LEN};
+use super::{
+    small_file, LogSegment, Purged, RaftLog, RaftLogOptions, Recovering, ENTRY_KEY, PURGED,
+    RECOVERING, VOTE,
+};
+use crate::codec::{
+    decode_record, decode_segment_header, DecodeError, RecordKind, SEGMENT_HEADER_LEN,
+};
+use crate::recovery::valid_record_follows;
 use crate::segment::{parse_segment_name, scan_records, segment_name, ScanEnd};
-use crate::vfs::path_in;
+use crate::vfs::{path_in, FileHandle};
 
 /// What opening the log found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -22,6 +28,51 @@ pub struct LogRecovery {
     /// Segment files removed: a newest segment whose header never became durable, or segments an
     /// interrupted purge had not yet deleted.
     pub removed_segments: usize,
+    /// Damage found at this open (entries lost that may have been acknowledged), if any: what and where.
+    pub damage: Option<String>,
+}
+
+/// Where the valid prefix of the log ends.
+struct Damage {
+    /// Position (in id order) of the damaged segment.
+    segment: usize,
+    /// Where to cut it; `None`: remove it whole.
+    cut_at: Option<u64>,
+    /// The highest entry index known to have been held: the first one lost, or a higher one seen
+    /// in a valid record past the damage.
+    through: u64,
+    reason: String,
+}
+
+impl Damage {
+    fn from_segment(segment: usize, through: u64, reason: String) -> Self {
+        Self {
+            segment,
+            cut_at: None,
+            through,
+            reason,
+        }
+    }
+}
+
+/// The highest entry index in `file` from byte `from` to `len`: the first valid record at or after
+/// `from` (searched byte by byte: what precedes it is damaged), then the run of records after it.
+fn highest_index_from(file: &dyn FileHandle, from: u64, len: u64) -> std::io::Result<Option<u64>> {
+    let mut tail = vec![0u8; len.saturating_sub(from) as usize];
+    file.read_exact_at(&mut tail, from)?;
+    let Some(start) = (0..tail.len()).find(|&i| {
+        tail.get(i..)
+            .and_then(|b| decode_record(b).ok())
+            .is_some_and(|r| r.key == ENTRY_KEY && r.header.kind == RecordKind::Put)
+    }) else {
+        return Ok(None);
+    };
+    let mut highest = None;
+    scan_records(file, from + start as u64, len, |_, rec| {
+        highest = highest.max(Some(rec.header.lsn));
+        Ok(())
+    })?;
+    Ok(highest)
 }
 
 pub(super) fn open(dir: &Path, opts: RaftLogOptions) -> EngineResult<(RaftLog, LogRecovery)> {
@@ -58,14 +109,11 @@ pub(super) fn open(dir: &Path, opts: RaftLogOptions) -> EngineResult<(RaftLog, L
     let mut report = LogRecovery::default();
     let mut segments: Vec<LogSegment> = Vec::new();
     let newest = ids.last().copied();
-    for id in ids {
+    // The first damage found (see the module doc of `raft_log`): where the valid prefix ends.
+    let mut damage: Option<Damage> = None;
+    for (pos, &id) in ids.iter().enumerate() {
         let name = segment_name(id);
         let path = path_in(dir, &name);
-        let corrupt = |offset: u64, reason: String| EngineError::Corrupted {
-            file: format!("raft/{name}"),
-            offset,
-            reason,
-        };
         let io = |e| EngineError::io(format!("reading raft/{name}"), e);
         let file = fs.open(&path).map_err(io)?;
         let len = file.len().map_err(io)?;
@@ -73,8 +121,9 @@ pub(super) fn open(dir: &Path, opts: RaftLogOptions) -> EngineResult<(RaftLog, L
         let header_ok = len >= SEGMENT_HEADER_LEN as u64
             && file.read_exact_at(&mut header, 0).is_ok()
             && decode_segment_header(&header).is_ok_and(|(hid, _)| hid == id);
-        if !header_ok {
-            if Some(id) == newest {
+        let first = match decode_segment_header(&header) {
+            Ok((_, first)) if header_ok => first,
+            _ if Some(id) == newest => {
                 // Its header never became durable, so no entry was ever acknowledged from it.
                 fs.remove(&path)
                     .and_then(|_| fs.sync_dir(dir))
@@ -82,9 +131,19 @@ pub(super) fn open(dir: &Path, opts: RaftLogOptions) -> EngineResult<(RaftLog, L
                 report.removed_segments += 1;
                 continue;
             }
-            return Err(corrupt(0, "bad segment header".into()));
-        }
-        let (_, first) = decode_segment_header(&header).map_err(|e| corrupt(0, e.to_string()))?;
+            _ => {
+                let through = segments
+                    .last()
+                    .and_then(LogSegment::last)
+                    .map_or(0, |l| l + 1);
+                damage = Some(Damage::from_segment(
+                    pos,
+                    through,
+                    format!("raft/{name}: bad segment header"),
+                ));
+                break;
+            }
+        };
         let mut seg = LogSegment {
             id,
             file,
@@ -92,6 +151,19 @@ pub(super) fn open(dir: &Path, opts: RaftLogOptions) -> EngineResult<(RaftLog, L
             entries: Vec::new(),
             end: SEGMENT_HEADER_LEN as u64,
         };
+        if let (Some(prev), true) = (segments.last().and_then(LogSegment::last), len > seg.end) {
+            if seg.first != prev + 1 {
+                damage = Some(Damage::from_segment(
+                    pos,
+                    prev + 1,
+                    format!(
+                        "raft/{name} starts at entry {} after entry {prev}: entries are missing",
+                        seg.first
+                    ),
+                ));
+                break;
+            }
+        }
         let ended = scan_records(&*seg.file, SEGMENT_HEADER_LEN as u64, len, |offset, rec| {
             let want = seg.first + seg.entries.len() as u64;
             if rec.header.kind != RecordKind::Put || rec.key != ENTRY_KEY {
@@ -111,29 +183,104 @@ pub(super) fn open(dir: &Path, opts: RaftLogOptions) -> EngineResult<(RaftLog, L
         })
         .map_err(io)?;
         if let ScanEnd::Invalid { offset, error } = ended {
-            if Some(id) != newest {
-                return Err(corrupt(offset, error.to_string()));
-            }
-            // A torn tail of the newest segment: appends past it were never acknowledged.
-            seg.file
-                .set_len(offset)
-                .and_then(|_| seg.file.sync_data())
-                .map_err(|e| EngineError::io(format!("cutting raft/{name}"), e))?;
-            report.cut_bytes += len - offset;
-            seg.end = offset;
-        }
-        if let (Some(prev), Some(_)) = (segments.last().and_then(LogSegment::last), seg.last()) {
-            if seg.first != prev + 1 {
-                return Err(corrupt(
-                    SEGMENT_HEADER_LEN as u64,
-                    format!(
-                        "starts at entry {} after entry {prev}: entries are missing",
-                        seg.first
-                    ),
-                ));
+            let last = seg.last().or_else(|| seg.first.checked_sub(1)).unwrap_or(0);
+            let mut tail = vec![0u8; (len - offset) as usize];
+            seg.file.read_exact_at(&mut tail, offset).map_err(io)?;
+            if Some(id) == newest && !valid_record_follows(&tail, last) {
+                // A torn tail of the newest segment: appends past it were never acknowledged.
+                seg.file
+                    .set_len(offset)
+                    .and_then(|_| seg.file.sync_data())
+                    .map_err(|e| EngineError::io(format!("cutting raft/{name}"), e))?;
+                report.cut_bytes += len - offset;
+                seg.end = offset;
+            } else {
+                // Entries follow the invalid record (or it is in a sealed segment): acknowledged
+                // entries were lost, not a torn append.
+                let seen = highest_index_from(&*seg.file, offset + 1, len).map_err(io)?;
+                damage = Some(Damage {
+                    segment: pos,
+                    cut_at: Some(offset),
+                    through: seen.unwrap_or(0).max(last + 1),
+                    reason: format!("raft/{name} at byte {offset}: {error}"),
+                });
+                segments.push(seg);
+                break;
             }
         }
         segments.push(seg);
+    }
+    let mut recovering = match small_file::load(&*fs, dir, RECOVERING)? {
+        None => None,
+        Some(payload) => {
+            Some(
+                Recovering::decode(&payload).ok_or_else(|| EngineError::Corrupted {
+                    file: format!("raft/{RECOVERING}"),
+                    offset: 0,
+                    reason: "shorter than an index".into(),
+                })?,
+            )
+        }
+    };
+    if let Some(mut damage) = damage {
+        // Entries held past the damage, in later segments: the node must get at least that far again.
+        for &id in ids.iter().skip(damage.segment + 1) {
+            let name = segment_name(id);
+            let io = |e| EngineError::io(format!("reading raft/{name}"), e);
+            let file = fs.open(&path_in(dir, &name)).map_err(io)?;
+            let len = file.len().map_err(io)?;
+            if let Some(seen) =
+                highest_index_from(&*file, SEGMENT_HEADER_LEN as u64, len).map_err(io)?
+            {
+                damage.through = damage.through.max(seen);
+            }
+        }
+        // An earlier recovery may have known of more.
+        if let Some(earlier) = &recovering {
+            damage.through = damage.through.max(earlier.through);
+        }
+        // IMPORTANT: the marker is durable before anything is cut, so a crash during the repair (or any
+        // time before the node has caught up again) still finds it: the evidence goes with the cut.
+        tracing::error!(
+            damage = %damage.reason,
+            held_through = damage.through,
+            "raft log damaged: keeping the entries before it; this node will not vote or lead until it has caught up with a leader"
+        );
+        let marker = Recovering {
+            through: damage.through,
+            reason: damage.reason.clone(),
+        };
+        small_file::store(&*fs, dir, RECOVERING, &marker.encode())?;
+        recovering = Some(marker);
+        report.damage = Some(damage.reason.clone());
+        let keep = damage.segment + usize::from(damage.cut_at.is_some());
+        for &id in ids.iter().skip(keep).rev() {
+            let name = segment_name(id);
+            match fs.remove(&path_in(dir, &name)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(EngineError::io(format!("removing raft/{name}"), e))
+                }
+                _ => {}
+            }
+            fs.sync_dir(dir)
+                .map_err(|e| EngineError::io(format!("removing raft/{name}"), e))?;
+            report.removed_segments += 1;
+        }
+        segments.truncate(keep);
+        if let (Some(seg), Some(offset)) = (segments.last_mut(), damage.cut_at) {
+            let len = seg
+                .file
+                .len()
+                .map_err(|e| EngineError::io("reading raft/".to_string(), e))?;
+            seg.file
+                .set_len(offset)
+                .and_then(|_| seg.file.sync_data())
+                .map_err(|e| {
+                    EngineError::io(format!("cutting raft/{}", segment_name(seg.id)), e)
+                })?;
+            report.cut_bytes += len - offset;
+            seg.end = offset;
+        }
     }
     let mut log = RaftLog {
         dir: dir.to_path_buf(),
@@ -141,6 +288,7 @@ pub(super) fn open(dir: &Path, opts: RaftLogOptions) -> EngineResult<(RaftLog, L
         segments,
         purged,
         vote,
+        recovering,
         poison: None,
     };
     let before = log.segments.len();
