@@ -321,12 +321,23 @@ pub fn entry_lsns(dir: &Path) -> Vec<u64> {
     out
 }
 
+/// One acknowledged write: its key and the `x-kv-lsn` / `x-kv-term` of its answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    /// The key written.
+    pub key: String,
+    /// Its LSN (the Raft index in a cluster).
+    pub lsn: Option<u64>,
+    /// The term it was committed in (clusters only).
+    pub term: Option<u64>,
+}
+
 /// Threads writing unique keys `{tag}-{thread}-{i}` (value `v`) through one client until stopped, keeping
-/// the keys whose write was acknowledged (answered 200). Failed writes (a server down) are not retried.
+/// the writes that were acknowledged (answered 200). Failed writes (a server down) are not retried.
 #[derive(Debug)]
 pub struct AckedWriters {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    acked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    acked: std::sync::Arc<std::sync::Mutex<Vec<Ack>>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -342,8 +353,14 @@ impl AckedWriters {
                     let mut i = 0u64;
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                         let key = format!("{tag}-{t}-{i}");
-                        if let Ok((200, _)) = c.try_request("PUT", &format!("/v1/kv/{key}"), b"v") {
-                            acked.lock().unwrap().push(key);
+                        let answer = c.try_exchange("PUT", &format!("/v1/kv/{key}"), &[], b"v");
+                        if let Some(a) = answer.as_ref().ok().filter(|a| a.status == 200) {
+                            let stamp = |h| a.header(h).and_then(|v| v.parse().ok());
+                            acked.lock().unwrap().push(Ack {
+                                key,
+                                lsn: stamp("x-kv-lsn"),
+                                term: stamp("x-kv-term"),
+                            });
                         } else {
                             std::thread::sleep(Duration::from_millis(20));
                         }
@@ -366,11 +383,30 @@ impl AckedWriters {
 
     /// Stops the writers and returns every acknowledged key.
     pub fn stop(self) -> Vec<String> {
+        self.stop_acks().into_iter().map(|a| a.key).collect()
+    }
+
+    /// Stops the writers and returns every acknowledged write with its LSN and term.
+    pub fn stop_acks(self) -> Vec<Ack> {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         for t in self.threads {
             t.join().unwrap();
         }
         std::mem::take(&mut *self.acked.lock().unwrap())
+    }
+}
+
+/// Panics unless every acknowledgement carries an LSN and a term and no two share an LSN: two leaders
+/// acknowledging at once would hand out the same index twice (in different terms).
+pub fn assert_unique_lsns(acks: &[Ack]) {
+    let mut seen: BTreeMap<u64, &Ack> = BTreeMap::new();
+    for a in acks {
+        let (Some(lsn), Some(_)) = (a.lsn, a.term) else {
+            panic!("an acknowledgement without x-kv-lsn and x-kv-term: {a:?}");
+        };
+        if let Some(other) = seen.insert(lsn, a) {
+            panic!("two acknowledgements of LSN {lsn}: {other:?} and {a:?}");
+        }
     }
 }
 

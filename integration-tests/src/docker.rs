@@ -196,11 +196,12 @@ async fn start_node(
     let follower = env
         .iter()
         .any(|(k, v)| *k == "REPLICATION_MODE" && v == "follower");
+    // The image's HEALTHCHECK is readiness: a follower is not ready until its leader runs, and the
+    // followers start first (the leader must know their names); a cluster member is not ready until a
+    // majority runs. Wait for their liveness below instead.
+    let member = env.iter().any(|(k, _)| *k == "CLUSTER_NODE_ID");
     let mut req = GenericImage::new(image_repo(), image_tag())
-        // The image's HEALTHCHECK is readiness: a follower is not ready until its leader runs, and the
-        // followers start first (the leader must know their names). Wait for the follower's liveness
-        // below instead.
-        .with_wait_for(if follower {
+        .with_wait_for(if follower || member {
             WaitFor::Nothing
         } else {
             WaitFor::healthcheck()
@@ -295,5 +296,119 @@ impl DockerCluster {
     /// Clients of the followers.
     pub fn follower_clients(&self) -> Vec<Client> {
         self.followers.iter().map(NodeContainer::client).collect()
+    }
+}
+
+/// A Raft cluster of voters as containers, configured as `docker/compose.cluster.yaml` configures its
+/// nodes (`CLUSTER_NODE_ID`, the same `CLUSTER_PEERS`, the replication token). Two networks: the
+/// cluster network carries the clients (the API port is published on 127.0.0.1 from it), the peers
+/// network carries Raft traffic and forwarded writes, under the alias `<prefix>-pN`. Cutting a node off
+/// the peers network ([`RaftContainers::isolate`]) isolates it from the others while the test still
+/// reaches it.
+#[derive(Debug)]
+pub struct RaftContainers {
+    /// Unique prefix of every name.
+    pub prefix: String,
+    /// The peers network.
+    pub peers_network: String,
+    /// Node `i` has id `i + 1`.
+    pub nodes: Vec<NodeContainer>,
+}
+
+impl RaftContainers {
+    /// Starts `n` voters with `env` on top of the cluster settings, and waits until each answers.
+    pub async fn start(n: usize, env: &[(&str, &str)]) -> Self {
+        ensure_image();
+        let prefix = run_id().cluster_prefix(&unique_id());
+        let network = format!("{prefix}-net");
+        let peers_network = format!("{prefix}-peers");
+        docker_ok(&[
+            "network",
+            "create",
+            "--label",
+            &format!("{}={}", run::RUN_LABEL, run_id().as_str()),
+            &peers_network,
+        ]);
+        let peers: Vec<String> = (1..=n)
+            .map(|i| format!("{i}=http://{prefix}-p{i}:8080"))
+            .collect();
+        let mut nodes = Vec::new();
+        for i in 1..=n {
+            let mut node_env = vec![
+                ("CLUSTER_NODE_ID", i.to_string()),
+                ("CLUSTER_PEERS", peers.join(",")),
+            ];
+            node_env.extend(env.iter().map(|(k, v)| (*k, v.to_string())));
+            let node = start_node(&prefix, &network, format!("{prefix}-n{i}"), node_env).await;
+            nodes.push(node);
+        }
+        let cluster = Self {
+            prefix,
+            peers_network,
+            nodes,
+        };
+        for i in 0..n {
+            cluster.rejoin(i);
+        }
+        cluster
+    }
+
+    /// The peer alias of node index `i`.
+    fn alias(&self, i: usize) -> String {
+        format!("{}-p{}", self.prefix, i + 1)
+    }
+
+    /// Cuts node index `i` off the peers network: it hears no peer and no peer hears it.
+    pub fn isolate(&self, i: usize) {
+        docker_ok(&[
+            "network",
+            "disconnect",
+            &self.peers_network,
+            self.nodes[i].container.id(),
+        ]);
+    }
+
+    /// Joins node index `i` to the peers network again.
+    pub fn rejoin(&self, i: usize) {
+        docker_ok(&[
+            "network",
+            "connect",
+            "--alias",
+            &self.alias(i),
+            &self.peers_network,
+            self.nodes[i].container.id(),
+        ]);
+    }
+
+    /// Freezes node index `i` (`docker pause`): it neither answers nor times out anything.
+    pub fn pause(&self, i: usize) {
+        docker_ok(&["pause", self.nodes[i].container.id()]);
+    }
+
+    /// Thaws node index `i`.
+    pub fn unpause(&self, i: usize) {
+        docker_ok(&["unpause", self.nodes[i].container.id()]);
+    }
+
+    /// Starts the stopped or killed node index `i` again (same volume) on the peers network.
+    pub async fn restart(&mut self, i: usize) {
+        // A stopped container keeps its networks: docker start reconnects it to both.
+        self.nodes[i].start().await;
+    }
+
+    /// Clients of every node.
+    pub fn clients(&self) -> Vec<Client> {
+        self.nodes.iter().map(NodeContainer::client).collect()
+    }
+}
+
+impl Drop for RaftContainers {
+    fn drop(&mut self) {
+        // The containers go first (testcontainers removes them again, harmlessly), or the peers network
+        // would still have endpoints.
+        for node in &self.nodes {
+            let _ = docker(&["rm", "-f", "-v", node.container.id()]);
+        }
+        let _ = docker(&["network", "rm", &self.peers_network]);
     }
 }

@@ -134,6 +134,18 @@ impl Client {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> std::io::Result<(u16, Vec<u8>)> {
+        self.try_exchange(method, path, headers, body)
+            .map(|r| (r.status, r.body))
+    }
+
+    /// One request with extra headers: the whole answer, headers included.
+    pub fn try_exchange(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Answer> {
         let mut s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
         let extra: String = headers
@@ -159,14 +171,36 @@ impl Client {
         let chunked = head
             .to_ascii_lowercase()
             .contains("transfer-encoding: chunked");
-        Ok((
+        Ok(Answer {
             status,
-            if chunked {
+            body: if chunked {
                 dechunk(body)
             } else {
                 body.to_vec()
             },
-        ))
+            head,
+        })
+    }
+}
+
+/// A whole answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The status code.
+    pub status: u16,
+    /// The status line and headers, as received.
+    pub head: String,
+    /// The body (de-chunked).
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    /// The value of header `name` (case-insensitive), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
     }
 }
 

@@ -540,3 +540,162 @@ fn a_follower_catches_up_after_a_burst_of_large_writes() {
         node.stop();
     }
 }
+
+/// The newest segment of `node`'s Raft log.
+fn newest_raft_segment(node: &Node) -> std::path::PathBuf {
+    let mut segs: Vec<_> = std::fs::read_dir(node.dir.join("raft"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segs.sort();
+    segs.pop().expect("a raft log segment")
+}
+
+/// Protocol-aware recovery (docs/cluster.md): a flipped byte in the middle of a follower's Raft log makes
+/// it forget entries it acknowledged. With the leader down, it and the other follower could elect a
+/// leader that lacks writes acknowledged to clients; it must refuse to vote or campaign instead, until
+/// the old leader returns and brings its log up to date. Then new writes, and all three agree.
+#[test]
+fn a_node_whose_raft_log_was_damaged_neither_votes_nor_leads_until_it_has_caught_up() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = start_cluster(root.path());
+    let leader = agreed_leader(&nodes, Duration::from_secs(20));
+    let writers = AckedWriters::start(nodes[(leader - 1) as usize].client(), "before", 2);
+    while writers.count() < 300 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut acked = writers.stop();
+    let followers: Vec<usize> = (0..3).filter(|i| *i as u64 + 1 != leader).collect();
+    let (damaged, other) = (followers[0], followers[1]);
+    for node in &mut nodes {
+        node.stop();
+    }
+    let seg = newest_raft_segment(&nodes[damaged]);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(&seg, bytes).unwrap();
+
+    // The damaged node and the other follower, without the old leader: no election may succeed.
+    nodes[damaged].start();
+    nodes[other].start();
+    let status = cluster_status(&nodes[damaged]).unwrap();
+    assert_eq!(status["recovering"], true, "{status}");
+    let (code, body) = nodes[damaged].client().request("GET", "/readyz", b"");
+    assert_eq!(code, 503);
+    assert!(
+        String::from_utf8_lossy(&body).contains("recovering a damaged raft log"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    // Ten election timeouts or more (300-600 ms each): with its vote the two would have a leader.
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_secs(6) {
+        // (`leader_id` may show the last leader known before the restart: it is the state that counts.)
+        for n in [damaged, other] {
+            let s = cluster_status(&nodes[n]).unwrap();
+            assert!(
+                s["state"] != "leader",
+                "a leader was elected without the node that holds every acknowledged write: {s}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The old leader returns: a leader is elected, the damaged node catches up and votes again.
+    nodes[(leader - 1) as usize].start();
+    agreed_leader(&nodes, Duration::from_secs(20));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster_status(&nodes[damaged]).unwrap()["recovering"] == true {
+        assert!(
+            Instant::now() < deadline,
+            "the damaged node never recovered"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let writers = AckedWriters::start(nodes[damaged].client(), "after", 2);
+    while writers.count() < 100 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    acked.extend(writers.stop());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let reference = loop {
+        let all: Vec<_> = nodes.iter().map(Node::contents).collect();
+        if all.windows(2).all(|w| w[0] == w[1]) {
+            break all.into_iter().next().unwrap();
+        }
+        assert!(Instant::now() < deadline, "contents never converged");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_all_present(&acked, &reference, "after the damaged node recovered");
+    for node in &mut nodes {
+        node.stop();
+    }
+}
+
+/// Quorum arithmetic on three nodes: with both followers down the leader cannot commit, so writes and
+/// linearizable reads on it fail fast with 503 (it checks that a majority answered it lately before
+/// proposing anything, rather than waiting out the 5 s write timeout with an unknown outcome), while
+/// local reads still answer; once the followers return, writes resume and nothing acknowledged is lost.
+#[test]
+fn with_a_majority_down_the_leader_refuses_fast_and_reads_locally_then_recovers() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = start_cluster(root.path());
+    let leader = (agreed_leader(&nodes, Duration::from_secs(20)) - 1) as usize;
+    let writers = AckedWriters::start(nodes[leader].client(), "quorum", 1);
+    while writers.count() < 50 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut acked = writers.stop();
+    let c = nodes[leader].client();
+    assert_eq!(c.request("PUT", "/v1/kv/kept", b"v").0, 200);
+    acked.push("kept".into());
+    for i in (0..3).filter(|i| *i != leader) {
+        nodes[i].kill();
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    for attempt in 0..3 {
+        let sent = Instant::now();
+        let (code, body) = c.request("PUT", &format!("/v1/kv/lost-{attempt}"), b"v");
+        let took = sent.elapsed();
+        let text = String::from_utf8_lossy(&body).to_string();
+        assert_eq!(code, 503, "{text}");
+        assert!(text.contains("nothing was written"), "{text}");
+        assert!(took < Duration::from_secs(3), "took {took:?}: not fast");
+        let (code, body) = c.request("GET", "/v1/kv/kept?consistency=linearizable", b"");
+        assert_eq!(code, 503, "{}", String::from_utf8_lossy(&body));
+        let (code, body) = c.request("GET", "/v1/kv/kept", b"");
+        assert_eq!(
+            (code, body.as_slice()),
+            (200, &b"v"[..]),
+            "local reads answer"
+        );
+    }
+    for i in (0..3).filter(|i| *i != leader) {
+        nodes[i].start();
+    }
+    agreed_leader(&nodes, Duration::from_secs(20));
+    let writers = AckedWriters::start(nodes[leader].client(), "restored", 1);
+    while writers.count() < 20 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    acked.extend(writers.stop());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let reference = loop {
+        let all: Vec<_> = nodes.iter().map(Node::contents).collect();
+        if all.windows(2).all(|w| w[0] == w[1]) {
+            break all.into_iter().next().unwrap();
+        }
+        assert!(Instant::now() < deadline, "contents never converged");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_all_present(&acked, &reference, "after the majority returned");
+    assert!(
+        !reference.keys().any(|k| k.starts_with("lost-")),
+        "a write refused with 503 took effect"
+    );
+    for node in &mut nodes {
+        node.stop();
+    }
+}

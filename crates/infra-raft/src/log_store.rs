@@ -12,7 +12,7 @@ use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::Arc;
 
-use kv_infra_fs::raft_log::{LogRecovery, RaftLog, RaftLogOptions};
+use kv_infra_fs::raft_log::{LogRecovery, RaftLog, RaftLogOptions, Recovering};
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
 use parking_lot::Mutex;
@@ -40,6 +40,16 @@ impl LogStore {
             },
             report,
         ))
+    }
+
+    /// Why the log is recovering from damage, if it is (see `RaftLog::recovering`).
+    pub fn recovering(&self) -> Option<Recovering> {
+        self.log.lock().recovering().cloned()
+    }
+
+    /// Ends the recovery from damage, durably (see `RaftLog::finish_recovery`).
+    pub fn finish_recovery(&self) -> io::Result<()> {
+        self.log.lock().finish_recovery().map_err(io_err)
     }
 
     fn decode_entry(index: u64, bytes: &[u8]) -> io::Result<Entry> {

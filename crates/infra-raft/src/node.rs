@@ -6,6 +6,19 @@
 //! cluster with all of them as voters, once, when its log and vote are empty (openraft's advice:
 //! initialise on one pristine node). The others wait to hear from a leader. A restarted node never
 //! initialises again (openraft refuses: its log is not empty).
+//!
+//! Damaged logs (protocol-aware recovery): when the log's recovery found entries lost that may have been
+//! acknowledged (`RaftLog::recovering`), this node neither campaigns (openraft's `elect` is off) nor
+//! grants votes or pre-votes, nor takes leadership by transfer, until it has applied entries through
+//! the highest index its log was known to hold (`Recovering::through`). Entries are applied only once
+//! committed, and a leader replicates them with Raft's consistency check, so by then every index it
+//! had acknowledged holds the entry the cluster agreed on. Why refusing to vote is safe meanwhile:
+//! Raft's election rule needs every voter to remember what it acknowledged; a forgetful node that
+//! does not vote leaves any majority of the others intersecting every commit quorum it was part of
+//! (with one forgetful node: |V ∩ (Q \ {me})| >= m + (m - 1) - (n - 1) = 2m - n >= 1). Two or more
+//! damaged at once can leave no electable majority: `docs/cluster.md` has the operator's procedure.
+//! If the entries it held past the cluster's log were never committed (a deposed leader's), it
+//! votes again once the cluster's log passes that index.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -150,6 +163,8 @@ pub struct ClusterStatus {
     pub applied_index: Option<u64>,
     /// The index of its latest snapshot (built here or installed from the leader).
     pub snapshot_index: Option<u64>,
+    /// Whether it is recovering a damaged log (it neither votes nor leads meanwhile).
+    pub recovering: bool,
     /// Voters and learners.
     pub members: Vec<Member>,
 }
@@ -164,6 +179,10 @@ pub struct RaftNode {
     raft_dir: PathBuf,
     /// Serialises incoming snapshot chunks (one leader sends them in order).
     incoming: tokio::sync::Mutex<()>,
+    /// Set while the log is recovering from damage (see the module doc).
+    recovering: Arc<std::sync::atomic::AtomicBool>,
+    /// How long a leader may go without a majority's acknowledgement before it refuses work.
+    quorum_silence: Duration,
 }
 
 impl std::fmt::Debug for RaftNode {
@@ -209,12 +228,21 @@ impl RaftNode {
         .map_err(|e| StartError::Settings(e.to_string()))?;
         let raft_dir = data_dir.join("raft");
         let (mut log, report) = LogStore::open(&raft_dir, RaftLogOptions::default())?;
-        if report.cut_bytes > 0 {
+        if report.cut_bytes > 0 && report.damage.is_none() {
             tracing::warn!(
                 cut_bytes = report.cut_bytes,
                 "raft log: cut a torn tail at open"
             );
         }
+        let damaged = log.recovering();
+        if let Some(damage) = &damaged {
+            tracing::warn!(
+                damage = %damage.reason,
+                through = damage.through,
+                "raft log is recovering from damage: this node will not vote or lead until a leader has brought it up to date"
+            );
+        }
+        let log_handle = log.clone();
         let start_index = log.get_log_state().await?.last_log_id.map(|id| id.index);
         let pristine = start_index.is_none()
             && openraft::storage::RaftLogReader::read_vote(&mut log)
@@ -230,6 +258,17 @@ impl RaftNode {
         )
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
+        let recovering = Arc::new(std::sync::atomic::AtomicBool::new(damaged.is_some()));
+        if let Some(damage) = &damaged {
+            raft.runtime_config().elect(false);
+            tokio::spawn(finish_recovery_when_caught_up(
+                raft.clone(),
+                settings.node_id,
+                damage.through,
+                log_handle,
+                recovering.clone(),
+            ));
+        }
         let lowest = settings.peers.keys().next().copied();
         if pristine && lowest == Some(settings.node_id) {
             let members: BTreeMap<NodeId, BasicNode> = settings
@@ -250,6 +289,8 @@ impl RaftNode {
             start_index,
             raft_dir,
             incoming: tokio::sync::Mutex::new(()),
+            recovering,
+            quorum_silence: settings.election_timeout.1,
         })
     }
 
@@ -263,6 +304,7 @@ impl RaftNode {
     pub async fn write(&self, cmd: Command, timeout: Duration) -> Result<Written, ClusterError> {
         let deadline = Instant::now() + timeout;
         loop {
+            self.check_quorum_contact()?;
             let left = deadline.saturating_duration_since(Instant::now());
             let attempt = tokio::time::timeout(left, self.raft.client_write(cmd.clone())).await;
             let answer = match attempt {
@@ -314,6 +356,7 @@ impl RaftNode {
     /// (read index), for at most `timeout`: a read of the engine after it is linearizable. Returns the
     /// index read at.
     pub async fn read_barrier(&self, timeout: Duration) -> Result<u64, ClusterError> {
+        self.check_quorum_contact()?;
         let attempt = tokio::time::timeout(
             timeout,
             self.raft.ensure_linearizable(ReadPolicy::ReadIndex),
@@ -336,6 +379,29 @@ impl RaftNode {
             Ok(Err(RaftError::APIError(e))) => Err(ClusterError::Unavailable(e.to_string())),
             Ok(Err(RaftError::Fatal(e))) => Err(ClusterError::Stopped(e.to_string())),
         }
+    }
+
+    /// Fails fast, before anything is proposed, when this node leads but no majority has acknowledged
+    /// it for longer than the longest election timeout: the majority is down or cut off (openraft keeps
+    /// such a leader; a write to it would wait out its timeout with an unknown outcome). Such a
+    /// leader's quorum may meanwhile have elected another: either way nothing can commit here now.
+    fn check_quorum_contact(&self) -> Result<(), ClusterError> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        if m.state != ServerState::Leader {
+            return Ok(());
+        }
+        let Some(acked) = m.last_quorum_acked else {
+            // Just elected: its first heartbeats are under way (`write` waits for them).
+            return Ok(());
+        };
+        let silent = openraft::Instant::elapsed(&*acked);
+        if silent > self.quorum_silence {
+            return Err(ClusterError::Unavailable(format!(
+                "this node leads but no majority has answered it for {} ms: nothing was written",
+                silent.as_millis()
+            )));
+        }
+        Ok(())
     }
 
     /// Adds node `id` at `url` as a learner (it receives the log but does not vote); returns once the
@@ -417,11 +483,23 @@ impl RaftNode {
             .map_err(|e| ClusterError::Stopped(e.to_string()))
     }
 
-    /// Why this node cannot serve as a cluster member yet (empty: ready): it knows no leader, or it has
-    /// not applied what its log held at start (or what the cluster committed, if that is less).
+    /// Whether this node is recovering a damaged log (it does not vote or lead meanwhile).
+    pub fn is_recovering(&self) -> bool {
+        self.recovering.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Why this node cannot serve as a cluster member yet (empty: ready): it knows no leader, it has
+    /// not applied what its log held at start (or what the cluster committed, if that is less), or it is
+    /// recovering a damaged log.
     pub fn ready_reasons(&self) -> Vec<String> {
         let status = self.status();
         let mut reasons = Vec::new();
+        if self.is_recovering() {
+            reasons.push(
+                "recovering a damaged raft log: not voting or leading until a leader has brought it up to date"
+                    .into(),
+            );
+        }
         if status.leader_id.is_none() {
             reasons.push(format!(
                 "no Raft leader known (term {}): an election is under way or this node is cut off from the majority",
@@ -493,6 +571,7 @@ impl RaftNode {
             commit_index: m.local_committed.map(|l| l.index),
             applied_index: m.last_applied.map(|l| l.index),
             snapshot_index: m.snapshot.map(|l| l.index),
+            recovering: self.is_recovering(),
             members,
         }
     }
@@ -502,6 +581,29 @@ impl RaftNode {
     pub async fn handle(&self, rpc: Rpc, body: &[u8]) -> Result<Vec<u8>, String> {
         fn decode<Q: serde::de::DeserializeOwned>(rpc: Rpc, body: &[u8]) -> Result<Q, String> {
             serde_json::from_slice(body).map_err(|e| format!("bad {} message: {e}", rpc.name()))
+        }
+        if self.is_recovering() {
+            // Refuse what would make this node count in an election (see the module doc).
+            match rpc {
+                Rpc::Vote | Rpc::PreVote => {
+                    let _: openraft::raft::VoteRequest<TypeConfig> = decode(rpc, body)?;
+                    let vote = self.raft.metrics().borrow_watched().vote;
+                    let refused: Result<
+                        openraft::raft::VoteResponse<TypeConfig>,
+                        RaftError<TypeConfig>,
+                    > = Ok(openraft::raft::VoteResponse::new(vote, None, false));
+                    return serde_json::to_vec(&refused)
+                        .map_err(|e| format!("encoding the {} answer: {e}", rpc.name()));
+                }
+                Rpc::TransferLeader => {
+                    let refused: Result<(), String> = Err(
+                        "this node is recovering a damaged raft log and cannot lead yet".into(),
+                    );
+                    return serde_json::to_vec(&refused)
+                        .map_err(|e| format!("encoding the {} answer: {e}", rpc.name()));
+                }
+                Rpc::Append | Rpc::Snapshot => {}
+            }
         }
         let encoded = match rpc {
             Rpc::Append => serde_json::to_vec(&self.raft.append_entries(decode(rpc, body)?).await),
@@ -568,6 +670,46 @@ impl RaftNode {
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+}
+
+/// Ends the recovery from a damaged log once it is safe (see the module doc): this node has applied
+/// entries through `through`; or it is the only voter, with nobody to fetch from (what it lost is lost:
+/// said loudly).
+async fn finish_recovery_when_caught_up(
+    raft: Raft,
+    id: NodeId,
+    through: u64,
+    log: LogStore,
+    flag: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut metrics = raft.metrics();
+    loop {
+        let (caught_up, alone) = {
+            let m = metrics.borrow_watched();
+            let caught_up = m.last_applied.as_ref().is_some_and(|a| a.index >= through);
+            let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+            (caught_up, voters == [id])
+        };
+        if caught_up || alone {
+            if alone {
+                tracing::error!(
+                    "raft log damaged on the only voter: nothing to fetch what it lost from; going on without it"
+                );
+            }
+            match log.finish_recovery() {
+                Ok(()) => {
+                    flag.store(false, std::sync::atomic::Ordering::Release);
+                    raft.runtime_config().elect(true);
+                    tracing::info!("raft log recovered from damage: voting and campaigning again");
+                }
+                Err(e) => tracing::error!(error = %e, "raft log: cannot end the recovery"),
+            }
+            return;
+        }
+        if metrics.changed().await.is_err() {
+            return;
         }
     }
 }
