@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help run-leader run-follower run-cluster docker compose-up compose-down bench-replication soak-replication check test test-steps test-clean lint bench bench-engine bench-index bench-http bench-goals bench-cluster bench-rss larger-than-ram soak fmt clean-bench
+.PHONY: help run-leader run-follower run-cluster docker compose-up compose-down cluster-up cluster-down bench-replication soak-replication soak-cluster check test test-steps test-clean lint bench bench-engine bench-index bench-http bench-goals bench-cluster bench-rss larger-than-ram soak fmt clean-bench
 
 PORT ?= 8080
 DATA ?= ./data
@@ -48,6 +48,18 @@ compose-up: docker ## Start the cluster: a leader on 8080, followers on 8081-808
 		[ "$$(docker ps --filter label=com.docker.compose.project=moniepoint-kv --filter health=healthy -q | wc -l)" -ge 5 ] && { $(COMPOSE) ps; exit 0; }; \
 		sleep 1; \
 	done; $(COMPOSE) ps; echo "the cluster did not become healthy" >&2; exit 1
+
+CLUSTER_COMPOSE := docker-compose -f docker/compose.cluster.yaml -p moniepoint-kv-cluster
+
+cluster-up: docker ## Start five Raft voters on 8080-8084 (docker/compose.cluster.yaml; waits until all are healthy)
+	KV_IMAGE=$(IMAGE) $(CLUSTER_COMPOSE) up -d
+	@for i in $$(seq 120); do \
+		[ "$$(docker ps --filter label=com.docker.compose.project=moniepoint-kv-cluster --filter health=healthy -q | wc -l)" -ge 5 ] && { $(CLUSTER_COMPOSE) ps; exit 0; }; \
+		sleep 1; \
+	done; $(CLUSTER_COMPOSE) ps; echo "the cluster did not become healthy" >&2; exit 1
+
+cluster-down: ## Stop the Raft voters (volumes are kept; add -v by hand to drop them)
+	$(CLUSTER_COMPOSE) down
 
 compose-down: ## Stop the cluster (volumes are kept; docker-compose -f docker/compose.yaml -p moniepoint-kv down -v drops them)
 	$(COMPOSE) down
@@ -159,6 +171,12 @@ soak: ## Long reliability runs: 200 SIGKILL cycles, 1000 power-loss histories, 3
 soak-replication: ## Long replication fault runs: 30 follower SIGKILLs, 20 leader restarts (release build)
 	$(CARGO) build --release -p kv-server
 	REPLICATION_KILL_ROUNDS=30 LEADER_RESTART_ROUNDS=10 $(CARGO) test --release -p integration-tests --test replication -- --nocapture --test-threads 1
+
+soak-cluster: ## Raft faults in containers (release image): the leader of 5 voters killed 30 times under 4 writers, cut off, frozen; 3 of 5 down
+	$(CHECK_RUN_ID)
+	docker/build.sh $(TEST_IMAGE) release
+	trap 'make --no-print-directory test-clean' EXIT; \
+	KV_TEST_IMAGE=$(TEST_IMAGE) KV_CLUSTER_KILLS=$${KV_CLUSTER_KILLS:-30} $(CARGO) test --workspace --test raft_containers -- --nocapture --test-threads 1
 
 clean-bench: ## Remove benchmark data
 	rm -rf target/bench-data

@@ -412,3 +412,68 @@ impl Drop for RaftContainers {
         let _ = docker(&["network", "rm", &self.peers_network]);
     }
 }
+
+/// A project of one of the compose files in `docker/`, on ports of this run's choosing, torn down
+/// (volumes too) when dropped, even when the test fails.
+#[derive(Debug)]
+pub struct ComposeProject {
+    file: String,
+    /// The project name (unique to this run and process).
+    pub name: String,
+    /// Each port setting of the file and the port given to it, in the file's order.
+    pub ports: Vec<(String, u16)>,
+}
+
+impl ComposeProject {
+    /// Validates `docker/<file>` and starts it (`up -d`) with the run's image, giving each of
+    /// `port_settings` a free port.
+    pub fn up(file: &str, port_settings: &[&str]) -> Self {
+        ensure_image();
+        let project = Self {
+            file: format!("{}/../docker/{file}", env!("CARGO_MANIFEST_DIR")),
+            name: run_id().compose_project(std::process::id()),
+            ports: port_settings
+                .iter()
+                .map(|s| (s.to_string(), crate::free_port()))
+                .collect(),
+        };
+        for args in [&["config", "-q"][..], &["up", "-d"][..]] {
+            let out = project.run(args);
+            assert!(
+                out.status.success(),
+                "docker-compose {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        project
+    }
+
+    /// Runs `docker-compose args...` on the project.
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new("docker-compose");
+        cmd.args(["-f", &self.file, "-p", &self.name]).args(args);
+        cmd.env("KV_IMAGE", image());
+        for (name, port) in &self.ports {
+            cmd.env(name, port.to_string());
+        }
+        cmd.output()
+            .expect("docker-compose (Debian: apt-get install docker-compose)")
+    }
+
+    /// Clients of the published ports, in the file's order.
+    pub fn clients(&self) -> Vec<Client> {
+        self.ports
+            .iter()
+            .map(|(_, p)| Client {
+                addr: std::net::SocketAddr::from(([127, 0, 0, 1], *p)),
+            })
+            .collect()
+    }
+}
+
+impl Drop for ComposeProject {
+    fn drop(&mut self) {
+        let _ = self.run(&["down", "-v", "--remove-orphans"]);
+    }
+}

@@ -4,16 +4,13 @@
 //! compose file itself. They need a Docker engine and fail, saying how to get one, when there is none.
 #![allow(clippy::unwrap_used)]
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use integration_tests::cluster::{
     applied, assert_all_present, assert_clients_converged, contents, status, workload, AckedWriters,
 };
-use integration_tests::docker::{
-    docker_ok, ensure_image, image, run_id, wait_healthy, DockerCluster,
-};
-use integration_tests::{free_port, Client};
+use integration_tests::docker::{docker_ok, wait_healthy, ComposeProject, DockerCluster};
+use integration_tests::Client;
 
 const CONVERGE: Duration = Duration::from_secs(90);
 
@@ -184,70 +181,28 @@ async fn the_leader_killed_with_synchronous_acknowledgement_keeps_every_acknowle
     );
 }
 
-fn compose(project: &str, ports: &[u16], args: &[&str]) -> std::process::Output {
-    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../docker/compose.yaml");
-    let mut cmd = Command::new("docker-compose");
-    cmd.args(["-f", file, "-p", project]).args(args);
-    cmd.env("KV_IMAGE", image());
-    for (name, port) in [
-        "KV_LEADER_PORT",
-        "KV_FOLLOWER1_PORT",
-        "KV_FOLLOWER2_PORT",
-        "KV_FOLLOWER3_PORT",
-        "KV_FOLLOWER4_PORT",
-    ]
-    .iter()
-    .zip(ports)
-    {
-        cmd.env(name, port.to_string());
-    }
-    cmd.output()
-        .expect("docker-compose (Debian: apt-get install docker-compose)")
-}
-
-/// Tears the compose project down (volumes too) even when the test fails.
-struct ComposeProject {
-    name: String,
-    ports: Vec<u16>,
-}
-
-impl Drop for ComposeProject {
-    fn drop(&mut self) {
-        let _ = compose(&self.name, &self.ports, &["down", "-v", "--remove-orphans"]);
-    }
-}
+/// The port settings of `docker/compose.yaml`, leader first.
+const COMPOSE_PORTS: [&str; 5] = [
+    "KV_LEADER_PORT",
+    "KV_FOLLOWER1_PORT",
+    "KV_FOLLOWER2_PORT",
+    "KV_FOLLOWER3_PORT",
+    "KV_FOLLOWER4_PORT",
+];
 
 #[test]
 fn the_compose_file_validates_and_runs_a_leader_and_four_followers() {
-    ensure_image();
-    let project = ComposeProject {
-        name: run_id().compose_project(std::process::id()),
-        ports: (0..5).map(|_| free_port()).collect(),
-    };
-    let config = compose(&project.name, &project.ports, &["config", "-q"]);
-    assert!(
-        config.status.success(),
-        "docker-compose config: {}",
-        String::from_utf8_lossy(&config.stderr)
-    );
-    let up = compose(&project.name, &project.ports, &["up", "-d"]);
-    assert!(
-        up.status.success(),
-        "docker-compose up: {}",
-        String::from_utf8_lossy(&up.stderr)
-    );
-    let client = |port: u16| Client {
-        addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-    };
-    for &p in &project.ports {
-        wait_healthy(client(p));
+    let project = ComposeProject::up("compose.yaml", &COMPOSE_PORTS);
+    let clients = project.clients();
+    for &c in &clients {
+        wait_healthy(c);
     }
-    let leader = client(project.ports[0]);
+    let leader = clients[0];
     let (code, body) = leader.request("POST", "/put", br#"{"key":"compose","value":"works"}"#);
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
     let lsn = integration_tests::cluster::lsn_of(&body).unwrap();
-    for &p in &project.ports[1..] {
-        let (code, value) = client(p).request(
+    for &c in &clients[1..] {
+        let (code, value) = c.request(
             "GET",
             &format!("/read?key=compose&min_lsn={lsn}&max_wait_ms=30000"),
             b"",
@@ -255,13 +210,14 @@ fn the_compose_file_validates_and_runs_a_leader_and_four_followers() {
         assert_eq!(
             (code, value),
             (200, b"works".to_vec()),
-            "follower on port {p}"
+            "follower {}",
+            c.addr
         );
     }
     let st = status(leader);
     assert_eq!(st["followers"].as_array().unwrap().len(), 4);
     // Every container runs as the unprivileged user and is healthy by its own HEALTHCHECK.
-    let ids = compose(&project.name, &project.ports, &["ps", "-q"]);
+    let ids = project.run(&["ps", "-q"]);
     let ids = String::from_utf8_lossy(&ids.stdout).to_string();
     let ids: Vec<&str> = ids.split_whitespace().collect();
     assert_eq!(ids.len(), 5);

@@ -194,10 +194,14 @@ fn the_leader_is_killed_three_times_under_writers_and_no_acknowledged_write_is_l
             .map(|i| AckedWriters::start(nodes[*i].client(), &format!("r{round}n{i}"), 2))
             .collect();
         std::thread::sleep(Duration::from_millis(500));
-        let before: usize = writers.iter().map(AckedWriters::count).sum();
-        assert!(before > 0, "no write acknowledged before the kill");
+        assert!(
+            writers.iter().map(AckedWriters::count).sum::<usize>() > 0,
+            "no write acknowledged before the kill"
+        );
         nodes[(leader - 1) as usize].kill();
+        // Counted once the kill has returned: acknowledgements until then came from the old leader.
         let killed = Instant::now();
+        let before: usize = writers.iter().map(AckedWriters::count).sum();
         // A new leader is there once acknowledgements resume.
         loop {
             std::thread::sleep(Duration::from_millis(20));

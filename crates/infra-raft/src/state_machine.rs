@@ -7,7 +7,9 @@
 //! membership entry, snapshot build and snapshot install, not at every apply: after a restart openraft may
 //! re-apply entries the engine already holds, which `apply_log` skips (it ignores every entry at or below
 //! the engine's last LSN), so a stale `STATE` costs re-delivery, never a double apply. The engine is
-//! synced before each store, so `STATE` never runs ahead of what the engine holds durably.
+//! synced before each store, so `STATE` never runs ahead of what the engine holds durably. `STATE` also
+//! records the engine's last LSN at that moment: an engine that comes back with less lost writes it had
+//! applied, and the node refuses to start rather than serve without them.
 //!
 //! ## Snapshots: `raft/snapshot-<index>.snap`
 //! Every live key at one applied index, in key order, one engine put record each (checksummed, LSN = the
@@ -58,6 +60,11 @@ struct State {
     last_applied: Option<LogId>,
     membership: StoredMembership,
     snapshot: Option<SnapshotMeta>,
+    /// The engine's last LSN when this was stored, just after an engine sync: the engine must still
+    /// reach it at open, or it lost writes it had applied durably (see [`StateMachine::open`]). Absent
+    /// (0) in files written before it existed.
+    #[serde(default)]
+    engine_lsn: u64,
 }
 
 /// The state machine of one node. Cloning shares it.
@@ -88,12 +95,24 @@ impl StateMachine {
     /// The state machine over `engine`, keeping its own files in `dir` (the Raft directory).
     pub fn open(engine: Arc<dyn LogShipping>, dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let state = match small_file::load(&RealFs, dir, STATE).map_err(io_err)? {
+        let state: State = match small_file::load(&RealFs, dir, STATE).map_err(io_err)? {
             None => State::default(),
             Some(bytes) => {
                 serde_json::from_slice(&bytes).map_err(|e| invalid(format!("raft/{STATE}: {e}")))?
             }
         };
+        // Entries up to STATE's index are not re-applied after a restart: if the engine lost records
+        // it had durably applied (damage in its newest segment, cut at open), they would be missing for
+        // good while the node serves reads. Stop instead; the operator rebuilds the node.
+        let engine_lsn = engine.last_lsn().0;
+        if engine_lsn < state.engine_lsn {
+            return Err(invalid(format!(
+                "the engine lost writes it had applied: its last LSN is {engine_lsn}, raft/{STATE} was stored at LSN {}. \
+                 Rebuild this node: remove it from the cluster (kvctl cluster remove), clear its data directory, \
+                 and add it again as a learner (docs/cluster.md, \"Damaged Raft logs\")",
+                state.engine_lsn
+            )));
+        }
         Ok(Self {
             engine,
             dir: dir.to_path_buf(),
@@ -111,7 +130,11 @@ impl StateMachine {
     /// re-applies only entries after `STATE`'s index, and may have purged the ones before).
     fn store_state(&self, state: &State) -> io::Result<()> {
         self.engine.sync().map_err(io_err)?;
-        let bytes = serde_json::to_vec(state).map_err(io_err)?;
+        let state = State {
+            engine_lsn: self.engine.last_lsn().0,
+            ..state.clone()
+        };
+        let bytes = serde_json::to_vec(&state).map_err(io_err)?;
         small_file::store(&RealFs, &self.dir, STATE, &bytes).map_err(io_err)
     }
 
