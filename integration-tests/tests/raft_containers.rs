@@ -2,7 +2,8 @@
 //! `docker/compose.cluster.yaml` sets up its nodes), under faults Docker makes real:
 //! - the leader `docker kill`ed again and again under four writers (`KV_CLUSTER_KILLS` rounds, 3 by
 //!   default; `make soak-cluster` runs 30): a new leader takes writes each time, nothing acknowledged
-//!   is lost, all five converge, and no LSN is acknowledged twice;
+//!   is lost, all five converge, no LSN is acknowledged twice, and a client reading one node that stays
+//!   up never sees a counter go down (local reads are monotonic per client);
 //! - a leader cut off its peers (`docker network disconnect`) and one frozen (`docker pause`): the cut
 //!   off one acknowledges nothing sent after the cut, the frozen one no write in its old term, while the
 //!   majority elects another and goes on;
@@ -84,6 +85,54 @@ fn wait_for_acks(writers: &[AckedWriters], more_than: usize, within: Duration, w
     }
 }
 
+/// A writer putting `counter` = from + 1, from + 2, ... (each after the previous one's answer) through `writer`,
+/// and one reader per node in `readers` reading it locally, until stopped. Returns, per reader, the
+/// first decrease it saw (`None`: its values never went down). Log order is the writer's order (a write
+/// of unknown outcome that commits later still sits before the next one in the log), and a node applies
+/// the log in order, so a client reading one node that stays up must never see the counter go down.
+fn monotonic_reads(
+    from: u64,
+    writer: Client,
+    readers: Vec<Client>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<Option<(u64, u64)>>> {
+    use std::sync::atomic::Ordering::Relaxed;
+    std::thread::spawn(move || {
+        let w = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut n = from;
+                while !stop.load(Relaxed) {
+                    n += 1;
+                    let _ = writer.try_request("PUT", "/v1/kv/counter", n.to_string().as_bytes());
+                }
+            })
+        };
+        let rs: Vec<_> = readers
+            .into_iter()
+            .map(|c| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut last = 0u64;
+                    while !stop.load(Relaxed) {
+                        if let Ok((200, body)) = c.try_request("GET", "/v1/kv/counter", b"") {
+                            let v: u64 = String::from_utf8_lossy(&body).parse().unwrap();
+                            if v < last {
+                                return Some((last, v));
+                            }
+                            last = v;
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    None
+                })
+            })
+            .collect();
+        w.join().unwrap();
+        rs.into_iter().map(|r| r.join().unwrap()).collect()
+    })
+}
+
 fn keys(acks: &[Ack]) -> Vec<String> {
     acks.iter().map(|a| a.key.clone()).collect()
 }
@@ -107,6 +156,16 @@ async fn the_leader_killed_again_and_again_under_four_writers_loses_no_acknowled
             .filter(|i| **i != leader)
             .map(|&i| AckedWriters::start(clients[i], &format!("r{round}n{i}"), 1))
             .collect();
+        // Local reads on the nodes that stay up this round.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let followers: Vec<Client> = all
+            .iter()
+            .filter(|i| **i != leader)
+            .map(|&i| clients[i])
+            .collect();
+        // Each round counts on from where the last one could have reached.
+        let from = round as u64 * 1_000_000_000;
+        let readers = monotonic_reads(from, followers[0], followers, stop.clone());
         wait_for_acks(&writers, 4, Duration::from_secs(20), "before the kill");
         cluster.nodes[leader].kill();
         // Counted once the kill has returned: acknowledgements until then came from the old leader.
@@ -122,6 +181,13 @@ async fn the_leader_killed_again_and_again_under_four_writers_loses_no_acknowled
         std::thread::sleep(Duration::from_millis(300));
         for w in writers {
             acks.extend(w.stop_acks());
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for (reader, decrease) in readers.join().unwrap().into_iter().enumerate() {
+            assert_eq!(
+                decrease, None,
+                "round {round}: reader {reader}'s local reads went back (last, then)"
+            );
         }
         cluster.restart(leader).await;
     }

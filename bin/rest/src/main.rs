@@ -68,6 +68,10 @@ struct Config {
     /// (default: derived from CLUSTER_PEERS, which every member shares).
     #[arg(long, env = "CLUSTER_ID")]
     cluster_id: Option<String>,
+    /// Raft cluster: take a snapshot after this many log entries since the last one; the log below it is
+    /// then purged but for the last 1000 entries (a follower further behind catches up from the snapshot).
+    #[arg(long, env = "CLUSTER_SNAPSHOT_ENTRIES", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    cluster_snapshot_entries: u64,
     /// Longest time a read with `min_lsn` waits for this node to apply that LSN.
     #[arg(long, env = "READ_MAX_WAIT_MS", default_value_t = 5_000)]
     read_max_wait_ms: u64,
@@ -499,7 +503,10 @@ async fn run(config: Config) -> Result<(), String> {
                 cluster_id.clone(),
             ));
             let shipping: Arc<dyn kv_domain::LogShipping> = engine.clone();
-            let settings = kv_infra_raft::ClusterSettings::new(node_id, peers.clone());
+            let settings = kv_infra_raft::ClusterSettings {
+                snapshot_after_entries: config.cluster_snapshot_entries,
+                ..kv_infra_raft::ClusterSettings::new(node_id, peers.clone())
+            };
             let node =
                 kv_infra_raft::RaftNode::start(settings, &config.data_path, shipping, transport)
                     .await

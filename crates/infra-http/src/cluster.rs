@@ -226,6 +226,11 @@ impl ClusterNode {
             "The current Raft term (it grows by at least one per election).",
             s.term,
         );
+        w.counter(
+            "kv_raft_elections_seen_total",
+            "Terms this node has entered since it started: one per election it saw begin, won or not.",
+            s.elections_seen,
+        );
         w.gauge(
             "kv_raft_is_leader",
             "1 while this node leads the cluster.",

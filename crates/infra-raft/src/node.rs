@@ -165,6 +165,8 @@ pub struct ClusterStatus {
     pub snapshot_index: Option<u64>,
     /// Whether it is recovering a damaged log (it neither votes nor leads meanwhile).
     pub recovering: bool,
+    /// Terms this node has entered since it started (one per election it saw begin).
+    pub elections_seen: u64,
     /// Voters and learners.
     pub members: Vec<Member>,
 }
@@ -183,6 +185,8 @@ pub struct RaftNode {
     recovering: Arc<std::sync::atomic::AtomicBool>,
     /// How long a leader may go without a majority's acknowledgement before it refuses work.
     quorum_silence: Duration,
+    /// Terms this node has entered since it started: one per election it saw begin (won or not).
+    elections: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for RaftNode {
@@ -269,6 +273,8 @@ impl RaftNode {
                 recovering.clone(),
             ));
         }
+        let elections = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        tokio::spawn(count_elections(raft.clone(), elections.clone()));
         let lowest = settings.peers.keys().next().copied();
         if pristine && lowest == Some(settings.node_id) {
             let members: BTreeMap<NodeId, BasicNode> = settings
@@ -291,6 +297,7 @@ impl RaftNode {
             incoming: tokio::sync::Mutex::new(()),
             recovering,
             quorum_silence: settings.election_timeout.1,
+            elections,
         })
     }
 
@@ -572,6 +579,7 @@ impl RaftNode {
             applied_index: m.last_applied.map(|l| l.index),
             snapshot_index: m.snapshot.map(|l| l.index),
             recovering: self.is_recovering(),
+            elections_seen: self.elections.load(std::sync::atomic::Ordering::Relaxed),
             members,
         }
     }
@@ -710,6 +718,19 @@ async fn finish_recovery_when_caught_up(
         }
         if metrics.changed().await.is_err() {
             return;
+        }
+    }
+}
+
+/// Counts the terms this node enters after it started (from its own campaign or a peer's message).
+async fn count_elections(raft: Raft, count: Arc<std::sync::atomic::AtomicU64>) {
+    let mut metrics = raft.metrics();
+    let mut term = metrics.borrow_watched().current_term;
+    while metrics.changed().await.is_ok() {
+        let now = metrics.borrow_watched().current_term;
+        if now > term {
+            count.fetch_add(now - term, std::sync::atomic::Ordering::Relaxed);
+            term = now;
         }
     }
 }
