@@ -330,6 +330,8 @@ pub struct Ack {
     pub lsn: Option<u64>,
     /// The term it was committed in (clusters only).
     pub term: Option<u64>,
+    /// When its answer arrived.
+    pub at: Instant,
 }
 
 /// Threads writing unique keys `{tag}-{thread}-{i}` (value `v`) through one client until stopped, keeping
@@ -360,6 +362,7 @@ impl AckedWriters {
                                 key,
                                 lsn: stamp("x-kv-lsn"),
                                 term: stamp("x-kv-term"),
+                                at: Instant::now(),
                             });
                         } else {
                             std::thread::sleep(Duration::from_millis(20));
@@ -374,6 +377,11 @@ impl AckedWriters {
             acked,
             threads,
         }
+    }
+
+    /// Whether any write acknowledged so far satisfies `pred`.
+    pub fn any(&self, pred: impl Fn(&Ack) -> bool) -> bool {
+        self.acked.lock().unwrap().iter().any(pred)
     }
 
     /// How many writes were acknowledged so far.

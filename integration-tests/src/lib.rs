@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 pub mod cluster;
 pub mod docker;
+pub mod histories;
 pub mod wgl;
 
 /// A binary of this workspace (`kv-server`, `kvctl`) from the same build profile as this test

@@ -388,112 +388,23 @@ fn a_fourth_node_joins_as_learner_is_promoted_an_old_voter_is_removed_and_leader
     }
 }
 
-/// Microseconds since the first call: the clock of the histories.
-fn now() -> u128 {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_micros()
-}
-
 #[test]
 fn writes_and_linearizable_reads_on_any_node_stay_linearizable_while_the_leader_is_killed() {
-    use integration_tests::wgl::{linearizable, Event, Op};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::{Arc, Mutex};
+    use integration_tests::histories::Histories;
 
     let root = tempfile::tempdir().unwrap();
     let mut nodes = start_cluster(root.path());
     let leader = agreed_leader(&nodes, Duration::from_secs(20));
     let clients: Vec<integration_tests::Client> = nodes.iter().map(Node::client).collect();
-    let history: Arc<Mutex<Vec<(usize, Event)>>> = Arc::default();
-    let next_value = Arc::new(AtomicU64::new(1));
-    let workers: Vec<_> = (0..4usize)
-        .map(|client| {
-            let (clients, history, next_value) =
-                (clients.clone(), history.clone(), next_value.clone());
-            std::thread::spawn(move || {
-                for i in 0..40usize {
-                    // Spread the 40 operations over ~3 s, across the kill, the election and the return
-                    // (before the operation: a refused one `continue`s past the end of the loop body).
-                    std::thread::sleep(Duration::from_millis(60));
-                    let key = (client * 7 + i) % 3;
-                    // Any node: followers forward to the leader.
-                    let node = clients[(client + i) % clients.len()];
-                    let event = if (client + i) % 3 == 0 {
-                        let invoke = now();
-                        let answer = node.try_request(
-                            "GET",
-                            &format!("/v1/kv/lin{key}?consistency=linearizable"),
-                            b"",
-                        );
-                        let seen = match answer {
-                            Ok((200, body)) => {
-                                Some(std::str::from_utf8(&body).unwrap().parse().unwrap())
-                            }
-                            Ok((404, _)) => None,
-                            // A read that failed observed nothing: it is not part of the history.
-                            _ => continue,
-                        };
-                        Event {
-                            op: Op::Read(seen),
-                            invoke,
-                            complete: Some(now()),
-                        }
-                    } else {
-                        let v = next_value.fetch_add(1, Ordering::Relaxed);
-                        let invoke = now();
-                        let answer = node.try_request(
-                            "PUT",
-                            &format!("/v1/kv/lin{key}"),
-                            v.to_string().as_bytes(),
-                        );
-                        let complete = match answer {
-                            Ok((200, _)) => Some(now()),
-                            // The contract: a 503 wrote nothing.
-                            Ok((503, _)) => continue,
-                            // 504, or a connection that failed: the outcome is unknown.
-                            _ => None,
-                        };
-                        Event {
-                            op: Op::Write(Some(v)),
-                            invoke,
-                            complete,
-                        }
-                    };
-                    history.lock().unwrap().push((key, event));
-                }
-            })
-        })
-        .collect();
-    // Kill the leader while the clients run, and bring it back.
+    // 4 clients, 40 operations each ~60 ms apart: ~3 s, across the kill, the election and the return.
+    let histories = Histories::start(clients, "lin", 3, 4, 40, Duration::from_millis(60));
     std::thread::sleep(Duration::from_millis(300));
     nodes[(leader - 1) as usize].kill();
     std::thread::sleep(Duration::from_millis(1500));
     nodes[(leader - 1) as usize].start();
-    for w in workers {
-        w.join().unwrap();
-    }
-    let history = history.lock().unwrap();
-    let acked = history
-        .iter()
-        .filter(|(_, e)| matches!(e.op, Op::Write(_)) && e.complete.is_some())
-        .count();
+    let (ops, acked, unknown) = histories.finish("across the leader's SIGKILL");
     assert!(acked >= 20, "only {acked} writes were acknowledged");
-    let unknown = history.iter().filter(|(_, e)| e.complete.is_none()).count();
-    eprintln!(
-        "{} operations, {acked} acknowledged writes, {unknown} of unknown outcome",
-        history.len()
-    );
-    for key in 0..3 {
-        let events: Vec<Event> = history
-            .iter()
-            .filter(|(k, _)| *k == key)
-            .map(|(_, e)| *e)
-            .collect();
-        assert!(
-            linearizable(&events, None),
-            "key lin{key}: not linearizable across the leader's SIGKILL: {events:?}"
-        );
-    }
+    eprintln!("{ops} operations, {acked} acknowledged writes, {unknown} of unknown outcome");
     for node in &mut nodes {
         node.stop();
     }

@@ -507,11 +507,17 @@ impl RaftNode {
                     .into(),
             );
         }
-        if status.leader_id.is_none() {
-            reasons.push(format!(
+        match (status.leader_id, &status.leader_url) {
+            (None, _) => reasons.push(format!(
                 "no Raft leader known (term {}): an election is under way or this node is cut off from the majority",
                 status.term
-            ));
+            )),
+            // Voted for, but not in the membership this node holds yet: writes could not be forwarded.
+            (Some(id), None) => reasons.push(format!(
+                "Raft leader {id} known (term {}) but not its address: the membership has not arrived yet",
+                status.term
+            )),
+            (Some(_), Some(_)) => {}
         }
         let applied = status.applied_index.unwrap_or(0);
         let target = match (self.start_index, status.commit_index) {
