@@ -309,8 +309,12 @@ impl DockerCluster {
 pub struct RaftContainers {
     /// Unique prefix of every name.
     pub prefix: String,
+    /// The clients' network.
+    network: String,
     /// The peers network.
     pub peers_network: String,
+    /// Settings every node gets on top of the cluster's.
+    env: Vec<(String, String)>,
     /// Node `i` has id `i + 1`.
     pub nodes: Vec<NodeContainer>,
 }
@@ -329,28 +333,52 @@ impl RaftContainers {
             &format!("{}={}", run::RUN_LABEL, run_id().as_str()),
             &peers_network,
         ]);
-        let peers: Vec<String> = (1..=n)
-            .map(|i| format!("{i}=http://{prefix}-p{i}:8080"))
-            .collect();
-        let mut nodes = Vec::new();
-        for i in 1..=n {
-            let mut node_env = vec![
-                ("CLUSTER_NODE_ID", i.to_string()),
-                ("CLUSTER_PEERS", peers.join(",")),
-            ];
-            node_env.extend(env.iter().map(|(k, v)| (*k, v.to_string())));
-            let node = start_node(&prefix, &network, format!("{prefix}-n{i}"), node_env).await;
-            nodes.push(node);
-        }
-        let cluster = Self {
+        let mut cluster = Self {
             prefix,
+            network,
             peers_network,
-            nodes,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            nodes: Vec::new(),
         };
-        for i in 0..n {
-            cluster.rejoin(i);
+        for _ in 0..n {
+            cluster.add_node(n).await;
         }
         cluster
+    }
+
+    /// The base URL peers reach node index `i` at.
+    pub fn peer_url(&self, i: usize) -> String {
+        format!("http://{}:8080", self.alias(i))
+    }
+
+    /// Starts the next node (id = count + 1) with the peer list of the first `max(voters, count + 1)`
+    /// ids; a node beyond the initial voters waits to be added (`add-learner`, `promote`). Every node
+    /// shares an explicit `CLUSTER_ID` (the default one derives from the peer list, which grows). Returns
+    /// its index.
+    pub async fn add_node(&mut self, voters: usize) -> usize {
+        let i = self.nodes.len();
+        let peers: Vec<String> = (0..voters.max(i + 1))
+            .map(|j| format!("{}={}", j + 1, self.peer_url(j)))
+            .collect();
+        let mut env = vec![
+            ("CLUSTER_NODE_ID", (i + 1).to_string()),
+            ("CLUSTER_PEERS", peers.join(",")),
+            ("CLUSTER_ID", self.prefix.clone()),
+        ];
+        env.extend(self.env.iter().map(|(k, v)| (k.as_str(), v.clone())));
+        let node = start_node(
+            &self.prefix,
+            &self.network,
+            format!("{}-n{}", self.prefix, i + 1),
+            env,
+        )
+        .await;
+        self.nodes.push(node);
+        self.rejoin(i);
+        i
     }
 
     /// The peer alias of node index `i`.

@@ -10,6 +10,7 @@
 //!   both faults are linearizable per key (the project's WGL checker);
 //! - quorum arithmetic: with 2 of 5 down writes go on; with 3 of 5 down writes and linearizable reads
 //!   fail fast with 503 while local reads answer; after the restore, no loss and convergence;
+//! - membership under writers: a sixth node added as a learner, promoted, an old voter removed;
 //! - the compose file itself: five healthy voters that agree on a leader.
 #![allow(clippy::unwrap_used)]
 
@@ -450,6 +451,99 @@ async fn with_two_of_five_down_writes_go_on_and_with_three_they_fail_fast_then_a
         "a write refused with 503 took effect"
     );
     assert_unique_lsns(&acks[1..]);
+}
+
+/// `POST /v1/cluster/{op}` on the node behind `c` (forwarded to the leader): (status, body).
+fn cluster_op(c: Client, op: &str, body: &str) -> (u16, String) {
+    let (code, body) = c
+        .try_request_with(
+            "POST",
+            &format!("/v1/cluster/{op}"),
+            &[("x-kv-replication-token", TOKEN)],
+            body.as_bytes(),
+        )
+        .unwrap();
+    (code, String::from_utf8_lossy(&body).to_string())
+}
+
+/// Membership under load: a sixth container joins as a learner, is promoted once it has caught up, and
+/// an old voter is removed and its container killed, while writers go on; nothing acknowledged is lost
+/// and the five remaining members converge.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sixth_node_joins_is_promoted_and_an_old_voter_leaves_under_writers() {
+    let mut cluster = RaftContainers::start(5, &[]).await;
+    let all: Vec<usize> = (0..5).collect();
+    let clients = cluster.clients();
+    let leader = leader_among(&clients, &all, Duration::from_secs(30));
+    let others: Vec<usize> = all.iter().copied().filter(|i| *i != leader).collect();
+    let (through, leaving) = (others[0], others[1]);
+    let writers = vec![AckedWriters::start(clients[through], "members", 2)];
+    wait_for_acks(&writers, 10, Duration::from_secs(20), "before the changes");
+    let six = cluster.add_node(5).await;
+    let clients = cluster.clients();
+    let (code, body) = cluster_op(
+        clients[through],
+        "add-learner",
+        &format!(r#"{{"id":6,"url":"{}"}}"#, cluster.peer_url(six)),
+    );
+    assert_eq!(code, 200, "{body}");
+    // Promote it once the leader sees it caught up.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let lag = cluster_view(clients[leader]).and_then(|v| {
+            v["members"]
+                .as_array()?
+                .iter()
+                .find(|m| m["id"] == 6)
+                .and_then(|m| m["lag_entries"].as_u64())
+        });
+        if lag.is_some_and(|l| l < 50) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the learner never caught up: lag {lag:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, body) = cluster_op(clients[through], "promote", r#"{"ids":[6]}"#);
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = cluster_op(
+        clients[through],
+        "remove",
+        &format!(r#"{{"id":{}}}"#, leaving + 1),
+    );
+    assert_eq!(code, 200, "{body}");
+    cluster.nodes[leaving].kill();
+    let during = total(&writers);
+    wait_for_acks(
+        &writers,
+        during + 20,
+        Duration::from_secs(20),
+        "after the changes",
+    );
+    let mut acks = Vec::new();
+    for w in writers {
+        acks.extend(w.stop_acks());
+    }
+    let members: Vec<usize> = (0..6).filter(|i| *i != leaving).collect();
+    let remaining: Vec<Client> = members.iter().map(|&i| clients[i]).collect();
+    let reference = converged(&remaining, Duration::from_secs(90));
+    assert_all_present(&keys(&acks), &reference, "after the membership changes");
+    assert_unique_lsns(&acks);
+    let view = cluster_view(clients[six]).unwrap();
+    let voters: Vec<u64> = view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "voter")
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(voters.len(), 5, "{view}");
+    assert!(
+        voters.contains(&6) && !voters.contains(&(leaving as u64 + 1)),
+        "{view}"
+    );
 }
 
 /// The port settings of `docker/compose.cluster.yaml`, node 1 first.
