@@ -393,15 +393,19 @@ impl RaftNode {
     /// such a leader; a write to it would wait out its timeout with an unknown outcome). Such a
     /// leader's quorum may meanwhile have elected another: either way nothing can commit here now.
     fn check_quorum_contact(&self) -> Result<(), ClusterError> {
-        let m = self.raft.metrics().borrow_watched().clone();
-        if m.state != ServerState::Leader {
-            return Ok(());
-        }
-        let Some(acked) = m.last_quorum_acked else {
-            // Just elected: its first heartbeats are under way (`write` waits for them).
-            return Ok(());
+        let metrics = self.raft.metrics();
+        let silent = {
+            // Read in place: this runs before every write, and the metrics hold maps worth not cloning.
+            let m = metrics.borrow_watched();
+            if m.state != ServerState::Leader {
+                return Ok(());
+            }
+            let Some(acked) = m.last_quorum_acked.as_ref() else {
+                // Just elected: its first heartbeats are under way (`write` waits for them).
+                return Ok(());
+            };
+            openraft::Instant::elapsed(&**acked)
         };
-        let silent = openraft::Instant::elapsed(&*acked);
         if silent > self.quorum_silence {
             return Err(ClusterError::Unavailable(format!(
                 "this node leads but no majority has answered it for {} ms: nothing was written",
