@@ -711,3 +711,54 @@ fn after_a_majority_is_lost_for_good_a_new_cluster_is_rebuilt_from_the_survivor(
         node.stop();
     }
 }
+
+/// A data directory with writes made outside the cluster (a standalone server's) cannot become a member:
+/// Raft entries are applied with their index as LSN and skipped at or below the engine's last LSN, so
+/// the cluster's first writes would be silently missing on it. The server refuses to start, saying why.
+#[test]
+fn a_data_directory_with_writes_made_outside_the_cluster_cannot_join_one() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut nodes, peers) = three_nodes(root.path());
+    let standalone = &mut nodes[1];
+    standalone.start();
+    assert_eq!(
+        standalone.client().request("PUT", "/v1/kv/old", b"v").0,
+        200
+    );
+    standalone.stop();
+    let mut child = std::process::Command::new(integration_tests::binary("kv-server"))
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &standalone.port.to_string(),
+        ])
+        .args(["--data-path", &standalone.dir.to_string_lossy()])
+        .args([
+            "--cluster-node-id",
+            "2",
+            "--cluster-peers",
+            &peers.join(","),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server started on a directory with writes made outside the cluster");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("holds writes made outside the cluster"),
+        "{stderr}"
+    );
+}

@@ -252,6 +252,18 @@ impl RaftNode {
             && openraft::storage::RaftLogReader::read_vote(&mut log)
                 .await?
                 .is_none();
+        // A node that never heard from a cluster (no log, no vote) must start on an empty engine: entries
+        // are applied with their Raft index as LSN and skipped at or below the engine's last LSN, so
+        // writes made before (a standalone server's) would hide the cluster's first writes on this node
+        // and exist on no other.
+        let outside = engine.last_lsn().0;
+        if pristine && outside > 0 {
+            return Err(StartError::Settings(format!(
+                "this data directory holds writes made outside the cluster (last LSN {outside}): a new member \
+                 must start empty. Start it on an empty directory, then load the data through the cluster \
+                 (kvctl --data-dir <this directory> export ... | kvctl --url <member> import -)"
+            )));
+        }
         let sm = StateMachine::open(engine, &raft_dir)?;
         let raft = Raft::new(
             settings.node_id,
