@@ -573,7 +573,8 @@ fn with_a_majority_down_the_leader_refuses_fast_and_reads_locally_then_recovers(
     for i in (0..3).filter(|i| *i != leader) {
         nodes[i].kill();
     }
-    std::thread::sleep(Duration::from_millis(1500));
+    // Past QUORUM_SILENCE (2 s): from then on the leader refuses before proposing.
+    std::thread::sleep(Duration::from_millis(2500));
     for attempt in 0..3 {
         let sent = Instant::now();
         let (code, body) = c.request("PUT", &format!("/v1/kv/lost-{attempt}"), b"v");
@@ -712,9 +713,10 @@ fn after_a_majority_is_lost_for_good_a_new_cluster_is_rebuilt_from_the_survivor(
     }
 }
 
-/// A data directory with writes made outside the cluster (a standalone server's) cannot become a member:
-/// Raft entries are applied with their index as LSN and skipped at or below the engine's last LSN, so
-/// the cluster's first writes would be silently missing on it. The server refuses to start, saying why.
+/// A data directory with writes made outside the cluster (a standalone server's) cannot become an
+/// ordinary member: Raft entries are applied with their index as LSN and skipped at or below the
+/// engine's last LSN, so the cluster's first writes would be silently missing on it. Node 2 refuses to
+/// start, saying why (node 1, the first member, would carry the data in: the next test).
 #[test]
 fn a_data_directory_with_writes_made_outside_the_cluster_cannot_join_one() {
     let root = tempfile::tempdir().unwrap();
@@ -726,20 +728,19 @@ fn a_data_directory_with_writes_made_outside_the_cluster_cannot_join_one() {
         200
     );
     standalone.stop();
+    let stderr = refused_start(standalone, "2", &peers);
+    assert!(
+        stderr.contains("holds writes made outside the cluster"),
+        "{stderr}"
+    );
+}
+
+/// Starts `node`'s directory as member `id` of `peers`, which must refuse to start: its stderr.
+fn refused_start(node: &Node, id: &str, peers: &[String]) -> String {
     let mut child = std::process::Command::new(integration_tests::binary("kv-server"))
-        .args([
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &standalone.port.to_string(),
-        ])
-        .args(["--data-path", &standalone.dir.to_string_lossy()])
-        .args([
-            "--cluster-node-id",
-            "2",
-            "--cluster-peers",
-            &peers.join(","),
-        ])
+        .args(["--bind", "127.0.0.1", "--port", &node.port.to_string()])
+        .args(["--data-path", &node.dir.to_string_lossy()])
+        .args(["--cluster-node-id", id, "--cluster-peers", &peers.join(",")])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -757,8 +758,137 @@ fn a_data_directory_with_writes_made_outside_the_cluster_cannot_join_one() {
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(!status.success(), "{stderr}");
+    stderr
+}
+
+/// A standalone server's data becomes a cluster's: restarted as node 1 (the member that forms the
+/// cluster) with `--cluster-init-from-data` beside two empty nodes, its writes are the cluster's initial
+/// state; the others receive them as a snapshot, new writes get LSNs after the old ones, and all three
+/// converge. Without the flag node 1 refuses to start, like any member with data.
+#[test]
+fn a_standalone_servers_data_becomes_the_clusters_when_it_starts_as_the_first_member() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut nodes, peers) = three_nodes(root.path());
+    nodes[0].start();
+    let writers = AckedWriters::start(nodes[0].client(), "standalone", 2);
+    while writers.count() < 100 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut acked = writers.stop();
+    let before = nodes[0].last_lsn();
+    nodes[0].stop();
+    let stderr = refused_start(&nodes[0], "1", &peers);
+    assert!(stderr.contains("--cluster-init-from-data"), "{stderr}");
+    for (i, node) in nodes.iter_mut().enumerate() {
+        node.args = vec![
+            "--cluster-node-id".into(),
+            (i + 1).to_string(),
+            "--cluster-peers".into(),
+            peers.join(","),
+            "--replication-token".into(),
+            TOKEN.into(),
+        ];
+        if i == 0 {
+            node.args.push("--cluster-init-from-data".into());
+        }
+        node.start();
+    }
+    let leader = agreed_leader(&nodes, Duration::from_secs(20));
+    let (code, body) = nodes[2].client().request("PUT", "/v1/kv/after", b"v");
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let lsn = integration_tests::cluster::lsn_of(&body).unwrap();
     assert!(
-        stderr.contains("holds writes made outside the cluster"),
-        "{stderr}"
+        lsn > before,
+        "LSN {lsn} after the standalone server's {before}"
     );
+    acked.push("after".into());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let reference = loop {
+        let all: Vec<_> = nodes.iter().map(Node::contents).collect();
+        if all.windows(2).all(|w| w[0] == w[1]) {
+            break all.into_iter().next().unwrap();
+        }
+        assert!(Instant::now() < deadline, "contents never converged");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_all_present(&acked, &reference, "on every member");
+    eprintln!(
+        "leader {leader}; {} standalone writes carried in",
+        acked.len() - 1
+    );
+    for node in &mut nodes {
+        node.stop();
+    }
+}
+
+/// A lone voter is its own quorum: it keeps taking writes long after the quorum-contact window (2 s)
+/// that makes a leader without a majority refuse.
+#[test]
+fn a_single_voter_cluster_keeps_taking_writes() {
+    let root = tempfile::tempdir().unwrap();
+    let mut node = Node::new(&root.path().join("n1"), Vec::new());
+    node.args = vec![
+        "--cluster-node-id".into(),
+        "1".into(),
+        "--cluster-peers".into(),
+        format!("1={}", node.url()),
+    ];
+    node.start();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while node.client().request("PUT", "/v1/kv/first", b"v").0 != 200 {
+        assert!(Instant::now() < deadline, "the lone voter never led");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    let (code, body) = node.client().request("PUT", "/v1/kv/later", b"v");
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let (code, _) = node
+        .client()
+        .request("GET", "/v1/kv/later?consistency=linearizable", b"");
+    assert_eq!(code, 200);
+    node.stop();
+}
+
+/// A follower whose Raft log was damaged is restarted while the leader stays up (the leader's record of
+/// what it matched is now beyond the follower's log): the leader searches again from below, the
+/// follower catches up, votes again, and all three converge.
+#[test]
+fn a_damaged_follower_restarted_under_a_live_leader_catches_up() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = start_cluster(root.path());
+    let leader = agreed_leader(&nodes, Duration::from_secs(20));
+    let writers = AckedWriters::start(nodes[(leader - 1) as usize].client(), "live", 2);
+    while writers.count() < 300 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let damaged = (0..3).find(|i| *i as u64 + 1 != leader).unwrap();
+    nodes[damaged].stop();
+    let seg = newest_raft_segment(&nodes[damaged]);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(&seg, bytes).unwrap();
+    nodes[damaged].start();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster_status(&nodes[damaged]).unwrap()["recovering"] == true {
+        assert!(
+            Instant::now() < deadline,
+            "the damaged node never recovered"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let acked = writers.stop();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let reference = loop {
+        let all: Vec<_> = nodes.iter().map(Node::contents).collect();
+        if all.windows(2).all(|w| w[0] == w[1]) {
+            break all.into_iter().next().unwrap();
+        }
+        assert!(Instant::now() < deadline, "contents never converged");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_all_present(&acked, &reference, "after the damaged follower recovered");
+    for node in &mut nodes {
+        node.stop();
+    }
 }

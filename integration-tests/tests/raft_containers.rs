@@ -407,7 +407,8 @@ async fn with_two_of_five_down_writes_go_on_and_with_three_they_fail_fast_then_a
     }
     // Three down: the leader and one follower remain.
     cluster.nodes[followers[2]].kill();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Past QUORUM_SILENCE (2 s): from then on the leader refuses before proposing.
+    std::thread::sleep(Duration::from_millis(2500));
     for (i, c) in [
         (leader, clients[leader]),
         (followers[3], clients[followers[3]]),

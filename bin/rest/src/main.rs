@@ -72,6 +72,11 @@ struct Config {
     /// then purged but for the last 1000 entries (a follower further behind catches up from the snapshot).
     #[arg(long, env = "CLUSTER_SNAPSHOT_ENTRIES", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     cluster_snapshot_entries: u64,
+    /// Raft cluster: node 1 (the lowest id) forms a new cluster from the writes its data directory
+    /// already holds (a standalone server's), instead of refusing to start on a non-empty directory.
+    /// Only for forming a cluster: never on a member that lost its `raft/` directory.
+    #[arg(long, env = "CLUSTER_INIT_FROM_DATA")]
+    cluster_init_from_data: bool,
     /// Longest time a read with `min_lsn` waits for this node to apply that LSN.
     #[arg(long, env = "READ_MAX_WAIT_MS", default_value_t = 5_000)]
     read_max_wait_ms: u64,
@@ -505,6 +510,7 @@ async fn run(config: Config) -> Result<(), String> {
             let shipping: Arc<dyn kv_domain::LogShipping> = engine.clone();
             let settings = kv_infra_raft::ClusterSettings {
                 snapshot_after_entries: config.cluster_snapshot_entries,
+                init_from_data: config.cluster_init_from_data,
                 ..kv_infra_raft::ClusterSettings::new(node_id, peers.clone())
             };
             let node =

@@ -313,6 +313,29 @@ fn a_missing_segment_keeps_the_entries_before_it_and_is_remembered() {
 }
 
 #[test]
+fn a_missing_segment_just_before_the_newest_counts_the_newest_ones_entries() {
+    let fs = SimFs::new();
+    drop(filled(&fs, 20));
+    let paths = segment_paths(&fs);
+    let gone = &paths[paths.len() - 2];
+    let kept = first_entry(&fs, gone);
+    fs.remove(gone).unwrap();
+    assert_damage_remembered(&fs, kept, "missing segment before the newest");
+}
+
+#[test]
+fn a_damaged_header_of_the_newest_segment_before_valid_entries_is_damage() {
+    let fs = SimFs::new();
+    drop(filled(&fs, 20));
+    let newest = segment_paths(&fs).pop().unwrap();
+    let kept = first_entry(&fs, &newest);
+    let mut bytes = fs.read_file(&newest).unwrap();
+    bytes[2] ^= 0x40;
+    fs.set_file(&newest, bytes);
+    assert_damage_remembered(&fs, kept, "bad header of the newest segment");
+}
+
+#[test]
 fn a_flipped_byte_before_valid_entries_of_the_newest_segment_is_damage_not_a_torn_tail() {
     // One segment holding entries 0..20, damaged `back` bytes before its end.
     let one_segment = |back: fn(usize) -> usize| {
@@ -339,6 +362,26 @@ fn a_flipped_byte_before_valid_entries_of_the_newest_segment_is_damage_not_a_tor
     assert!(kept > 0 && kept < 20, "kept {kept}: {report:?}");
     assert!(report.damage.is_some(), "{report:?}");
     assert_eq!(log.recovering().map(|r| r.through), Some(19), "{report:?}");
+    // Two damaged spots: the entries after the second still count.
+    let two = {
+        let fs = SimFs::new();
+        let big = RaftLogOptions {
+            max_segment_bytes: 1 << 20,
+            fs: Arc::new(fs.clone()),
+        };
+        let mut log = RaftLog::open(DIR, big.clone()).unwrap().0;
+        for i in 0..20u64 {
+            log.append([(i, format!("entry {i:03} {}", "x".repeat(40)).as_bytes())])
+                .unwrap();
+        }
+        drop(log);
+        let newest = segment_paths(&fs).pop().unwrap();
+        let len = fs.read_file(&newest).unwrap().len();
+        flip(&fs, &newest, len / 2);
+        flip(&fs, &newest, len / 4);
+        RaftLog::open(DIR, big).unwrap().0
+    };
+    assert_eq!(two.recovering().map(|r| r.through), Some(19));
     // The same damage in the last entry is a torn tail: cut, not remembered.
     let (log, report) = one_segment(|_| 3);
     assert_eq!(log.last_index(), Some(18));

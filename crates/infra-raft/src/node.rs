@@ -10,15 +10,16 @@
 //! Damaged logs (protocol-aware recovery): when the log's recovery found entries lost that may have been
 //! acknowledged (`RaftLog::recovering`), this node neither campaigns (openraft's `elect` is off) nor
 //! grants votes or pre-votes, nor takes leadership by transfer, until it has applied entries through
-//! the highest index its log was known to hold (`Recovering::through`). Entries are applied only once
+//! the highest index its log was known to hold (`Recovering::through`), or an entry of a term after
+//! the one it started in (that term's leader held every entry committed before it). Entries are applied only once
 //! committed, and a leader replicates them with Raft's consistency check, so by then every index it
 //! had acknowledged holds the entry the cluster agreed on. Why refusing to vote is safe meanwhile:
 //! Raft's election rule needs every voter to remember what it acknowledged; a forgetful node that
 //! does not vote leaves any majority of the others intersecting every commit quorum it was part of
 //! (with one forgetful node: |V ∩ (Q \ {me})| >= m + (m - 1) - (n - 1) = 2m - n >= 1). Two or more
 //! damaged at once can leave no electable majority: `docs/cluster.md` has the operator's procedure.
-//! If the entries it held past the cluster's log were never committed (a deposed leader's), it
-//! votes again once the cluster's log passes that index.
+//! A restarted leader never resumes leadership from its stored vote alone (`enable_leader_restore`
+//! off), and leaders accept that a follower's log went back (`allow_log_reversion`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -45,6 +46,13 @@ type Raft = openraft::Raft<TypeConfig, StateMachine>;
 /// it stalls on a burst of large writes: `kv-infra-http` sizes the Raft route's body limit from it.
 pub const MAX_APPEND_ENTRIES: u64 = 64;
 
+/// How long a leader may go without a majority's acknowledgement before it refuses writes and
+/// linearizable reads (503, nothing proposed). Not the election timeout: an acknowledgement is dated
+/// when its request was sent, and a follower catching up on appends of 64 large entries answers
+/// seconds later while the cluster is healthy (an election-timeout threshold refused writes in the
+/// burst test); a majority that is really gone is still reported well inside the 5 s write timeout.
+pub const QUORUM_SILENCE: Duration = Duration::from_secs(2);
+
 /// How a node joins its cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterSettings {
@@ -61,6 +69,10 @@ pub struct ClusterSettings {
     /// Entries kept in the log below the latest snapshot (lagging followers catch up from them without
     /// a snapshot); the rest is purged.
     pub keep_entries_after_snapshot: u64,
+    /// The first member (lowest id) may form the cluster from the writes its engine already holds (a
+    /// standalone server's), which become the cluster's initial state. Off by default: a first member
+    /// that lost only its `raft/` directory would otherwise re-form a cluster beside the real one.
+    pub init_from_data: bool,
 }
 
 impl ClusterSettings {
@@ -73,6 +85,7 @@ impl ClusterSettings {
             election_timeout: (Duration::from_millis(300), Duration::from_millis(600)),
             snapshot_after_entries: 100_000,
             keep_entries_after_snapshot: 1000,
+            init_from_data: false,
         }
     }
 }
@@ -212,24 +225,6 @@ impl RaftNode {
                 settings.peers.keys().collect::<Vec<_>>()
             )));
         }
-        let ms = |d: Duration| d.as_millis().min(u64::MAX as u128) as u64;
-        let config = Config {
-            cluster_name: "moniepoint-kv".into(),
-            heartbeat_interval: ms(settings.heartbeat),
-            election_timeout_min: ms(settings.election_timeout.0),
-            election_timeout_max: ms(settings.election_timeout.1),
-            install_snapshot_timeout: 10_000,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_after_entries),
-            max_in_snapshot_log_to_keep: settings.keep_entries_after_snapshot,
-            // openraft bounds an append by entries, not bytes: a small count keeps each message (and
-            // the receiver's body limit, see `MAX_APPEND_ENTRIES`) proportionate to the value limit.
-            max_payload_entries: MAX_APPEND_ENTRIES,
-            // A rejoining node asks before bumping the term, so it does not depose a healthy leader.
-            enable_pre_vote: Some(true),
-            ..Config::default()
-        }
-        .validate()
-        .map_err(|e| StartError::Settings(e.to_string()))?;
         let raft_dir = data_dir.join("raft");
         let (mut log, report) = LogStore::open(&raft_dir, RaftLogOptions::default())?;
         if report.cut_bytes > 0 && report.damage.is_none() {
@@ -247,24 +242,74 @@ impl RaftNode {
             );
         }
         let log_handle = log.clone();
+        let ms = |d: Duration| d.as_millis().min(u64::MAX as u128) as u64;
+        let config = Config {
+            cluster_name: "moniepoint-kv".into(),
+            heartbeat_interval: ms(settings.heartbeat),
+            election_timeout_min: ms(settings.election_timeout.0),
+            election_timeout_max: ms(settings.election_timeout.1),
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_after_entries),
+            max_in_snapshot_log_to_keep: settings.keep_entries_after_snapshot,
+            // openraft bounds an append by entries, not bytes: a small count keeps each message (and
+            // the receiver's body limit, see `MAX_APPEND_ENTRIES`) proportionate to the value limit.
+            max_payload_entries: MAX_APPEND_ENTRIES,
+            // A rejoining node asks before bumping the term, so it does not depose a healthy leader.
+            enable_pre_vote: Some(true),
+            // A restarted leader campaigns like anyone: restoring its leadership from its vote alone
+            // would let a node whose log lost entries lead in its old term without an election (and
+            // with the engine not synced per apply, serve stale linearizable reads after a crash).
+            enable_leader_restore: Some(false),
+            // A follower's log may go back (a damaged one, cut at open): the leader must then search
+            // again from below what it last matched rather than assert it never happens.
+            allow_log_reversion: Some(true),
+            // A recovering node must not campaign, from the first tick on (see the module doc).
+            enable_elect: damaged.is_none(),
+            ..Config::default()
+        }
+        .validate()
+        .map_err(|e| StartError::Settings(e.to_string()))?;
+
         let start_index = log.get_log_state().await?.last_log_id.map(|id| id.index);
         let pristine = start_index.is_none()
             && openraft::storage::RaftLogReader::read_vote(&mut log)
                 .await?
                 .is_none();
-        // A node that never heard from a cluster (no log, no vote) must start on an empty engine: entries
-        // are applied with their Raft index as LSN and skipped at or below the engine's last LSN, so
-        // writes made before (a standalone server's) would hide the cluster's first writes on this node
-        // and exist on no other.
+        // A node that never heard from a cluster (no log, no vote) holding writes made outside it (a
+        // standalone server's): entries are applied with their Raft index as LSN and skipped at or below
+        // the engine's last LSN, so as an ordinary member those writes would hide the cluster's first
+        // ones on this node and exist on no other. The first member (the one that forms the cluster)
+        // carries them in as the cluster's initial state instead; any other refuses to start.
         let outside = engine.last_lsn().0;
-        if pristine && outside > 0 {
+        let lowest = settings.peers.keys().next().copied();
+        let first_member = lowest == Some(settings.node_id);
+        if pristine && outside > 0 && !(first_member && settings.init_from_data) {
             return Err(StartError::Settings(format!(
-                "this data directory holds writes made outside the cluster (last LSN {outside}): a new member \
-                 must start empty. Start it on an empty directory, then load the data through the cluster \
-                 (kvctl --data-dir <this directory> export ... | kvctl --url <member> import -)"
+                "this data directory holds writes made outside the cluster (last LSN {outside}): only the \
+                 first member (node {}, the lowest id), started with --cluster-init-from-data, may start \
+                 with data, which becomes the new cluster's; start this one on an empty directory, or load \
+                 the data through the cluster (kvctl --data-dir <this directory> export ..., then \
+                 kvctl --url <member> import)",
+                lowest.unwrap_or_default()
             )));
         }
         let sm = StateMachine::open(engine, &raft_dir)?;
+        let members: BTreeMap<NodeId, BasicNode> = settings
+            .peers
+            .iter()
+            .map(|(id, url)| (*id, BasicNode::new(url)))
+            .collect();
+        // Bootstrapped now or before a restart: the cluster's first state is this engine's.
+        let mut bootstrapped = pristine && sm.last_applied().is_some();
+        if pristine && outside > 0 && sm.last_applied().is_none() {
+            let n = sm.bootstrap(settings.node_id, members.clone())?;
+            tracing::info!(
+                node = settings.node_id,
+                through_lsn = n,
+                "formed the cluster from this node's existing data: it is the cluster's initial state"
+            );
+            bootstrapped = true;
+        }
         let raft = Raft::new(
             settings.node_id,
             Arc::new(config),
@@ -276,10 +321,10 @@ impl RaftNode {
         .map_err(|e| StartError::Raft(e.to_string()))?;
         let recovering = Arc::new(std::sync::atomic::AtomicBool::new(damaged.is_some()));
         if let Some(damage) = &damaged {
-            raft.runtime_config().elect(false);
+            let start_term = raft.metrics().borrow_watched().current_term;
             tokio::spawn(finish_recovery_when_caught_up(
                 raft.clone(),
-                settings.node_id,
+                start_term,
                 damage.through,
                 log_handle,
                 recovering.clone(),
@@ -287,13 +332,7 @@ impl RaftNode {
         }
         let elections = Arc::new(std::sync::atomic::AtomicU64::new(0));
         tokio::spawn(count_elections(raft.clone(), elections.clone()));
-        let lowest = settings.peers.keys().next().copied();
-        if pristine && lowest == Some(settings.node_id) {
-            let members: BTreeMap<NodeId, BasicNode> = settings
-                .peers
-                .iter()
-                .map(|(id, url)| (*id, BasicNode::new(url)))
-                .collect();
+        if pristine && first_member && !bootstrapped {
             match raft.initialize(members).await {
                 Ok(()) => tracing::info!(node = settings.node_id, "initialised the cluster"),
                 // Not pristine after all (a vote or a log arrived first): nothing to do.
@@ -308,7 +347,7 @@ impl RaftNode {
             raft_dir,
             incoming: tokio::sync::Mutex::new(()),
             recovering,
-            quorum_silence: settings.election_timeout.1,
+            quorum_silence: QUORUM_SILENCE.max(settings.election_timeout.1),
             elections,
         })
     }
@@ -366,7 +405,12 @@ impl RaftNode {
                     )))
                 }
                 Err(RaftError::APIError(e)) => return Err(ClusterError::Unknown(e.to_string())),
-                Err(RaftError::Fatal(e)) => return Err(ClusterError::Stopped(e.to_string())),
+                // Proposed, then the node stopped: the entry may still commit elsewhere.
+                Err(RaftError::Fatal(e)) => {
+                    return Err(ClusterError::Unknown(format!(
+                        "the raft node stopped after the write was proposed: {e}"
+                    )))
+                }
             }
         }
     }
@@ -401,7 +445,7 @@ impl RaftNode {
     }
 
     /// Fails fast, before anything is proposed, when this node leads but no majority has acknowledged
-    /// it for longer than the longest election timeout: the majority is down or cut off (openraft keeps
+    /// it for [`QUORUM_SILENCE`]: the majority is down or cut off (openraft keeps
     /// such a leader; a write to it would wait out its timeout with an unknown outcome). Such a
     /// leader's quorum may meanwhile have elected another: either way nothing can commit here now.
     fn check_quorum_contact(&self) -> Result<(), ClusterError> {
@@ -410,6 +454,11 @@ impl RaftNode {
             // Read in place: this runs before every write, and the metrics hold maps worth not cloning.
             let m = metrics.borrow_watched();
             if m.state != ServerState::Leader {
+                return Ok(());
+            }
+            // A lone voter is its own quorum; openraft never re-dates its acknowledgement.
+            let mut voters = m.membership_config.membership().voter_ids();
+            if voters.next() == Some(self.id) && voters.next().is_none() {
                 return Ok(());
             }
             let Some(acked) = m.last_quorum_acked.as_ref() else {
@@ -626,11 +675,15 @@ impl RaftNode {
                         .map_err(|e| format!("encoding the {} answer: {e}", rpc.name()));
                 }
                 Rpc::TransferLeader => {
-                    let refused: Result<(), String> = Err(
-                        "this node is recovering a damaged raft log and cannot lead yet".into(),
-                    );
-                    return serde_json::to_vec(&refused)
-                        .map_err(|e| format!("encoding the {} answer: {e}", rpc.name()));
+                    let req: openraft::raft::TransferLeaderRequest<TypeConfig> = decode(rpc, body)?;
+                    // openraft sends the request to every node; only one naming this node is refused.
+                    if *req.to_node_id() == self.id {
+                        let refused: Result<(), String> = Err(
+                            "this node is recovering a damaged raft log and cannot lead yet".into(),
+                        );
+                        return serde_json::to_vec(&refused)
+                            .map_err(|e| format!("encoding the {} answer: {e}", rpc.name()));
+                    }
                 }
                 Rpc::Append | Rpc::Snapshot => {}
             }
@@ -705,29 +758,27 @@ impl RaftNode {
 }
 
 /// Ends the recovery from a damaged log once it is safe (see the module doc): this node has applied
-/// entries through `through`; or it is the only voter, with nobody to fetch from (what it lost is lost:
-/// said loudly).
+/// entries through `through`, or an entry of a term after `start_term` (the term of its vote when it
+/// started). The latter covers a `through` past the cluster's log (a deposed leader's uncommitted tail):
+/// the leader of that later term held every entry committed before it, so the applied prefix does too.
+/// A lone voter never finishes by itself: with nobody to fetch from, accepting the loss is the
+/// operator's call (remove `raft/RECOVERING`; docs/cluster.md).
 async fn finish_recovery_when_caught_up(
     raft: Raft,
-    id: NodeId,
+    start_term: u64,
     through: u64,
     log: LogStore,
     flag: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let mut metrics = raft.metrics();
     loop {
-        let (caught_up, alone) = {
+        let caught_up = {
             let m = metrics.borrow_watched();
-            let caught_up = m.last_applied.as_ref().is_some_and(|a| a.index >= through);
-            let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
-            (caught_up, voters == [id])
+            m.last_applied
+                .as_ref()
+                .is_some_and(|a| a.index >= through || a.leader_id.term > start_term)
         };
-        if caught_up || alone {
-            if alone {
-                tracing::error!(
-                    "raft log damaged on the only voter: nothing to fetch what it lost from; going on without it"
-                );
-            }
+        if caught_up {
             match log.finish_recovery() {
                 Ok(()) => {
                     flag.store(false, std::sync::atomic::Ordering::Release);

@@ -39,7 +39,7 @@ use crate::types::alias::{LogId, SnapshotMeta, StoredMembership};
 
 /// A snapshot of this state machine.
 type SnapshotOf = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotFile>;
-use crate::types::{Applied, TypeConfig};
+use crate::types::{Applied, NodeId, TypeConfig};
 
 const STATE: &str = "STATE";
 /// Keys read from the engine, and ops written to it, per snapshot page.
@@ -109,7 +109,7 @@ impl StateMachine {
             return Err(invalid(format!(
                 "the engine lost writes it had applied: its last LSN is {engine_lsn}, raft/{STATE} was stored at LSN {}. \
                  Rebuild this node: remove it from the cluster (kvctl cluster remove), clear its data directory, \
-                 and add it again as a learner (docs/cluster.md, \"Damaged Raft logs\")",
+                 and add it again as a learner under a new id (docs/cluster.md, \"Damaged Raft logs\")",
                 state.engine_lsn
             )));
         }
@@ -125,13 +125,44 @@ impl StateMachine {
         self.state.lock().last_applied
     }
 
+    /// Makes the writes this fresh state machine's engine already holds (a standalone server's, through
+    /// its last LSN `n`) the cluster's initial state, instead of `Raft::initialize`'s empty one: `STATE`
+    /// says entries through `n` are applied, at a log id of term 0 led by `node` (as openraft's own first
+    /// entry is), with `members` as voters. openraft then purges its (empty) log through `n` at start,
+    /// builds a snapshot of the engine at `n` for the others, and appends from `n + 1`; LSNs keep their
+    /// meaning. One atomic store, so a crash leaves either a fresh node or a bootstrapped one. Returns `n`.
+    pub fn bootstrap(
+        &self,
+        node: NodeId,
+        members: std::collections::BTreeMap<NodeId, openraft::BasicNode>,
+    ) -> io::Result<u64> {
+        use openraft::vote::RaftLeaderId;
+        let n = self.engine.last_lsn().0;
+        let leader = openraft::type_config::alias::LeaderIdOf::<TypeConfig>::new(0, node);
+        let log_id = LogId::new(leader.to_committed(), n);
+        let voters: std::collections::BTreeSet<NodeId> = members.keys().copied().collect();
+        let membership = openraft::Membership::new(vec![voters], members)
+            .map_err(|e| invalid(format!("cluster members: {e}")))?;
+        let state = State {
+            last_applied: Some(log_id),
+            membership: StoredMembership::new(Some(log_id), membership),
+            snapshot: None,
+            engine_lsn: n,
+        };
+        self.store_state(&state)?;
+        *self.state.lock() = state;
+        Ok(n)
+    }
+
     /// Stores `STATE`. IMPORTANT: the engine is synced first, so `STATE` never claims an applied index the
     /// engine could lose (in `never` or `interval` mode a power loss may drop its unsynced tail; openraft
     /// re-applies only entries after `STATE`'s index, and may have purged the ones before).
     fn store_state(&self, state: &State) -> io::Result<()> {
+        // Read before the sync, so the recorded LSN is never above what the sync made durable.
+        let engine_lsn = self.engine.last_lsn().0;
         self.engine.sync().map_err(io_err)?;
         let state = State {
-            engine_lsn: self.engine.last_lsn().0,
+            engine_lsn,
             ..state.clone()
         };
         let bytes = serde_json::to_vec(&state).map_err(io_err)?;
@@ -239,11 +270,17 @@ impl StateMachine {
 
     /// Replaces the engine's contents with the snapshot in `file`, page by page, at LSN `at`.
     fn replace_contents(&self, file: &Path, at: u64) -> io::Result<()> {
-        if self.engine.last_lsn().0 > at {
-            return Err(invalid(format!(
-                "snapshot at {at} is behind this node's engine, at {}",
-                self.engine.last_lsn().0
-            )));
+        let held = self.engine.last_lsn().0;
+        if held > at {
+            // The engine applied committed entries past the snapshot already (a node whose Raft log
+            // was cut by damage below what its engine holds): its contents are a later state of the
+            // same log, so keep them; re-applying after `at` skips what the engine holds.
+            tracing::info!(
+                snapshot = at,
+                engine = held,
+                "snapshot behind this node's engine: keeping the engine's contents"
+            );
+            return Ok(());
         }
         let handle = RealFs.open(file)?;
         let len = handle.len()?;

@@ -55,23 +55,30 @@ impl Damage {
     }
 }
 
-/// The highest entry index in `file` from byte `from` to `len`: the first valid record at or after
-/// `from` (searched byte by byte: what precedes it is damaged), then the run of records after it.
+/// The highest entry index of any valid entry record in `file` between byte `from` and `len`: each
+/// run of valid records is read in order, and after an invalid one the next valid record is searched
+/// byte by byte (what lies between is damaged), to the end.
 fn highest_index_from(file: &dyn FileHandle, from: u64, len: u64) -> std::io::Result<Option<u64>> {
-    let mut tail = vec![0u8; len.saturating_sub(from) as usize];
-    file.read_exact_at(&mut tail, from)?;
-    let Some(start) = (0..tail.len()).find(|&i| {
-        tail.get(i..)
+    let mut bytes = vec![0u8; len.saturating_sub(from) as usize];
+    file.read_exact_at(&mut bytes, from)?;
+    let entry_at = |i: usize| {
+        bytes
+            .get(i..)
             .and_then(|b| decode_record(b).ok())
-            .is_some_and(|r| r.key == ENTRY_KEY && r.header.kind == RecordKind::Put)
-    }) else {
-        return Ok(None);
+            .filter(|r| r.key == ENTRY_KEY && r.header.kind == RecordKind::Put)
+            .map(|r| (r.header.lsn, r.header.record_len()))
     };
     let mut highest = None;
-    scan_records(file, from + start as u64, len, |_, rec| {
-        highest = highest.max(Some(rec.header.lsn));
-        Ok(())
-    })?;
+    let mut i = 0usize;
+    while i < bytes.len() {
+        match entry_at(i) {
+            Some((lsn, rec_len)) => {
+                highest = highest.max(Some(lsn));
+                i += rec_len.max(1);
+            }
+            None => i += 1,
+        }
+    }
     Ok(highest)
 }
 
@@ -123,6 +130,24 @@ pub(super) fn open(dir: &Path, opts: RaftLogOptions) -> EngineResult<(RaftLog, L
             && decode_segment_header(&header).is_ok_and(|(hid, _)| hid == id);
         let first = match decode_segment_header(&header) {
             Ok((_, first)) if header_ok => first,
+            _ if Some(id) == newest
+                && highest_index_from(&*file, SEGMENT_HEADER_LEN as u64, len)
+                    .map_err(io)?
+                    .is_some() =>
+            {
+                // Entries follow a bad header: records are appended only once the header is durable,
+                // so the header was damaged after entries were acknowledged.
+                let through = segments
+                    .last()
+                    .and_then(LogSegment::last)
+                    .map_or(0, |l| l + 1);
+                damage = Some(Damage::from_segment(
+                    pos,
+                    through,
+                    format!("raft/{name}: bad segment header before valid entries"),
+                ));
+                break;
+            }
             _ if Some(id) == newest => {
                 // Its header never became durable, so no entry was ever acknowledged from it.
                 fs.remove(&path)
@@ -223,16 +248,26 @@ pub(super) fn open(dir: &Path, opts: RaftLogOptions) -> EngineResult<(RaftLog, L
         }
     };
     if let Some(mut damage) = damage {
-        // Entries held past the damage, in later segments: the node must get at least that far again.
-        for &id in ids.iter().skip(damage.segment + 1) {
+        // Entries held past the damage: in the damaged segment itself when it goes whole (its tail was
+        // read already when it is cut), and in every later one, whose header's first index also says
+        // the entry before it was held. The node must get at least that far again.
+        let first_unread = damage.segment + usize::from(damage.cut_at.is_some());
+        for &id in ids.iter().skip(first_unread) {
             let name = segment_name(id);
             let io = |e| EngineError::io(format!("reading raft/{name}"), e);
             let file = fs.open(&path_in(dir, &name)).map_err(io)?;
             let len = file.len().map_err(io)?;
-            if let Some(seen) =
-                highest_index_from(&*file, SEGMENT_HEADER_LEN as u64, len).map_err(io)?
-            {
+            let seen = highest_index_from(&*file, SEGMENT_HEADER_LEN as u64, len).map_err(io)?;
+            if let Some(seen) = seen {
                 damage.through = damage.through.max(seen);
+            }
+            let mut header = [0u8; SEGMENT_HEADER_LEN];
+            if file.read_exact_at(&mut header, 0).is_ok() {
+                if let Ok((hid, first)) = decode_segment_header(&header) {
+                    if hid == id && first > 0 {
+                        damage.through = damage.through.max(first - 1);
+                    }
+                }
             }
         }
         // An earlier recovery may have known of more.
