@@ -478,7 +478,9 @@ fn newest_raft_segment(node: &Node) -> std::path::PathBuf {
 #[test]
 fn a_node_whose_raft_log_was_damaged_neither_votes_nor_leads_until_it_has_caught_up() {
     let root = tempfile::tempdir().unwrap();
-    let mut nodes = start_cluster(root.path());
+    // Snapshots every 100 entries store STATE with entries of term 1 or more (a recovery end condition
+    // read from a term of 0 would be met at once: found by review).
+    let mut nodes = start_cluster_with(root.path(), &["--cluster-snapshot-entries", "100"]);
     let leader = agreed_leader(&nodes, Duration::from_secs(20));
     let writers = AckedWriters::start(nodes[(leader - 1) as usize].client(), "before", 2);
     while writers.count() < 300 {

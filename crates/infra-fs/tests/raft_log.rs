@@ -413,6 +413,33 @@ fn power_loss_during_the_repair_of_damage_never_forgets_the_damage() {
     }
 }
 
+/// A crash right after a rotation leaves an empty newest segment (its header durable, no entry yet): a
+/// truncation must still cut the entries before it, so the next append fits.
+#[test]
+fn a_truncation_behind_an_empty_newest_segment_still_cuts() {
+    let fs = SimFs::new();
+    drop(filled(&fs, 6));
+    let paths = segment_paths(&fs);
+    let newest = paths.last().unwrap();
+    let id =
+        kv_infra_fs::segment::parse_segment_name(&newest.file_name().unwrap().to_string_lossy())
+            .unwrap();
+    let empty = Path::new(DIR).join(kv_infra_fs::segment::segment_name(id + 1));
+    fs.set_file(
+        &empty,
+        kv_infra_fs::codec::encode_segment_header(id + 1, 6).to_vec(),
+    );
+    let mut log = open(&fs);
+    assert_eq!(log.last_index(), Some(5));
+    log.truncate_from(3).unwrap();
+    assert_eq!(log.last_index(), Some(2));
+    log.append([(3, &b"after the cut"[..])]).unwrap();
+    drop(log);
+    let log = open(&fs);
+    assert_eq!(log.last_index(), Some(3));
+    assert_eq!(log.entries(3, 4).unwrap()[0].1, b"after the cut".to_vec());
+}
+
 #[test]
 fn after_a_failed_sync_every_write_is_refused_until_reopened() {
     let fs = SimFs::new();

@@ -271,10 +271,11 @@ impl RaftNode {
         .map_err(|e| StartError::Settings(e.to_string()))?;
 
         let start_index = log.get_log_state().await?.last_log_id.map(|id| id.index);
-        let pristine = start_index.is_none()
-            && openraft::storage::RaftLogReader::read_vote(&mut log)
-                .await?
-                .is_none();
+        let stored_vote = openraft::storage::RaftLogReader::read_vote(&mut log).await?;
+        // The term this node starts in, from its stored vote. IMPORTANT: not from the metrics right
+        // after `Raft::new`, which still hold openraft's initial zeros until its core has started.
+        let start_term = stored_vote.as_ref().map_or(0, |v| v.leader_id.term);
+        let pristine = start_index.is_none() && stored_vote.is_none();
         // A node that never heard from a cluster (no log, no vote) holding writes made outside it (a
         // standalone server's): entries are applied with their Raft index as LSN and skipped at or below
         // the engine's last LSN, so as an ordinary member those writes would hide the cluster's first
@@ -321,7 +322,6 @@ impl RaftNode {
         .map_err(|e| StartError::Raft(e.to_string()))?;
         let recovering = Arc::new(std::sync::atomic::AtomicBool::new(damaged.is_some()));
         if let Some(damage) = &damaged {
-            let start_term = raft.metrics().borrow_watched().current_term;
             tokio::spawn(finish_recovery_when_caught_up(
                 raft.clone(),
                 start_term,
@@ -331,7 +331,7 @@ impl RaftNode {
             ));
         }
         let elections = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        tokio::spawn(count_elections(raft.clone(), elections.clone()));
+        tokio::spawn(count_elections(raft.clone(), start_term, elections.clone()));
         if pristine && first_member && !bootstrapped {
             match raft.initialize(members).await {
                 Ok(()) => tracing::info!(node = settings.node_id, "initialised the cluster"),
@@ -796,9 +796,9 @@ async fn finish_recovery_when_caught_up(
 }
 
 /// Counts the terms this node enters after it started (from its own campaign or a peer's message).
-async fn count_elections(raft: Raft, count: Arc<std::sync::atomic::AtomicU64>) {
+async fn count_elections(raft: Raft, start_term: u64, count: Arc<std::sync::atomic::AtomicU64>) {
     let mut metrics = raft.metrics();
-    let mut term = metrics.borrow_watched().current_term;
+    let mut term = start_term;
     while metrics.changed().await.is_ok() {
         let now = metrics.borrow_watched().current_term;
         if now > term {

@@ -318,9 +318,10 @@ impl RaftLog {
     pub fn truncate_from(&mut self, index: u64) -> EngineResult<()> {
         self.check_writable()?;
         let fs = self.opts.fs.clone();
-        // Whole segments starting at or after `index`, newest first, each removal durable before the next.
+        // Whole segments starting at or after `index`, newest first, each removal durable before the next;
+        // an empty one too (a crash right after a rotation leaves one), else the cut below would stop at it.
         while let Some(seg) = self.segments.last() {
-            if seg.entries.is_empty() || seg.first < index {
+            if !seg.entries.is_empty() && seg.first < index {
                 break;
             }
             let name = segment_name(seg.id);
