@@ -389,6 +389,48 @@ fn a_flipped_byte_before_valid_entries_of_the_newest_segment_is_damage_not_a_tor
     assert_eq!(log.recovering(), None);
 }
 
+/// Ten single appends, then one append of entries 10..20, then `more` single appends; entry 12's record
+/// damaged. Returns the reopened log.
+fn torn_in_a_multi_entry_append(more: u64) -> RaftLog {
+    let fs = SimFs::new();
+    let big = RaftLogOptions {
+        max_segment_bytes: 1 << 20,
+        fs: Arc::new(fs.clone()),
+    };
+    let mut log = RaftLog::open(DIR, big.clone()).unwrap().0;
+    let body = |i: u64| format!("entry {i:03} {}", "x".repeat(40));
+    for i in 0..10u64 {
+        log.append([(i, body(i).as_bytes())]).unwrap();
+    }
+    let batch: Vec<(u64, String)> = (10..20u64).map(|i| (i, body(i))).collect();
+    log.append(batch.iter().map(|(i, b)| (*i, b.as_bytes())))
+        .unwrap();
+    for i in 20..20 + more {
+        log.append([(i, body(i).as_bytes())]).unwrap();
+    }
+    drop(log);
+    let newest = segment_paths(&fs).pop().unwrap();
+    let mut bytes = fs.read_file(&newest).unwrap();
+    let at = bytes.windows(9).position(|w| w == b"entry 012").unwrap();
+    bytes[at + 3] ^= 0x40;
+    fs.set_file(&newest, bytes);
+    RaftLog::open(DIR, big).unwrap().0
+}
+
+#[test]
+fn a_power_loss_inside_the_last_multi_entry_append_is_a_torn_tail_not_damage() {
+    // A later page of the append in flight reached the disk before an earlier one: nothing after
+    // the bad spot was acknowledged (the append had not returned).
+    let log = torn_in_a_multi_entry_append(0);
+    assert_eq!(log.last_index(), Some(11));
+    assert_eq!(log.recovering(), None);
+    // The same bad spot with a later append after it: that one was acknowledged after this one was
+    // synced, so this is damage.
+    let log = torn_in_a_multi_entry_append(3);
+    assert_eq!(log.last_index(), Some(11));
+    assert_eq!(log.recovering().map(|r| r.through), Some(22));
+}
+
 /// Power loss at every sync point of the repair itself: every image still knows it is recovering.
 #[test]
 fn power_loss_during_the_repair_of_damage_never_forgets_the_damage() {

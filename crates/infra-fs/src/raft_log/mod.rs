@@ -5,7 +5,8 @@
 //! ## Files, in `<data dir>/raft/`
 //! - Segments `NNNNNNNNNN.seg`, with the engine's segment header ([`crate::codec`]; its base LSN field holds
 //!   the index of the segment's first entry) and one put record per entry: LSN = the entry's index, key `e`,
-//!   value = the entry's bytes, CRC32C over it all. Ids count up from 1; a new segment starts when the
+//!   value = the entry's bytes, the timestamp field = the append tag (the first index of the append the
+//!   record was written by, plus one; an append never spans segments), CRC32C over it all. Ids count up from 1; a new segment starts when the
 //!   active one would pass `max_segment_bytes`, after a truncation emptied the log, or after a purge
 //!   removed the active one.
 //! - `VOTE`: the latest vote; `PURGED`: the index of the last purged entry, then the caller's marker (its
@@ -24,8 +25,9 @@
 //! - **Purge records before it deletes**: `PURGED` is stored first, then segments wholly at or below it
 //!   are removed oldest first; recovery finishes an interrupted purge and ignores entries at or below it.
 //! - **Only the newest segment can be torn**: a segment is fsynced before its successor is created; at
-//!   open, an invalid record in the newest segment with no valid record after it is a torn,
-//!   never-acknowledged tail and is cut ([`LogRecovery::cut_bytes`]).
+//!   open, an invalid record in the newest segment followed by no valid record, or only by records of
+//!   the same (last) append, is a torn, never-acknowledged tail and is cut ([`LogRecovery::cut_bytes`]):
+//!   a power loss may persist a later page of an unsynced append before an earlier one.
 //! - **Damage is remembered, not hidden** (protocol-aware recovery, Alagappan et al., FAST '18): an
 //!   invalid record with valid ones after it, a damaged sealed segment, a bad header of a sealed segment
 //!   or a missing segment means entries that were acknowledged are gone. Recovery stores `RECOVERING`
@@ -52,6 +54,14 @@ use crate::segment::segment_name;
 use crate::vfs::{path_in, FileHandle, FileSystem, RealFs};
 
 pub use recover::LogRecovery;
+
+/// The tag every record of one append carries in the record header's timestamp field (unused by the
+/// Raft log otherwise): the index of the append's first entry plus one (0: written before appends were
+/// tagged). Recovery tells a torn append (every valid record after the bad spot of one append, the
+/// last) from damage (a record of a later append follows) by it.
+fn append_tag(first_index: &u64) -> u64 {
+    first_index + 1
+}
 
 /// Key of every entry record.
 const ENTRY_KEY: &[u8] = b"e";
@@ -226,6 +236,7 @@ impl RaftLog {
     ) -> EngineResult<()> {
         self.check_writable()?;
         let mut next = self.next_index();
+        let mut first_of_append: Option<u64> = None;
         let mut buf = Vec::new();
         // (index, offset in buf, length) of each encoded record.
         let mut encoded: Vec<(u64, usize, u32)> = Vec::new();
@@ -238,7 +249,8 @@ impl RaftLog {
                 }
             }
             let at = buf.len();
-            let len = encode_record(&mut buf, RecordKind::Put, index, 0, ENTRY_KEY, bytes);
+            let tag = append_tag(first_of_append.get_or_insert(index));
+            let len = encode_record(&mut buf, RecordKind::Put, index, tag, ENTRY_KEY, bytes);
             encoded.push((index, at, crate::codec::u32_field(len)));
             next = Some(index + 1);
         }

@@ -12,7 +12,6 @@ use super::{
 use crate::codec::{
     decode_record, decode_segment_header, DecodeError, RecordKind, SEGMENT_HEADER_LEN,
 };
-use crate::recovery::valid_record_follows;
 use crate::segment::{parse_segment_name, scan_records, segment_name, ScanEnd};
 use crate::vfs::{path_in, FileHandle};
 
@@ -55,10 +54,10 @@ impl Damage {
     }
 }
 
-/// The highest entry index of any valid entry record in `file` between byte `from` and `len`: each
-/// run of valid records is read in order, and after an invalid one the next valid record is searched
-/// byte by byte (what lies between is damaged), to the end.
-fn highest_index_from(file: &dyn FileHandle, from: u64, len: u64) -> std::io::Result<Option<u64>> {
+/// Every valid entry record in `file` between byte `from` and `len`, as (index, append tag): each run
+/// of valid records is read in order, and after an invalid one the next valid record is searched byte
+/// by byte (what lies between is damaged), to the end.
+fn entries_from(file: &dyn FileHandle, from: u64, len: u64) -> std::io::Result<Vec<(u64, u64)>> {
     let mut bytes = vec![0u8; len.saturating_sub(from) as usize];
     file.read_exact_at(&mut bytes, from)?;
     let entry_at = |i: usize| {
@@ -66,20 +65,47 @@ fn highest_index_from(file: &dyn FileHandle, from: u64, len: u64) -> std::io::Re
             .get(i..)
             .and_then(|b| decode_record(b).ok())
             .filter(|r| r.key == ENTRY_KEY && r.header.kind == RecordKind::Put)
-            .map(|r| (r.header.lsn, r.header.record_len()))
+            .map(|r| {
+                (
+                    r.header.lsn,
+                    r.header.timestamp_micros,
+                    r.header.record_len(),
+                )
+            })
     };
-    let mut highest = None;
+    let mut found = Vec::new();
     let mut i = 0usize;
     while i < bytes.len() {
         match entry_at(i) {
-            Some((lsn, rec_len)) => {
-                highest = highest.max(Some(lsn));
+            Some((lsn, tag, rec_len)) => {
+                found.push((lsn, tag));
                 i += rec_len.max(1);
             }
             None => i += 1,
         }
     }
-    Ok(highest)
+    Ok(found)
+}
+
+/// The highest entry index of any valid entry record in `file` between byte `from` and `len`.
+fn highest_index_from(file: &dyn FileHandle, from: u64, len: u64) -> std::io::Result<Option<u64>> {
+    Ok(entries_from(file, from, len)?
+        .iter()
+        .map(|(lsn, _)| *lsn)
+        .max())
+}
+
+/// Whether the valid `entries` found after an invalid record where entry `expected` belonged can all be
+/// part of the append in flight when power failed (so nothing after the bad spot was acknowledged):
+/// every one carries the same append tag ([`super::append_tag`]), of an append that began at or
+/// before `expected`. A record of a later append proves the earlier one was synced, hence
+/// acknowledged; a record without a tag (written before appends were tagged) proves nothing either
+/// way and counts as damage.
+fn only_the_last_append_is_torn(entries: &[(u64, u64)], expected: u64) -> bool {
+    let Some(&(_, tag)) = entries.first() else {
+        return true;
+    };
+    tag != 0 && tag - 1 <= expected && entries.iter().all(|&(_, t)| t == tag)
 }
 
 pub(super) fn open(dir: &Path, opts: RaftLogOptions) -> EngineResult<(RaftLog, LogRecovery)> {
@@ -209,10 +235,11 @@ pub(super) fn open(dir: &Path, opts: RaftLogOptions) -> EngineResult<(RaftLog, L
         .map_err(io)?;
         if let ScanEnd::Invalid { offset, error } = ended {
             let last = seg.last().or_else(|| seg.first.checked_sub(1)).unwrap_or(0);
-            let mut tail = vec![0u8; (len - offset) as usize];
-            seg.file.read_exact_at(&mut tail, offset).map_err(io)?;
-            if Some(id) == newest && !valid_record_follows(&tail, last) {
-                // A torn tail of the newest segment: appends past it were never acknowledged.
+            let expected = seg.first + seg.entries.len() as u64;
+            let after = entries_from(&*seg.file, offset + 1, len).map_err(io)?;
+            let after: Vec<(u64, u64)> = after.into_iter().filter(|(i, _)| *i > last).collect();
+            if Some(id) == newest && only_the_last_append_is_torn(&after, expected) {
+                // A torn tail of the newest segment, within the append in flight: never acknowledged.
                 seg.file
                     .set_len(offset)
                     .and_then(|_| seg.file.sync_data())
@@ -222,7 +249,7 @@ pub(super) fn open(dir: &Path, opts: RaftLogOptions) -> EngineResult<(RaftLog, L
             } else {
                 // Entries follow the invalid record (or it is in a sealed segment): acknowledged
                 // entries were lost, not a torn append.
-                let seen = highest_index_from(&*seg.file, offset + 1, len).map_err(io)?;
+                let seen = after.iter().map(|(i, _)| *i).max();
                 damage = Some(Damage {
                     segment: pos,
                     cut_at: Some(offset),
