@@ -455,6 +455,32 @@ fn power_loss_during_the_repair_of_damage_never_forgets_the_damage() {
     }
 }
 
+/// A purge deletes segments oldest first and syncs the directory once at the end, so a crash may leave
+/// an older purged segment while a younger one is gone, or leave one damaged: what they held is purged,
+/// so neither is damage and the live entries stay.
+#[test]
+fn leftovers_of_an_interrupted_purge_are_not_damage() {
+    for flip_it in [false, true] {
+        let fs = SimFs::new();
+        let mut log = filled(&fs, 20);
+        let paths = segment_paths(&fs);
+        let first_kept = first_entry(&fs, &paths[2]);
+        let oldest = fs.read_file(&paths[0]).unwrap();
+        log.purge_through(first_kept - 1, b"marker").unwrap();
+        drop(log);
+        // Segment 1 came back (its unlink was not durable), segment 2 is gone.
+        fs.set_file(&paths[0], oldest);
+        if flip_it {
+            flip(&fs, &paths[0], 10);
+        }
+        let (log, report) = RaftLog::open(DIR, opts(&fs)).unwrap();
+        assert_eq!(report.damage, None, "flip {flip_it}: {report:?}");
+        assert_eq!(log.recovering(), None);
+        assert_eq!(log.first_index(), Some(first_kept));
+        assert_eq!(log.last_index(), Some(19));
+    }
+}
+
 /// A crash right after a rotation leaves an empty newest segment (its header durable, no entry yet): a
 /// truncation must still cut the entries before it, so the next append fits.
 #[test]

@@ -142,6 +142,21 @@ pub(super) fn open(dir: &Path, opts: RaftLogOptions) -> EngineResult<(RaftLog, L
     let mut report = LogRecovery::default();
     let mut segments: Vec<LogSegment> = Vec::new();
     let newest = ids.last().copied();
+    // Whether segment position `pos` holds only purged entries, by the next segment's first index: an
+    // interrupted purge (it deletes oldest first, syncing the directory once at the end) may leave such
+    // segments, or holes between them, and what they held is not needed any more.
+    let purged_index = purged.as_ref().map(|p| p.index);
+    let wholly_purged = |pos: usize| -> bool {
+        let (Some(purged), Some(&next)) = (purged_index, ids.get(pos + 1)) else {
+            return false;
+        };
+        let mut header = [0u8; SEGMENT_HEADER_LEN];
+        fs.open(&path_in(dir, &segment_name(next)))
+            .and_then(|f| f.read_exact_at(&mut header, 0))
+            .ok()
+            .and_then(|_| decode_segment_header(&header).ok())
+            .is_some_and(|(hid, first)| hid == next && first <= purged + 1)
+    };
     // The first damage found (see the module doc of `raft_log`): where the valid prefix ends.
     let mut damage: Option<Damage> = None;
     for (pos, &id) in ids.iter().enumerate() {
@@ -182,6 +197,14 @@ pub(super) fn open(dir: &Path, opts: RaftLogOptions) -> EngineResult<(RaftLog, L
                 report.removed_segments += 1;
                 continue;
             }
+            _ if wholly_purged(pos) => {
+                // Left by an interrupted purge: it goes below, with the other purged segments.
+                fs.remove(&path)
+                    .and_then(|_| fs.sync_dir(dir))
+                    .map_err(|e| EngineError::io(format!("removing raft/{name}"), e))?;
+                report.removed_segments += 1;
+                continue;
+            }
             _ => {
                 let through = segments
                     .last()
@@ -203,7 +226,9 @@ pub(super) fn open(dir: &Path, opts: RaftLogOptions) -> EngineResult<(RaftLog, L
             end: SEGMENT_HEADER_LEN as u64,
         };
         if let (Some(prev), true) = (segments.last().and_then(LogSegment::last), len > seg.end) {
-            if seg.first != prev + 1 {
+            // A hole wholly below the purge point is what an interrupted purge leaves: no damage.
+            let hole_purged = purged_index.is_some_and(|p| seg.first <= p + 1);
+            if seg.first != prev + 1 && !hole_purged {
                 damage = Some(Damage::from_segment(
                     pos,
                     prev + 1,
@@ -238,7 +263,10 @@ pub(super) fn open(dir: &Path, opts: RaftLogOptions) -> EngineResult<(RaftLog, L
             let expected = seg.first + seg.entries.len() as u64;
             let after = entries_from(&*seg.file, offset + 1, len).map_err(io)?;
             let after: Vec<(u64, u64)> = after.into_iter().filter(|(i, _)| *i > last).collect();
-            if Some(id) == newest && only_the_last_append_is_torn(&after, expected) {
+            if Some(id) != newest && wholly_purged(pos) {
+                // A bad record in a segment only purged entries are left in: it goes below anyway.
+                seg.end = offset;
+            } else if Some(id) == newest && only_the_last_append_is_torn(&after, expected) {
                 // A torn tail of the newest segment, within the append in flight: never acknowledged.
                 seg.file
                     .set_len(offset)
