@@ -90,6 +90,19 @@ impl Node {
     }
 }
 
+/// `GET /v1/cluster` (with the test token) of the node behind `c`, if it answers 200.
+pub fn cluster_view(c: Client) -> Option<Json> {
+    let (code, body) = c
+        .try_request_with(
+            "GET",
+            "/v1/cluster",
+            &[("x-kv-replication-token", TOKEN)],
+            b"",
+        )
+        .ok()?;
+    (code == 200).then(|| serde_json::from_slice(&body).unwrap())
+}
+
 /// The status document of the server behind `c`.
 pub fn status(c: Client) -> Json {
     let (code, body) = c.request("GET", "/v1/status", b"");

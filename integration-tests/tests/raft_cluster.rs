@@ -12,16 +12,7 @@ use integration_tests::cluster::{assert_all_present, AckedWriters, Node, TOKEN};
 use serde_json::Value as Json;
 
 fn cluster_status(node: &Node) -> Option<Json> {
-    let (code, body) = node
-        .client()
-        .try_request_with(
-            "GET",
-            "/v1/cluster",
-            &[("x-kv-replication-token", TOKEN)],
-            b"",
-        )
-        .ok()?;
-    (code == 200).then(|| serde_json::from_slice(&body).unwrap())
+    integration_tests::cluster::cluster_view(node.client())
 }
 
 /// The leader every running node agrees on, within `within`.
@@ -41,6 +32,24 @@ fn agreed_leader(nodes: &[Node], within: Duration) -> u64 {
         }
         assert!(Instant::now() < deadline, "no agreed leader: {views:?}");
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until every running node lists the same contents (each answers from its own engine); returns
+/// them.
+fn converged(nodes: &[Node], within: Duration) -> std::collections::BTreeMap<String, String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let all: Vec<_> = nodes
+            .iter()
+            .filter(|n| n.server.is_some())
+            .map(Node::contents)
+            .collect();
+        if all.windows(2).all(|w| w[0] == w[1]) {
+            return all.into_iter().next().unwrap();
+        }
+        assert!(Instant::now() < deadline, "contents never converged");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -227,15 +236,7 @@ fn the_leader_is_killed_three_times_under_writers_and_no_acknowledged_write_is_l
     let view = cluster_status(&nodes[(leader - 1) as usize]).unwrap();
     assert!(view["elections_seen"].as_u64().unwrap() >= 1, "{view}");
     // Everyone catches up: wait for equal contents (each node answers from its own engine).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let reference = loop {
-        let all: Vec<_> = nodes.iter().map(Node::contents).collect();
-        if all.windows(2).all(|w| w[0] == w[1]) {
-            break all.into_iter().next().unwrap();
-        }
-        assert!(Instant::now() < deadline, "contents never converged");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let reference = converged(&nodes, Duration::from_secs(30));
     assert_all_present(&acked, &reference, "on the converged cluster");
     failovers.sort();
     eprintln!(
@@ -540,15 +541,7 @@ fn a_node_whose_raft_log_was_damaged_neither_votes_nor_leads_until_it_has_caught
         std::thread::sleep(Duration::from_millis(20));
     }
     acked.extend(writers.stop());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let reference = loop {
-        let all: Vec<_> = nodes.iter().map(Node::contents).collect();
-        if all.windows(2).all(|w| w[0] == w[1]) {
-            break all.into_iter().next().unwrap();
-        }
-        assert!(Instant::now() < deadline, "contents never converged");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let reference = converged(&nodes, Duration::from_secs(30));
     assert_all_present(&acked, &reference, "after the damaged node recovered");
     for node in &mut nodes {
         node.stop();
@@ -603,15 +596,7 @@ fn with_a_majority_down_the_leader_refuses_fast_and_reads_locally_then_recovers(
         std::thread::sleep(Duration::from_millis(20));
     }
     acked.extend(writers.stop());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let reference = loop {
-        let all: Vec<_> = nodes.iter().map(Node::contents).collect();
-        if all.windows(2).all(|w| w[0] == w[1]) {
-            break all.into_iter().next().unwrap();
-        }
-        assert!(Instant::now() < deadline, "contents never converged");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let reference = converged(&nodes, Duration::from_secs(30));
     assert_all_present(&acked, &reference, "after the majority returned");
     assert!(
         !reference.keys().any(|k| k.starts_with("lost-")),
@@ -642,15 +627,7 @@ fn a_follower_stopped_while_the_log_was_purged_catches_up_from_a_snapshot() {
         .unwrap();
     assert!(purged_past > 1000, "no snapshot far enough: {purged_past}");
     nodes[behind].start();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let reference = loop {
-        let all: Vec<_> = nodes.iter().map(Node::contents).collect();
-        if all.windows(2).all(|w| w[0] == w[1]) {
-            break all.into_iter().next().unwrap();
-        }
-        assert!(Instant::now() < deadline, "contents never converged");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let reference = converged(&nodes, Duration::from_secs(60));
     assert_all_present(&acked, &reference, "after the catch-up");
     let view = cluster_status(&nodes[behind]).unwrap();
     assert!(
@@ -804,15 +781,7 @@ fn a_standalone_servers_data_becomes_the_clusters_when_it_starts_as_the_first_me
         "LSN {lsn} after the standalone server's {before}"
     );
     acked.push("after".into());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let reference = loop {
-        let all: Vec<_> = nodes.iter().map(Node::contents).collect();
-        if all.windows(2).all(|w| w[0] == w[1]) {
-            break all.into_iter().next().unwrap();
-        }
-        assert!(Instant::now() < deadline, "contents never converged");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let reference = converged(&nodes, Duration::from_secs(30));
     assert_all_present(&acked, &reference, "on every member");
     eprintln!(
         "leader {leader}; {} standalone writes carried in",
@@ -880,15 +849,7 @@ fn a_damaged_follower_restarted_under_a_live_leader_catches_up() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let acked = writers.stop();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let reference = loop {
-        let all: Vec<_> = nodes.iter().map(Node::contents).collect();
-        if all.windows(2).all(|w| w[0] == w[1]) {
-            break all.into_iter().next().unwrap();
-        }
-        assert!(Instant::now() < deadline, "contents never converged");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let reference = converged(&nodes, Duration::from_secs(30));
     assert_all_present(&acked, &reference, "after the damaged follower recovered");
     for node in &mut nodes {
         node.stop();

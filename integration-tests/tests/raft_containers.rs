@@ -18,25 +18,12 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use integration_tests::cluster::{
-    assert_all_present, assert_unique_lsns, contents, Ack, AckedWriters, TOKEN,
+    assert_all_present, assert_unique_lsns, cluster_view, contents, Ack, AckedWriters, TOKEN,
 };
 use integration_tests::docker::{wait_healthy, ComposeProject, RaftContainers};
 use integration_tests::histories::Histories;
 use integration_tests::Client;
 use serde_json::Value as Json;
-
-/// `GET /v1/cluster` of the node behind `c`, if it answers.
-fn cluster_view(c: Client) -> Option<Json> {
-    let (code, body) = c
-        .try_request_with(
-            "GET",
-            "/v1/cluster",
-            &[("x-kv-replication-token", TOKEN)],
-            b"",
-        )
-        .ok()?;
-    (code == 200).then(|| serde_json::from_slice(&body).unwrap())
-}
 
 /// The index of the node that leads, as every node in `among` sees it (and it says so itself).
 fn leader_among(clients: &[Client], among: &[usize], within: Duration) -> usize {
