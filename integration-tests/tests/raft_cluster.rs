@@ -15,14 +15,19 @@ fn cluster_status(node: &Node) -> Option<Json> {
     integration_tests::cluster::cluster_view(node.client())
 }
 
-/// The leader every running node agrees on, within `within`.
+/// The leader every running node agrees on, within `within`, each knowing its address too (a node that
+/// has the leader's id from a vote but not yet the membership cannot forward a write).
 fn agreed_leader(nodes: &[Node], within: Duration) -> u64 {
     let deadline = Instant::now() + within;
     loop {
         let views: Vec<Option<u64>> = nodes
             .iter()
             .filter(|n| n.server.is_some())
-            .map(|n| cluster_status(n).and_then(|s| s["leader_id"].as_u64()))
+            .map(|n| {
+                cluster_status(n)
+                    .filter(|s| s["leader_url"].is_string())
+                    .and_then(|s| s["leader_id"].as_u64())
+            })
             .collect();
         if let Some(Some(l)) = views.first() {
             let leader_up = nodes[(*l - 1) as usize].server.is_some();

@@ -31,7 +31,11 @@ fn leader_among(clients: &[Client], among: &[usize], within: Duration) -> usize 
     loop {
         let views: Vec<Option<u64>> = among
             .iter()
-            .map(|&i| cluster_view(clients[i]).and_then(|v| v["leader_id"].as_u64()))
+            .map(|&i| {
+                cluster_view(clients[i])
+                    .filter(|v| v["leader_url"].is_string())
+                    .and_then(|v| v["leader_id"].as_u64())
+            })
             .collect();
         if let Some(Some(l)) = views.first() {
             let l = (*l - 1) as usize;
