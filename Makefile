@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help run-leader run-follower run-cluster docker compose-up compose-down cluster-up cluster-down bench-replication soak-replication soak-cluster check test test-steps test-clean lint bench bench-engine bench-index bench-http bench-goals bench-cluster bench-rss larger-than-ram soak fmt clean-bench
+.PHONY: help run-leader run-follower run-cluster docker compose-up compose-down cluster-up cluster-down bench-replication soak-replication soak-cluster check test test-steps test-clean lint bench bench-engine bench-index bench-http bench-goals bench-cluster bench-learners bench-rss larger-than-ram soak fmt clean-bench
 
 PORT ?= 8080
 DATA ?= ./data
@@ -150,6 +150,9 @@ bench-goals: ## The performance issue's goals as ratios in one sitting: ceiling,
 bench-cluster: ## Writes to a 3-node Raft cluster vs a 3-node etcd (cluster issue goal 7; installs wrk, etcd-server)
 	bench/cluster/raft_vs_etcd.py --durability never
 	bench/cluster/raft_vs_etcd.py --durability always
+
+bench-learners: ## One Raft voter + 2 learners vs static leader + 2 followers (cluster issue goal 7; installs wrk)
+	bench/cluster/learners_vs_static.py
 
 bench-rss: ## Server RSS after 2 M puts over 1 M keys (goal 8 of the performance issue; installs wrk)
 	bench/http/rss.py
