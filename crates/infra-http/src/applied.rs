@@ -1,7 +1,9 @@
 //! The [`AppliedLsn`] port on a leader: its applied LSN is the engine's last LSN, and a wait for a higher
 //! one wakes when the write path signals a new LSN ([`LsnSignal::advance`], called by every write the
 //! server acknowledges), not by polling. A follower's implementation is on
-//! [`crate::replication::FollowerNode`], woken by its apply path.
+//! [`crate::replication::FollowerNode`], woken by its apply path. A Raft member's is
+//! [`ClusterApplied`]: woken by its state machine's applies (which no local write signals on a
+//! follower or learner).
 
 use std::time::Duration;
 
@@ -62,6 +64,38 @@ impl AppliedLsn for LocalApplied<'_> {
             .await
             .is_ok_and(|r| r.is_ok());
         if waited {
+            Ok(())
+        } else {
+            Err(self.engine.last_lsn())
+        }
+    }
+}
+
+/// A Raft member's applied LSN: its engine's, with waits woken as its state machine applies entries.
+#[derive(Clone, Copy)]
+pub struct ClusterApplied<'a> {
+    /// The engine whose last LSN is the applied one.
+    pub engine: &'a dyn Engine,
+    /// The member.
+    pub cluster: &'a crate::cluster::ClusterNode,
+}
+
+impl std::fmt::Debug for ClusterApplied<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterApplied").finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl AppliedLsn for ClusterApplied<'_> {
+    fn applied(&self) -> Lsn {
+        self.engine.last_lsn()
+    }
+
+    async fn wait_applied(&self, lsn: Lsn, timeout: Duration) -> Result<(), Lsn> {
+        // An LSN is a log index: once the state machine applied that index, the write at it is in the
+        // engine (entries without operations, such as membership changes, have no LSN to wait for).
+        if self.cluster.raft().wait_applied(lsn.0, timeout).await {
             Ok(())
         } else {
             Err(self.engine.last_lsn())

@@ -73,6 +73,9 @@ pub struct ClusterSettings {
     /// standalone server's), which become the cluster's initial state. Off by default: a first member
     /// that lost only its `raft/` directory would otherwise re-form a cluster beside the real one.
     pub init_from_data: bool,
+    /// This node never forms a cluster: it waits for a leader to add it (a `REPLICATION_MODE`
+    /// follower, which becomes a learner; `peers` then names only itself).
+    pub join_only: bool,
 }
 
 impl ClusterSettings {
@@ -86,6 +89,7 @@ impl ClusterSettings {
             snapshot_after_entries: 100_000,
             keep_entries_after_snapshot: 1000,
             init_from_data: false,
+            join_only: false,
         }
     }
 }
@@ -283,7 +287,14 @@ impl RaftNode {
         // carries them in as the cluster's initial state instead; any other refuses to start.
         let outside = engine.last_lsn().0;
         let lowest = settings.peers.keys().next().copied();
-        let first_member = lowest == Some(settings.node_id);
+        let first_member = lowest == Some(settings.node_id) && !settings.join_only;
+        if pristine && outside > 0 && settings.join_only {
+            return Err(StartError::Settings(format!(
+                "this data directory holds writes (last LSN {outside}) but this follower has never \
+                 been reached by its leader: a leader's log would be applied over them. Start the \
+                 follower on an empty directory; it receives everything from the leader"
+            )));
+        }
         if pristine && outside > 0 && !(first_member && settings.init_from_data) {
             return Err(StartError::Settings(format!(
                 "this data directory holds writes made outside the cluster (last LSN {outside}): only the \
@@ -553,6 +564,59 @@ impl RaftNode {
             .transfer_leader(to)
             .await
             .map_err(|e| ClusterError::Stopped(e.to_string()))
+    }
+
+    /// On the leader: waits until at least `needed` other members hold entry `index` in their logs
+    /// (durably: a follower answers an append after its fsync), for at most `timeout`. `Err(n)`: only
+    /// `n` did in time.
+    pub async fn wait_replicated(
+        &self,
+        index: u64,
+        needed: usize,
+        timeout: Duration,
+    ) -> Result<(), usize> {
+        let mut metrics = self.raft.metrics();
+        let holding = |m: &openraft::RaftMetrics<TypeConfig>| {
+            m.replication.as_ref().map_or(0, |r| {
+                r.iter()
+                    .filter(|(id, matched)| {
+                        **id != self.id && matched.is_some_and(|l| l.index >= index)
+                    })
+                    .count()
+            })
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let now = holding(&metrics.borrow_watched());
+            if now >= needed {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return Err(now),
+            }
+        }
+    }
+
+    /// Waits until this node's state machine has applied log index `index`, for at most `timeout`;
+    /// whether it did.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
+        let mut metrics = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let applied = metrics
+                .borrow_watched()
+                .last_applied
+                .as_ref()
+                .map_or(0, |l| l.index);
+            if applied >= index {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return false,
+            }
+        }
     }
 
     /// Whether this node is recovering a damaged log (it does not vote or lead meanwhile).

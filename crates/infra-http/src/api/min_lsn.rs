@@ -7,7 +7,7 @@ use hyper::{Request, StatusCode};
 use kv_app::wait_for_lsn;
 use kv_domain::{AppliedLsn, Engine, Lsn};
 
-use crate::applied::LocalApplied;
+use crate::applied::{ClusterApplied, LocalApplied};
 
 use crate::body::RequestBody;
 use crate::error::ApiError;
@@ -52,9 +52,14 @@ pub async fn wait(
         engine,
         signal: &replication.written,
     };
-    let node: &dyn AppliedLsn = match replication.follower() {
-        Some(node) => node.as_ref(),
-        None => &local,
+    let member = replication
+        .cluster
+        .as_deref()
+        .map(|cluster| ClusterApplied { engine, cluster });
+    let node: &dyn AppliedLsn = match (replication.follower(), &member) {
+        (Some(node), _) => node.as_ref(),
+        (None, Some(member)) => member,
+        (None, None) => &local,
     };
     wait_for_lsn(node, Lsn(min), wait)
         .await
