@@ -39,6 +39,11 @@ struct Config {
     /// (applies the leader's log, forwards client writes to REPLICATION_LEADER_HOST).
     #[arg(long, env = "REPLICATION_MODE", value_enum, default_value_t = Role::Leader)]
     replication_mode: Role,
+    /// How REPLICATION_MODE replicates: `static` (the leader ships its log to each follower;
+    /// docs/replication.md) or `raft` (the leader is a one-voter Raft cluster and keeps its followers
+    /// learners; docs/cluster.md). Transitional: `raft` is to replace `static` once it writes as fast.
+    #[arg(long, env = "REPLICATION_ENGINE", value_enum, default_value_t = ReplicationEngine::Static)]
+    replication_engine: ReplicationEngine,
     /// Follower only: base URL of the leader.
     #[arg(long, env = "REPLICATION_LEADER_HOST")]
     replication_leader_host: Option<String>,
@@ -154,6 +159,12 @@ enum Command {
 enum Role {
     Leader,
     Follower,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ReplicationEngine {
+    Static,
+    Raft,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -453,6 +464,109 @@ fn replication(
     })
 }
 
+/// `REPLICATION_MODE` on Raft (`REPLICATION_ENGINE=raft`): a leader with followers (or that was one)
+/// is a one-voter cluster keeping its followers learners; a follower is a learner by invitation.
+/// `None`: a leader with no followers and no Raft state, which runs standalone.
+async fn raft_replication(
+    config: &Config,
+    engine: &Arc<FsEngine>,
+) -> Result<Option<kv_infra_http::replication::Replication>, String> {
+    use kv_infra_http::cluster::{ClusterNode, HttpTransport};
+    let shipping: Arc<dyn kv_domain::LogShipping> = engine.clone();
+    let followers: Vec<String> = config
+        .replication_replica_hosts
+        .iter()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .collect();
+    let was_raft = config.data_path.join("raft").join("STATE").exists();
+    let replication = kv_infra_http::replication::Replication {
+        token: config.replication_token.clone(),
+        max_read_wait: Duration::from_millis(config.read_max_wait_ms),
+        ..kv_infra_http::replication::Replication::standalone()
+    };
+    match config.replication_mode {
+        Role::Leader if followers.is_empty() && !was_raft => Ok(None),
+        Role::Leader => {
+            // The history id names the cluster: a follower that joined another one refuses this leader.
+            let store = kv_infra_fs::FileMetaStore::new(&config.data_path);
+            let history =
+                kv_app::leader_history(&store, || format!("{:032x}", rand::random::<u128>()))
+                    .map_err(|e| e.to_string())?
+                    .id;
+            let transport = Arc::new(HttpTransport::new(
+                config.replication_token.clone(),
+                history.clone(),
+            ));
+            // The leader's own URL is not known to it (and not needed: learners forward to
+            // REPLICATION_LEADER_HOST). Its data, if any, is the cluster's initial state.
+            let settings = kv_infra_raft::ClusterSettings {
+                snapshot_after_entries: config.cluster_snapshot_entries,
+                init_from_data: true,
+                ..kv_infra_raft::ClusterSettings::new(1, [(1, String::new())].into())
+            };
+            let node =
+                kv_infra_raft::RaftNode::start(settings, &config.data_path, shipping, transport)
+                    .await
+                    .map_err(|e| format!("cannot start the Raft node: {e}"))?;
+            let cluster = Arc::new(ClusterNode::new(node, history.clone()));
+            // The only voter elects itself at once: serve writes from the start, as a static leader.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while cluster.status().state != "leader" && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let learners = Arc::new(kv_infra_http::learners::Learners::new(
+                &followers,
+                config.replication_token.clone(),
+                cluster.clone(),
+                kv_domain::AckRequirement {
+                    followers: config.replication_ack_followers,
+                    timeout: Duration::from_millis(config.replication_ack_timeout_ms),
+                },
+            ));
+            tracing::info!(%history, ?followers, ack = config.replication_ack_followers, "leading (Raft, followers as learners)");
+            Ok(Some(kv_infra_http::replication::Replication {
+                history: Some(history),
+                cluster: Some(cluster),
+                learners: Some(learners),
+                ..replication
+            }))
+        }
+        Role::Follower => {
+            let leader = config.replication_leader_host.clone().unwrap_or_default();
+            let id = kv_infra_raft::identity::node_id(&config.data_path)
+                .map_err(|e| format!("reading raft/NODE_ID: {e}"))?;
+            let joined = kv_infra_raft::identity::cluster_id(&config.data_path)
+                .map_err(|e| format!("reading raft/CLUSTER_ID: {e}"))?;
+            // A learner sends no Raft message: the transport's cluster id is never used.
+            let transport = Arc::new(HttpTransport::new(
+                config.replication_token.clone(),
+                joined.clone().unwrap_or_default(),
+            ));
+            let settings = kv_infra_raft::ClusterSettings {
+                snapshot_after_entries: config.cluster_snapshot_entries,
+                join_only: true,
+                ..kv_infra_raft::ClusterSettings::new(id, [(id, String::new())].into())
+            };
+            let node =
+                kv_infra_raft::RaftNode::start(settings, &config.data_path, shipping, transport)
+                    .await
+                    .map_err(|e| format!("cannot start the Raft node: {e}"))?;
+            tracing::info!(%leader, node_id = id, cluster = ?joined, "following (Raft learner)");
+            let cluster = Arc::new(ClusterNode::learner(
+                node,
+                joined,
+                &config.data_path,
+                &leader,
+            ));
+            Ok(Some(kv_infra_http::replication::Replication {
+                cluster: Some(cluster),
+                ..replication
+            }))
+        }
+    }
+}
+
 async fn run(config: Config) -> Result<(), String> {
     tracing::info!(?config, "starting kv-server");
     let index = match config.index {
@@ -496,6 +610,17 @@ async fn run(config: Config) -> Result<(), String> {
     };
     let mut service = KvService::new(engine.clone(), limits);
     let replication = match cluster_peers(&config)? {
+        None if config.replication_engine == ReplicationEngine::Raft => {
+            match raft_replication(&config, &engine).await? {
+                Some(r) => {
+                    if let Some(cluster) = &r.cluster {
+                        service = service.with_consensus(cluster.clone());
+                    }
+                    r
+                }
+                None => replication(&config, &engine)?,
+            }
+        }
         None => replication(&config, &engine)?,
         Some((node_id, peers)) => {
             if config.replication_token.is_none() {
@@ -530,7 +655,10 @@ async fn run(config: Config) -> Result<(), String> {
     };
     let (stop_shipping, shipping_stopped) = tokio::sync::watch::channel(false);
     if let Some(hub) = replication.hub() {
-        hub.start(shipping_stopped);
+        hub.start(shipping_stopped.clone());
+    }
+    if let Some(learners) = &replication.learners {
+        tokio::spawn(learners.clone().run(shipping_stopped));
     }
     let cluster = replication.cluster.clone();
     let state = Arc::new(ServerState {

@@ -159,26 +159,153 @@ impl RaftTransport for HttpTransport {
 #[derive(Debug)]
 pub struct ClusterNode {
     node: RaftNode,
-    cluster: String,
+    /// The cluster's id; `None` on a learner by invitation that no leader has reached yet.
+    cluster: parking_lot::RwLock<Option<String>>,
+    /// On a learner by invitation (a `REPLICATION_MODE` follower): its data directory, where the
+    /// first leader's cluster id is stored when it adopts it.
+    adopts_into: Option<std::path::PathBuf>,
+    /// On such a learner: the leader it was configured with (`REPLICATION_LEADER_HOST`), where its
+    /// writes go whatever the membership says (the leader's own URL is not known to the leader).
+    fixed_leader: Option<String>,
+    /// On such a learner: why it refused the last Raft message (another cluster's), until one is
+    /// accepted again (readiness and status show it).
+    refusing: parking_lot::RwLock<Option<String>>,
 }
 
 impl ClusterNode {
     /// Wraps a started node of the cluster with id `cluster` (see [`cluster_id`]).
     pub fn new(node: RaftNode, cluster: String) -> Self {
-        Self { node, cluster }
+        Self {
+            node,
+            cluster: parking_lot::RwLock::new(Some(cluster)),
+            adopts_into: None,
+            fixed_leader: None,
+            refusing: parking_lot::RwLock::new(None),
+        }
     }
 
-    /// Refuses (409) a Raft message from a node of another cluster, or one that does not say.
+    /// Wraps a learner by invitation (`REPLICATION_MODE=follower` on Raft): it belongs to `joined`, or,
+    /// when it has joined none yet, adopts the cluster id of the first Raft message it accepts and
+    /// stores it in `data_dir` (`kv_infra_raft::identity`); writes and linearizable reads go to
+    /// `leader_url`.
+    pub fn learner(
+        node: RaftNode,
+        joined: Option<String>,
+        data_dir: &std::path::Path,
+        leader_url: &str,
+    ) -> Self {
+        Self {
+            node,
+            cluster: parking_lot::RwLock::new(joined),
+            adopts_into: Some(data_dir.to_path_buf()),
+            fixed_leader: Some(leader_url.trim_end_matches('/').to_string()),
+            refusing: parking_lot::RwLock::new(None),
+        }
+    }
+
+    /// On a learner by invitation: asks its configured leader (`GET /v1/cluster`, within a second)
+    /// whether it leads and which cluster it leads; `Err` says why this learner cannot follow it now
+    /// (unreachable, not leading, refusing the token, or of another history). Readiness asks this.
+    pub async fn probe_leader(&self, token: Option<&Secret>) -> Result<(), String> {
+        let Some(url) = &self.fixed_leader else {
+            return Ok(());
+        };
+        let mut client = Client::new(url)
+            .map_err(|e| e.to_string())?
+            .with_timeouts(Some(Duration::from_secs(1)), Some(Duration::from_secs(1)));
+        let mut headers = Vec::new();
+        if let Some(v) = token.and_then(|t| HeaderValue::from_str(t.expose()).ok()) {
+            headers.push((HeaderName::from_static(TOKEN_HEADER), v));
+        }
+        let (status, _, body) = client
+            .send_with(Method::GET, "/v1/cluster", &headers, Bytes::new())
+            .await
+            .map_err(|e| format!("the leader at {url} is unreachable: {e}"))?;
+        if status != StatusCode::OK {
+            return Err(format!(
+                "the leader at {url} answered GET /v1/cluster with {status}: {}",
+                String::from_utf8_lossy(&body)
+            ));
+        }
+        let doc: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| format!("the leader at {url} answered no JSON: {e}"))?;
+        if doc["state"] != "leader" {
+            return Err(format!(
+                "the node at {url} does not lead (it is {})",
+                doc["state"]
+            ));
+        }
+        match (self.cluster_id(), doc["cluster_id"].as_str()) {
+            (Some(ours), Some(theirs)) if ours != theirs => Err(format!(
+                "refusing the leader: history mismatch: this follower holds cluster {ours}, the leader at {url} leads {theirs} (was it restarted on an empty or foreign data directory?)"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// On a learner by invitation: why it refuses its leader (a leader of another history), if it does.
+    pub fn refusing(&self) -> Option<String> {
+        self.refusing.read().clone()
+    }
+
+    /// [`Self::check_cluster`], remembering a learner's refusal until a message is accepted again.
+    fn admit(&self, headers: &hyper::HeaderMap) -> Result<(), ApiError> {
+        let verdict = self.check_cluster(headers);
+        if self.adopts_into.is_some() {
+            let now = verdict
+                .as_ref()
+                .err()
+                .map(|e| format!("refusing the leader: {}", e.message));
+            let mut refusing = self.refusing.write();
+            if *refusing != now {
+                match &now {
+                    Some(why) => tracing::error!("REFUSING the leader: {why}"),
+                    None => tracing::info!(
+                        "no longer refusing the leader: its messages are of this node's cluster"
+                    ),
+                }
+                *refusing = now;
+            }
+        }
+        verdict
+    }
+
+    /// Refuses (409) a Raft message from a node of another cluster, or one that does not say. A
+    /// learner by invitation that has joined no cluster joins the sender's (durably, first).
     fn check_cluster(&self, headers: &hyper::HeaderMap) -> Result<(), ApiError> {
         let theirs = headers.get(CLUSTER_HEADER).and_then(|v| v.to_str().ok());
-        if theirs == Some(self.cluster.as_str()) {
-            return Ok(());
+        let ours = self.cluster.read().clone();
+        match (ours, theirs, &self.adopts_into) {
+            (Some(ours), Some(theirs), _) if ours == theirs => return Ok(()),
+            (None, Some(theirs), Some(dir)) if !theirs.is_empty() => {
+                let mut cluster = self.cluster.write();
+                if cluster.is_none() {
+                    kv_infra_raft::identity::join_cluster(dir, theirs).map_err(|e| {
+                        ApiError::new(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            format!("cannot store the cluster id: {e}"),
+                        )
+                    })?;
+                    tracing::info!(cluster = %theirs, "joined the leader's cluster");
+                    *cluster = Some(theirs.to_string());
+                }
+                if cluster.as_deref() == Some(theirs) {
+                    return Ok(());
+                }
+            }
+            _ => {}
         }
+        let ours = self.cluster.read().clone();
+        let why = if self.adopts_into.is_some() {
+            "a leader of another history, e.g. one restarted on an empty data directory: this follower keeps its data"
+        } else {
+            "CLUSTER_PEERS or CLUSTER_ID differ between the nodes"
+        };
         Err(ApiError::new(
             StatusCode::CONFLICT,
             format!(
-                "this node belongs to cluster {}; the message came from cluster {} (CLUSTER_PEERS or CLUSTER_ID differ between the nodes)",
-                self.cluster,
+                "this node belongs to cluster {}; the message came from cluster {} ({why})",
+                ours.as_deref().unwrap_or("<none yet>"),
                 theirs.unwrap_or("<none>")
             ),
         ))
@@ -193,6 +320,10 @@ impl ClusterNode {
     /// known (an election is under way, or this node is cut off).
     pub fn write_target(&self) -> Result<Option<(NodeId, String)>, ApiError> {
         let status = self.node.status();
+        if let Some(url) = &self.fixed_leader {
+            // A learner never leads: its configured leader takes every write.
+            return Ok(Some((status.leader_id.unwrap_or_default(), url.clone())));
+        }
         match (status.leader_id, status.leader_url) {
             (Some(id), _) if id == self.node.id() => Ok(None),
             (Some(id), Some(url)) => Ok(Some((id, url))),
@@ -211,9 +342,15 @@ impl ClusterNode {
         self.node.status()
     }
 
-    /// The cluster's id.
-    pub fn cluster_id(&self) -> &str {
-        &self.cluster
+    /// On a learner by invitation that has joined a cluster: its id, which forwarded writes carry.
+    pub fn expected_history(&self) -> Option<String> {
+        self.adopts_into.as_ref()?;
+        self.cluster_id()
+    }
+
+    /// The cluster's id (`None`: a learner by invitation no leader has reached yet).
+    pub fn cluster_id(&self) -> Option<String> {
+        self.cluster.read().clone()
     }
 
     /// The cluster's series for `/metrics`: term, leader, log, commit and applied index, and on the
@@ -374,11 +511,14 @@ pub fn wants_linearizable(uri: &hyper::Uri) -> Result<bool, ApiError> {
     }
 }
 
-/// A request for the leader at `leader_url`, arriving at another node: a 307 to the leader when the
-/// query says `redirect=true`; otherwise forwarded once, the leader's answer relayed. A request that was
-/// already forwarded is refused (503): the node that sent it had an outdated view of the leader.
+/// A request for the leader at `leader_url`, arriving at another node (`from`): a 307 to the leader when
+/// the query says `redirect=true`; otherwise forwarded once, the leader's answer relayed. A request that
+/// was already forwarded is refused (503): the node that sent it had an outdated view of the leader. A
+/// learner by invitation names the cluster it has joined (`x-kv-expected-history`): a leader of another
+/// history refuses the write (409), relayed as 503, so nothing is applied by a stranger.
 pub async fn send_to_leader(
     leader_url: &str,
+    from: &ClusterNode,
     req: hyper::Request<crate::body::RequestBody>,
     max_body: usize,
 ) -> Result<hyper::Response<crate::error::Body>, ApiError> {
@@ -422,13 +562,28 @@ pub async fn send_to_leader(
             pass.push((HeaderName::from_static(name), v.clone()));
         }
     }
+    if let Some(joined) = from.expected_history() {
+        if let Ok(v) = HeaderValue::from_str(&joined) {
+            pass.push((
+                HeaderName::from_static(crate::replication::EXPECTED_HISTORY_HEADER),
+                v,
+            ));
+        }
+    }
     let mut client = Client::new(leader_url)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .with_timeouts(Some(Duration::from_secs(1)), Some(FORWARD_TIMEOUT));
     match client.send_with(parts.method, &path, &pass, bytes).await {
         Ok((status, headers, body)) => {
+            let stranger = status == StatusCode::CONFLICT
+                && headers.contains_key(crate::replication::HISTORY_HEADER);
             let mut resp = hyper::Response::new(crate::error::full(body));
-            *resp.status_mut() = status;
+            // The configured leader is of another history: this follower cannot take writes now.
+            *resp.status_mut() = if stranger {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                status
+            };
             for (name, value) in &headers {
                 let relayed = name == CONTENT_TYPE
                     || name.as_str().starts_with("x-kv-")
@@ -481,7 +636,7 @@ pub async fn handle_raft(
     max_body: usize,
 ) -> Result<hyper::Response<crate::error::Body>, ApiError> {
     let cluster = member(repl, req.headers())?;
-    cluster.check_cluster(req.headers())?;
+    cluster.admit(req.headers())?;
     let name = req
         .uri()
         .path()
@@ -503,8 +658,12 @@ pub fn handle_status(
     req: &hyper::Request<crate::body::RequestBody>,
 ) -> Result<hyper::Response<crate::error::Body>, ApiError> {
     let cluster = member(repl, req.headers())?;
-    let status = serde_json::to_value(cluster.status())
+    let mut status = serde_json::to_value(cluster.status())
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    if let Some(doc) = status.as_object_mut() {
+        // A leader of learners by invitation reads it to tell whether a follower refuses it.
+        doc.insert("cluster_id".into(), serde_json::json!(cluster.cluster_id()));
+    }
     Ok(crate::response::json(&status))
 }
 
@@ -561,7 +720,7 @@ pub async fn handle_op(
         )));
     }
     if let Some((_, leader_url)) = cluster.write_target()? {
-        return send_to_leader(&leader_url, req, max_body).await;
+        return send_to_leader(&leader_url, cluster, req, max_body).await;
     }
     let (parts, body) = req.into_parts();
     let bytes = crate::body::read_body(&parts.headers, body, max_body).await?;

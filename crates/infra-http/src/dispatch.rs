@@ -42,16 +42,30 @@ async fn route_request(
         Class::Write if repl.cluster.is_some() => {
             if let Some(cluster) = &repl.cluster {
                 if let Some((_, leader_url)) = cluster.write_target()? {
-                    return crate::cluster::send_to_leader(&leader_url, req, state.max_body_bytes)
-                        .await;
+                    return crate::cluster::send_to_leader(
+                        &leader_url,
+                        cluster,
+                        req,
+                        state.max_body_bytes,
+                    )
+                    .await;
                 }
+            }
+            // A leader of learners refuses a write forwarded by a follower of another history.
+            if let Some(refused) = repl.check_forwarded_history(req.headers()) {
+                return Ok(refused);
             }
         }
         Class::Read if crate::cluster::wants_linearizable(req.uri())? => {
             if let Some(cluster) = &repl.cluster {
                 if let Some((_, leader_url)) = cluster.write_target()? {
-                    return crate::cluster::send_to_leader(&leader_url, req, state.max_body_bytes)
-                        .await;
+                    return crate::cluster::send_to_leader(
+                        &leader_url,
+                        cluster,
+                        req,
+                        state.max_body_bytes,
+                    )
+                    .await;
                 }
             }
             if repl.follower().is_some() {
@@ -77,7 +91,7 @@ async fn route_request(
     }
     let writes = Writes {
         service: &state.service,
-        hub: repl.hub().map(AsRef::as_ref),
+        acks: repl.acks(),
         written: &repl.written,
         max_body: state.max_body_bytes,
     };

@@ -25,6 +25,7 @@
 //! - [`stall`]: closing connections whose response makes no progress (clients that stop reading);
 //! - [`status`]: the `/v1/status` document, one serde type shared by the server and `kvctl`;
 //! - [`client`]: a keep-alive client of the `/v1` API (used by the CLI, the shippers and forwarding);
+//! - [`learners`]: `REPLICATION_MODE` on Raft: the leader keeps its configured followers learners;
 //! - [`replication`]: leader-follower replication — the leader's shippers, the follower's endpoints,
 //!   write forwarding, the ports behind acknowledgement waits and the binary wire format (see
 //!   `docs/replication.md`).
@@ -40,6 +41,7 @@ pub mod cluster;
 pub mod dispatch;
 pub mod error;
 pub mod json;
+pub mod learners;
 pub mod metrics;
 pub mod process;
 pub mod prom;

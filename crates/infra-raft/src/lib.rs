@@ -15,6 +15,7 @@
 //! openraft's storage conformance suite runs against the log store and state machine (`tests/suite.rs`);
 //! `tests/cluster.rs` runs three nodes in one process over an in-process transport.
 
+pub mod identity;
 mod log_store;
 mod network;
 mod node;

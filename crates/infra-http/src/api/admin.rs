@@ -28,15 +28,21 @@ pub fn status(s: &EngineStatus, replication: &Replication) -> Result<Response<Bo
     let mut doc = NodeStatus::new(
         replication.role_name(),
         s,
-        replication
-            .hub()
-            .map_or(serde_json::json!([]), |h| h.followers_json()),
+        match (&replication.learners, replication.hub()) {
+            (Some(l), _) => serde_json::to_value(l.followers()).unwrap_or_default(),
+            (None, Some(h)) => h.followers_json(),
+            (None, None) => serde_json::json!([]),
+        },
         replication.follower().map(|f| f.status_json()),
     );
-    doc.cluster = replication
-        .cluster
-        .as_ref()
-        .and_then(|c| serde_json::to_value(c.status()).ok());
+    doc.cluster = replication.cluster.as_ref().and_then(|c| {
+        let mut v = serde_json::to_value(c.status()).ok()?;
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("cluster_id".into(), serde_json::json!(c.cluster_id()));
+            obj.insert("refusing".into(), serde_json::json!(c.refusing()));
+        }
+        Some(v)
+    });
     serialised(&doc)
 }
 

@@ -8,23 +8,32 @@ use kv_domain::{FollowerAcks, Lsn, Write};
 
 use crate::applied::LsnSignal;
 use crate::error::{ApiError, Body};
-use crate::replication::LeaderHub;
 use crate::response;
 
 /// The header naming the term of the leader that committed a write (in a Raft cluster).
 pub const TERM_HEADER: &str = "x-kv-term";
 
 /// What a write handler needs: the use cases, where to run them, the acknowledgement hub, the body limit.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct Writes<'a> {
     /// The use cases.
     pub service: &'a KvService,
-    /// On a leader with followers: the shipping hub, which the write wakes and whose acks it may await.
-    pub hub: Option<&'a LeaderHub>,
+    /// On a leader with followers: what the write wakes (the shipping hub) and whose acknowledgements it
+    /// may await (the hub's, or the learners' on Raft).
+    pub acks: Option<&'a dyn FollowerAcks>,
     /// Signalled with every acknowledged write's LSN, to wake min-LSN reads.
     pub written: &'a Arc<LsnSignal>,
     /// Largest request body accepted, in bytes.
     pub max_body: usize,
+}
+
+impl std::fmt::Debug for Writes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writes")
+            .field("waits_for_followers", &self.acks.is_some())
+            .field("max_body", &self.max_body)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Writes<'_> {
@@ -57,8 +66,7 @@ impl Writes<'_> {
     }
 
     async fn answer(&self, lsn: Lsn, payload: usize) -> Response<Body> {
-        let acks = self.hub.map(|h| h as &dyn FollowerAcks);
-        match replicate_write(acks, lsn, payload).await {
+        match replicate_write(self.acks, lsn, payload).await {
             WriteOutcome::Committed { lsn } => {
                 response::with_lsn(StatusCode::OK, &serde_json::json!({ "lsn": lsn.0 }), lsn)
             }

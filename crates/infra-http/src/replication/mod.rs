@@ -77,6 +77,8 @@ pub struct Replication {
     /// In a Raft cluster: this node's membership (`role` is then `Leader(None)`: writes go through the
     /// consensus, not the shippers).
     pub cluster: Option<crate::cluster::SharedCluster>,
+    /// `REPLICATION_MODE=leader` on Raft: the followers kept learners (`cluster` is then the leader's).
+    pub learners: Option<Arc<crate::learners::Learners>>,
 }
 
 impl Replication {
@@ -89,7 +91,17 @@ impl Replication {
             max_read_wait: Duration::from_secs(5),
             written: Arc::new(LsnSignal::default()),
             cluster: None,
+            learners: None,
         }
+    }
+
+    /// What a write may wait on for its followers' acknowledgements: the shipping hub, or the learners.
+    pub fn acks(&self) -> Option<&dyn kv_domain::FollowerAcks> {
+        if let Some(learners) = &self.learners {
+            return Some(learners.as_ref());
+        }
+        self.hub()
+            .map(|h| h.as_ref() as &dyn kv_domain::FollowerAcks)
     }
 
     /// `leader` or `follower`.

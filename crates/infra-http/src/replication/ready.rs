@@ -38,6 +38,10 @@ pub async fn reasons(engine: &EngineStatus, repl: &Replication) -> Vec<String> {
     let mut reasons = engine_reasons(engine);
     if let Some(cluster) = &repl.cluster {
         reasons.extend(cluster.raft().ready_reasons());
+        reasons.extend(cluster.refusing());
+        if let Err(why) = cluster.probe_leader(repl.token.as_ref()).await {
+            reasons.push(why);
+        }
     }
     if let Some(node) = repl.follower() {
         if node.replica.state().snapshot_in_progress {
