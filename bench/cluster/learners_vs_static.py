@@ -3,11 +3,12 @@
 asynchronous replication of REPLICATION_MODE (a leader shipping to two followers).
 
 Both run on 127.0.0.1 in one sitting, with the default durability (`always`) and three release kv-server
-processes each:
-- static: a leader with REPLICATION_REPLICA_HOSTS naming two followers (REPLICATION_ACK_FOLLOWERS=0);
-- Raft: node 1 alone in CLUSTER_PEERS (the only voter: a write commits once node 1 has it durably), then
-  nodes 2 and 3 added with `POST /v1/cluster/add-learner`; learners receive the log but do not vote, so
-  a write waits for no learner, as with asynchronous replication.
+processes each, configured alike (a leader with REPLICATION_REPLICA_HOSTS naming two followers,
+REPLICATION_ACK_FOLLOWERS=0):
+- static: REPLICATION_ENGINE=static, the leader ships its log to each follower;
+- Raft: REPLICATION_ENGINE=raft, the leader is the only voter (a write commits once it holds it durably)
+  and keeps its followers learners, which receive the log but do not vote, so a write waits for no
+  learner, as with asynchronous replication.
 wrk -t1 sends puts of 256-byte values under random keys (the Go API's POST /put, bench/http/put_go.lua)
 to the leader at 16 and 64 connections, median of ROUNDS x SECS. After the load it measures how long the
 two replicas take to hold the leader's last write (a lag the load built up). Prints one table with req/s,
@@ -17,31 +18,21 @@ Usage: bench/cluster/learners_vs_static.py [--secs 5] [--rounds 3] [--server tar
 """
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "http"))
 import goals as g  # noqa: E402
 
 PORTS = (18701, 18702, 18703)
 TOKEN = "bench-token"
-HEADERS = {"x-kv-replication-token": TOKEN}
 
 
 def url(port):
     return f"http://127.0.0.1:{port}"
-
-
-def call(port, path, body=None):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url(port) + path, data=data, headers=dict(HEADERS, **{
-        "Content-Type": "application/json"}), method="GET" if body is None else "POST")
-    return json.load(urllib.request.urlopen(req, timeout=10))
 
 
 def until(what, check, secs=30):
@@ -67,9 +58,10 @@ def load(port, secs, rounds, applied):
     return out, time.time() - t0
 
 
-def run_static(server, secs, rounds):
+def run_replication(server, secs, rounds, engine):
+    """A leader and two followers with REPLICATION_ENGINE=`engine`: the load, then the drain time."""
     with tempfile.TemporaryDirectory() as root:
-        common = ["--bind", "127.0.0.1", "--replication-token", TOKEN]
+        common = ["--bind", "127.0.0.1", "--replication-token", TOKEN, "--replication-engine", engine]
         procs = [g.start([server, *common, "--port", str(p), "--data-path", f"{root}/f{p}",
                           "--replication-mode", "follower", "--replication-leader-host", url(PORTS[0])],
                          env=dict(os.environ, RUST_LOG="error")) for p in PORTS[1:]]
@@ -79,36 +71,14 @@ def run_static(server, secs, rounds):
         try:
             for p in PORTS:
                 g.wait_up(p, "/health-check")
+            ready = "streaming" if engine == "static" else "learner"
+            until("followers replicate", lambda: all(
+                f["state"] == ready for f in g.status(PORTS[0])["followers"]))
 
             def applied():
-                return [g.status(p)["replication"]["applied_lsn"] for p in PORTS[1:]]
-            until("followers stream", lambda: all(
-                f["state"] == "streaming" for f in g.status(PORTS[0])["followers"]))
-            return load(PORTS[0], secs, rounds, applied)
-        finally:
-            for p in procs:
-                g.stop(p)
-
-
-def run_learners(server, secs, rounds):
-    with tempfile.TemporaryDirectory() as root:
-        procs = []
-        for i, p in enumerate(PORTS):
-            members = ",".join(f"{j + 1}={url(q)}" for j, q in enumerate(PORTS[: i + 1]) if j in (0, i))
-            procs.append(g.start([server, "--bind", "127.0.0.1", "--port", str(p), "--data-path",
-                                  f"{root}/n{i + 1}", "--cluster-node-id", str(i + 1), "--cluster-peers",
-                                  members, "--cluster-id", "bench", "--replication-token", TOKEN],
-                                 env=dict(os.environ, RUST_LOG="error")))
-        try:
-            for p in PORTS:
-                g.wait_up(p, "/health-check")
-            until("node 1 leads", lambda: call(PORTS[0], "/v1/cluster")["state"] == "leader")
-            for i, p in enumerate(PORTS[1:], start=2):
-                call(PORTS[0], "/v1/cluster/add-learner", {"id": i, "url": url(p)})
-
-            def applied():
-                return [call(p, "/v1/cluster")["applied_index"] or 0 for p in PORTS[1:]]
-            until("learners follow", lambda: min(applied()) >= call(PORTS[0], "/v1/cluster")["commit_index"])
+                docs = [g.status(p) for p in PORTS[1:]]
+                # A static follower's applied LSN; a learner's is its engine's last LSN.
+                return [(d.get("replication") or {}).get("applied_lsn", d["last_lsn"]) for d in docs]
             return load(PORTS[0], secs, rounds, applied)
         finally:
             for p in procs:
@@ -126,18 +96,18 @@ def main():
     if args.server is None:
         subprocess.run(["cargo", "build", "--release", "-q", "-p", "kv-server"], check=True)
         args.server = "target/release/kv-server"
-    static, static_drain = run_static(args.server, args.secs, args.rounds)
-    raft, raft_drain = run_learners(args.server, args.secs, args.rounds)
+    static, static_drain = run_replication(args.server, args.secs, args.rounds, "static")
+    raft, raft_drain = run_replication(args.server, args.secs, args.rounds, "raft")
     print(f"Machine: {os.cpu_count()} cores; wrk -t1, median of {args.rounds} x {args.secs} s; 256-byte "
           "values, random keys; to the leader; durability always; 2 replicas")
     print()
     print("| topology | connections | req/s | p50 ms | p99 ms | non-2xx | Raft / static (goal >= 0.9) |")
     print("|---|---:|---:|---:|---:|---:|---|")
     for c in g.CONNS:
-        for name, res in (("static leader + 2 followers (async)", static),
-                          ("Raft: 1 voter + 2 learners", raft)):
+        for name, res in (("REPLICATION_ENGINE=static: leader + 2 followers (async)", static),
+                          ("REPLICATION_ENGINE=raft: 1 voter + 2 learners", raft)):
             rps, p50, p99, errors = res[c]
-            ratio = f"{raft[c][0] / static[c][0]:.2f}" if name.startswith("Raft") else ""
+            ratio = f"{raft[c][0] / static[c][0]:.2f}" if "raft" in name else ""
             print(f"| {name} | {c} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {errors} | {ratio} |")
     print()
     print(f"Replicas hold the leader's last write {static_drain:.2f} s (static) and {raft_drain:.2f} s "

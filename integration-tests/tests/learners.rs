@@ -281,6 +281,32 @@ fn learners_refuse_a_leader_restarted_on_an_empty_directory_and_keep_their_data(
     );
     let (_, body) = f.client().request("GET", "/readyz", b"");
     assert!(String::from_utf8_lossy(&body).contains("refusing the leader"));
+    // A Raft message of the stranger's cluster is refused by the learner itself, before openraft.
+    let stranger = leader.status()["cluster"]["cluster_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, body) = f
+        .client()
+        .try_request_with(
+            "POST",
+            "/v1/raft/append",
+            &[
+                ("x-kv-replication-token", integration_tests::cluster::TOKEN),
+                ("x-kv-cluster", &stranger),
+            ],
+            b"{}",
+        )
+        .unwrap();
+    assert_eq!(code, 409, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("another history"));
+    let refusing = f.status()["cluster"]["refusing"].clone();
+    assert!(
+        refusing
+            .as_str()
+            .is_some_and(|r| r.contains("belongs to cluster")),
+        "{refusing}"
+    );
     assert_eq!(f.contents(), before, "the learner kept its data");
     assert_eq!(cluster_view(f.client()).unwrap()["cluster_id"], joined);
     assert_eq!(get(f.client(), "new"), None);
@@ -425,4 +451,90 @@ fn a_follower_holding_data_of_its_own_refuses_to_start_and_says_why() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("empty directory"), "{stderr}");
+}
+
+#[test]
+fn a_new_learner_joins_only_the_cluster_its_configured_leader_leads() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut leader, mut followers) = cluster(root.path(), 1, &[]);
+    leader.start();
+    let f = &mut followers[0];
+    // Not yet joined; the configured leader is up but a message claims another cluster.
+    let leader_port = leader.port;
+    f.args = follower_args(leader_port, &RAFT);
+    f.start();
+    let (code, body) = f
+        .client()
+        .try_request_with(
+            "POST",
+            "/v1/raft/append",
+            &[
+                ("x-kv-replication-token", integration_tests::cluster::TOKEN),
+                ("x-kv-cluster", "not-the-leaders"),
+            ],
+            b"{}",
+        )
+        .unwrap();
+    // Refused either way: before the leader reached it ("not joining it", the usual order: the leader
+    // asks once a second), or after ("belongs to cluster"). Had it joined the bogus cluster, the
+    // leader's messages would be refused below and it would never converge.
+    assert_eq!(code, 409, "{}", String::from_utf8_lossy(&body));
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("not joining it") || text.contains("belongs to cluster"),
+        "{text}"
+    );
+    // The real leader's messages are then accepted: it joins that cluster and converges.
+    assert_eq!(put(leader.client(), "k", "v").0, 200);
+    assert_converged(&leader, &[f], CONVERGE);
+    assert_eq!(
+        cluster_view(f.client()).unwrap()["cluster_id"],
+        leader.status()["cluster"]["cluster_id"]
+    );
+}
+
+#[test]
+fn membership_operations_and_engine_switches_that_would_break_the_topology_are_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut leader, mut followers) = cluster(root.path(), 1, &[]);
+    let f = &mut followers[0];
+    f.start();
+    leader.start();
+    until("the follower is a learner", CONVERGE, || {
+        follower_states(&leader).iter().all(|(_, s)| s == "learner")
+    });
+    let id = cluster_view(f.client()).unwrap()["node_id"]
+        .as_u64()
+        .unwrap();
+    let token = [("x-kv-replication-token", integration_tests::cluster::TOKEN)];
+    for (op, body) in [
+        ("promote", format!(r#"{{"ids":[{id}]}}"#)),
+        ("transfer-leader", format!(r#"{{"to":{id}}}"#)),
+    ] {
+        for node in [leader.client(), f.client()] {
+            let (code, answer) = node
+                .try_request_with(
+                    "POST",
+                    &format!("/v1/cluster/{op}"),
+                    &token,
+                    body.as_bytes(),
+                )
+                .unwrap();
+            assert_eq!(code, 409, "{op}: {}", String::from_utf8_lossy(&answer));
+            assert!(String::from_utf8_lossy(&answer).contains("REPLICATION_REPLICA_HOSTS"));
+        }
+    }
+    assert_eq!(put(leader.client(), "k", "v").0, 200);
+    // The leader's directory restarted with static replication: refused, its Raft log would be skipped.
+    leader.stop();
+    let out = std::process::Command::new(integration_tests::binary("kv-server"))
+        .args(["--bind", "127.0.0.1", "--port", "0", "--data-path"])
+        .arg(&leader.dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("holds Raft state"));
+    // And it still starts on Raft, with its data.
+    leader.start();
+    assert_eq!(get(leader.client(), "k"), Some("v".into()));
 }

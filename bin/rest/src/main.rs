@@ -398,6 +398,14 @@ fn replication(
     config: &Config,
     engine: &Arc<FsEngine>,
 ) -> Result<kv_infra_http::replication::Replication, String> {
+    // Writes made here would take LSNs the Raft log hands out again: its entries would then be skipped
+    // as already applied (and never reach its peers).
+    if config.data_path.join("raft").join("STATE").exists() {
+        return Err(format!(
+            "{} holds Raft state (it ran in a cluster or with REPLICATION_ENGINE=raft): start it the same way again; to run it standalone or with static replication, export its data (kvctl --data-dir ... export) into a fresh directory",
+            config.data_path.display()
+        ));
+    }
     use kv_infra_http::replication::{AckPolicy, FollowerNode, LeaderHub, Replication, Role as R};
     let store = Arc::new(kv_infra_fs::FileMetaStore::new(&config.data_path));
     let dyn_engine: Arc<dyn kv_domain::LogShipping> = engine.clone();
@@ -488,12 +496,21 @@ async fn raft_replication(
     match config.replication_mode {
         Role::Leader if followers.is_empty() && !was_raft => Ok(None),
         Role::Leader => {
-            // The history id names the cluster: a follower that joined another one refuses this leader.
-            let store = kv_infra_fs::FileMetaStore::new(&config.data_path);
-            let history =
-                kv_app::leader_history(&store, || format!("{:032x}", rand::random::<u128>()))
-                    .map_err(|e| e.to_string())?
-                    .id;
+            // The cluster id is created with the Raft state and kept beside it (raft/CLUSTER_ID): a
+            // leader whose Raft state is new (its raft/ was lost, or it never had one) leads a new
+            // cluster, which learners of any earlier one refuse, since its log ids would repeat theirs.
+            let history = match kv_infra_raft::identity::cluster_id(&config.data_path)
+                .map_err(|e| format!("reading raft/CLUSTER_ID: {e}"))?
+            {
+                Some(id) if was_raft => id,
+                _ => {
+                    let id = format!("{:032x}", rand::random::<u128>());
+                    kv_infra_raft::identity::join_cluster(&config.data_path, &id)
+                        .map_err(|e| format!("storing raft/CLUSTER_ID: {e}"))?;
+                    tracing::info!(cluster = %id, "created a new replication history (Raft)");
+                    id
+                }
+            };
             let transport = Arc::new(HttpTransport::new(
                 config.replication_token.clone(),
                 history.clone(),

@@ -48,6 +48,9 @@ const POOL_PER_PEER: usize = 4;
 /// node of another cluster, so two clusters wired to each other by mistake cannot mix their logs.
 pub const CLUSTER_HEADER: &str = "x-kv-cluster";
 
+/// The header naming the node a Raft message is for: a node refuses (409) one for another id.
+pub const TARGET_HEADER: &str = "x-kv-raft-target";
+
 /// The id of a cluster: `CLUSTER_ID` when set, else derived from its peer list (`CLUSTER_PEERS`, which
 /// every member is started with): a hex FNV-1a hash of the `id=url` entries in id order.
 pub fn cluster_id(
@@ -121,6 +124,10 @@ impl RaftTransport for HttpTransport {
         if let Ok(v) = HeaderValue::from_str(&self.cluster) {
             headers.push((HeaderName::from_static(CLUSTER_HEADER), v));
         }
+        headers.push((
+            HeaderName::from_static(TARGET_HEADER),
+            HeaderValue::from(target),
+        ));
         if let Some(token) = &self.token {
             if let Ok(v) = HeaderValue::from_str(token.expose()) {
                 headers.push((HeaderName::from_static(TOKEN_HEADER), v));
@@ -203,13 +210,12 @@ impl ClusterNode {
         }
     }
 
-    /// On a learner by invitation: asks its configured leader (`GET /v1/cluster`, within a second)
-    /// whether it leads and which cluster it leads; `Err` says why this learner cannot follow it now
-    /// (unreachable, not leading, refusing the token, or of another history). Readiness asks this.
-    pub async fn probe_leader(&self, token: Option<&Secret>) -> Result<(), String> {
-        let Some(url) = &self.fixed_leader else {
-            return Ok(());
-        };
+    /// On a learner by invitation: its configured leader's `GET /v1/cluster` (within a second).
+    async fn leader_view(
+        &self,
+        url: &str,
+        token: Option<&Secret>,
+    ) -> Result<serde_json::Value, String> {
         let mut client = Client::new(url)
             .map_err(|e| e.to_string())?
             .with_timeouts(Some(Duration::from_secs(1)), Some(Duration::from_secs(1)));
@@ -227,8 +233,18 @@ impl ClusterNode {
                 String::from_utf8_lossy(&body)
             ));
         }
-        let doc: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|e| format!("the leader at {url} answered no JSON: {e}"))?;
+        serde_json::from_slice(&body)
+            .map_err(|e| format!("the leader at {url} answered no JSON: {e}"))
+    }
+
+    /// On a learner by invitation: asks its configured leader whether it leads and which cluster;
+    /// `Err` says why this learner cannot follow it now (unreachable, not leading, refusing the
+    /// token, or of another history). Readiness asks this.
+    pub async fn probe_leader(&self, token: Option<&Secret>) -> Result<(), String> {
+        let Some(url) = &self.fixed_leader else {
+            return Ok(());
+        };
+        let doc = self.leader_view(url, token).await?;
         if doc["state"] != "leader" {
             return Err(format!(
                 "the node at {url} does not lead (it is {})",
@@ -243,14 +259,68 @@ impl ClusterNode {
         }
     }
 
+    /// On a learner by invitation that has joined no cluster yet: joins `theirs`, the cluster of a
+    /// Raft message, if and only if its configured leader (`REPLICATION_LEADER_HOST`) leads that
+    /// cluster (so a stale leader that still lists this follower cannot claim it). Stored durably
+    /// first (`kv_infra_raft::identity`); no lock is held across the probe or the file write.
+    async fn adopt(&self, theirs: &str, token: Option<&Secret>) -> Result<(), ApiError> {
+        let (Some(dir), Some(url)) = (&self.adopts_into, &self.fixed_leader) else {
+            return Ok(());
+        };
+        let refuse = |why: String| ApiError::new(StatusCode::CONFLICT, why);
+        let doc = self.leader_view(url, token).await.map_err(|e| {
+            refuse(format!(
+                "cannot confirm the cluster {theirs} with the configured leader: {e}"
+            ))
+        })?;
+        if doc["cluster_id"].as_str() != Some(theirs) {
+            return Err(refuse(format!(
+                "the message came from cluster {theirs} but the configured leader at {url} leads {}; not joining it",
+                doc["cluster_id"]
+            )));
+        }
+        let (dir, id) = (dir.clone(), theirs.to_string());
+        tokio::task::spawn_blocking(move || kv_infra_raft::identity::join_cluster(&dir, &id))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("cannot store the cluster id: {e}"),
+                )
+            })?;
+        let mut cluster = self.cluster.write();
+        if cluster.is_none() {
+            tracing::info!(cluster = %theirs, "joined the leader's cluster");
+            *cluster = Some(theirs.to_string());
+        }
+        Ok(())
+    }
+
     /// On a learner by invitation: why it refuses its leader (a leader of another history), if it does.
     pub fn refusing(&self) -> Option<String> {
         self.refusing.read().clone()
     }
 
-    /// [`Self::check_cluster`], remembering a learner's refusal until a message is accepted again.
-    fn admit(&self, headers: &hyper::HeaderMap) -> Result<(), ApiError> {
-        let verdict = self.check_cluster(headers);
+    /// [`Self::check_cluster`] (after a learner's adoption of its first cluster), remembering a
+    /// learner's refusal until a message is accepted again.
+    async fn admit(
+        &self,
+        headers: &hyper::HeaderMap,
+        token: Option<&Secret>,
+    ) -> Result<(), ApiError> {
+        let theirs = headers
+            .get(CLUSTER_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|t| !t.is_empty());
+        let adopted = match theirs {
+            Some(theirs) if self.adopts_into.is_some() && self.cluster.read().is_none() => {
+                self.adopt(theirs, token).await
+            }
+            _ => Ok(()),
+        };
+        let verdict = adopted.and_then(|()| self.check_cluster(headers));
         if self.adopts_into.is_some() {
             let now = verdict
                 .as_ref()
@@ -270,32 +340,25 @@ impl ClusterNode {
         verdict
     }
 
-    /// Refuses (409) a Raft message from a node of another cluster, or one that does not say. A
-    /// learner by invitation that has joined no cluster joins the sender's (durably, first).
+    /// Refuses (409) a Raft message from a node of another cluster, or one that does not say, or one
+    /// addressed to another node (`x-kv-raft-target`: two ids of one process must not both count).
     fn check_cluster(&self, headers: &hyper::HeaderMap) -> Result<(), ApiError> {
+        if let Some(target) = headers.get(TARGET_HEADER).and_then(|v| v.to_str().ok()) {
+            if target != self.node.id().to_string() {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "this message is for node {target}; this is node {} (a stale membership entry?)",
+                        self.node.id()
+                    ),
+                ));
+            }
+        }
         let theirs = headers.get(CLUSTER_HEADER).and_then(|v| v.to_str().ok());
         let ours = self.cluster.read().clone();
-        match (ours, theirs, &self.adopts_into) {
-            (Some(ours), Some(theirs), _) if ours == theirs => return Ok(()),
-            (None, Some(theirs), Some(dir)) if !theirs.is_empty() => {
-                let mut cluster = self.cluster.write();
-                if cluster.is_none() {
-                    kv_infra_raft::identity::join_cluster(dir, theirs).map_err(|e| {
-                        ApiError::new(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            format!("cannot store the cluster id: {e}"),
-                        )
-                    })?;
-                    tracing::info!(cluster = %theirs, "joined the leader's cluster");
-                    *cluster = Some(theirs.to_string());
-                }
-                if cluster.as_deref() == Some(theirs) {
-                    return Ok(());
-                }
-            }
-            _ => {}
+        if ours.is_some() && ours.as_deref() == theirs {
+            return Ok(());
         }
-        let ours = self.cluster.read().clone();
         let why = if self.adopts_into.is_some() {
             "a leader of another history, e.g. one restarted on an empty data directory: this follower keeps its data"
         } else {
@@ -636,7 +699,7 @@ pub async fn handle_raft(
     max_body: usize,
 ) -> Result<hyper::Response<crate::error::Body>, ApiError> {
     let cluster = member(repl, req.headers())?;
-    cluster.admit(req.headers())?;
+    cluster.admit(req.headers(), repl.token.as_ref()).await?;
     let name = req
         .uri()
         .path()
@@ -721,6 +784,14 @@ pub async fn handle_op(
     }
     if let Some((_, leader_url)) = cluster.write_target()? {
         return send_to_leader(&leader_url, cluster, req, max_body).await;
+    }
+    if repl.learners.is_some() {
+        // One voter and learners: the membership follows REPLICATION_REPLICA_HOSTS. A promoted
+        // follower would double the quorum or take the lead from the only node that should have it.
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("{op} is refused: with REPLICATION_MODE the leader is the only voter and its learners are REPLICATION_REPLICA_HOSTS; change that setting instead"),
+        ));
     }
     let (parts, body) = req.into_parts();
     let bytes = crate::body::read_body(&parts.headers, body, max_body).await?;

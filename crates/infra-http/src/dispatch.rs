@@ -68,6 +68,10 @@ async fn route_request(
                     .await;
                 }
             }
+            // A leader of learners answers no linearizable read forwarded by one of another history.
+            if let Some(refused) = repl.check_forwarded_history(req.headers()) {
+                return Ok(refused);
+            }
             if repl.follower().is_some() {
                 // A static follower applies the leader's log asynchronously: its reads may be stale.
                 return Err(ApiError::bad_request(

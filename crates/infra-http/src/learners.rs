@@ -151,7 +151,8 @@ impl Learners {
             return;
         }
         let ours = self.cluster.cluster_id();
-        for url in &self.urls {
+        let me = self.cluster.raft().id();
+        'urls: for url in &self.urls {
             let (id, theirs) = match self.ask(url).await {
                 Ok(found) => found,
                 Err(e) => {
@@ -160,6 +161,17 @@ impl Learners {
                     continue;
                 }
             };
+            let members = self.cluster.status().members;
+            let node = self.cluster.raft();
+            if id == me {
+                self.note(
+                    url,
+                    Some(id),
+                    "refused",
+                    Some("this URL is the leader itself".into()),
+                );
+                continue;
+            }
             if theirs.is_some() && theirs != ours {
                 let detail = format!(
                     "history mismatch: the follower belongs to cluster {} and this leader to {}; it refuses this leader and keeps its data",
@@ -167,27 +179,31 @@ impl Learners {
                     ours.clone().unwrap_or_default()
                 );
                 self.note(url, Some(id), "refused", Some(detail));
+                // Nothing to send it: it refuses every message of this cluster.
+                for m in members.iter().filter(|m| &m.url == url && m.id != me) {
+                    if let Err(e) = node.remove(m.id).await {
+                        tracing::warn!(%url, error = %e, "cannot remove the refusing learner");
+                    }
+                }
                 continue;
             }
-            let members = self.cluster.status().members;
-            if members.iter().any(|m| m.id == id && &m.url == url) {
-                self.note(url, Some(id), "learner", None);
+            if let Some(member) = members.iter().find(|m| m.id == id) {
+                // Known by its id (an id is one data directory), under this URL or another one.
+                let detail = (&member.url != url)
+                    .then(|| format!("the same node is a learner at {}", member.url));
+                self.note(url, Some(id), "learner", detail);
                 continue;
             }
-            let node = self.cluster.raft();
             for stale in members
                 .iter()
-                .filter(|m| &m.url == url && m.id != id && m.role == "learner")
+                .filter(|m| &m.url == url && m.id != id && m.id != me)
             {
                 tracing::info!(%url, old = stale.id, new = id, "the follower's data directory was replaced: removing its old id");
                 if let Err(e) = node.remove(stale.id).await {
-                    self.note(
-                        url,
-                        Some(id),
-                        "down",
-                        Some(format!("removing its old id {}: {e}", stale.id)),
-                    );
-                    continue;
+                    let detail = format!("removing its old id {}: {e}", stale.id);
+                    self.note(url, Some(id), "down", Some(detail));
+                    // Never two ids for one URL: both would count as acknowledgements.
+                    continue 'urls;
                 }
             }
             match node.add_learner(id, url).await {
@@ -196,7 +212,6 @@ impl Learners {
             }
         }
         let members = self.cluster.status().members;
-        let me = self.cluster.raft().id();
         for gone in members
             .iter()
             .filter(|m| m.id != me && m.role == "learner" && !self.urls.contains(&m.url))
