@@ -254,8 +254,9 @@ fn image_tag() -> String {
 }
 
 impl DockerCluster {
-    /// Starts `followers` followers and a leader (with `leader_env` on top of the replication settings).
-    pub async fn start(followers: usize, leader_env: &[(&str, &str)]) -> Self {
+    /// Starts `followers` followers and a leader (with `leader_env` on top of the replication settings),
+    /// all with `REPLICATION_ENGINE=engine`.
+    pub async fn start(followers: usize, engine: &str, leader_env: &[(&str, &str)]) -> Self {
         ensure_image();
         let prefix = run_id().cluster_prefix(&unique_id());
         let network = format!("{prefix}-net");
@@ -268,6 +269,7 @@ impl DockerCluster {
                     &network,
                     format!("{prefix}-f{i}"),
                     vec![
+                        ("REPLICATION_ENGINE", engine.into()),
                         ("REPLICATION_MODE", "follower".into()),
                         (
                             "REPLICATION_LEADER_HOST",
@@ -280,6 +282,7 @@ impl DockerCluster {
         }
         let hosts: Vec<String> = nodes.iter().map(NodeContainer::url).collect();
         let mut env = vec![
+            ("REPLICATION_ENGINE", engine.to_string()),
             ("REPLICATION_MODE", "leader".to_string()),
             ("REPLICATION_REPLICA_HOSTS", hosts.join(",")),
         ];
@@ -450,12 +453,19 @@ pub struct ComposeProject {
     pub name: String,
     /// Each port setting of the file and the port given to it, in the file's order.
     pub ports: Vec<(String, u16)>,
+    /// More settings of the file's variables.
+    env: Vec<(String, String)>,
 }
 
 impl ComposeProject {
     /// Validates `docker/<file>` and starts it (`up -d`) with the run's image, giving each of
     /// `port_settings` a free port.
     pub fn up(file: &str, port_settings: &[&str]) -> Self {
+        Self::up_with(file, port_settings, &[])
+    }
+
+    /// [`ComposeProject::up`] with more of the file's variables set (`env`).
+    pub fn up_with(file: &str, port_settings: &[&str], env: &[(&str, &str)]) -> Self {
         ensure_image();
         let project = Self {
             file: format!("{}/../docker/{file}", env!("CARGO_MANIFEST_DIR")),
@@ -463,6 +473,10 @@ impl ComposeProject {
             ports: port_settings
                 .iter()
                 .map(|s| (s.to_string(), crate::free_port()))
+                .collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         };
         for args in [&["config", "-q"][..], &["up", "-d"][..]] {
@@ -484,6 +498,9 @@ impl ComposeProject {
         cmd.env("KV_IMAGE", image());
         for (name, port) in &self.ports {
             cmd.env(name, port.to_string());
+        }
+        for (name, value) in &self.env {
+            cmd.env(name, value);
         }
         cmd.output()
             .expect("docker-compose (Debian: apt-get install docker-compose)")

@@ -1,7 +1,9 @@
 //! Replication across real containers of the kv-server image, driven with the `testcontainers` crate
 //! (see `integration_tests::docker`): convergence, a follower killed and restarted, a follower cut off the
 //! network and reconnected, leader restarts, the leader killed with synchronous acknowledgement, and the
-//! compose file itself. They need a Docker engine and fail, saying how to get one, when there is none.
+//! compose file itself. Each scenario runs with both engines of `REPLICATION_MODE`
+//! (`REPLICATION_ENGINE=static`, the shipper; `raft`, one voter and learners). They need a Docker engine
+//! and fail, saying how to get one, when there is none.
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
@@ -13,6 +15,54 @@ use integration_tests::docker::{docker_ok, wait_healthy, ComposeProject, DockerC
 use integration_tests::Client;
 
 const CONVERGE: Duration = Duration::from_secs(90);
+
+/// Runs the scenario `$name(engine)` once per engine, as `$name::on_static` and `$name::on_raft`.
+macro_rules! with_each_engine {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread")]
+            async fn on_static() {
+                super::$name(super::Engine::Static).await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn on_raft() {
+                super::$name(super::Engine::Raft).await
+            }
+        }
+    )*};
+}
+
+with_each_engine!(
+    writes_through_the_leader_and_followers_converge_across_containers,
+    a_follower_killed_during_writes_catches_up_after_a_restart,
+    a_follower_cut_off_the_network_converges_after_reconnecting_without_a_restart,
+    the_leader_restarted_during_writes_loses_no_acknowledged_write,
+    the_leader_killed_with_synchronous_acknowledgement_keeps_every_acknowledged_write,
+);
+
+/// `REPLICATION_ENGINE`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Engine {
+    Static,
+    Raft,
+}
+
+impl Engine {
+    fn name(self) -> &'static str {
+        match self {
+            Engine::Static => "static",
+            Engine::Raft => "raft",
+        }
+    }
+
+    /// The leader's state of a follower that replicates.
+    fn replicating(self) -> &'static str {
+        match self {
+            Engine::Static => "streaming",
+            Engine::Raft => "learner",
+        }
+    }
+}
 
 fn wait_for_state(leader: Client, follower: usize, state: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -30,9 +80,8 @@ fn wait_for_state(leader: Client, follower: usize, state: &str) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn writes_through_the_leader_and_followers_converge_across_containers() {
-    let cluster = DockerCluster::start(3, &[]).await;
+async fn writes_through_the_leader_and_followers_converge_across_containers(engine: Engine) {
+    let cluster = DockerCluster::start(3, engine.name(), &[]).await;
     let mut targets = vec![cluster.leader.client()];
     targets.extend(cluster.follower_clients());
     let threads: Vec<_> = targets
@@ -49,13 +98,15 @@ async fn writes_through_the_leader_and_followers_converge_across_containers() {
     );
     assert!(!contents.is_empty());
     for f in cluster.follower_clients() {
-        assert_eq!(status(f)["replication"]["forwarded_writes"], 150);
+        match engine {
+            Engine::Static => assert_eq!(status(f)["replication"]["forwarded_writes"], 150),
+            Engine::Raft => assert_eq!(status(f)["cluster"]["state"], "learner"),
+        }
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_follower_killed_during_writes_catches_up_after_a_restart() {
-    let mut cluster = DockerCluster::start(2, &[]).await;
+async fn a_follower_killed_during_writes_catches_up_after_a_restart(engine: Engine) {
+    let mut cluster = DockerCluster::start(2, engine.name(), &[]).await;
     let writers = AckedWriters::start(cluster.leader.client(), "kill", 1);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = applied(cluster.followers[0].client());
@@ -78,9 +129,11 @@ async fn a_follower_killed_during_writes_catches_up_after_a_restart() {
     assert_all_present(&acked, &contents, "everywhere");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_follower_cut_off_the_network_converges_after_reconnecting_without_a_restart() {
-    let mut cluster = DockerCluster::start(2, &[]).await;
+async fn a_follower_cut_off_the_network_converges_after_reconnecting_without_a_restart(
+    engine: Engine,
+) {
+    let mut cluster = DockerCluster::start(2, engine.name(), &[]).await;
+    wait_for_state(cluster.leader.client(), 0, engine.replicating());
     let started = cluster.followers[0].started_at();
     let writers = AckedWriters::start(cluster.leader.client(), "part", 1);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -95,7 +148,7 @@ async fn a_follower_cut_off_the_network_converges_after_reconnecting_without_a_r
     );
     let network = cluster.network.clone();
     cluster.followers[0].reconnect(&network).await;
-    wait_for_state(cluster.leader.client(), 0, "streaming");
+    wait_for_state(cluster.leader.client(), 0, engine.replicating());
     let acked = writers.stop();
     let contents = assert_clients_converged(
         cluster.leader.client(),
@@ -110,9 +163,8 @@ async fn a_follower_cut_off_the_network_converges_after_reconnecting_without_a_r
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_leader_restarted_during_writes_loses_no_acknowledged_write() {
-    let mut cluster = DockerCluster::start(2, &[]).await;
+async fn the_leader_restarted_during_writes_loses_no_acknowledged_write(engine: Engine) {
+    let mut cluster = DockerCluster::start(2, engine.name(), &[]).await;
     let mut acked = Vec::new();
     for (round, kill) in [(0, false), (1, true)] {
         let writers = AckedWriters::start(cluster.leader.client(), &format!("r{round}"), 1);
@@ -152,16 +204,20 @@ async fn the_leader_restarted_during_writes_loses_no_acknowledged_write() {
     assert!(acked.len() > 40);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_leader_killed_with_synchronous_acknowledgement_keeps_every_acknowledged_write() {
+async fn the_leader_killed_with_synchronous_acknowledgement_keeps_every_acknowledged_write(
+    engine: Engine,
+) {
     let mut cluster = DockerCluster::start(
         1,
+        engine.name(),
         &[
             ("REPLICATION_ACK_FOLLOWERS", "1"),
             ("REPLICATION_ACK_TIMEOUT_MS", "2000"),
         ],
     )
     .await;
+    // Acknowledgements wait for a follower that replicates, not for the leader's first contact.
+    wait_for_state(cluster.leader.client(), 0, engine.replicating());
     let writers = AckedWriters::start(cluster.leader.client(), "sync", 4);
     tokio::time::sleep(Duration::from_millis(800)).await;
     cluster.leader.kill();
@@ -192,7 +248,20 @@ const COMPOSE_PORTS: [&str; 5] = [
 
 #[test]
 fn the_compose_file_validates_and_runs_a_leader_and_four_followers() {
-    let project = ComposeProject::up("compose.yaml", &COMPOSE_PORTS);
+    compose_runs_a_leader_and_four_followers(Engine::Static);
+}
+
+#[test]
+fn the_compose_file_runs_a_leader_and_four_learners_on_raft() {
+    compose_runs_a_leader_and_four_followers(Engine::Raft);
+}
+
+fn compose_runs_a_leader_and_four_followers(engine: Engine) {
+    let project = ComposeProject::up_with(
+        "compose.yaml",
+        &COMPOSE_PORTS,
+        &[("REPLICATION_ENGINE", engine.name())],
+    );
     let clients = project.clients();
     for &c in &clients {
         wait_healthy(c);
