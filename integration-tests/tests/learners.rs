@@ -56,6 +56,21 @@ fn until(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// A Raft append (empty: refused before openraft reads it, or answered as malformed) that claims to
+/// come from cluster `cluster`, with the right token.
+fn append_of_cluster(c: Client, cluster: &str) -> (u16, Vec<u8>) {
+    c.try_request_with(
+        "POST",
+        "/v1/raft/append",
+        &[
+            ("x-kv-replication-token", integration_tests::cluster::TOKEN),
+            ("x-kv-cluster", cluster),
+        ],
+        b"{}",
+    )
+    .unwrap()
+}
+
 /// The leader's view of its followers (`followers` of `/v1/status`), by URL.
 fn follower_states(leader: &Node) -> Vec<(String, String)> {
     leader.status()["followers"]
@@ -286,18 +301,7 @@ fn learners_refuse_a_leader_restarted_on_an_empty_directory_and_keep_their_data(
         .as_str()
         .unwrap()
         .to_string();
-    let (code, body) = f
-        .client()
-        .try_request_with(
-            "POST",
-            "/v1/raft/append",
-            &[
-                ("x-kv-replication-token", integration_tests::cluster::TOKEN),
-                ("x-kv-cluster", &stranger),
-            ],
-            b"{}",
-        )
-        .unwrap();
+    let (code, body) = append_of_cluster(f.client(), &stranger);
     assert_eq!(code, 409, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("another history"));
     let refusing = f.status()["cluster"]["refusing"].clone();
@@ -463,18 +467,7 @@ fn a_new_learner_joins_only_the_cluster_its_configured_leader_leads() {
     let leader_port = leader.port;
     f.args = follower_args(leader_port, &RAFT);
     f.start();
-    let (code, body) = f
-        .client()
-        .try_request_with(
-            "POST",
-            "/v1/raft/append",
-            &[
-                ("x-kv-replication-token", integration_tests::cluster::TOKEN),
-                ("x-kv-cluster", "not-the-leaders"),
-            ],
-            b"{}",
-        )
-        .unwrap();
+    let (code, body) = append_of_cluster(f.client(), "not-the-leaders");
     // Refused either way: before the leader reached it ("not joining it", the usual order: the leader
     // asks once a second), or after ("belongs to cluster"). Had it joined the bogus cluster, the
     // leader's messages would be refused below and it would never converge.

@@ -393,6 +393,16 @@ fn check_replication_config(c: &Config) -> Result<(), String> {
     Ok(())
 }
 
+/// The followers' base URLs of REPLICATION_REPLICA_HOSTS, trimmed, empty entries dropped.
+fn replica_hosts(config: &Config) -> Vec<String> {
+    config
+        .replication_replica_hosts
+        .iter()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .collect()
+}
+
 /// The replication role: a leader's hub (with its history id) or a follower's state.
 fn replication(
     config: &Config,
@@ -434,12 +444,7 @@ fn replication(
             }
             let history = history.id;
             leader_history = Some(history.clone());
-            let followers: Vec<String> = config
-                .replication_replica_hosts
-                .iter()
-                .map(|h| h.trim().to_string())
-                .filter(|h| !h.is_empty())
-                .collect();
+            let followers = replica_hosts(config);
             if followers.is_empty() {
                 R::Leader(None)
             } else {
@@ -481,12 +486,7 @@ async fn raft_replication(
 ) -> Result<Option<kv_infra_http::replication::Replication>, String> {
     use kv_infra_http::cluster::{ClusterNode, HttpTransport};
     let shipping: Arc<dyn kv_domain::LogShipping> = engine.clone();
-    let followers: Vec<String> = config
-        .replication_replica_hosts
-        .iter()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .collect();
+    let followers = replica_hosts(config);
     let was_raft = config.data_path.join("raft").join("STATE").exists();
     let replication = kv_infra_http::replication::Replication {
         token: config.replication_token.clone(),

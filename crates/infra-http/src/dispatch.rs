@@ -31,7 +31,7 @@ pub async fn handle(
 async fn route_request(
     state: &ServerState,
     route: Route,
-    req: Request<RequestBody>,
+    mut req: Request<RequestBody>,
 ) -> Result<Response<Body>, ApiError> {
     let allowed = route.methods();
     if !allowed.contains(&req.method().as_str()) {
@@ -39,38 +39,14 @@ async fn route_request(
     }
     let repl = &state.replication;
     match route.class(req.method().as_str()) {
-        Class::Write if repl.cluster.is_some() => {
-            if let Some(cluster) = &repl.cluster {
-                if let Some((_, leader_url)) = cluster.write_target()? {
-                    return crate::cluster::send_to_leader(
-                        &leader_url,
-                        cluster,
-                        req,
-                        state.max_body_bytes,
-                    )
-                    .await;
-                }
-            }
-            // A leader of learners refuses a write forwarded by a follower of another history.
-            if let Some(refused) = repl.check_forwarded_history(req.headers()) {
-                return Ok(refused);
-            }
-        }
+        Class::Write if repl.cluster.is_some() => match to_the_leader(state, req).await? {
+            Routed::Answered(resp) => return Ok(resp),
+            Routed::Here(here) => req = here,
+        },
         Class::Read if crate::cluster::wants_linearizable(req.uri())? => {
-            if let Some(cluster) = &repl.cluster {
-                if let Some((_, leader_url)) = cluster.write_target()? {
-                    return crate::cluster::send_to_leader(
-                        &leader_url,
-                        cluster,
-                        req,
-                        state.max_body_bytes,
-                    )
-                    .await;
-                }
-            }
-            // A leader of learners answers no linearizable read forwarded by one of another history.
-            if let Some(refused) = repl.check_forwarded_history(req.headers()) {
-                return Ok(refused);
+            match to_the_leader(state, req).await? {
+                Routed::Answered(resp) => return Ok(resp),
+                Routed::Here(here) => req = here,
             }
             if repl.follower().is_some() {
                 // A static follower applies the leader's log asynchronously: its reads may be stale.
@@ -125,6 +101,32 @@ async fn route_request(
         Route::Raft => crate::cluster::handle_raft(repl, req, state.max_body_bytes).await,
         Route::Cluster => crate::cluster::handle_status(repl, &req),
         Route::ClusterOp => crate::cluster::handle_op(repl, req, state.max_body_bytes).await,
+    }
+}
+
+/// Where a cluster request for the leader (a write, a linearizable read) went.
+enum Routed {
+    /// Forwarded to the leader (or refused): this is the answer.
+    Answered(Response<Body>),
+    /// This node leads: serve the request here.
+    Here(Request<RequestBody>),
+}
+
+/// In a Raft cluster: forwards `req` to the leader when this node does not lead (once, or a 307); on the
+/// leader, refuses a request forwarded by a learner of another history.
+async fn to_the_leader(state: &ServerState, req: Request<RequestBody>) -> Result<Routed, ApiError> {
+    let repl = &state.replication;
+    if let Some(cluster) = &repl.cluster {
+        if let Some((_, leader_url)) = cluster.write_target()? {
+            let resp =
+                crate::cluster::send_to_leader(&leader_url, cluster, req, state.max_body_bytes)
+                    .await?;
+            return Ok(Routed::Answered(resp));
+        }
+    }
+    match repl.check_forwarded_history(req.headers()) {
+        Some(refused) => Ok(Routed::Answered(refused)),
+        None => Ok(Routed::Here(req)),
     }
 }
 
