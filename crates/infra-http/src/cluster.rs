@@ -382,19 +382,19 @@ impl ClusterNode {
     /// Who should take a write now: `Ok(None)` this node, `Ok(Some((id, url)))` another, `Err` nobody
     /// known (an election is under way, or this node is cut off).
     pub fn write_target(&self) -> Result<Option<(NodeId, String)>, ApiError> {
-        let status = self.node.status();
+        let (leader, url, term) = self.node.leader();
         if let Some(url) = &self.fixed_leader {
             // A learner never leads: its configured leader takes every write.
-            return Ok(Some((status.leader_id.unwrap_or_default(), url.clone())));
+            return Ok(Some((leader.unwrap_or_default(), url.clone())));
         }
-        match (status.leader_id, status.leader_url) {
+        match (leader, url) {
             (Some(id), _) if id == self.node.id() => Ok(None),
             (Some(id), Some(url)) => Ok(Some((id, url))),
             _ => Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
-                    "no leader known to node {} (term {}): an election may be under way; nothing was written, retry",
-                    status.node_id, status.term
+                    "no leader known to node {} (term {term}): an election may be under way; nothing was written, retry",
+                    self.node.id()
                 ),
             )),
         }

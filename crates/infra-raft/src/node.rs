@@ -662,6 +662,21 @@ impl RaftNode {
         reasons
     }
 
+    /// The leader this node knows (its id, and its URL if the membership names it) and the current
+    /// term: what routing a request needs, read in place (every write asks; [`Self::status`] copies
+    /// the whole membership).
+    pub fn leader(&self) -> (Option<NodeId>, Option<String>, u64) {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let url = m.current_leader.and_then(|l| {
+            m.membership_config
+                .membership()
+                .get_node(&l)
+                .map(|n| n.addr.clone())
+        });
+        (m.current_leader, url, m.current_term)
+    }
+
     /// This node's view of the cluster.
     pub fn status(&self) -> ClusterStatus {
         let m = self.raft.metrics().borrow_watched().clone();
