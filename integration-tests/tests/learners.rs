@@ -531,3 +531,30 @@ fn membership_operations_and_engine_switches_that_would_break_the_topology_are_r
     leader.start();
     assert_eq!(get(leader.client(), "k"), Some("v".into()));
 }
+
+#[test]
+fn a_leader_that_lost_its_raft_directory_refuses_to_form_a_second_history() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut leader, mut followers) = cluster(root.path(), 1, &[]);
+    let f = &mut followers[0];
+    f.start();
+    leader.start();
+    assert_eq!(put(leader.client(), "k", "v").0, 200);
+    assert_converged(&leader, &[f], CONVERGE);
+    leader.stop();
+    std::fs::remove_dir_all(leader.dir.join("raft")).unwrap();
+    let out = std::process::Command::new(integration_tests::binary("kv-server"))
+        .args(["--bind", "127.0.0.1", "--port", "0", "--data-path"])
+        .arg(&leader.dir)
+        .args(&leader.args)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("raft/ directory") && stderr.contains("RAFT_FORMED"),
+        "{stderr}"
+    );
+    // The follower still holds everything.
+    assert_eq!(get(f.client(), "k"), Some("v".into()));
+}

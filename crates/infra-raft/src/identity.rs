@@ -10,6 +10,11 @@
 //! - `CLUSTER_ID` (UTF-8): the id of the first cluster whose leader reached this node (its leader's
 //!   history id). From then on the node refuses Raft messages of any other cluster, so a leader
 //!   restarted on an empty directory (a new history) cannot overwrite what the follower holds.
+//!
+//! And, for a node that forms a cluster (the first member, or a `REPLICATION_MODE` leader),
+//! `RAFT_FORMED` in the data directory itself, outside `raft/` (empty): the directory formed a
+//! cluster. A pristine `raft/` beside it means `raft/` was lost, not that the node is new: forming
+//! again would start a second cluster (or history) beside the first, so the node refuses to start.
 
 use std::hash::{BuildHasher, Hasher};
 use std::io;
@@ -22,6 +27,7 @@ use crate::types::NodeId;
 
 const NODE_ID: &str = "NODE_ID";
 const CLUSTER_ID: &str = "CLUSTER_ID";
+const FORMED: &str = "RAFT_FORMED";
 
 /// Ids chosen here lie in `[2^40, 2^52)`: far from the small ids of `CLUSTER_PEERS` and of a
 /// `REPLICATION_MODE` leader (1), and exact in JSON numbers (below 2^53).
@@ -70,6 +76,18 @@ pub fn join_cluster(data_dir: &Path, id: &str) -> io::Result<()> {
     let dir = data_dir.join("raft");
     RealFs.create_dir_all(&dir)?;
     small_file::store(&RealFs, &dir, CLUSTER_ID, id.as_bytes()).map_err(io_err)
+}
+
+/// Whether this data directory formed a cluster (see the module doc).
+pub fn formed(data_dir: &Path) -> io::Result<bool> {
+    Ok(small_file::load(&RealFs, data_dir, FORMED)
+        .map_err(io_err)?
+        .is_some())
+}
+
+/// Records, durably, that this data directory formed a cluster.
+pub fn record_formed(data_dir: &Path) -> io::Result<()> {
+    small_file::store(&RealFs, data_dir, FORMED, b"").map_err(io_err)
 }
 
 #[cfg(test)]

@@ -305,6 +305,16 @@ impl RaftNode {
                 lowest.unwrap_or_default()
             )));
         }
+        if pristine && first_member && crate::identity::formed(data_dir)? {
+            return Err(StartError::Settings(
+                "this data directory formed a Raft cluster before, and its raft/ directory (vote and \
+                 log) is gone: forming the cluster again would start a second one beside the first. \
+                 Rebuild the node instead (docs/cluster.md: remove it, then add it back under a new id \
+                 on an empty directory); to form a new cluster from its data on purpose, delete \
+                 RAFT_FORMED from the data directory"
+                    .into(),
+            ));
+        }
         let sm = StateMachine::open(engine, &raft_dir)?;
         let members: BTreeMap<NodeId, BasicNode> = settings
             .peers
@@ -315,6 +325,7 @@ impl RaftNode {
         let mut bootstrapped = pristine && sm.last_applied().is_some();
         if pristine && outside > 0 && sm.last_applied().is_none() {
             let n = sm.bootstrap(settings.node_id, members.clone())?;
+            crate::identity::record_formed(data_dir)?;
             tracing::info!(
                 node = settings.node_id,
                 through_lsn = n,
@@ -345,7 +356,10 @@ impl RaftNode {
         tokio::spawn(count_elections(raft.clone(), start_term, elections.clone()));
         if pristine && first_member && !bootstrapped {
             match raft.initialize(members).await {
-                Ok(()) => tracing::info!(node = settings.node_id, "initialised the cluster"),
+                Ok(()) => {
+                    crate::identity::record_formed(data_dir)?;
+                    tracing::info!(node = settings.node_id, "initialised the cluster")
+                }
                 // Not pristine after all (a vote or a log arrived first): nothing to do.
                 Err(RaftError::APIError(e)) => tracing::info!(error = %e, "cluster already formed"),
                 Err(e) => return Err(StartError::Raft(e.to_string())),
