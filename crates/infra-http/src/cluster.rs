@@ -177,6 +177,8 @@ pub struct ClusterNode {
     /// On such a learner: why it refused the last Raft message (another cluster's), until one is
     /// accepted again (readiness and status show it).
     refusing: parking_lot::RwLock<Option<String>>,
+    /// Serialises the adoption of a first cluster id (heartbeats and appends arrive at once).
+    adopting: tokio::sync::Mutex<()>,
 }
 
 impl ClusterNode {
@@ -188,6 +190,7 @@ impl ClusterNode {
             adopts_into: None,
             fixed_leader: None,
             refusing: parking_lot::RwLock::new(None),
+            adopting: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -207,6 +210,7 @@ impl ClusterNode {
             adopts_into: Some(data_dir.to_path_buf()),
             fixed_leader: Some(leader_url.trim_end_matches('/').to_string()),
             refusing: parking_lot::RwLock::new(None),
+            adopting: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -316,7 +320,13 @@ impl ClusterNode {
             .filter(|t| !t.is_empty());
         let adopted = match theirs {
             Some(theirs) if self.adopts_into.is_some() && self.cluster.read().is_none() => {
-                self.adopt(theirs, token).await
+                // One adoption at a time; the one that waited finds the cluster joined.
+                let _one = self.adopting.lock().await;
+                if self.cluster.read().is_none() {
+                    self.adopt(theirs, token).await
+                } else {
+                    Ok(())
+                }
             }
             _ => Ok(()),
         };

@@ -305,7 +305,14 @@ impl RaftNode {
                 lowest.unwrap_or_default()
             )));
         }
-        if pristine && first_member && crate::identity::formed(data_dir)? {
+        let sm = StateMachine::open(engine, &raft_dir)?;
+        // A STATE without a log or a vote is a bootstrap that stopped before its purge marker: raft/
+        // is there, not lost.
+        if pristine
+            && first_member
+            && sm.last_applied().is_none()
+            && crate::identity::formed(data_dir)?
+        {
             return Err(StartError::Settings(
                 "this data directory formed a Raft cluster before, and its raft/ directory (vote and \
                  log) is gone: forming the cluster again would start a second one beside the first. \
@@ -315,7 +322,6 @@ impl RaftNode {
                     .into(),
             ));
         }
-        let sm = StateMachine::open(engine, &raft_dir)?;
         let members: BTreeMap<NodeId, BasicNode> = settings
             .peers
             .iter()
@@ -325,7 +331,6 @@ impl RaftNode {
         let mut bootstrapped = pristine && sm.last_applied().is_some();
         if pristine && outside > 0 && sm.last_applied().is_none() {
             let n = sm.bootstrap(settings.node_id, members.clone())?;
-            crate::identity::record_formed(data_dir)?;
             tracing::info!(
                 node = settings.node_id,
                 through_lsn = n,
@@ -356,14 +361,16 @@ impl RaftNode {
         tokio::spawn(count_elections(raft.clone(), start_term, elections.clone()));
         if pristine && first_member && !bootstrapped {
             match raft.initialize(members).await {
-                Ok(()) => {
-                    crate::identity::record_formed(data_dir)?;
-                    tracing::info!(node = settings.node_id, "initialised the cluster")
-                }
+                Ok(()) => tracing::info!(node = settings.node_id, "initialised the cluster"),
                 // Not pristine after all (a vote or a log arrived first): nothing to do.
                 Err(RaftError::APIError(e)) => tracing::info!(error = %e, "cluster already formed"),
                 Err(e) => return Err(StartError::Raft(e.to_string())),
             }
+        }
+        // The first member has formed its cluster now (or did before a restart, perhaps before this
+        // marker existed, or stopped between forming and recording): record it if it is missing.
+        if first_member && !crate::identity::formed(data_dir)? {
+            crate::identity::record_formed(data_dir)?;
         }
         Ok(Self {
             id: settings.node_id,

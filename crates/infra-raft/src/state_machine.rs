@@ -109,7 +109,8 @@ impl StateMachine {
             return Err(invalid(format!(
                 "the engine lost writes it had applied: its last LSN is {engine_lsn}, raft/{STATE} was stored at LSN {}. \
                  Rebuild this node: remove it from the cluster (kvctl cluster remove), clear its data directory, \
-                 and add it again as a learner under a new id (docs/cluster.md, \"Damaged Raft logs\")",
+                 and add it again as a learner under a new id (docs/cluster.md, \"Damaged Raft logs\"); \
+                 a REPLICATION_MODE follower: restart it on an empty directory",
                 state.engine_lsn
             )));
         }
