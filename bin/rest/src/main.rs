@@ -488,6 +488,11 @@ async fn raft_replication(
     let shipping: Arc<dyn kv_domain::LogShipping> = engine.clone();
     let followers = replica_hosts(config);
     let was_raft = config.data_path.join("raft").join("STATE").exists();
+    if config.replication_token.is_none()
+        && (config.replication_mode == Role::Follower || !followers.is_empty())
+    {
+        tracing::warn!("REPLICATION_TOKEN is not set: the Raft endpoints accept anyone who can reach this port");
+    }
     let replication = kv_infra_http::replication::Replication {
         token: config.replication_token.clone(),
         max_read_wait: Duration::from_millis(config.read_max_wait_ms),
