@@ -56,6 +56,19 @@ fn until(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// Starts `kv-server` on `dir` with `args`, asserts that it refuses to start (exit 1), and returns
+/// what it said.
+fn refused_start(dir: &std::path::Path, args: &[String]) -> String {
+    let out = std::process::Command::new(integration_tests::binary("kv-server"))
+        .args(["--bind", "127.0.0.1", "--port", "0", "--data-path"])
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "it started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// A Raft append (empty: refused before openraft reads it, or answered as malformed) that claims to
 /// come from cluster `cluster`, with the right token.
 fn append_of_cluster(c: Client, cluster: &str) -> (u16, Vec<u8>) {
@@ -446,14 +459,7 @@ fn a_follower_holding_data_of_its_own_refuses_to_start_and_says_why() {
     alone.start();
     assert_eq!(put(alone.client(), "mine", "v").0, 200);
     alone.stop();
-    let out = std::process::Command::new(integration_tests::binary("kv-server"))
-        .args(["--bind", "127.0.0.1", "--port", "0", "--data-path"])
-        .arg(&alone.dir)
-        .args(follower_args(1, &RAFT))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_start(&alone.dir, &follower_args(1, &RAFT));
     assert!(stderr.contains("empty directory"), "{stderr}");
 }
 
@@ -520,13 +526,8 @@ fn membership_operations_and_engine_switches_that_would_break_the_topology_are_r
     assert_eq!(put(leader.client(), "k", "v").0, 200);
     // The leader's directory restarted with static replication: refused, its Raft log would be skipped.
     leader.stop();
-    let out = std::process::Command::new(integration_tests::binary("kv-server"))
-        .args(["--bind", "127.0.0.1", "--port", "0", "--data-path"])
-        .arg(&leader.dir)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("holds Raft state"));
+    let stderr = refused_start(&leader.dir, &[]);
+    assert!(stderr.contains("holds Raft state"), "{stderr}");
     // And it still starts on Raft, with its data.
     leader.start();
     assert_eq!(get(leader.client(), "k"), Some("v".into()));
@@ -543,14 +544,7 @@ fn a_leader_that_lost_its_raft_directory_refuses_to_form_a_second_history() {
     assert_converged(&leader, &[f], CONVERGE);
     leader.stop();
     std::fs::remove_dir_all(leader.dir.join("raft")).unwrap();
-    let out = std::process::Command::new(integration_tests::binary("kv-server"))
-        .args(["--bind", "127.0.0.1", "--port", "0", "--data-path"])
-        .arg(&leader.dir)
-        .args(&leader.args)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_start(&leader.dir, &leader.args);
     assert!(
         stderr.contains("raft/ directory") && stderr.contains("RAFT_FORMED"),
         "{stderr}"
