@@ -336,15 +336,18 @@ impl ClusterNode {
                 .as_ref()
                 .err()
                 .map(|e| format!("refusing the leader: {}", e.message));
-            let mut refusing = self.refusing.write();
-            if *refusing != now {
-                match &now {
-                    Some(why) => tracing::error!("REFUSING the leader: {why}"),
-                    None => tracing::info!(
-                        "no longer refusing the leader: its messages are of this node's cluster"
-                    ),
+            // Every message asks: change (and log) only on a change of verdict.
+            if *self.refusing.read() != now {
+                let mut refusing = self.refusing.write();
+                if *refusing != now {
+                    match &now {
+                        Some(why) => tracing::error!("REFUSING the leader: {why}"),
+                        None => tracing::info!(
+                            "no longer refusing the leader: its messages are of this node's cluster"
+                        ),
+                    }
+                    *refusing = now;
                 }
-                *refusing = now;
             }
         }
         verdict
