@@ -5,7 +5,12 @@
 //! `fdatasync`; `save_vote` after the vote file is durable; `truncate_after` after the cut is. The file
 //! work runs inline on openraft's storage task (an fsync is ~0.2 ms here); writes are serialised by
 //! openraft, reads share the log behind a mutex.
+//!
+//! The newest entries are also kept decoded in memory ([`Recent`]): openraft reads every entry back
+//! right after appending it, once to apply it and once per follower to replicate it, and each of those
+//! reads from the file costs a `pread`, a CRC and a JSON decode.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
@@ -14,7 +19,7 @@ use std::sync::Arc;
 
 use kv_infra_fs::raft_log::{LogRecovery, RaftLog, RaftLogOptions, Recovering};
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
-use openraft::OptionalSend;
+use openraft::{EntryPayload, OptionalSend};
 use parking_lot::Mutex;
 
 use crate::types::alias::{Entry, LogId, Vote};
@@ -23,7 +28,117 @@ use crate::types::TypeConfig;
 /// The Raft log and vote of one node. Cloning shares the log (a clone is also its reader).
 #[derive(Debug, Clone)]
 pub struct LogStore {
-    log: Arc<Mutex<RaftLog>>,
+    inner: Arc<Mutex<Inner>>,
+}
+
+/// The log and its in-memory tail, behind one lock so they never disagree.
+#[derive(Debug)]
+struct Inner {
+    log: RaftLog,
+    recent: Recent,
+}
+
+/// Most entries, and most bytes of keys and values, [`Recent`] keeps.
+const RECENT_ENTRIES: usize = 8192;
+const RECENT_BYTES: usize = 32 << 20;
+
+/// The newest entries of the log, decoded. Invariant: consecutive, and the last one is the log's last
+/// entry (or it is empty): `append` pushes what it made durable, `truncate_after` and `purge` drop
+/// what they removed from the file, all under the lock that guards the log, so an entry served from
+/// here is exactly the one the file holds.
+#[derive(Debug)]
+struct Recent {
+    entries: VecDeque<Entry>,
+    /// Estimated size of `entries` (see [`entry_bytes`]).
+    bytes: usize,
+    /// Most entries kept, and most estimated bytes.
+    max_entries: usize,
+    max_bytes: usize,
+}
+
+/// An estimate of the memory an entry holds: its keys and values, plus a fixed overhead.
+fn entry_bytes(entry: &Entry) -> usize {
+    let data = match &entry.payload {
+        EntryPayload::Normal(cmd) => cmd
+            .ops
+            .iter()
+            .map(|op| match op {
+                crate::types::Op::Put { key, value } => key.len() + value.len(),
+                crate::types::Op::Delete { key } => key.len(),
+            })
+            .sum(),
+        _ => 256,
+    };
+    data + 64
+}
+
+impl Recent {
+    fn new(max_entries: usize, max_bytes: usize) -> Self {
+        Self {
+            entries: VecDeque::new(),
+            bytes: 0,
+            max_entries,
+            max_bytes,
+        }
+    }
+
+    fn first(&self) -> Option<u64> {
+        self.entries.front().map(|e| e.log_id.index)
+    }
+
+    /// Adds entries just made durable; starts over if they do not follow the last one kept.
+    fn extend(&mut self, entries: Vec<Entry>) {
+        let follows = match (self.entries.back(), entries.first()) {
+            (Some(last), Some(first)) => first.log_id.index == last.log_id.index + 1,
+            _ => true,
+        };
+        if !follows {
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        for entry in entries {
+            self.bytes += entry_bytes(&entry);
+            self.entries.push_back(entry);
+        }
+        while self.entries.len() > self.max_entries || self.bytes > self.max_bytes {
+            let Some(old) = self.entries.pop_front() else {
+                break;
+            };
+            self.bytes -= entry_bytes(&old);
+        }
+    }
+
+    /// Drops the entries from `from` on.
+    fn truncate_from(&mut self, from: u64) {
+        while self.entries.back().is_some_and(|e| e.log_id.index >= from) {
+            if let Some(old) = self.entries.pop_back() {
+                self.bytes -= entry_bytes(&old);
+            }
+        }
+    }
+
+    /// Drops the entries through `through`.
+    fn purge_through(&mut self, through: u64) {
+        while self
+            .entries
+            .front()
+            .is_some_and(|e| e.log_id.index <= through)
+        {
+            if let Some(old) = self.entries.pop_front() {
+                self.bytes -= entry_bytes(&old);
+            }
+        }
+    }
+
+    /// Copies of the entries kept with indexes in `[from, to)`, `from` at or after [`Recent::first`].
+    fn copy(&self, from: u64, to: u64) -> Vec<Entry> {
+        let Some(first) = self.first() else {
+            return Vec::new();
+        };
+        let skip = from.saturating_sub(first) as usize;
+        let take = to.saturating_sub(from.max(first)) as usize;
+        self.entries.iter().skip(skip).take(take).cloned().collect()
+    }
 }
 
 fn io_err(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
@@ -33,10 +148,24 @@ fn io_err(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
 impl LogStore {
     /// Opens the log in `dir` (recovering it; see `kv_infra_fs::raft_log`).
     pub fn open(dir: &Path, opts: RaftLogOptions) -> io::Result<(Self, LogRecovery)> {
+        Self::open_keeping(dir, opts, RECENT_ENTRIES)
+    }
+
+    /// [`LogStore::open`], keeping at most `recent` entries in memory (tests make it small, so reads
+    /// span the file and memory).
+    fn open_keeping(
+        dir: &Path,
+        opts: RaftLogOptions,
+        recent: usize,
+    ) -> io::Result<(Self, LogRecovery)> {
         let (log, report) = RaftLog::open(dir, opts).map_err(io_err)?;
+        let inner = Inner {
+            log,
+            recent: Recent::new(recent, RECENT_BYTES),
+        };
         Ok((
             Self {
-                log: Arc::new(Mutex::new(log)),
+                inner: Arc::new(Mutex::new(inner)),
             },
             report,
         ))
@@ -44,12 +173,12 @@ impl LogStore {
 
     /// Why the log is recovering from damage, if it is (see `RaftLog::recovering`).
     pub fn recovering(&self) -> Option<Recovering> {
-        self.log.lock().recovering().cloned()
+        self.inner.lock().log.recovering().cloned()
     }
 
     /// Ends the recovery from damage, durably (see `RaftLog::finish_recovery`).
     pub fn finish_recovery(&self) -> io::Result<()> {
-        self.log.lock().finish_recovery().map_err(io_err)
+        self.inner.lock().log.finish_recovery().map_err(io_err)
     }
 
     fn decode_entry(index: u64, bytes: &[u8]) -> io::Result<Entry> {
@@ -90,14 +219,28 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
         let (start, end) = bounds(&range);
-        let raw = self.log.lock().entries(start, end).map_err(io_err)?;
-        raw.iter()
-            .map(|(index, bytes)| Self::decode_entry(*index, bytes))
-            .collect()
+        let inner = self.inner.lock();
+        // The part before the in-memory tail from the file, the rest from memory.
+        let kept_from = inner.recent.first().unwrap_or(u64::MAX);
+        let mut out = Vec::new();
+        if start < kept_from {
+            let raw = inner
+                .log
+                .entries(start, end.min(kept_from))
+                .map_err(io_err)?;
+            out = raw
+                .iter()
+                .map(|(index, bytes)| Self::decode_entry(*index, bytes))
+                .collect::<Result<_, _>>()?;
+        }
+        if end > kept_from {
+            out.extend(inner.recent.copy(start.max(kept_from), end));
+        }
+        Ok(out)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
-        match self.log.lock().vote() {
+        match self.inner.lock().log.vote() {
             None => Ok(None),
             Some(bytes) => serde_json::from_slice(bytes)
                 .map(Some)
@@ -110,7 +253,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
-        let log = self.log.lock();
+        let inner = self.inner.lock();
+        let log = &inner.log;
         let last_purged_log_id: Option<LogId> = match log.purged() {
             None => None,
             Some(p) => Some(serde_json::from_slice(&p.marker).map_err(|e| {
@@ -122,6 +266,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         };
         let last_log_id = match log.last_index() {
             None => last_purged_log_id,
+            Some(_) if !inner.recent.entries.is_empty() => {
+                inner.recent.entries.back().map(|e| e.log_id)
+            }
             Some(last) => {
                 let raw = log.entries(last, last + 1).map_err(io_err)?;
                 match raw.first() {
@@ -142,7 +289,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
         let bytes = serde_json::to_vec(vote).map_err(io_err)?;
-        self.log.lock().save_vote(&bytes).map_err(io_err)
+        self.inner.lock().log.save_vote(&bytes).map_err(io_err)
     }
 
     async fn append<I>(
@@ -154,16 +301,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
         let encoded: Vec<(u64, Vec<u8>)> = entries
-            .into_iter()
-            .map(|e| serde_json::to_vec(&e).map(|bytes| (e.log_id.index, bytes)))
+            .iter()
+            .map(|e| serde_json::to_vec(e).map(|bytes| (e.log_id.index, bytes)))
             .collect::<Result<_, _>>()
             .map_err(io_err)?;
-        let result = self
-            .log
-            .lock()
-            .append(encoded.iter().map(|(i, b)| (*i, b.as_slice())))
-            .map_err(io_err);
+        let result = {
+            let mut inner = self.inner.lock();
+            let appended = inner
+                .log
+                .append(encoded.iter().map(|(i, b)| (*i, b.as_slice())))
+                .map_err(io_err);
+            // Kept in memory only once the file holds them (a failed append poisons the log).
+            if appended.is_ok() {
+                inner.recent.extend(entries);
+            }
+            appended
+        };
         // IMPORTANT: reported flushed only once `RaftLog::append` has fsynced.
         match result {
             Ok(()) => {
@@ -179,14 +334,82 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |id| id.index + 1);
-        self.log.lock().truncate_from(from).map_err(io_err)
+        let mut inner = self.inner.lock();
+        // Dropped from memory first: even a failed cut (which poisons the log) may have removed some.
+        inner.recent.truncate_from(from);
+        inner.log.truncate_from(from).map_err(io_err)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         let marker = serde_json::to_vec(&log_id).map_err(io_err)?;
-        self.log
-            .lock()
+        let mut inner = self.inner.lock();
+        inner.recent.purge_through(log_id.index);
+        inner
+            .log
             .purge_through(log_id.index, &marker)
             .map_err(io_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::types::Command;
+    use openraft::vote::RaftLeaderId;
+
+    fn entry(term: u64, index: u64) -> Entry {
+        let leader = openraft::type_config::alias::LeaderIdOf::<TypeConfig>::new(term, 1);
+        Entry {
+            log_id: LogId::new(leader.to_committed(), index),
+            payload: EntryPayload::Normal(Command::from_ops(&[kv_domain::BatchOp::Put {
+                key: kv_domain::Key::from(format!("k{index}").as_str()),
+                value: kv_domain::Value::from(format!("v{term}").as_str()),
+            }])),
+        }
+    }
+
+    async fn append(log: &mut LogStore, entries: Vec<Entry>) {
+        log.append(entries, IOFlushed::noop()).await.unwrap();
+    }
+
+    async fn read(log: &mut LogStore, from: u64, to: u64) -> Vec<(u64, u64)> {
+        log.try_get_log_entries(from..to)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| (e.log_id.index, e.log_id.leader_id.term))
+            .collect()
+    }
+
+    /// Reads that span the file and the in-memory tail answer what the file holds, through appends, a
+    /// truncation and a purge, and after a reopen (nothing in memory).
+    #[tokio::test]
+    async fn reads_across_the_file_and_the_in_memory_tail_match_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) =
+            LogStore::open_keeping(dir.path(), RaftLogOptions::default(), 4).unwrap();
+        append(&mut log, (1..=10).map(|i| entry(1, i)).collect()).await;
+        let all: Vec<(u64, u64)> = (1..=10).map(|i| (i, 1)).collect();
+        assert_eq!(read(&mut log, 0, 100).await, all);
+        assert_eq!(read(&mut log, 5, 9).await, all[4..8]);
+        assert_eq!(log.inner.lock().recent.first(), Some(7), "four kept");
+        // A conflicting suffix replaced: 8.. in term 2.
+        log.truncate_after(Some(entry(1, 7).log_id)).await.unwrap();
+        assert_eq!(read(&mut log, 0, 100).await, all[..7]);
+        append(&mut log, (8..=12).map(|i| entry(2, i)).collect()).await;
+        let mut now: Vec<(u64, u64)> = (1..=7).map(|i| (i, 1)).collect();
+        now.extend((8..=12).map(|i| (i, 2)));
+        assert_eq!(read(&mut log, 0, 100).await, now);
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id, Some(entry(2, 12).log_id));
+        log.purge(entry(2, 9).log_id).await.unwrap();
+        assert_eq!(read(&mut log, 0, 100).await, now[9..]);
+        drop(log);
+        let (mut log, _) =
+            LogStore::open_keeping(dir.path(), RaftLogOptions::default(), 4).unwrap();
+        assert_eq!(read(&mut log, 0, 100).await, now[9..]);
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id, Some(entry(2, 12).log_id));
     }
 }
