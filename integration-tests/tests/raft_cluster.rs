@@ -825,6 +825,79 @@ fn a_single_voter_cluster_keeps_taking_writes() {
     node.stop();
 }
 
+/// A cluster member's engine does not fsync its applies: the Raft log is the durable record
+/// (`kv_infra_raft::StateMachine`). A power loss that takes the engine's unsynced tail (here: SIGKILL,
+/// then the tail of the engine's newest segment cut off) loses no acknowledged write: at restart the
+/// node applies those entries again from its log.
+#[test]
+fn a_members_engine_that_lost_its_unsynced_tail_gets_it_back_from_the_raft_log() {
+    let root = tempfile::tempdir().unwrap();
+    let mut node = Node::new(&root.path().join("n1"), Vec::new());
+    node.args = vec![
+        "--cluster-node-id".into(),
+        "1".into(),
+        "--cluster-peers".into(),
+        format!("1={}", node.url()),
+    ];
+    node.start();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while node.client().request("PUT", "/v1/kv/first", b"v").0 != 200 {
+        assert!(Instant::now() < deadline, "the lone voter never led");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let value = "x".repeat(100);
+    for i in 0..300 {
+        let (code, body) =
+            node.client()
+                .request("PUT", &format!("/v1/kv/k{i:03}"), value.as_bytes());
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    }
+    node.kill();
+    // The engine's newest segment (the Raft log's are under raft/): cut about 100 records off its end.
+    let mut segments: Vec<_> = std::fs::read_dir(&node.dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segments.sort();
+    let newest = segments.pop().expect("an engine segment");
+    let len = std::fs::metadata(&newest).unwrap().len();
+    let cut = 100 * 130;
+    assert!(
+        len > cut + 1024,
+        "the segment holds the writes ({len} bytes)"
+    );
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&newest)
+        .unwrap()
+        .set_len(len - cut)
+        .unwrap();
+    node.start();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, _) = node
+            .client()
+            .request("GET", "/v1/kv/k299?consistency=linearizable", b"");
+        if code == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the write cut from the engine never came back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for i in 0..300 {
+        let (code, body) = node
+            .client()
+            .request("GET", &format!("/v1/kv/k{i:03}"), b"");
+        assert_eq!(code, 200, "k{i:03} lost");
+        assert_eq!(body, value.as_bytes());
+    }
+    node.stop();
+}
+
 /// A follower whose Raft log was damaged is restarted while the leader stays up (the leader's record of
 /// what it matched is now beyond the follower's log): the leader searches again from below, the
 /// follower catches up, votes again, and all three converge.

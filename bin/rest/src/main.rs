@@ -480,6 +480,21 @@ fn replication(
 /// `REPLICATION_MODE` on Raft (`REPLICATION_ENGINE=raft`): a leader with followers (or that was one)
 /// is a one-voter cluster keeping its followers learners; a follower is a learner by invitation.
 /// `None`: a leader with no followers and no Raft state, which runs standalone.
+/// Whether this server's engine is a Raft state machine: a `CLUSTER_PEERS` member, or
+/// `REPLICATION_ENGINE=raft` with followers, as a follower, or with Raft state already (a leader with
+/// neither stays standalone). Its writes are then durable once in the Raft log, and the engine runs in
+/// `never` mode (see `kv_infra_raft::StateMachine`).
+fn runs_raft(c: &Config) -> Result<bool, String> {
+    if cluster_peers(c)?.is_some() {
+        return Ok(true);
+    }
+    if c.replication_engine != ReplicationEngine::Raft {
+        return Ok(false);
+    }
+    let was_raft = c.data_path.join("raft").join("STATE").exists();
+    Ok(c.replication_mode == Role::Follower || !replica_hosts(c).is_empty() || was_raft)
+}
+
 async fn raft_replication(
     config: &Config,
     engine: &Arc<FsEngine>,
@@ -487,7 +502,6 @@ async fn raft_replication(
     use kv_infra_http::cluster::{ClusterNode, HttpTransport};
     let shipping: Arc<dyn kv_domain::LogShipping> = engine.clone();
     let followers = replica_hosts(config);
-    let was_raft = config.data_path.join("raft").join("STATE").exists();
     if config.replication_token.is_none()
         && (config.replication_mode == Role::Follower || !followers.is_empty())
     {
@@ -499,11 +513,12 @@ async fn raft_replication(
         ..kv_infra_http::replication::Replication::standalone()
     };
     match config.replication_mode {
-        Role::Leader if followers.is_empty() && !was_raft => Ok(None),
+        Role::Leader if !runs_raft(config)? => Ok(None),
         Role::Leader => {
             // The cluster id is created with the Raft state and kept beside it (raft/CLUSTER_ID): a
             // leader whose Raft state is new (its raft/ was lost, or it never had one) leads a new
             // cluster, which learners of any earlier one refuse, since its log ids would repeat theirs.
+            let was_raft = config.data_path.join("raft").join("STATE").exists();
             let history = match kv_infra_raft::identity::cluster_id(&config.data_path)
                 .map_err(|e| format!("reading raft/CLUSTER_ID: {e}"))?
             {
@@ -601,8 +616,20 @@ async fn run(config: Config) -> Result<(), String> {
         min_garbage_bytes: config.compact_min_garbage_bytes,
         check_every: Duration::from_millis(config.compact_check_ms.max(1)),
     });
+    // A Raft member's writes are durable in its Raft log, which fsyncs every append whatever
+    // DURABILITY says; its engine, the state machine, syncs in the background (and before every record
+    // of what it applied). Waiting for the engine's fsync too cost a second fsync per write.
+    let durability = if runs_raft(&config)? {
+        tracing::info!(
+            configured = %config.durability,
+            "Raft: writes are durable in the Raft log; the engine runs with durability never"
+        );
+        Durability::Never
+    } else {
+        config.durability
+    };
     let opts = Options {
-        durability: config.durability,
+        durability,
         max_segment_bytes: config.segment_bytes,
         index,
         auto_compaction,

@@ -34,6 +34,18 @@ pub trait LogShipping: Engine {
     /// checked). Everything applied is durable when this returns; returns the new last LSN.
     fn apply_log(&self, entries: &[LogEntry]) -> EngineResult<Lsn>;
 
+    /// As [`LogShipping::apply_log`], but it returns once the entries are visible to reads, without
+    /// waiting for them to be durable: they become durable with the engine's next sync (its own
+    /// background syncs, or [`Engine::sync`]). In `always` mode, where a write becomes visible only with
+    /// its group's fsync, this waits for it like `apply_log`.
+    ///
+    /// For a caller that holds the entries durably elsewhere and applies them again after a crash: a
+    /// Raft state machine, whose log is the durable record (and which syncs the engine before it records
+    /// what it has applied).
+    fn apply_log_unsynced(&self, entries: &[LogEntry]) -> EngineResult<Lsn> {
+        self.apply_log(entries)
+    }
+
     /// Follower side, snapshot installation: writes each op as its own record at LSN `at`, which must be at
     /// least [`Engine::last_lsn`] (every page of one snapshot shares the snapshot's base LSN). Durable when
     /// this returns. Pages are not atomic; the caller records that a snapshot is in progress. A page with

@@ -252,3 +252,61 @@ fn the_log_is_readable_while_writers_append() {
     }
     writer.join().unwrap();
 }
+
+/// `apply_log_unsynced`, a Raft state machine's apply: in `never` mode (how a cluster member's engine
+/// runs) what it applied is visible at once, without an fsync, and a power loss right after may take it
+/// (the Raft log holds it); once the engine syncs, it survives. In `always` mode, where a write is
+/// published by its group's fsync, it waits for that fsync like `apply_log`.
+#[test]
+fn unsynced_applies_are_visible_at_once_and_durable_from_the_next_sync() {
+    let entry = |lsn: u64, key: &str| LogEntry {
+        lsn: Lsn(lsn),
+        ops: vec![BatchOp::Put {
+            key: Key::from(key),
+            value: Value::from("v"),
+        }],
+    };
+    let fs = SimFs::new();
+    let engine = open(&fs, "/n", Durability::Never);
+    let syncs = fs.syncs();
+    assert_eq!(
+        engine
+            .apply_log_unsynced(&[entry(1, "a"), entry(2, "b")])
+            .unwrap(),
+        Lsn(2)
+    );
+    assert_eq!(fs.syncs(), syncs, "no fsync for an unsynced apply");
+    assert_eq!(engine.get(b"b").unwrap(), Some(Value::from("v")));
+    let lost = FsEngine::open(
+        "/n",
+        sim_options(
+            &fs.crash_image().materialize(None),
+            Durability::Never,
+            SEGMENT,
+        ),
+    )
+    .unwrap();
+    assert_eq!(lost.get(b"b").unwrap(), None, "not durable before a sync");
+    engine.sync().unwrap();
+    let kept = FsEngine::open(
+        "/n",
+        sim_options(
+            &fs.crash_image().materialize(None),
+            Durability::Never,
+            SEGMENT,
+        ),
+    )
+    .unwrap();
+    assert_eq!(kept.get(b"b").unwrap(), Some(Value::from("v")));
+    assert_eq!(kept.last_lsn(), Lsn(2));
+
+    let fs = SimFs::new();
+    let engine = open(&fs, "/a", Durability::Always);
+    let syncs = fs.syncs();
+    engine.apply_log_unsynced(&[entry(1, "a")]).unwrap();
+    assert!(
+        fs.syncs() > syncs,
+        "`always` publishes a write with its group's fsync"
+    );
+    assert_eq!(engine.get(b"a").unwrap(), Some(Value::from("v")));
+}

@@ -1,11 +1,19 @@
 //! openraft's state machine ([`RaftStateMachine`]) over the key/value engine: a committed entry is
-//! applied with its Raft index as its LSN (`LogShipping::apply_log`), so `x-kv-lsn`, `min_lsn` and
-//! read-your-writes keep their meaning under Raft.
+//! applied with its Raft index as its LSN (`LogShipping::apply_log_unsynced`), so `x-kv-lsn`, `min_lsn`
+//! and read-your-writes keep their meaning under Raft.
+//!
+//! ## Durability: the Raft log is the record, the engine follows it
+//! An apply returns once the entries are visible, without waiting for the engine's fsync (the server
+//! runs a cluster member's engine in `never` mode, so it syncs in the background). That is safe because
+//! an entry leaves the Raft log only when a snapshot covers it, and a snapshot is recorded in `STATE`
+//! after an engine sync (below): whatever the engine loses in a crash, openraft applies again from
+//! `STATE`'s index out of the log. Waiting for the engine's fsync on every apply cost one fsync per
+//! apply batch on every node (the leader's second fsync per write).
 //!
 //! ## State beside the engine, in `raft/STATE` (a checksummed small file, JSON)
 //! The last applied log id, the membership and the current snapshot's metadata. It is stored at every
 //! membership entry, snapshot build and snapshot install, not at every apply: after a restart openraft may
-//! re-apply entries the engine already holds, which `apply_log` skips (it ignores every entry at or below
+//! re-apply entries the engine already holds, which the apply skips (it ignores every entry at or below
 //! the engine's last LSN), so a stale `STATE` costs re-delivery, never a double apply. The engine is
 //! synced before each store, so `STATE` never runs ahead of what the engine holds durably. `STATE` also
 //! records the engine's last LSN at that moment: an engine that comes back with less lost writes it had
@@ -183,7 +191,7 @@ impl StateMachine {
         done: &mut Vec<(LogId, Option<openraft::storage::ApplyResponder<TypeConfig>>)>,
     ) -> io::Result<()> {
         if !run.is_empty() {
-            self.engine.apply_log(run).map_err(io_err)?;
+            self.engine.apply_log_unsynced(run).map_err(io_err)?;
             run.clear();
         }
         for (log_id, responder) in done.drain(..) {

@@ -38,6 +38,36 @@ impl LogShipping for FsEngine {
     }
 
     fn apply_log(&self, entries: &[LogEntry]) -> EngineResult<Lsn> {
+        self.apply_entries(entries, true)
+    }
+
+    fn apply_log_unsynced(&self, entries: &[LogEntry]) -> EngineResult<Lsn> {
+        // In `always` mode a write is published by its group's fsync: waiting for it is what makes the
+        // entries visible.
+        let sync = self.inner.opts.durability == Durability::Always;
+        self.apply_entries(entries, sync)
+    }
+
+    fn install_snapshot_page(&self, at: Lsn, ops: &[BatchOp]) -> EngineResult<()> {
+        let i = &self.inner;
+        let written = ops.iter().try_for_each(|op| {
+            let op = match op {
+                BatchOp::Put { key, value } => WriteOp::Put(key, value),
+                BatchOp::Delete { key } => WriteOp::Delete(key),
+            };
+            i.write_at(op, Some(at.0)).map(drop)
+        });
+        // Also after a refused op: the ops before it stay written, durable and visible. (Every page is
+        // written at one LSN: waiting by accepted-write number, not LSN, is what makes this sync.)
+        let synced = i.sync_all();
+        written.and(synced)
+    }
+}
+
+impl FsEngine {
+    /// `apply_log`'s work; with `sync`, returns once what it wrote is durable (see
+    /// [`LogShipping::apply_log_unsynced`] for when it may not).
+    fn apply_entries(&self, entries: &[LogEntry], sync: bool) -> EngineResult<Lsn> {
         let i = &self.inner;
         let mut last = None;
         // The applier is a follower's only writer, so the position read once stays current.
@@ -58,23 +88,11 @@ impl LogShipping for FsEngine {
             });
         // The entries before a refused one stay written: make them durable and visible like the others
         // (in `always` mode they would otherwise wait for the next group commit).
-        let synced = last.map_or(Ok(()), |at| i.sync_through(at.seq));
+        let synced = match last {
+            Some(at) if sync => i.sync_through(at.seq),
+            _ => Ok(()),
+        };
         written.and(synced)?;
         Ok(self.last_lsn())
-    }
-
-    fn install_snapshot_page(&self, at: Lsn, ops: &[BatchOp]) -> EngineResult<()> {
-        let i = &self.inner;
-        let written = ops.iter().try_for_each(|op| {
-            let op = match op {
-                BatchOp::Put { key, value } => WriteOp::Put(key, value),
-                BatchOp::Delete { key } => WriteOp::Delete(key),
-            };
-            i.write_at(op, Some(at.0)).map(drop)
-        });
-        // Also after a refused op: the ops before it stay written, durable and visible. (Every page is
-        // written at one LSN: waiting by accepted-write number, not LSN, is what makes this sync.)
-        let synced = i.sync_all();
-        written.and(synced)
     }
 }
