@@ -411,5 +411,16 @@ mod tests {
         assert_eq!(read(&mut log, 0, 100).await, now[9..]);
         let state = log.get_log_state().await.unwrap();
         assert_eq!(state.last_log_id, Some(entry(2, 12).log_id));
+        // A truncation below everything kept in memory, then a purge past the last entry (a snapshot
+        // installed beyond the log) and the append that must follow it.
+        append(&mut log, (13..=20).map(|i| entry(2, i)).collect()).await;
+        log.truncate_after(Some(entry(2, 11).log_id)).await.unwrap();
+        assert_eq!(read(&mut log, 0, 100).await, now[9..11]);
+        log.purge(entry(3, 30).log_id).await.unwrap();
+        assert_eq!(read(&mut log, 0, 100).await, vec![]);
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id, Some(entry(3, 30).log_id));
+        append(&mut log, (31..=32).map(|i| entry(3, i)).collect()).await;
+        assert_eq!(read(&mut log, 0, 100).await, vec![(31, 3), (32, 3)]);
     }
 }

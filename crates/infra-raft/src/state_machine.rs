@@ -4,7 +4,7 @@
 //!
 //! ## Durability: the Raft log is the record, the engine follows it
 //! An apply returns once the entries are visible, without waiting for the engine's fsync (the server
-//! runs a cluster member's engine in `never` mode, so it syncs in the background). That is safe because
+//! runs a cluster member's engine in `interval` mode, so it syncs in the background). That is safe because
 //! an entry leaves the Raft log only when a snapshot covers it, and a snapshot is recorded in `STATE`
 //! after an engine sync (below): whatever the engine loses in a crash, openraft applies again from
 //! `STATE`'s index out of the log. Waiting for the engine's fsync on every apply cost one fsync per
@@ -20,13 +20,22 @@
 //! applied, and the node refuses to start rather than serve without them.
 //!
 //! ## Snapshots: `raft/snapshot-<index>.snap`
-//! Every live key at one applied index, in key order, one engine put record each (checksummed, LSN = the
-//! snapshot's index; format in `kv_infra_fs::codec`). Built from the engine in pages, so memory stays
-//! bounded whatever the store's size. Exactness: the snapshot is taken inside `get_snapshot_builder`,
-//! which openraft calls on the state machine's task, so no entry is applied while the engine is read:
-//! the snapshot is the state at exactly its index. (Applying waits meanwhile; reads do not.)
+//! Engine records (checksummed; format in `kv_infra_fs::codec`), in three parts:
+//! 1. a batch-header record whose LSN is the copy's *base* index `B` (value [`SNAPSHOT_BASE_MARK`]);
+//! 2. every live key, in key order, one put record each at LSN `B`: a copy of the engine read in pages
+//!    (so memory stays bounded whatever the store's size) *while entries keep being applied*;
+//! 3. the entries applied from `B + 1` through the snapshot's index, in order, as put and tombstone
+//!    records at their own indexes (an entry of several operations is several records at one LSN).
+//!
+//! Exactness by redo: the copy began with the engine at `B` and ended at some later state; every entry
+//! applied meanwhile is recorded (`apply_run` applies and records under the state lock, and the copy's
+//! end takes that lock), and an entry sets or removes whole keys, so replaying part 3 over part 2 gives
+//! exactly the state at the snapshot's index. Writes therefore never wait for a snapshot; the memory it
+//! costs is the entries applied during the copy. (Files without part 1, written before it existed, are
+//! an exact copy at the snapshot's index.)
+//!
 //! Installing replaces the engine's contents page by page (each page deletes the keys in its range the
-//! snapshot lacks), at the snapshot's index as LSN.
+//! snapshot lacks) at LSN `B`, then applies part 3.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -37,7 +46,7 @@ use kv_domain::{BatchOp, Key, KeyRange, LogEntry, LogShipping};
 use kv_infra_fs::codec::{encode_record, RecordKind};
 use kv_infra_fs::raft_log::small_file;
 use kv_infra_fs::segment::{scan_records, ScanEnd};
-use kv_infra_fs::vfs::{FileSystem, RealFs};
+use kv_infra_fs::vfs::{FileHandle, FileSystem, RealFs};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 use parking_lot::Mutex;
@@ -54,6 +63,11 @@ const STATE: &str = "STATE";
 const PAGE: usize = 1024;
 /// Most committed entries applied with one engine call.
 const APPLY_BATCH: usize = 512;
+/// The value of a snapshot file's first record, a batch header (no key, a 4-byte value) whose LSN is the
+/// copy's base index (see the module doc).
+pub const SNAPSHOT_BASE_MARK: &[u8; 4] = b"base";
+/// A snapshot file being written is fsynced every this many bytes.
+const SNAPSHOT_SYNC_BYTES: usize = 4 << 20;
 
 /// A snapshot's data: the file holding it (see the module doc). The network streams it in bounded
 /// pages; the receiving node writes them to its own file before installing.
@@ -81,6 +95,15 @@ pub struct StateMachine {
     engine: Arc<dyn LogShipping>,
     dir: PathBuf,
     state: Arc<Mutex<State>>,
+    /// While a snapshot copies the engine: the entries applied since it began (see the module doc).
+    /// Locked after `state`, never before.
+    capture: Arc<Mutex<Option<Vec<LogEntry>>>>,
+    /// Held by a snapshot being built, from its start on the state machine's task to its end, so an
+    /// install (which replaces the engine's contents outside `apply`) waits for it.
+    building: Arc<tokio::sync::Mutex<()>>,
+    /// Serialises the stores of `STATE` (the state machine's task and a snapshot being built both store
+    /// it) and the update of `state` they go with. Locked before `state`.
+    storing: Arc<Mutex<()>>,
 }
 
 impl std::fmt::Debug for StateMachine {
@@ -97,6 +120,18 @@ fn io_err(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
 
 fn invalid(reason: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, reason)
+}
+
+/// Creates `path`, replacing a leftover of an interrupted attempt.
+fn create_replacing(path: &Path) -> io::Result<Arc<dyn FileHandle>> {
+    RealFs.create(path).or_else(|e| {
+        if e.kind() == io::ErrorKind::AlreadyExists {
+            RealFs.remove(path)?;
+            RealFs.create(path)
+        } else {
+            Err(e)
+        }
+    })
 }
 
 impl StateMachine {
@@ -126,6 +161,9 @@ impl StateMachine {
             engine,
             dir: dir.to_path_buf(),
             state: Arc::new(Mutex::new(state)),
+            capture: Arc::new(Mutex::new(None)),
+            building: Arc::new(tokio::sync::Mutex::new(())),
+            storing: Arc::new(Mutex::new(())),
         })
     }
 
@@ -158,6 +196,7 @@ impl StateMachine {
             snapshot: None,
             engine_lsn: n,
         };
+        let _storing = self.storing.lock();
         self.store_state(&state)?;
         *self.state.lock() = state;
         Ok(n)
@@ -185,17 +224,25 @@ impl StateMachine {
 
     /// Applies `run` (consecutive normal entries) to the engine in one call, then records every entry in
     /// `done` as applied and answers its proposer (`Applied` with its index as LSN).
+    ///
+    /// IMPORTANT: the engine call and the recording (in `capture` and `last_applied`) happen under the
+    /// state lock, so a snapshot's copy that ends by taking that lock finds every entry whose effect it
+    /// may have read recorded (see the module doc).
     fn apply_run(
         &self,
         run: &mut Vec<LogEntry>,
         done: &mut Vec<(LogId, Option<openraft::storage::ApplyResponder<TypeConfig>>)>,
     ) -> io::Result<()> {
+        let mut state = self.state.lock();
         if !run.is_empty() {
             self.engine.apply_log_unsynced(run).map_err(io_err)?;
-            run.clear();
+            match self.capture.lock().as_mut() {
+                Some(captured) => captured.append(run),
+                None => run.clear(),
+            }
         }
         for (log_id, responder) in done.drain(..) {
-            self.state.lock().last_applied = Some(log_id);
+            state.last_applied = Some(log_id);
             if let Some(responder) = responder {
                 responder.send(Applied { lsn: log_id.index });
             }
@@ -203,30 +250,75 @@ impl StateMachine {
         Ok(())
     }
 
-    /// Writes every live key of the engine to a new snapshot file, durably, and makes it the current one.
-    fn take_snapshot(&self) -> io::Result<SnapshotOf> {
-        let (last_applied, membership) = {
-            let s = self.state.lock();
-            (s.last_applied, s.membership.clone())
+    /// Builds a snapshot while entries keep being applied (see the module doc): `base` is the last
+    /// applied entry when the capture began. Stops the capture whatever happens.
+    fn fuzzy_snapshot(&self, base: Option<LogId>) -> io::Result<SnapshotOf> {
+        let built = self.copy_and_replay(base);
+        *self.capture.lock() = None;
+        built
+    }
+
+    fn copy_and_replay(&self, base: Option<LogId>) -> io::Result<SnapshotOf> {
+        let base_index = base.map_or(0, |id| id.index);
+        let tmp = self.dir.join("snapshot-building.tmp");
+        let file = create_replacing(&tmp)?;
+        let mut buf = Vec::new();
+        encode_record(
+            &mut buf,
+            RecordKind::BatchHeader,
+            base_index,
+            0,
+            b"",
+            SNAPSHOT_BASE_MARK,
+        );
+        file.write_all_at(&buf, 0)?;
+        let mut offset = buf.len() as u64;
+        offset = self.copy_engine(&*file, offset, base_index)?;
+        // The end of the copy: every entry whose effect it may have read is recorded by now.
+        let (replay, last_applied, membership) = {
+            let state = self.state.lock();
+            let replay = self.capture.lock().take().ok_or_else(|| {
+                io::Error::other("the snapshot's record of applied entries was dropped")
+            })?;
+            (replay, state.last_applied, state.membership.clone())
         };
-        let index = last_applied.map_or(0, |id| id.index);
+        buf.clear();
+        for entry in &replay {
+            for op in &entry.ops {
+                match op {
+                    BatchOp::Put { key, value } => encode_record(
+                        &mut buf,
+                        RecordKind::Put,
+                        entry.lsn.0,
+                        0,
+                        key.as_bytes(),
+                        value.as_bytes(),
+                    ),
+                    BatchOp::Delete { key } => encode_record(
+                        &mut buf,
+                        RecordKind::Tombstone,
+                        entry.lsn.0,
+                        0,
+                        key.as_bytes(),
+                        b"",
+                    ),
+                };
+            }
+        }
+        file.write_all_at(&buf, offset)?;
         let meta = SnapshotMeta {
             last_log_id: last_applied,
             last_membership: membership,
         };
-        let path = self.snapshot_path(&meta);
-        let tmp = path.with_extension("snap.tmp");
-        let file = RealFs.create(&tmp).or_else(|e| {
-            if e.kind() == io::ErrorKind::AlreadyExists {
-                RealFs.remove(&tmp)?;
-                RealFs.create(&tmp)
-            } else {
-                Err(e)
-            }
-        })?;
-        let mut offset = 0u64;
+        self.publish_snapshot(&*file, &tmp, meta)
+    }
+
+    /// Writes every live key of the engine to `file` from `offset` on, as put records at LSN `at`, in
+    /// pages; returns the offset after the last one.
+    fn copy_engine(&self, file: &dyn FileHandle, mut offset: u64, at: u64) -> io::Result<u64> {
         let mut range = KeyRange::all();
         let mut buf = Vec::new();
+        let mut unsynced = 0usize;
         loop {
             let page = self.engine.scan(&range, PAGE).map_err(io_err)?;
             buf.clear();
@@ -234,7 +326,7 @@ impl StateMachine {
                 encode_record(
                     &mut buf,
                     RecordKind::Put,
-                    index,
+                    at,
                     0,
                     entry.key.as_bytes(),
                     entry.value.as_bytes(),
@@ -242,14 +334,31 @@ impl StateMachine {
             }
             file.write_all_at(&buf, offset)?;
             offset += buf.len() as u64;
+            // Flushed as it grows: one fsync of the whole file at the end would hold the disk (and the
+            // Raft log's fsyncs queued behind it) for as long as it takes to write it all.
+            unsynced += buf.len();
+            if unsynced >= SNAPSHOT_SYNC_BYTES {
+                file.sync_data()?;
+                unsynced = 0;
+            }
             match page.last() {
                 Some(last) if page.len() == PAGE => range = range.after(last.key.as_bytes()),
-                _ => break,
+                _ => return Ok(offset),
             }
         }
+    }
+
+    /// Makes the snapshot written to `tmp` durable under its name, then the current one.
+    fn publish_snapshot(
+        &self,
+        file: &dyn FileHandle,
+        tmp: &Path,
+        meta: SnapshotMeta,
+    ) -> io::Result<SnapshotOf> {
+        let path = self.snapshot_path(&meta);
         // IMPORTANT: contents durable, then the name, then the directory entry.
         file.sync_data()?;
-        RealFs.rename(&tmp, &path)?;
+        RealFs.rename(tmp, &path)?;
         RealFs.sync_dir(&self.dir)?;
         self.make_current(&meta)?;
         Ok(SnapshotOf {
@@ -260,10 +369,13 @@ impl StateMachine {
 
     /// Records `meta` as the current snapshot and deletes the older snapshot files.
     fn make_current(&self, meta: &SnapshotMeta) -> io::Result<()> {
-        let mut state = self.state.lock().clone();
-        state.snapshot = Some(meta.clone());
+        let _storing = self.storing.lock();
+        let state = {
+            let mut state = self.state.lock();
+            state.snapshot = Some(meta.clone());
+            state.clone()
+        };
         self.store_state(&state)?;
-        *self.state.lock() = state;
         let keep = self.snapshot_path(meta);
         for entry in std::fs::read_dir(&self.dir)? {
             let path = entry?.path();
@@ -277,7 +389,8 @@ impl StateMachine {
         Ok(())
     }
 
-    /// Replaces the engine's contents with the snapshot in `file`, page by page, at LSN `at`.
+    /// Replaces the engine's contents with the snapshot in `file` (see the module doc): its copy page by
+    /// page at its base LSN, then the entries it recorded, through `at`.
     fn replace_contents(&self, file: &Path, at: u64) -> io::Result<()> {
         let held = self.engine.last_lsn().0;
         if held > at {
@@ -293,21 +406,76 @@ impl StateMachine {
         }
         let handle = RealFs.open(file)?;
         let len = handle.len()?;
+        // A file without a base record (older) is an exact copy at `at`.
+        let mut base: Option<u64> = None;
+        let mut first = true;
+        // From the base on, the engine holds a state of the same log: the copy is skipped and only the
+        // recorded entries after what it holds are applied.
+        let mut copying = true;
         let mut page: Vec<BatchOp> = Vec::with_capacity(PAGE);
         let mut after: Option<Key> = None;
+        let mut replay: Vec<LogEntry> = Vec::new();
         let mut failed: Option<io::Error> = None;
         let ended = scan_records(&*handle, 0, len, |_, rec| {
             if failed.is_some() {
                 return Ok(());
             }
-            page.push(BatchOp::Put {
-                key: Key::from(rec.key),
-                value: kv_domain::Value::from(rec.value.to_vec()),
-            });
-            if page.len() == PAGE {
-                if let Err(e) = self.install_page(&mut page, &mut after, at, false) {
-                    failed = Some(e);
+            if std::mem::take(&mut first)
+                && rec.header.kind == RecordKind::BatchHeader
+                && rec.value == SNAPSHOT_BASE_MARK
+            {
+                base = Some(rec.header.lsn);
+                copying = held < rec.header.lsn;
+                return Ok(());
+            }
+            let copy_at = base.unwrap_or(at);
+            let op = match rec.header.kind {
+                RecordKind::Put => BatchOp::Put {
+                    key: Key::from(rec.key),
+                    value: kv_domain::Value::from(rec.value.to_vec()),
+                },
+                RecordKind::Tombstone => BatchOp::Delete {
+                    key: Key::from(rec.key),
+                },
+                RecordKind::BatchHeader => {
+                    failed = Some(invalid(format!(
+                        "snapshot {}: a stray batch header",
+                        file.display()
+                    )));
+                    return Ok(());
                 }
+            };
+            if rec.header.lsn == copy_at && matches!(op, BatchOp::Put { .. }) && replay.is_empty() {
+                if copying {
+                    page.push(op);
+                    if page.len() == PAGE {
+                        if let Err(e) = self.install_page(&mut page, &mut after, copy_at, false) {
+                            failed = Some(e);
+                        }
+                    }
+                }
+                return Ok(());
+            }
+            if rec.header.lsn <= copy_at || rec.header.lsn > at {
+                failed = Some(invalid(format!(
+                    "snapshot {}: a record at LSN {} outside ({copy_at}, {at}]",
+                    file.display(),
+                    rec.header.lsn
+                )));
+                return Ok(());
+            }
+            match replay.last_mut() {
+                Some(entry) if entry.lsn.0 == rec.header.lsn => entry.ops.push(op),
+                Some(entry) if entry.lsn.0 > rec.header.lsn => {
+                    failed = Some(invalid(format!(
+                        "snapshot {}: recorded entries out of order",
+                        file.display()
+                    )));
+                }
+                _ => replay.push(LogEntry {
+                    lsn: kv_domain::Lsn(rec.header.lsn),
+                    ops: vec![op],
+                }),
             }
             Ok(())
         })?;
@@ -320,7 +488,14 @@ impl StateMachine {
                 file.display()
             )));
         }
-        self.install_page(&mut page, &mut after, at, true)
+        if copying {
+            self.install_page(&mut page, &mut after, base.unwrap_or(at), true)?;
+        }
+        if !replay.is_empty() {
+            // Durable on return, like the pages: a snapshot install is recorded in STATE next.
+            self.engine.apply_log(&replay).map_err(io_err)?;
+        }
+        Ok(())
     }
 
     /// Installs `page` (keys ascending, after `after`): deletes the engine's keys in the page's range
@@ -369,20 +544,47 @@ impl StateMachine {
     }
 }
 
-/// The builder hands out the snapshot `get_snapshot_builder` took (see the module doc).
-#[derive(Debug)]
+/// Builds a snapshot while entries keep being applied (see the module doc). It holds the state
+/// machine's `building` lock from its creation on the state machine's task, where the capture of
+/// applied entries began, to its end.
 pub struct Builder {
-    taken: io::Result<SnapshotOf>,
+    sm: StateMachine,
+    /// The last applied entry when the capture began.
+    base: Option<LogId>,
+    _building: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl std::fmt::Debug for Builder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A builder dropped unbuilt stops the capture (it would grow for good).
+impl Drop for Builder {
+    fn drop(&mut self) {
+        if self._building.is_some() {
+            *self.sm.capture.lock() = None;
+        }
+    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for Builder {
     type SnapshotData = SnapshotFile;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf, io::Error> {
-        match &self.taken {
-            Ok(s) => Ok(s.clone()),
-            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+        if self._building.is_none() {
+            return Err(io::Error::other("a snapshot is already being built"));
         }
+        let (sm, base) = (self.sm.clone(), self.base);
+        // The copy reads the whole engine: on a blocking thread, not an async worker.
+        let built = tokio::task::spawn_blocking(move || sm.fuzzy_snapshot(base))
+            .await
+            .map_err(io::Error::other)?;
+        self._building = None;
+        built
     }
 }
 
@@ -421,6 +623,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     EntryPayload::Membership(m) => {
                         // Everything before it is applied first, so STATE's index is truthful.
                         self.apply_run(&mut run, &mut done)?;
+                        let _storing = self.storing.lock();
                         let mut state = self.state.lock().clone();
                         state.membership = StoredMembership::new(Some(entry.log_id), m);
                         state.last_applied = Some(entry.log_id);
@@ -436,8 +639,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // On the state machine's task: no entry is applied between reading the base and starting the
+        // capture. openraft builds one snapshot at a time; a second one meanwhile is refused.
+        let building = self.building.clone().try_lock_owned().ok();
+        let state = self.state.lock();
+        if building.is_some() {
+            *self.capture.lock() = Some(Vec::new());
+        }
         Builder {
-            taken: self.take_snapshot(),
+            sm: self.clone(),
+            base: state.last_applied,
+            _building: building,
         }
     }
 
@@ -447,6 +659,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: SnapshotFile,
     ) -> Result<(), io::Error> {
         let at = meta.last_log_id.map_or(0, |id| id.index);
+        // A snapshot being built copies the engine: it must not see the contents replaced under it.
+        let _building = self.building.lock().await;
         self.replace_contents(&snapshot.path, at)?;
         // Keep a copy as this node's current snapshot (the received file may be a temporary).
         let kept = self.snapshot_path(meta);
@@ -455,11 +669,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             std::fs::File::open(&kept)?.sync_all()?;
             RealFs.sync_dir(&self.dir)?;
         }
-        let mut state = self.state.lock().clone();
-        state.last_applied = meta.last_log_id;
-        state.membership = meta.last_membership.clone();
-        self.store_state(&state)?;
-        *self.state.lock() = state;
+        {
+            let _storing = self.storing.lock();
+            let mut state = self.state.lock().clone();
+            state.last_applied = meta.last_log_id;
+            state.membership = meta.last_membership.clone();
+            self.store_state(&state)?;
+            *self.state.lock() = state;
+        }
         self.make_current(meta)
     }
 
@@ -472,5 +689,173 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 snapshot: SnapshotFile { path },
             }
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use kv_domain::{
+        CompactionStats, Engine, EngineResult, EngineStatus, Entry, LogCursor, LogRead, Lsn,
+        MemoryEngine, Value, WriteBatch,
+    };
+    use openraft::vote::RaftLeaderId;
+
+    /// A memory engine that runs `hook` once, right after the first page a scan reads: entries applied
+    /// by it are missing from a snapshot's copy, as when they are applied while the copy runs.
+    #[derive(Default)]
+    struct Hooked {
+        inner: MemoryEngine,
+        hook: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    }
+
+    impl Engine for Hooked {
+        fn put(&self, key: &[u8], value: &[u8]) -> EngineResult<Lsn> {
+            self.inner.put(key, value)
+        }
+        fn get(&self, key: &[u8]) -> EngineResult<Option<Value>> {
+            self.inner.get(key)
+        }
+        fn delete(&self, key: &[u8]) -> EngineResult<Lsn> {
+            self.inner.delete(key)
+        }
+        fn write_batch(&self, batch: &WriteBatch) -> EngineResult<Lsn> {
+            self.inner.write_batch(batch)
+        }
+        fn scan(&self, range: &KeyRange, limit: usize) -> EngineResult<Vec<Entry>> {
+            let page = self.inner.scan(range, limit);
+            let hook = self.hook.lock().take();
+            if let Some(hook) = hook {
+                hook();
+            }
+            page
+        }
+        fn scan_keys(&self, range: &KeyRange, limit: usize) -> EngineResult<Vec<Key>> {
+            self.inner.scan_keys(range, limit)
+        }
+        fn last_lsn(&self) -> Lsn {
+            self.inner.last_lsn()
+        }
+        fn sync(&self) -> EngineResult<()> {
+            self.inner.sync()
+        }
+        fn status(&self) -> EngineStatus {
+            self.inner.status()
+        }
+        fn compact(&self) -> EngineResult<CompactionStats> {
+            self.inner.compact()
+        }
+    }
+
+    impl LogShipping for Hooked {
+        fn durable_lsn(&self) -> Lsn {
+            self.inner.durable_lsn()
+        }
+        fn read_log(&self, from: &LogCursor, max_bytes: usize) -> EngineResult<LogRead> {
+            self.inner.read_log(from, max_bytes)
+        }
+        fn retain_log_after(&self, lsn: Option<Lsn>) {
+            self.inner.retain_log_after(lsn)
+        }
+        fn apply_log(&self, entries: &[LogEntry]) -> EngineResult<Lsn> {
+            self.inner.apply_log(entries)
+        }
+        fn install_snapshot_page(&self, at: Lsn, ops: &[BatchOp]) -> EngineResult<()> {
+            self.inner.install_snapshot_page(at, ops)
+        }
+    }
+
+    fn log_id(index: u64) -> LogId {
+        let leader = openraft::type_config::alias::LeaderIdOf::<TypeConfig>::new(1, 1);
+        LogId::new(leader.to_committed(), index)
+    }
+
+    fn put(k: &str, v: &str) -> BatchOp {
+        BatchOp::Put {
+            key: Key::from(k),
+            value: Value::from(v),
+        }
+    }
+
+    fn delete(k: &str) -> BatchOp {
+        BatchOp::Delete { key: Key::from(k) }
+    }
+
+    /// Applies `entries` (index, ops) as the state machine's task does.
+    fn apply(sm: &StateMachine, entries: Vec<(u64, Vec<BatchOp>)>) {
+        let mut done = entries.iter().map(|(i, _)| (log_id(*i), None)).collect();
+        let mut run = entries
+            .into_iter()
+            .map(|(i, ops)| LogEntry { lsn: Lsn(i), ops })
+            .collect();
+        sm.apply_run(&mut run, &mut done).unwrap();
+    }
+
+    fn contents(engine: &dyn Engine) -> Vec<(Key, Value)> {
+        engine
+            .scan(&KeyRange::all(), usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.key, e.value))
+            .collect()
+    }
+
+    /// Entries applied while a snapshot copies the engine (here: after its first page) are recorded and
+    /// replayed: the snapshot is the state at the last of them, installed alike on an empty node and on
+    /// one whose engine already holds the copy's base.
+    #[tokio::test]
+    async fn a_snapshot_taken_while_entries_are_applied_is_the_state_at_its_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Arc::new(Hooked::default());
+        let mut sm = StateMachine::open(engine.clone(), &dir.path().join("a")).unwrap();
+        let early = vec![
+            (1, vec![put("a", "1")]),
+            (2, vec![put("b", "2"), put("c", "3")]),
+            (3, vec![put("d", "4")]),
+        ];
+        apply(&sm, early.clone());
+        let mut builder = sm.get_snapshot_builder().await;
+        let during = sm.clone();
+        *engine.hook.lock() = Some(Box::new(move || {
+            apply(
+                &during,
+                vec![
+                    (4, vec![put("a", "new")]),
+                    (5, vec![delete("b")]),
+                    (6, vec![put("e", "5"), delete("c")]),
+                ],
+            )
+        }));
+        let snapshot = builder.build_snapshot().await.unwrap();
+        assert_eq!(snapshot.meta.last_log_id, Some(log_id(6)));
+        let want = contents(&*engine);
+        assert_eq!(
+            want,
+            vec![
+                (Key::from("a"), Value::from("new")),
+                (Key::from("d"), Value::from("4")),
+                (Key::from("e"), Value::from("5")),
+            ]
+        );
+        assert!(
+            sm.capture.lock().is_none(),
+            "the capture ends with the build"
+        );
+
+        for base_applied in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let other = Arc::new(Hooked::default());
+            let mut to = StateMachine::open(other.clone(), dir.path()).unwrap();
+            if base_applied {
+                apply(&to, early.clone());
+            }
+            to.install_snapshot(&snapshot.meta, snapshot.snapshot.clone())
+                .await
+                .unwrap();
+            assert_eq!(contents(&*other), want, "base applied: {base_applied}");
+            assert_eq!(other.last_lsn(), Lsn(6));
+            assert_eq!(to.last_applied(), Some(log_id(6)));
+        }
     }
 }
