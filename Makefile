@@ -148,8 +148,7 @@ bench-goals: ## The performance issue's goals as ratios in one sitting: ceiling,
 	bench/http/goals.py
 
 bench-cluster: ## Writes to a 3-node Raft cluster vs a 3-node etcd (cluster issue goal 7; installs wrk, etcd-server)
-	bench/cluster/raft_vs_etcd.py --durability never
-	bench/cluster/raft_vs_etcd.py --durability always
+	bench/cluster/raft_vs_etcd.py
 
 bench-learners: ## One Raft voter + 2 learners vs static leader + 2 followers (cluster issue goal 7; installs wrk)
 	bench/cluster/learners_vs_static.py

@@ -477,13 +477,16 @@ fn replication(
     })
 }
 
-/// `REPLICATION_MODE` on Raft (`REPLICATION_ENGINE=raft`): a leader with followers (or that was one)
-/// is a one-voter cluster keeping its followers learners; a follower is a learner by invitation.
-/// `None`: a leader with no followers and no Raft state, which runs standalone.
+/// A Raft member's engine: applies never wait for an fsync, and one every 100 ms bounds what only the
+/// Raft log holds. That matters after a power loss on a node that cannot reach a leader any more (the
+/// majority-lost procedure in docs/cluster.md exports its engine): openraft re-applies the log only up
+/// to a commit index it learns from a leader.
+const MEMBER_ENGINE_DURABILITY: Durability = Durability::Interval { ms: 100 };
+
 /// Whether this server's engine is a Raft state machine: a `CLUSTER_PEERS` member, or
 /// `REPLICATION_ENGINE=raft` with followers, as a follower, or with Raft state already (a leader with
-/// neither stays standalone). Its writes are then durable once in the Raft log, and the engine runs in
-/// `never` mode (see `kv_infra_raft::StateMachine`).
+/// neither stays standalone). Its writes are then durable once in the Raft log, and the engine syncs
+/// in the background ([`MEMBER_ENGINE_DURABILITY`]; see `kv_infra_raft::StateMachine`).
 fn runs_raft(c: &Config) -> Result<bool, String> {
     if cluster_peers(c)?.is_some() {
         return Ok(true);
@@ -495,6 +498,9 @@ fn runs_raft(c: &Config) -> Result<bool, String> {
     Ok(c.replication_mode == Role::Follower || !replica_hosts(c).is_empty() || was_raft)
 }
 
+/// `REPLICATION_MODE` on Raft (`REPLICATION_ENGINE=raft`): a leader with followers (or that was one)
+/// is a one-voter cluster keeping its followers learners; a follower is a learner by invitation.
+/// `None`: a leader with no followers and no Raft state, which runs standalone.
 async fn raft_replication(
     config: &Config,
     engine: &Arc<FsEngine>,
@@ -622,9 +628,10 @@ async fn run(config: Config) -> Result<(), String> {
     let durability = if runs_raft(&config)? {
         tracing::info!(
             configured = %config.durability,
-            "Raft: writes are durable in the Raft log; the engine runs with durability never"
+            engine = %MEMBER_ENGINE_DURABILITY,
+            "Raft: writes are durable in the Raft log; DURABILITY does not apply to the engine"
         );
-        Durability::Never
+        MEMBER_ENGINE_DURABILITY
     } else {
         config.durability
     };
