@@ -35,7 +35,9 @@
 //! an exact copy at the snapshot's index.)
 //!
 //! Installing replaces the engine's contents page by page (each page deletes the keys in its range the
-//! snapshot lacks) at LSN `B`, then applies part 3.
+//! snapshot lacks), then writes part 3 in order, all at the snapshot's index as LSN: always the whole
+//! file, so a node whose earlier install was cut short (its engine then at that LSN, half replaced) is
+//! repaired by the next one.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -235,7 +237,11 @@ impl StateMachine {
     ) -> io::Result<()> {
         let mut state = self.state.lock();
         if !run.is_empty() {
-            self.engine.apply_log_unsynced(run).map_err(io_err)?;
+            if let Err(e) = self.engine.apply_log_unsynced(run) {
+                // Some entries may be written, unrecorded: a snapshot being copied would be inexact.
+                *self.capture.lock() = None;
+                return Err(io_err(e));
+            }
             match self.capture.lock().as_mut() {
                 Some(captured) => captured.append(run),
                 None => run.clear(),
@@ -369,13 +375,13 @@ impl StateMachine {
 
     /// Records `meta` as the current snapshot and deletes the older snapshot files.
     fn make_current(&self, meta: &SnapshotMeta) -> io::Result<()> {
-        let _storing = self.storing.lock();
-        let state = {
-            let mut state = self.state.lock();
+        {
+            let _storing = self.storing.lock();
+            let mut state = self.state.lock().clone();
             state.snapshot = Some(meta.clone());
-            state.clone()
-        };
-        self.store_state(&state)?;
+            self.store_state(&state)?;
+            self.state.lock().snapshot = Some(meta.clone());
+        }
         let keep = self.snapshot_path(meta);
         for entry in std::fs::read_dir(&self.dir)? {
             let path = entry?.path();
@@ -390,7 +396,7 @@ impl StateMachine {
     }
 
     /// Replaces the engine's contents with the snapshot in `file` (see the module doc): its copy page by
-    /// page at its base LSN, then the entries it recorded, through `at`.
+    /// page, then the entries it recorded, all at LSN `at` (its index).
     fn replace_contents(&self, file: &Path, at: u64) -> io::Result<()> {
         let held = self.engine.last_lsn().0;
         if held > at {
@@ -409,12 +415,11 @@ impl StateMachine {
         // A file without a base record (older) is an exact copy at `at`.
         let mut base: Option<u64> = None;
         let mut first = true;
-        // From the base on, the engine holds a state of the same log: the copy is skipped and only the
-        // recorded entries after what it holds are applied.
-        let mut copying = true;
         let mut page: Vec<BatchOp> = Vec::with_capacity(PAGE);
         let mut after: Option<Key> = None;
-        let mut replay: Vec<LogEntry> = Vec::new();
+        // The recorded entries (part 3), in order: written after the copy's last page.
+        let mut replay: Vec<BatchOp> = Vec::new();
+        let mut last_replayed = 0u64;
         let mut failed: Option<io::Error> = None;
         let ended = scan_records(&*handle, 0, len, |_, rec| {
             if failed.is_some() {
@@ -424,8 +429,14 @@ impl StateMachine {
                 && rec.header.kind == RecordKind::BatchHeader
                 && rec.value == SNAPSHOT_BASE_MARK
             {
+                if rec.header.lsn > at {
+                    failed = Some(invalid(format!(
+                        "snapshot {}: its copy's base {} is past its index {at}",
+                        file.display(),
+                        rec.header.lsn
+                    )));
+                }
                 base = Some(rec.header.lsn);
-                copying = held < rec.header.lsn;
                 return Ok(());
             }
             let copy_at = base.unwrap_or(at);
@@ -445,37 +456,22 @@ impl StateMachine {
                     return Ok(());
                 }
             };
-            if rec.header.lsn == copy_at && matches!(op, BatchOp::Put { .. }) && replay.is_empty() {
-                if copying {
-                    page.push(op);
-                    if page.len() == PAGE {
-                        if let Err(e) = self.install_page(&mut page, &mut after, copy_at, false) {
-                            failed = Some(e);
-                        }
+            let lsn = rec.header.lsn;
+            if lsn == copy_at && matches!(op, BatchOp::Put { .. }) && replay.is_empty() {
+                page.push(op);
+                if page.len() == PAGE {
+                    if let Err(e) = self.install_page(&mut page, &mut after, at, false) {
+                        failed = Some(e);
                     }
                 }
-                return Ok(());
-            }
-            if rec.header.lsn <= copy_at || rec.header.lsn > at {
+            } else if lsn <= copy_at || lsn > at || lsn < last_replayed {
                 failed = Some(invalid(format!(
-                    "snapshot {}: a record at LSN {} outside ({copy_at}, {at}]",
-                    file.display(),
-                    rec.header.lsn
+                    "snapshot {}: a record at LSN {lsn} out of order or outside ({copy_at}, {at}]",
+                    file.display()
                 )));
-                return Ok(());
-            }
-            match replay.last_mut() {
-                Some(entry) if entry.lsn.0 == rec.header.lsn => entry.ops.push(op),
-                Some(entry) if entry.lsn.0 > rec.header.lsn => {
-                    failed = Some(invalid(format!(
-                        "snapshot {}: recorded entries out of order",
-                        file.display()
-                    )));
-                }
-                _ => replay.push(LogEntry {
-                    lsn: kv_domain::Lsn(rec.header.lsn),
-                    ops: vec![op],
-                }),
+            } else {
+                last_replayed = lsn;
+                replay.push(op);
             }
             Ok(())
         })?;
@@ -488,12 +484,13 @@ impl StateMachine {
                 file.display()
             )));
         }
-        if copying {
-            self.install_page(&mut page, &mut after, base.unwrap_or(at), true)?;
-        }
-        if !replay.is_empty() {
-            // Durable on return, like the pages: a snapshot install is recorded in STATE next.
-            self.engine.apply_log(&replay).map_err(io_err)?;
+        self.install_page(&mut page, &mut after, at, true)?;
+        // Each op as its own record at `at`, in order: the final value of every key they touch is the
+        // one at the snapshot's index. Durable on return, like the pages.
+        for ops in replay.chunks(PAGE) {
+            self.engine
+                .install_snapshot_page(kv_domain::Lsn(at), ops)
+                .map_err(io_err)?;
         }
         Ok(())
     }
@@ -562,7 +559,7 @@ impl std::fmt::Debug for Builder {
     }
 }
 
-/// A builder dropped unbuilt stops the capture (it would grow for good).
+/// A builder dropped before its copy began stops the capture (it would grow for good).
 impl Drop for Builder {
     fn drop(&mut self) {
         if self._building.is_some() {
@@ -579,12 +576,16 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
             return Err(io::Error::other("a snapshot is already being built"));
         }
         let (sm, base) = (self.sm.clone(), self.base);
-        // The copy reads the whole engine: on a blocking thread, not an async worker.
-        let built = tokio::task::spawn_blocking(move || sm.fuzzy_snapshot(base))
-            .await
-            .map_err(io::Error::other)?;
-        self._building = None;
-        built
+        // The copy reads the whole engine: on a blocking thread, not an async worker. It holds the
+        // `building` lock to its end, even if this future is dropped meanwhile.
+        let building = self._building.take();
+        tokio::task::spawn_blocking(move || {
+            let built = sm.fuzzy_snapshot(base);
+            drop(building);
+            built
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 }
 
@@ -636,6 +637,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.apply_run(&mut run, &mut done)?;
         }
         Ok(())
+    }
+
+    /// `None` (not now) while a snapshot is being built, unless `force`d (openraft forces one only at
+    /// start, when none can be).
+    async fn try_create_snapshot_builder(&mut self, force: bool) -> Option<Self::SnapshotBuilder> {
+        if !force && self.building.try_lock().is_err() {
+            return None;
+        }
+        Some(self.get_snapshot_builder().await)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -857,5 +867,20 @@ mod tests {
             assert_eq!(other.last_lsn(), Lsn(6));
             assert_eq!(to.last_applied(), Some(log_id(6)));
         }
+
+        // An install cut short (a crash after its first page) leaves the engine at the snapshot's
+        // index, half replaced; the next install of the same snapshot must still replace it all.
+        let dir = tempfile::tempdir().unwrap();
+        let other = Arc::new(Hooked::default());
+        let mut to = StateMachine::open(other.clone(), dir.path()).unwrap();
+        apply(&to, early.clone());
+        apply(&to, vec![(4, vec![put("stale", "x")])]);
+        other
+            .install_snapshot_page(Lsn(6), &[put("a", "half")])
+            .unwrap();
+        to.install_snapshot(&snapshot.meta, snapshot.snapshot.clone())
+            .await
+            .unwrap();
+        assert_eq!(contents(&*other), want, "after an interrupted install");
     }
 }
