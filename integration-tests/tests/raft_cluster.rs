@@ -797,12 +797,9 @@ fn a_standalone_servers_data_becomes_the_clusters_when_it_starts_as_the_first_me
     }
 }
 
-/// A lone voter is its own quorum: it keeps taking writes long after the quorum-contact window (2 s)
-/// that makes a leader without a majority refuse.
-#[test]
-fn a_single_voter_cluster_keeps_taking_writes() {
-    let root = tempfile::tempdir().unwrap();
-    let mut node = Node::new(&root.path().join("n1"), Vec::new());
+/// A one-voter cluster (`--cluster-peers` of itself) in `root`, started, once it has taken a write.
+fn lone_voter(root: &std::path::Path) -> Node {
+    let mut node = Node::new(&root.join("n1"), Vec::new());
     node.args = vec![
         "--cluster-node-id".into(),
         "1".into(),
@@ -815,6 +812,15 @@ fn a_single_voter_cluster_keeps_taking_writes() {
         assert!(Instant::now() < deadline, "the lone voter never led");
         std::thread::sleep(Duration::from_millis(50));
     }
+    node
+}
+
+/// A lone voter is its own quorum: it keeps taking writes long after the quorum-contact window (2 s)
+/// that makes a leader without a majority refuse.
+#[test]
+fn a_single_voter_cluster_keeps_taking_writes() {
+    let root = tempfile::tempdir().unwrap();
+    let mut node = lone_voter(root.path());
     std::thread::sleep(Duration::from_millis(2500));
     let (code, body) = node.client().request("PUT", "/v1/kv/later", b"v");
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
@@ -832,19 +838,7 @@ fn a_single_voter_cluster_keeps_taking_writes() {
 #[test]
 fn a_members_engine_that_lost_its_unsynced_tail_gets_it_back_from_the_raft_log() {
     let root = tempfile::tempdir().unwrap();
-    let mut node = Node::new(&root.path().join("n1"), Vec::new());
-    node.args = vec![
-        "--cluster-node-id".into(),
-        "1".into(),
-        "--cluster-peers".into(),
-        format!("1={}", node.url()),
-    ];
-    node.start();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while node.client().request("PUT", "/v1/kv/first", b"v").0 != 200 {
-        assert!(Instant::now() < deadline, "the lone voter never led");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut node = lone_voter(root.path());
     let value = "x".repeat(100);
     for i in 0..300 {
         let (code, body) =

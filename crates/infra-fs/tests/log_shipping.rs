@@ -277,26 +277,14 @@ fn unsynced_applies_are_visible_at_once_and_durable_from_the_next_sync() {
     );
     assert_eq!(fs.syncs(), syncs, "no fsync for an unsynced apply");
     assert_eq!(engine.get(b"b").unwrap(), Some(Value::from("v")));
-    let lost = FsEngine::open(
-        "/n",
-        sim_options(
-            &fs.crash_image().materialize(None),
-            Durability::Never,
-            SEGMENT,
-        ),
-    )
-    .unwrap();
+    let after_power_loss = || {
+        let image = fs.crash_image().materialize(None);
+        FsEngine::open("/n", sim_options(&image, Durability::Never, SEGMENT)).unwrap()
+    };
+    let lost = after_power_loss();
     assert_eq!(lost.get(b"b").unwrap(), None, "not durable before a sync");
     engine.sync().unwrap();
-    let kept = FsEngine::open(
-        "/n",
-        sim_options(
-            &fs.crash_image().materialize(None),
-            Durability::Never,
-            SEGMENT,
-        ),
-    )
-    .unwrap();
+    let kept = after_power_loss();
     assert_eq!(kept.get(b"b").unwrap(), Some(Value::from("v")));
     assert_eq!(kept.last_lsn(), Lsn(2));
 
