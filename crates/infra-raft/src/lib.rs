@@ -7,8 +7,7 @@
 //! - [`LogStore`]: the Raft log and vote, on `kv-infra-fs`'s checksummed segment log
 //!   ([`kv_infra_fs::raft_log`]);
 //! - [`StateMachine`]: the key/value engine, applying committed entries at their index as LSN, with
-//!   snapshots of one exact applied index (a copy taken while applying, plus the entries applied
-//!   meanwhile) streamed from and into files.
+//!   snapshots of one exact applied index streamed from and into files.
 //!
 //! - [`Network`]: openraft's messages as JSON over any [`RaftTransport`] (HTTP in `kv-infra-http`);
 //! - [`RaftNode`]: a cluster member, with writes, read barriers and status in plain types.
