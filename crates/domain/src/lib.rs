@@ -36,7 +36,7 @@ pub use entities::{
 };
 pub use error::{EngineError, EngineResult};
 pub use index::OrderedIndex;
-pub use log_shipping::LogShipping;
+pub use log_shipping::{FrozenView, LogShipping};
 pub use memory::MemoryEngine;
 pub use ports::{AckRequirement, AppliedLsn, Committed, Consensus, ConsensusError, FollowerAcks};
 pub use replication::{LogCursor, LogEntry, LogRead, MetaStore, ReplicaMeta};

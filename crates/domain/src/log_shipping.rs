@@ -1,6 +1,6 @@
 //! The log-shipping contract: what replication needs of an engine beyond the key/value contract.
 
-use crate::{BatchOp, Engine, EngineResult, LogCursor, LogEntry, LogRead, Lsn};
+use crate::{BatchOp, Engine, EngineResult, Entry, LogCursor, LogEntry, LogRead, Lsn};
 
 /// An [`Engine`] whose log can be read back by a leader and applied by a follower.
 ///
@@ -51,4 +51,25 @@ pub trait LogShipping: Engine {
     /// this returns. Pages are not atomic; the caller records that a snapshot is in progress. A page with
     /// no op writes nothing and leaves the last LSN where it was.
     fn install_snapshot_page(&self, at: Lsn, ops: &[BatchOp]) -> EngineResult<()>;
+
+    /// A [`FrozenView`] of the engine's contents as they are now: writes made after it was taken do not
+    /// change what it reads. Taking it costs a copy of the key index (every live key with where its
+    /// value is, not the values), so a Raft snapshot holds its writers back for that copy only, not for
+    /// the whole read of the store.
+    ///
+    /// Exact only if no write is in flight while it is taken: the caller serialises it with its own
+    /// writes (the Raft state machine, the only writer of a cluster member's engine, takes it between
+    /// two applies). `Ok(None)` when it cannot be taken without waiting (the file engine while a
+    /// compaction runs); the caller then reads the engine itself, holding its writes back meanwhile.
+    fn freeze(&self) -> EngineResult<Option<Box<dyn FrozenView>>> {
+        Ok(None)
+    }
+}
+
+/// The contents of an engine at one moment (see [`LogShipping::freeze`]), read in key order, page by
+/// page, while the engine goes on taking writes.
+pub trait FrozenView: Send {
+    /// The next entries, at most `max` (at least 1), in key order: every key live at the moment the
+    /// view was taken, with the value it had then. Empty once every entry has been read.
+    fn next_page(&mut self, max: usize) -> EngineResult<Vec<Entry>>;
 }

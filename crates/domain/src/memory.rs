@@ -9,8 +9,8 @@ use std::sync::Mutex;
 
 use crate::{
     check_batch, check_record, BatchOp, CompactionStats, Durability, Engine, EngineError,
-    EngineResult, EngineStatus, Entry, Key, KeyRange, LogCursor, LogEntry, LogRead, LogShipping,
-    Lsn, Value, WriteBatch,
+    EngineResult, EngineStatus, Entry, FrozenView, Key, KeyRange, LogCursor, LogEntry, LogRead,
+    LogShipping, Lsn, Value, WriteBatch,
 };
 
 /// A `BTreeMap` behind a mutex. A std `Mutex` is right here: every critical section is a short map operation
@@ -217,6 +217,28 @@ impl LogShipping for MemoryEngine {
             }
             Ok(())
         })
+    }
+
+    fn freeze(&self) -> EngineResult<Option<Box<dyn FrozenView>>> {
+        let entries: Vec<Entry> = self.with(|s| {
+            s.map
+                .iter()
+                .map(|(key, value)| Entry {
+                    key: key.clone(),
+                    value: value.clone(),
+                })
+                .collect()
+        });
+        Ok(Some(Box::new(Copied(entries.into_iter()))))
+    }
+}
+
+/// This engine's [`FrozenView`]: a copy of its map (the values too: it is for tests).
+struct Copied(std::vec::IntoIter<Entry>);
+
+impl FrozenView for Copied {
+    fn next_page(&mut self, max: usize) -> EngineResult<Vec<Entry>> {
+        Ok(self.0.by_ref().take(max.max(1)).collect())
     }
 }
 

@@ -40,8 +40,13 @@ pub(super) fn start(inner: &Arc<Inner>) -> Vec<Task> {
                     && garbage as f64 / disk as f64 >= auto.garbage_ratio
                 {
                     tracing::info!(garbage, disk, "garbage over the threshold: compacting");
-                    if let Err(e) = compaction::compact(inner, false) {
-                        tracing::warn!("automatic compaction failed: {e}");
+                    match compaction::compact(inner, false) {
+                        Ok(_) => {}
+                        // Tried again at the next tick.
+                        Err(kv_domain::EngineError::Busy(why)) => {
+                            tracing::info!("automatic compaction deferred: {why}")
+                        }
+                        Err(e) => tracing::warn!("automatic compaction failed: {e}"),
                     }
                 }
             },

@@ -70,6 +70,13 @@ pub(super) fn compact(inner: &Inner, seal_active: bool) -> EngineResult<Compacti
     let Some(_running) = inner.compacting.try_lock() else {
         return Err(EngineError::Busy("a compaction is already running".into()));
     };
+    // IMPORTANT: checked under the `compacting` lock, which `freeze` takes to register a view, so no view
+    // is taken while this runs and none is live when it starts (see `frozen.rs`).
+    if inner.frozen_views.load(Ordering::Acquire) > 0 {
+        return Err(EngineError::Busy(
+            "a snapshot is being read from the store; compaction waits until it is done".into(),
+        ));
+    }
     inner.poisoned()?;
     inner.writable()?;
     let started = Instant::now();

@@ -49,7 +49,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
@@ -65,6 +65,7 @@ use crate::vfs::DirLock;
 mod background;
 mod compaction;
 mod fail_stop;
+mod frozen;
 mod group_commit;
 mod history;
 mod kv;
@@ -125,6 +126,8 @@ struct Inner {
     read_only: Option<String>,
     /// Held while a compaction runs: at most one at a time.
     compacting: Mutex<()>,
+    /// Live [`kv_domain::FrozenView`]s: compaction retires no segment while one exists (see `frozen.rs`).
+    frozen_views: AtomicUsize,
     /// Counters of finished compactions.
     compactions: Mutex<CompactionStats>,
     /// Progress of the running compaction, if any.

@@ -294,6 +294,7 @@ fn assemble(p: Parts, active: Active, rec: Recovered) -> EngineResult<Inner> {
         manifest: Mutex::new(()),
         read_only: p.read_only,
         compacting: Mutex::new(()),
+        frozen_views: std::sync::atomic::AtomicUsize::new(0),
         compactions: Mutex::new(CompactionStats::default()),
         compaction_progress: Mutex::new(None),
         poison: OnceLock::new(),

@@ -4,7 +4,8 @@
 use std::sync::atomic::Ordering;
 
 use kv_domain::{
-    BatchOp, Durability, Engine, EngineResult, LogCursor, LogEntry, LogRead, LogShipping, Lsn,
+    BatchOp, Durability, Engine, EngineResult, FrozenView, LogCursor, LogEntry, LogRead,
+    LogShipping, Lsn,
 };
 
 use super::{history, FsEngine, Inner};
@@ -46,6 +47,10 @@ impl LogShipping for FsEngine {
         // entries visible.
         let sync = self.inner.opts.durability == Durability::Always;
         self.apply_entries(entries, sync)
+    }
+
+    fn freeze(&self) -> EngineResult<Option<Box<dyn FrozenView>>> {
+        self.freeze_view()
     }
 
     fn install_snapshot_page(&self, at: Lsn, ops: &[BatchOp]) -> EngineResult<()> {
