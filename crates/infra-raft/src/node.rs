@@ -338,6 +338,10 @@ impl RaftNode {
             );
             bootstrapped = true;
         }
+        // Not for a bootstrap (no log yet, by design): openraft builds its first snapshot then.
+        if !pristine {
+            sm.fall_back_to_snapshot(start_index);
+        }
         let raft = Raft::new(
             settings.node_id,
             Arc::new(config),

@@ -21,10 +21,22 @@
 //!
 //! ## Snapshots: `raft/snapshot-<index>.snap`
 //! Every live key at one applied index, in key order, one engine put record each (checksummed, LSN = the
-//! snapshot's index; format in `kv_infra_fs::codec`). Built from the engine in pages, so memory stays
-//! bounded whatever the store's size. Exactness: the snapshot is taken inside `get_snapshot_builder`,
-//! which openraft calls on the state machine's task, so no entry is applied while the engine is read:
-//! the snapshot is the state at exactly its index. (Applying waits meanwhile; reads do not.)
+//! snapshot's index; format in `kv_infra_fs::codec`).
+//!
+//! Exactness without a stall: openraft asks for a builder on the state machine's task, between two
+//! applies, and runs the build on a task of its own. The builder takes a frozen view of the engine there
+//! ([`LogShipping::freeze`]: a copy of the key index, no values), so the snapshot is the state at exactly
+//! its index; the values are then read from the view and written to the file on a blocking thread while
+//! applies go on. Applying waits only for the index copy (milliseconds per 100 000 keys), not for the
+//! copy of the store, which held every write of the cluster up for hundreds of milliseconds. Memory: the
+//! index copy, one page of values at a time. While a view lives the engine compacts nothing; when a
+//! compaction runs no view can be had, and a policy snapshot is deferred (openraft asks again later),
+//! while a snapshot openraft needs now is copied on the state machine's task, exact the old way.
+//!
+//! A build that finishes after a newer snapshot was installed is dropped (openraft ignores its metadata
+//! too). The `files` lock orders every `STATE` store and every change to the snapshot files: a build's
+//! tmp file is never removed under it, and an installed copy is current before a build can remove it.
+//!
 //! Installing replaces the engine's contents page by page (each page deletes the keys in its range the
 //! snapshot lacks), at the snapshot's index as LSN.
 
@@ -33,7 +45,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures_util::{Stream, StreamExt};
-use kv_domain::{BatchOp, Key, KeyRange, LogEntry, LogShipping};
+use kv_domain::{BatchOp, FrozenView, Key, KeyRange, LogEntry, LogShipping};
 use kv_infra_fs::codec::{encode_record, RecordKind};
 use kv_infra_fs::raft_log::small_file;
 use kv_infra_fs::segment::{scan_records, ScanEnd};
@@ -81,6 +93,10 @@ pub struct StateMachine {
     engine: Arc<dyn LogShipping>,
     dir: PathBuf,
     state: Arc<Mutex<State>>,
+    /// Held across every store of `STATE` and every change to the snapshot files, so that the file's
+    /// order is the memory's and a snapshot built in the background (see the module doc) never races an
+    /// install or a membership change.
+    files: Arc<Mutex<()>>,
 }
 
 impl std::fmt::Debug for StateMachine {
@@ -122,16 +138,58 @@ impl StateMachine {
                 state.engine_lsn
             )));
         }
+        // A snapshot whose build a crash interrupted (no build runs before open returns).
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.to_string_lossy().ends_with(".snap.tmp") {
+                std::fs::remove_file(&path)?;
+            }
+        }
         Ok(Self {
             engine,
             dir: dir.to_path_buf(),
             state: Arc::new(Mutex::new(state)),
+            files: Arc::new(Mutex::new(())),
         })
     }
 
     /// The last applied log id.
     pub fn last_applied(&self) -> Option<LogId> {
         self.state.lock().last_applied
+    }
+
+    /// Called at start with the last index the recovered Raft log holds. When it is below `STATE`'s
+    /// applied index (damage cut entries this node had applied) and the current snapshot is older than
+    /// that index, the applied index (and membership) fall back to the snapshot's, in memory, and this
+    /// returns true.
+    ///
+    /// Why: openraft then purges the log through the applied index (it takes a log that ends below it
+    /// for one a snapshot install left behind) and requires a snapshot covering every purged entry; ours
+    /// is older whenever `STATE` was stored after it (at a membership change, or by a snapshot built
+    /// while applies went on), and openraft would stop on its invariant. Falling back costs
+    /// re-delivery only: the entries after the snapshot come again from a leader and the engine skips
+    /// what it holds. Without a snapshot there is nothing to fall back to but the start: the same.
+    pub fn fall_back_to_snapshot(&self, log_last: Option<u64>) -> bool {
+        let mut s = self.state.lock();
+        let applied = s.last_applied.map(|id| id.index);
+        let snapshot = s.snapshot.as_ref().and_then(|m| m.last_log_id);
+        if log_last >= applied || snapshot.map(|id| id.index) >= applied {
+            return false;
+        }
+        tracing::warn!(
+            applied = applied.unwrap_or_default(),
+            log_last = log_last.unwrap_or_default(),
+            snapshot = snapshot.map_or(0, |id| id.index),
+            "the raft log ends below the applied index: applying again from the snapshot's"
+        );
+        let membership = s
+            .snapshot
+            .as_ref()
+            .map(|m| m.last_membership.clone())
+            .unwrap_or_default();
+        s.last_applied = snapshot;
+        s.membership = membership;
+        true
     }
 
     /// Makes the writes this fresh state machine's engine already holds (a standalone server's, through
@@ -152,18 +210,34 @@ impl StateMachine {
         let voters: std::collections::BTreeSet<NodeId> = members.keys().copied().collect();
         let membership = openraft::Membership::new(vec![voters], members)
             .map_err(|e| invalid(format!("cluster members: {e}")))?;
-        let state = State {
-            last_applied: Some(log_id),
-            membership: StoredMembership::new(Some(log_id), membership),
-            snapshot: None,
-            engine_lsn: n,
-        };
-        self.store_state(&state)?;
-        *self.state.lock() = state;
+        let membership = StoredMembership::new(Some(log_id), membership);
+        self.update_state(|s| {
+            s.last_applied = Some(log_id);
+            s.membership = membership.clone();
+            s.snapshot = None;
+        })?;
         Ok(n)
     }
 
-    /// Stores `STATE`. IMPORTANT: the engine is synced first, so `STATE` never claims an applied index the
+    /// Changes the state with `change`: first in a copy that is stored, then in memory, both under the
+    /// `files` lock (so stores happen in the order of the changes). `change` sets fields, and is applied to
+    /// the memory as well rather than the copy assigned, so that a field the state machine's task moves
+    /// meanwhile (`last_applied`, set at every apply) is not set back.
+    fn update_state(&self, change: impl Fn(&mut State)) -> io::Result<()> {
+        let _files = self.files.lock();
+        self.update_state_locked(change)
+    }
+
+    /// [`Self::update_state`] with the `files` lock held.
+    fn update_state_locked(&self, change: impl Fn(&mut State)) -> io::Result<()> {
+        let mut next = self.state.lock().clone();
+        change(&mut next);
+        self.store_state(&next)?;
+        change(&mut self.state.lock());
+        Ok(())
+    }
+
+    /// Stores `STATE`; called with the `files` lock held. IMPORTANT: the engine is synced first, so `STATE` never claims an applied index the
     /// engine could lose (in `never` or `interval` mode a power loss may drop its unsynced tail; openraft
     /// re-applies only entries after `STATE`'s index, and may have purged the ones before).
     fn store_state(&self, state: &State) -> io::Result<()> {
@@ -203,17 +277,45 @@ impl StateMachine {
         Ok(())
     }
 
-    /// Writes every live key of the engine to a new snapshot file, durably, and makes it the current one.
-    fn take_snapshot(&self) -> io::Result<SnapshotOf> {
-        let (last_applied, membership) = {
-            let s = self.state.lock();
-            (s.last_applied, s.membership.clone())
-        };
-        let index = last_applied.map_or(0, |id| id.index);
-        let meta = SnapshotMeta {
-            last_log_id: last_applied,
-            last_membership: membership,
-        };
+    /// The metadata of a snapshot of the state as it is now (the state machine's task calls this between
+    /// two applies).
+    fn snapshot_meta(&self) -> SnapshotMeta {
+        let s = self.state.lock();
+        SnapshotMeta {
+            last_log_id: s.last_applied,
+            last_membership: s.membership.clone(),
+        }
+    }
+
+    /// Copies the engine to a new snapshot file on the calling task, durably, and makes it the current
+    /// one: for when no frozen view can be had (a compaction runs) and openraft needs the snapshot now.
+    /// Called on the state machine's task, so nothing is applied meanwhile and the copy is exact.
+    fn copy_snapshot_now(&self) -> io::Result<SnapshotOf> {
+        let meta = self.snapshot_meta();
+        let mut range = KeyRange::all();
+        let mut done = false;
+        self.write_snapshot(meta, || {
+            if done {
+                return Ok(Vec::new());
+            }
+            let page = self.engine.scan(&range, PAGE).map_err(io_err)?;
+            match page.last() {
+                Some(last) if page.len() == PAGE => range = range.after(last.key.as_bytes()),
+                _ => done = true,
+            }
+            Ok(page)
+        })
+    }
+
+    /// Writes the entries `next_page` gives (in key order, until an empty page) as the snapshot `meta`,
+    /// durably, then makes it the current snapshot unless a newer one became current meanwhile (an install
+    /// during a background build: then the file is removed again).
+    fn write_snapshot(
+        &self,
+        meta: SnapshotMeta,
+        mut next_page: impl FnMut() -> io::Result<Vec<kv_domain::Entry>>,
+    ) -> io::Result<SnapshotOf> {
+        let index = meta.last_log_id.map_or(0, |id| id.index);
         let path = self.snapshot_path(&meta);
         let tmp = path.with_extension("snap.tmp");
         let file = RealFs.create(&tmp).or_else(|e| {
@@ -225,10 +327,12 @@ impl StateMachine {
             }
         })?;
         let mut offset = 0u64;
-        let mut range = KeyRange::all();
         let mut buf = Vec::new();
         loop {
-            let page = self.engine.scan(&range, PAGE).map_err(io_err)?;
+            let page = next_page()?;
+            if page.is_empty() {
+                break;
+            }
             buf.clear();
             for entry in &page {
                 encode_record(
@@ -242,34 +346,45 @@ impl StateMachine {
             }
             file.write_all_at(&buf, offset)?;
             offset += buf.len() as u64;
-            match page.last() {
-                Some(last) if page.len() == PAGE => range = range.after(last.key.as_bytes()),
-                _ => break,
-            }
         }
         // IMPORTANT: contents durable, then the name, then the directory entry.
         file.sync_data()?;
+        let _files = self.files.lock();
         RealFs.rename(&tmp, &path)?;
         RealFs.sync_dir(&self.dir)?;
-        self.make_current(&meta)?;
+        let newer = self
+            .state
+            .lock()
+            .snapshot
+            .as_ref()
+            .and_then(|m| m.last_log_id);
+        if newer > meta.last_log_id {
+            tracing::info!(
+                built = index,
+                current = newer.map_or(0, |id| id.index),
+                "a newer snapshot was installed while this one was built: dropping it"
+            );
+            std::fs::remove_file(&path)?;
+        } else {
+            self.make_current_locked(&meta)?;
+        }
         Ok(SnapshotOf {
             meta,
             snapshot: SnapshotFile { path },
         })
     }
 
-    /// Records `meta` as the current snapshot and deletes the older snapshot files.
-    fn make_current(&self, meta: &SnapshotMeta) -> io::Result<()> {
-        let mut state = self.state.lock().clone();
-        state.snapshot = Some(meta.clone());
-        self.store_state(&state)?;
-        *self.state.lock() = state;
+    /// Records `meta` as the current snapshot and deletes the other snapshot files (never one being
+    /// built: those end in `.tmp`). Called with the `files` lock held.
+    fn make_current_locked(&self, meta: &SnapshotMeta) -> io::Result<()> {
+        self.update_state_locked(|s| s.snapshot = Some(meta.clone()))?;
         let keep = self.snapshot_path(meta);
         for entry in std::fs::read_dir(&self.dir)? {
             let path = entry?.path();
-            let is_snapshot = path
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("snapshot-"));
+            let is_snapshot = path.file_name().is_some_and(|n| {
+                let n = n.to_string_lossy();
+                n.starts_with("snapshot-") && n.ends_with(".snap")
+            });
             if is_snapshot && path != keep {
                 std::fs::remove_file(&path)?;
             }
@@ -369,19 +484,42 @@ impl StateMachine {
     }
 }
 
-/// The builder hands out the snapshot `get_snapshot_builder` took (see the module doc).
-#[derive(Debug)]
+/// A snapshot being taken (see the module doc): either already copied, or a frozen view of the engine
+/// to copy in the background.
 pub struct Builder {
-    taken: io::Result<SnapshotOf>,
+    job: Mutex<Option<Job>>,
+}
+
+enum Job {
+    Copied(io::Result<SnapshotOf>),
+    Frozen {
+        sm: StateMachine,
+        meta: SnapshotMeta,
+        view: Box<dyn FrozenView>,
+    },
+}
+
+impl std::fmt::Debug for Builder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder").finish_non_exhaustive()
+    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for Builder {
     type SnapshotData = SnapshotFile;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf, io::Error> {
-        match &self.taken {
-            Ok(s) => Ok(s.clone()),
-            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+        match self.job.get_mut().take() {
+            None => Err(io::Error::other("this snapshot builder was used already")),
+            Some(Job::Copied(taken)) => taken,
+            Some(Job::Frozen { sm, meta, mut view }) => {
+                // File I/O for a whole store: off the async workers.
+                tokio::task::spawn_blocking(move || {
+                    sm.write_snapshot(meta, || view.next_page(PAGE).map_err(io_err))
+                })
+                .await
+                .map_err(io_err)?
+            }
         }
     }
 }
@@ -421,11 +559,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     EntryPayload::Membership(m) => {
                         // Everything before it is applied first, so STATE's index is truthful.
                         self.apply_run(&mut run, &mut done)?;
-                        let mut state = self.state.lock().clone();
-                        state.membership = StoredMembership::new(Some(entry.log_id), m);
-                        state.last_applied = Some(entry.log_id);
-                        self.store_state(&state)?;
-                        *self.state.lock() = state;
+                        let membership = StoredMembership::new(Some(entry.log_id), m);
+                        self.update_state(|s| {
+                            s.membership = membership.clone();
+                            s.last_applied = Some(entry.log_id);
+                        })?;
                     }
                 }
                 done.push((entry.log_id, responder));
@@ -435,9 +573,31 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
+    async fn try_create_snapshot_builder(&mut self, force: bool) -> Option<Self::SnapshotBuilder> {
+        // On the state machine's task, between two applies: the view is of exactly `meta`'s index.
+        let meta = self.snapshot_meta();
+        let job = match self.engine.freeze() {
+            Ok(Some(view)) => Job::Frozen {
+                sm: self.clone(),
+                meta,
+                view,
+            },
+            // A compaction runs: a policy snapshot waits for the next try, a needed one is copied now.
+            Ok(None) if !force => return None,
+            Ok(None) => Job::Copied(self.copy_snapshot_now()),
+            Err(e) => Job::Copied(Err(io_err(e))),
+        };
+        Some(Builder {
+            job: Mutex::new(Some(job)),
+        })
+    }
+
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        Builder {
-            taken: self.take_snapshot(),
+        match self.try_create_snapshot_builder(true).await {
+            Some(builder) => builder,
+            None => Builder {
+                job: Mutex::new(Some(Job::Copied(self.copy_snapshot_now()))),
+            },
         }
     }
 
@@ -448,6 +608,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), io::Error> {
         let at = meta.last_log_id.map_or(0, |id| id.index);
         self.replace_contents(&snapshot.path, at)?;
+        // Under the lock: a background build must not delete the copy before it is current.
+        let _files = self.files.lock();
         // Keep a copy as this node's current snapshot (the received file may be a temporary).
         let kept = self.snapshot_path(meta);
         if snapshot.path != kept {
@@ -455,12 +617,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             std::fs::File::open(&kept)?.sync_all()?;
             RealFs.sync_dir(&self.dir)?;
         }
-        let mut state = self.state.lock().clone();
-        state.last_applied = meta.last_log_id;
-        state.membership = meta.last_membership.clone();
-        self.store_state(&state)?;
-        *self.state.lock() = state;
-        self.make_current(meta)
+        self.update_state_locked(|s| {
+            s.last_applied = meta.last_log_id;
+            s.membership = meta.last_membership.clone();
+        })?;
+        self.make_current_locked(meta)
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf>, io::Error> {

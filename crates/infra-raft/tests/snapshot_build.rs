@@ -1,0 +1,211 @@
+//! A snapshot is the state at exactly one applied index although it is built while applies go on (see
+//! the state machine's module doc): the builder freezes the engine between two applies, the build reads
+//! the frozen view later. And a build that finishes after a newer snapshot was installed leaves the
+//! newer one current.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use kv_domain::{BatchOp, Durability, Engine, Key, KeyRange, Value};
+use kv_infra_fs::segment::{scan_records, ScanEnd};
+use kv_infra_fs::vfs::{FileSystem, RealFs};
+use kv_infra_fs::{FsEngine, Options};
+use kv_infra_raft::alias::{Entry, LogId};
+use kv_infra_raft::{Command, StateMachine, TypeConfig};
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use openraft::vote::RaftLeaderId;
+use openraft::EntryPayload;
+
+type Contents = BTreeMap<Vec<u8>, Vec<u8>>;
+
+fn open_engine(dir: &Path) -> Arc<FsEngine> {
+    Arc::new(
+        FsEngine::open(
+            dir.join("data"),
+            Options {
+                durability: Durability::Never,
+                max_segment_bytes: 16 << 10,
+                ..Options::default()
+            },
+        )
+        .unwrap(),
+    )
+}
+
+fn entry(index: u64, op: BatchOp) -> Entry {
+    let leader = openraft::type_config::alias::LeaderIdOf::<TypeConfig>::new(1, 1);
+    Entry {
+        log_id: LogId::new(leader.to_committed(), index),
+        payload: EntryPayload::Normal(Command::from_ops(&[op])),
+    }
+}
+
+fn put(key: u64, round: u64) -> BatchOp {
+    BatchOp::Put {
+        key: Key::from(format!("k{key:03}").as_str()),
+        value: Value::from(format!("v{round}-{}", "x".repeat(200)).as_str()),
+    }
+}
+
+fn delete(key: u64) -> BatchOp {
+    BatchOp::Delete {
+        key: Key::from(format!("k{key:03}").as_str()),
+    }
+}
+
+/// Applies entries `from..=to`, the op of each made by `op(index)`.
+async fn apply(sm: &mut StateMachine, from: u64, to: u64, op: impl Fn(u64) -> BatchOp) {
+    let entries: Vec<_> = (from..=to).map(|i| Ok((entry(i, op(i)), None))).collect();
+    sm.apply(futures_util::stream::iter(entries)).await.unwrap();
+}
+
+fn contents(engine: &dyn Engine) -> Contents {
+    engine
+        .scan(&KeyRange::all(), usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.key.into_bytes(), e.value.into_bytes()))
+        .collect()
+}
+
+/// The records of a snapshot file, checking each carries the snapshot's index as its LSN.
+fn snapshot_contents(path: &Path, index: u64) -> Contents {
+    let file = RealFs.open(path).unwrap();
+    let len = file.len().unwrap();
+    let mut out = Contents::new();
+    let end = scan_records(&*file, 0, len, |_, rec| {
+        assert_eq!(rec.header.lsn, index);
+        out.insert(rec.key.to_vec(), rec.value.to_vec());
+        Ok(())
+    })
+    .unwrap();
+    assert!(matches!(end, ScanEnd::Clean), "{end:?}");
+    out
+}
+
+#[tokio::test]
+async fn a_snapshot_is_the_state_at_its_index_though_applies_go_on_while_it_is_built() {
+    let root = tempfile::tempdir().unwrap();
+    let engine = open_engine(root.path());
+    let mut sm = StateMachine::open(engine.clone(), &root.path().join("raft")).unwrap();
+    apply(&mut sm, 1, 300, |i| put(i % 150, i)).await;
+    let at_300 = contents(&*engine);
+    assert_eq!(at_300.len(), 150);
+
+    let mut builder = sm.try_create_snapshot_builder(false).await.unwrap();
+    // Overwrites, deletes and new keys after the builder was made, several segments' worth, and a
+    // compaction attempt: none of it may show in the snapshot.
+    apply(&mut sm, 301, 500, |i| match i % 3 {
+        0 => delete(i % 150),
+        1 => put(i % 150, i),
+        _ => put(150 + i, i),
+    })
+    .await;
+    assert!(engine.compact().is_err(), "compaction while a view is read");
+    let at_500 = contents(&*engine);
+    assert_ne!(at_500, at_300);
+
+    let built = builder.build_snapshot().await.unwrap();
+    assert_eq!(built.meta.last_log_id.unwrap().index, 300);
+    assert_eq!(snapshot_contents(&built.snapshot.path, 300), at_300);
+    let current = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta.last_log_id.unwrap().index, 300);
+    // The view is gone with the build: compaction runs again, and the engine kept every later write.
+    engine.compact().unwrap();
+    assert_eq!(contents(&*engine), at_500);
+    assert!(
+        builder.build_snapshot().await.is_err(),
+        "a builder builds once"
+    );
+}
+
+#[tokio::test]
+async fn a_build_that_ends_after_a_newer_install_leaves_the_installed_snapshot_current() {
+    let root = tempfile::tempdir().unwrap();
+    // The leader's side: a snapshot at 400.
+    let leader_engine = open_engine(&root.path().join("leader"));
+    let mut leader =
+        StateMachine::open(leader_engine.clone(), &root.path().join("leader/raft")).unwrap();
+    apply(&mut leader, 1, 400, |i| put(i % 120, i)).await;
+    let sent = leader
+        .try_create_snapshot_builder(true)
+        .await
+        .unwrap()
+        .build_snapshot()
+        .await
+        .unwrap();
+
+    // This node: at 200, a build starts; the leader's snapshot is installed before it ends.
+    let engine = open_engine(&root.path().join("node"));
+    let mut sm = StateMachine::open(engine.clone(), &root.path().join("node/raft")).unwrap();
+    apply(&mut sm, 1, 200, |i| put(i % 120, i)).await;
+    let mut builder = sm.try_create_snapshot_builder(false).await.unwrap();
+    let incoming = root.path().join("incoming.snap");
+    std::fs::copy(&sent.snapshot.path, &incoming).unwrap();
+    let received = kv_infra_raft::SnapshotFile { path: incoming };
+    sm.install_snapshot(&sent.meta, received).await.unwrap();
+    let late = builder.build_snapshot().await.unwrap();
+    assert_eq!(late.meta.last_log_id.unwrap().index, 200);
+
+    let current = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(
+        current.meta, sent.meta,
+        "the installed snapshot stays current"
+    );
+    assert_eq!(
+        snapshot_contents(&current.snapshot.path, 400),
+        contents(&*leader_engine)
+    );
+    assert!(
+        !late.snapshot.path.exists(),
+        "the late build's file is removed"
+    );
+    assert_eq!(contents(&*engine), contents(&*leader_engine));
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied.unwrap().index, 400);
+}
+
+/// A node whose Raft log, cut by damage, ends below what its `STATE` says is applied, and whose snapshot
+/// is older than that, starts from the snapshot's index (openraft would otherwise purge its log through
+/// the applied index, past the snapshot, and stop on its invariant); with a log that reaches the applied
+/// index, or a snapshot that does, nothing changes.
+#[tokio::test]
+async fn a_log_cut_below_the_applied_index_falls_back_to_the_snapshot() {
+    let root = tempfile::tempdir().unwrap();
+    let engine = open_engine(root.path());
+    let mut sm = StateMachine::open(engine.clone(), &root.path().join("raft")).unwrap();
+    assert!(!sm.fall_back_to_snapshot(None), "nothing applied");
+    apply(&mut sm, 1, 100, |i| put(i, i)).await;
+    assert!(!sm.fall_back_to_snapshot(Some(100)));
+    sm.try_create_snapshot_builder(true)
+        .await
+        .unwrap()
+        .build_snapshot()
+        .await
+        .unwrap();
+    assert!(
+        !sm.fall_back_to_snapshot(Some(50)),
+        "the snapshot covers the applied index"
+    );
+    apply(&mut sm, 101, 150, |i| put(i, i)).await;
+    assert!(
+        !sm.fall_back_to_snapshot(Some(150)),
+        "the log reaches the applied index"
+    );
+    assert!(sm.fall_back_to_snapshot(Some(120)));
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied.unwrap().index, 100);
+    // Re-delivery of what the engine holds changes nothing.
+    let before = contents(&*engine);
+    apply(&mut sm, 101, 150, |i| put(i, i)).await;
+    assert_eq!(contents(&*engine), before);
+
+    // No snapshot: back to the start.
+    let root = tempfile::tempdir().unwrap();
+    let mut sm = StateMachine::open(open_engine(root.path()), &root.path().join("raft")).unwrap();
+    apply(&mut sm, 1, 10, |i| put(i, i)).await;
+    assert!(sm.fall_back_to_snapshot(Some(5)));
+    assert_eq!(sm.applied_state().await.unwrap().0, None);
+}
