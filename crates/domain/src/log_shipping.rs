@@ -59,8 +59,8 @@ pub trait LogShipping: Engine {
     ///
     /// Exact only if no write is in flight while it is taken: the caller serialises it with its own
     /// writes (the Raft state machine, the only writer of a cluster member's engine, takes it between
-    /// two applies). `Ok(None)` when it cannot be taken without waiting (the file engine while a
-    /// compaction runs); the caller then reads the engine itself, holding its writes back meanwhile.
+    /// two applies). `Ok(None)` when it cannot be taken now (the file engine while a compaction runs or
+    /// waits to run); the caller tries again later, or reads the engine itself with its writes held back.
     fn freeze(&self) -> EngineResult<Option<Box<dyn FrozenView>>> {
         Ok(None)
     }

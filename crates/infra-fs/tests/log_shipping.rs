@@ -355,6 +355,7 @@ proptest! {
         write_both(&engine, &model, &after);
         let refused = engine.compact();
         prop_assert!(matches!(refused, Err(EngineError::Busy(_))), "compaction while a view lives: {:?}", refused);
+        prop_assert!(engine.freeze().unwrap().is_none(), "a refused compaction goes before the next view");
         read_frozen(&mut *view, page, &mut got);
         prop_assert_eq!(&got, &expected);
         let mut from_model = Model::new();
@@ -364,5 +365,6 @@ proptest! {
         drop(view);
         engine.compact().unwrap();
         prop_assert_eq!(contents(&engine), contents(&model));
+        prop_assert!(engine.freeze().unwrap().is_some(), "views again once compaction ran");
     }
 }

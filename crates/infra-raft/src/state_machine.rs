@@ -30,8 +30,10 @@
 //! applies go on. Applying waits only for the index copy (milliseconds per 100 000 keys), not for the
 //! copy of the store, which held every write of the cluster up for hundreds of milliseconds. Memory: the
 //! index copy, one page of values at a time. While a view lives the engine compacts nothing; when a
-//! compaction runs no view can be had, and a policy snapshot is deferred (openraft asks again later),
-//! while a snapshot openraft needs now is copied on the state machine's task, exact the old way.
+//! compaction runs (or waits to run) no view can be had, and a policy snapshot is deferred (openraft
+//! asks again later); so is one while the engine holds entries past the applied index (re-delivery
+//! after a restart), which a view would include. A snapshot openraft needs at once (at start only, when
+//! its log was purged without one) is copied on the calling task before anything is applied.
 //!
 //! A build that finishes after a newer snapshot was installed is dropped (openraft ignores its metadata
 //! too). The `files` lock orders every `STATE` store and every change to the snapshot files: a build's
@@ -288,8 +290,8 @@ impl StateMachine {
     }
 
     /// Copies the engine to a new snapshot file on the calling task, durably, and makes it the current
-    /// one: for when no frozen view can be had (a compaction runs) and openraft needs the snapshot now.
-    /// Called on the state machine's task, so nothing is applied meanwhile and the copy is exact.
+    /// one: for when no frozen view can be had and openraft needs the snapshot now (`force`: only at
+    /// start, in `Raft::new`, before anything is applied, so the copy is of the same state).
     fn copy_snapshot_now(&self) -> io::Result<SnapshotOf> {
         let meta = self.snapshot_meta();
         let mut range = KeyRange::all();
@@ -378,6 +380,11 @@ impl StateMachine {
     /// built: those end in `.tmp`). Called with the `files` lock held.
     fn make_current_locked(&self, meta: &SnapshotMeta) -> io::Result<()> {
         self.update_state_locked(|s| s.snapshot = Some(meta.clone()))?;
+        self.remove_other_snapshots(meta)
+    }
+
+    /// Deletes every snapshot file but `meta`'s (never one being built). With the `files` lock held.
+    fn remove_other_snapshots(&self, meta: &SnapshotMeta) -> io::Result<()> {
         let keep = self.snapshot_path(meta);
         for entry in std::fs::read_dir(&self.dir)? {
             let path = entry?.path();
@@ -574,8 +581,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn try_create_snapshot_builder(&mut self, force: bool) -> Option<Self::SnapshotBuilder> {
-        // On the state machine's task, between two applies: the view is of exactly `meta`'s index.
+        // On the state machine's task, between two applies: the view is of exactly `meta`'s index,
+        // unless the engine holds entries past it (re-delivery after a restart, before the applies
+        // catch up with what the engine kept): then a view would be of a later state, so wait.
         let meta = self.snapshot_meta();
+        let applied = meta.last_log_id.map_or(0, |id| id.index);
+        if !force && self.engine.last_lsn().0 > applied {
+            return None;
+        }
         let job = match self.engine.freeze() {
             Ok(Some(view)) => Job::Frozen {
                 sm: self.clone(),
@@ -595,6 +608,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         match self.try_create_snapshot_builder(true).await {
             Some(builder) => builder,
+            // Not reached (`force` always gives a builder); kept total rather than a panic.
             None => Builder {
                 job: Mutex::new(Some(Job::Copied(self.copy_snapshot_now()))),
             },
@@ -617,11 +631,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             std::fs::File::open(&kept)?.sync_all()?;
             RealFs.sync_dir(&self.dir)?;
         }
+        // One store: a crash leaves either the old state or the installed one, never the installed
+        // index with the old snapshot.
         self.update_state_locked(|s| {
             s.last_applied = meta.last_log_id;
             s.membership = meta.last_membership.clone();
+            s.snapshot = Some(meta.clone());
         })?;
-        self.make_current_locked(meta)
+        self.remove_other_snapshots(meta)
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf>, io::Error> {

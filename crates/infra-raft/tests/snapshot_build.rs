@@ -209,3 +209,21 @@ async fn a_log_cut_below_the_applied_index_falls_back_to_the_snapshot() {
     assert!(sm.fall_back_to_snapshot(Some(5)));
     assert_eq!(sm.applied_state().await.unwrap().0, None);
 }
+
+/// While the engine holds entries past the applied index (after a restart, before re-delivery catches
+/// up with what the engine kept), a view would be of a later state than the snapshot's index: a policy
+/// snapshot waits until the applies have caught up.
+#[tokio::test]
+async fn no_policy_snapshot_while_the_engine_is_ahead_of_the_applied_index() {
+    let root = tempfile::tempdir().unwrap();
+    let engine = open_engine(root.path());
+    let mut sm = StateMachine::open(engine.clone(), &root.path().join("raft")).unwrap();
+    apply(&mut sm, 1, 40, |i| put(i, i)).await;
+    sm.fall_back_to_snapshot(Some(20)); // no snapshot: back to the start, the engine keeps 40
+    assert!(sm.try_create_snapshot_builder(false).await.is_none());
+    apply(&mut sm, 1, 40, |i| put(i, i)).await;
+    let mut builder = sm.try_create_snapshot_builder(false).await.unwrap();
+    let built = builder.build_snapshot().await.unwrap();
+    assert_eq!(built.meta.last_log_id.unwrap().index, 40);
+    assert_eq!(snapshot_contents(&built.snapshot.path, 40), contents(&*engine));
+}

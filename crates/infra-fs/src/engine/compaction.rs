@@ -73,10 +73,12 @@ pub(super) fn compact(inner: &Inner, seal_active: bool) -> EngineResult<Compacti
     // IMPORTANT: checked under the `compacting` lock, which `freeze` takes to register a view, so no view
     // is taken while this runs and none is live when it starts (see `frozen.rs`).
     if inner.frozen_views.load(Ordering::Acquire) > 0 {
+        inner.compaction_waiting.store(true, Ordering::Release);
         return Err(EngineError::Busy(
             "a snapshot is being read from the store; compaction waits until it is done".into(),
         ));
     }
+    inner.compaction_waiting.store(false, Ordering::Release);
     inner.poisoned()?;
     inner.writable()?;
     let started = Instant::now();

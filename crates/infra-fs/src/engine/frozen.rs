@@ -9,8 +9,9 @@
 //! IMPORTANT (the pin): `freeze` registers the view in `Inner::frozen_views` under the `compacting`
 //! lock, and `compaction::compact` refuses to start, under the same lock, while any view is
 //! registered. So no compaction runs while a view is taken, and none starts before the last view is
-//! dropped. `freeze` does not wait for a running compaction: it answers `None` and the caller falls
-//! back to reading the engine directly. A view holds the engine's state (and its directory lock) until
+//! dropped. `freeze` does not wait for a running compaction: it answers `None`. Nor does it take a
+//! view once a compaction was refused for one, until a compaction has run (`compaction_waiting`), so
+//! snapshots taken back to back cannot keep compaction off for good. A view holds the engine's state (and its directory lock) until
 //! it is dropped.
 //!
 //! [`LogShipping::freeze`]: kv_domain::LogShipping::freeze
@@ -39,6 +40,10 @@ impl FsEngine {
             let Some(_no_compaction) = inner.compacting.try_lock() else {
                 return Ok(None);
             };
+            // A compaction refused for a view goes first (see `Inner::compaction_waiting`).
+            if inner.compaction_waiting.load(Ordering::Acquire) {
+                return Ok(None);
+            }
             inner.frozen_views.fetch_add(1, Ordering::AcqRel);
         }
         // Registered first, so from here on no segment the listing points into can be retired.

@@ -295,6 +295,7 @@ fn assemble(p: Parts, active: Active, rec: Recovered) -> EngineResult<Inner> {
         read_only: p.read_only,
         compacting: Mutex::new(()),
         frozen_views: std::sync::atomic::AtomicUsize::new(0),
+        compaction_waiting: std::sync::atomic::AtomicBool::new(false),
         compactions: Mutex::new(CompactionStats::default()),
         compaction_progress: Mutex::new(None),
         poison: OnceLock::new(),
