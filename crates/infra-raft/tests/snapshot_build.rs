@@ -225,5 +225,8 @@ async fn no_policy_snapshot_while_the_engine_is_ahead_of_the_applied_index() {
     let mut builder = sm.try_create_snapshot_builder(false).await.unwrap();
     let built = builder.build_snapshot().await.unwrap();
     assert_eq!(built.meta.last_log_id.unwrap().index, 40);
-    assert_eq!(snapshot_contents(&built.snapshot.path, 40), contents(&*engine));
+    assert_eq!(
+        snapshot_contents(&built.snapshot.path, 40),
+        contents(&*engine)
+    );
 }
