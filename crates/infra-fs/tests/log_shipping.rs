@@ -355,7 +355,9 @@ proptest! {
         write_both(&engine, &model, &after);
         let refused = engine.compact();
         prop_assert!(matches!(refused, Err(EngineError::Busy(_))), "compaction while a view lives: {:?}", refused);
-        prop_assert!(engine.freeze().unwrap().is_none(), "a refused compaction goes before the next view");
+        // A refused manual compaction does not hold views off (the automatic compactor's does, until it
+        // has run: `no_view_is_taken_while_a_compaction_runs_or_waits`).
+        prop_assert!(engine.freeze().unwrap().is_some());
         read_frozen(&mut *view, page, &mut got);
         prop_assert_eq!(&got, &expected);
         let mut from_model = Model::new();
@@ -365,6 +367,6 @@ proptest! {
         drop(view);
         engine.compact().unwrap();
         prop_assert_eq!(contents(&engine), contents(&model));
-        prop_assert!(engine.freeze().unwrap().is_some(), "views again once compaction ran");
+
     }
 }

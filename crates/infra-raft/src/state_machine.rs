@@ -239,8 +239,8 @@ impl StateMachine {
         Ok(())
     }
 
-    /// Stores `STATE`; called with the `files` lock held. IMPORTANT: the engine is synced first, so `STATE` never claims an applied index the
-    /// engine could lose (in `never` or `interval` mode a power loss may drop its unsynced tail; openraft
+    /// Stores `STATE`; called with the `files` lock held. IMPORTANT: the engine is synced first, so
+    /// `STATE` never claims an applied index the engine could lose (in `never` or `interval` mode a power loss may drop its unsynced tail; openraft
     /// re-applies only entries after `STATE`'s index, and may have purged the ones before).
     fn store_state(&self, state: &State) -> io::Result<()> {
         // Read before the sync, so the recorded LSN is never above what the sync made durable.

@@ -73,7 +73,11 @@ pub(super) fn compact(inner: &Inner, seal_active: bool) -> EngineResult<Compacti
     // IMPORTANT: checked under the `compacting` lock, which `freeze` takes to register a view, so no view
     // is taken while this runs and none is live when it starts (see `frozen.rs`).
     if inner.frozen_views.load(Ordering::Acquire) > 0 {
-        inner.compaction_waiting.store(true, Ordering::Release);
+        // Only the automatic compactor retries by itself: a refused manual one must not hold views off
+        // until some later compaction happens to run.
+        if !seal_active {
+            inner.compaction_waiting.store(true, Ordering::Release);
+        }
         return Err(EngineError::Busy(
             "a snapshot is being read from the store; compaction waits until it is done".into(),
         ));

@@ -11,8 +11,9 @@
 //! registered. So no compaction runs while a view is taken, and none starts before the last view is
 //! dropped. `freeze` does not wait for a running compaction: it answers `None`. Nor does it take a
 //! view once a compaction was refused for one, until a compaction has run (`compaction_waiting`), so
-//! snapshots taken back to back cannot keep compaction off for good. A view holds the engine's state (and its directory lock) until
-//! it is dropped.
+//! snapshots taken back to back cannot keep compaction off for good (the automatic compactor's refusals
+//! only: it retries at its next tick, a manual compaction is simply refused). A view holds the engine's
+//! state (and its directory lock) until it is dropped.
 //!
 //! [`LogShipping::freeze`]: kv_domain::LogShipping::freeze
 
@@ -101,9 +102,10 @@ mod tests {
     use crate::{FsEngine, Options};
 
     /// While a compaction runs (its lock held), `freeze` does not wait for it: it answers `None`, and
-    /// registers nothing, so compaction still runs once the lock is free.
+    /// registers nothing, so compaction still runs once the lock is free. An automatic compaction
+    /// refused for a live view goes before the next view; a manual one refused does not hold views off.
     #[test]
-    fn no_view_is_taken_while_a_compaction_runs() {
+    fn no_view_is_taken_while_a_compaction_runs_or_waits() {
         let fs = SimFs::new();
         let opts = Options {
             durability: Durability::Never,
@@ -132,7 +134,24 @@ mod tests {
                 .load(std::sync::atomic::Ordering::Acquire),
             1
         );
+        assert!(engine.compact().is_err(), "manual, refused");
+        let manual = engine.freeze().unwrap();
+        assert!(
+            manual.is_some(),
+            "a refused manual compaction holds no view off"
+        );
+        drop(manual);
+        let automatic = crate::engine::compaction::compact(&engine.inner, false);
+        assert!(matches!(automatic, Err(kv_domain::EngineError::Busy(_))));
+        assert!(
+            engine.freeze().unwrap().is_none(),
+            "the automatic compaction goes first"
+        );
         drop(view);
-        engine.compact().unwrap();
+        crate::engine::compaction::compact(&engine.inner, false).unwrap();
+        assert!(
+            engine.freeze().unwrap().is_some(),
+            "views again once it ran"
+        );
     }
 }

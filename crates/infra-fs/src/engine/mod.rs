@@ -128,8 +128,8 @@ struct Inner {
     compacting: Mutex<()>,
     /// Live [`kv_domain::FrozenView`]s: compaction retires no segment while one exists (see `frozen.rs`).
     frozen_views: AtomicUsize,
-    /// Set when a compaction was refused for a live view, cleared when one runs: no new view is taken
-    /// meanwhile, so back-to-back snapshots cannot keep compaction off for good.
+    /// Set when an automatic compaction was refused for a live view, cleared when one runs: no new view is
+    /// taken meanwhile, so back-to-back snapshots cannot keep compaction off for good.
     compaction_waiting: AtomicBool,
     /// Counters of finished compactions.
     compactions: Mutex<CompactionStats>,
