@@ -204,6 +204,8 @@ pub struct RaftNode {
     quorum_silence: Duration,
     /// Terms this node has entered since it started: one per election it saw begin (won or not).
     elections: Arc<std::sync::atomic::AtomicU64>,
+    /// openraft's state machine (a clone sharing it), for [`Self::shutdown`] to stop its builds.
+    state_machine: StateMachine,
 }
 
 impl std::fmt::Debug for RaftNode {
@@ -342,6 +344,7 @@ impl RaftNode {
         if !pristine {
             sm.fall_back_to_snapshot(start_index);
         }
+        let state_machine = sm.clone();
         let raft = Raft::new(
             settings.node_id,
             Arc::new(config),
@@ -385,6 +388,7 @@ impl RaftNode {
             recovering,
             quorum_silence: QUORUM_SILENCE.max(settings.election_timeout.1),
             elections,
+            state_machine,
         })
     }
 
@@ -853,11 +857,14 @@ impl RaftNode {
             .map_err(|e| e.to_string())
     }
 
-    /// Stops this node's Raft tasks (the engine stays open with its owner).
+    /// Stops this node's Raft tasks, then any snapshot build still running in the background, and
+    /// returns once none runs: after it, nothing changes the Raft directory and no task of this node
+    /// uses the engine (it stays open with its owner, who closes it).
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
+        self.state_machine.close().await;
     }
 }
 

@@ -35,6 +35,10 @@
 //! after a restart), which a view would include. A snapshot openraft needs at once (at start only, when
 //! its log was purged without one) is copied on the calling task before anything is applied.
 //!
+//! At shutdown ([`StateMachine::close`], after openraft's) a build still running stops at its next page,
+//! removes its file and stores nothing, and the shutdown waits for it: a restart in the same process, or
+//! the engine's close, never meets a build of the previous run.
+//!
 //! A build that finishes after a newer snapshot was installed is dropped (openraft ignores its metadata
 //! too). The `files` lock orders every `STATE` store and every change to the snapshot files: a build's
 //! tmp file is never removed under it, and an installed copy is current before a build can remove it.
@@ -99,6 +103,11 @@ pub struct StateMachine {
     /// order is the memory's and a snapshot built in the background (see the module doc) never races an
     /// install or a membership change.
     files: Arc<Mutex<()>>,
+    /// Every background build holds a read guard of this while it runs; [`Self::close`] takes the
+    /// write side after setting `closed`, so it returns only once no build runs (see the module doc).
+    builds: Arc<tokio::sync::RwLock<()>>,
+    /// Set by [`Self::close`]: a build stops at its next page and stores nothing.
+    closed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for StateMachine {
@@ -152,7 +161,24 @@ impl StateMachine {
             dir: dir.to_path_buf(),
             state: Arc::new(Mutex::new(state)),
             files: Arc::new(Mutex::new(())),
+            builds: Arc::new(tokio::sync::RwLock::new(())),
+            closed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
+    }
+
+    /// Stops every snapshot build and waits until none runs; a build started later fails at once.
+    /// Called after openraft's shutdown, so that once it returns nothing changes this node's files
+    /// (`STATE`, the snapshots) and no build holds the engine any more (the server closes the engine
+    /// next, which needs it unshared). A build stopped this way leaves no file behind; the current
+    /// snapshot stays what it was.
+    pub async fn close(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        let _none_runs = self.builds.write().await;
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The last applied log id.
@@ -330,7 +356,13 @@ impl StateMachine {
         })?;
         let mut offset = 0u64;
         let mut buf = Vec::new();
+        let stopped = || io::Error::other("the node is shutting down: snapshot build stopped");
         loop {
+            if self.is_closed() {
+                drop(file);
+                RealFs.remove(&tmp)?;
+                return Err(stopped());
+            }
             let page = next_page()?;
             if page.is_empty() {
                 break;
@@ -351,7 +383,12 @@ impl StateMachine {
         }
         // IMPORTANT: contents durable, then the name, then the directory entry.
         file.sync_data()?;
+        drop(file);
         let _files = self.files.lock();
+        if self.is_closed() {
+            RealFs.remove(&tmp)?;
+            return Err(stopped());
+        }
         RealFs.rename(&tmp, &path)?;
         RealFs.sync_dir(&self.dir)?;
         let newer = self
@@ -520,9 +557,16 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
             None => Err(io::Error::other("this snapshot builder was used already")),
             Some(Job::Copied(taken)) => taken,
             Some(Job::Frozen { sm, meta, mut view }) => {
+                // Held until the build ends, so that `close` waits for it.
+                let running = sm.builds.clone().read_owned().await;
                 // File I/O for a whole store: off the async workers.
                 tokio::task::spawn_blocking(move || {
-                    sm.write_snapshot(meta, || view.next_page(PAGE).map_err(io_err))
+                    let built = sm.write_snapshot(meta, || view.next_page(PAGE).map_err(io_err));
+                    // The view goes before the guard: once `close` returns, nothing holds the engine.
+                    drop(view);
+                    drop(sm);
+                    drop(running);
+                    built
                 })
                 .await
                 .map_err(io_err)?

@@ -230,3 +230,83 @@ async fn no_policy_snapshot_while_the_engine_is_ahead_of_the_applied_index() {
         contents(&*engine)
     );
 }
+
+/// The files of a Raft directory, with their contents: what a shutdown must leave alone once it returned.
+fn raft_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let path = e.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read(&path).unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_build_after_close_fails_and_leaves_the_current_snapshot() {
+    let root = tempfile::tempdir().unwrap();
+    let raft_dir = root.path().join("raft");
+    let engine = open_engine(root.path());
+    let mut sm = StateMachine::open(engine.clone(), &raft_dir).unwrap();
+    apply(&mut sm, 1, 300, |i| put(i % 150, i)).await;
+    let first = sm
+        .try_create_snapshot_builder(false)
+        .await
+        .unwrap()
+        .build_snapshot()
+        .await
+        .unwrap();
+    apply(&mut sm, 301, 500, |i| put(i % 150, i)).await;
+    let mut builder = sm.try_create_snapshot_builder(false).await.unwrap();
+    let before = raft_files(&raft_dir);
+
+    sm.close().await;
+    assert!(
+        builder.build_snapshot().await.is_err(),
+        "a build after close"
+    );
+    assert_eq!(raft_files(&raft_dir), before, "nothing written or removed");
+    let current = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, first.meta);
+    // The stopped build let go of its view: compaction runs again.
+    engine.compact().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_waits_for_a_build_in_flight_and_nothing_changes_after_it() {
+    let root = tempfile::tempdir().unwrap();
+    let raft_dir = root.path().join("raft");
+    let engine = open_engine(root.path());
+    let mut sm = StateMachine::open(engine.clone(), &raft_dir).unwrap();
+    // Enough keys for a build of many pages, so that it is still running when close is called.
+    apply(&mut sm, 1, 40_000, |i| put(i, i)).await;
+    let mut builder = sm.try_create_snapshot_builder(false).await.unwrap();
+    let build = tokio::spawn(async move { builder.build_snapshot().await });
+    let started = std::time::Instant::now();
+    while !raft_files(&raft_dir)
+        .keys()
+        .any(|name| name.ends_with(".snap.tmp"))
+    {
+        assert!(!build.is_finished(), "the build ended before it was seen");
+        assert!(started.elapsed().as_secs() < 30, "the build never started");
+        tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+    }
+
+    sm.close().await;
+    let after_close = raft_files(&raft_dir);
+    assert!(
+        !after_close.keys().any(|name| name.ends_with(".tmp")),
+        "a stopped build leaves no file: {:?}",
+        after_close.keys().collect::<Vec<_>>()
+    );
+    let built = build.await.unwrap();
+    assert_eq!(
+        raft_files(&raft_dir),
+        after_close,
+        "the build changed the Raft directory after close returned"
+    );
+    if built.is_err() {
+        assert!(sm.get_current_snapshot().await.unwrap().is_none());
+    }
+}
