@@ -279,6 +279,59 @@ fn a_member_without_a_majority_is_not_ready_refuses_writes_and_still_reads_local
     alone.stop();
 }
 
+/// A member SIGKILLed and restarted while no leader can be reached applies, before it serves, every
+/// entry it knew committed (`raft/COMMITTED`), rather than going back to the index of its last `STATE`
+/// store until a leader tells it; and it is not ready, although it remembers a leader from its vote.
+#[test]
+fn a_restarted_member_applies_what_it_knew_committed_before_it_hears_from_a_leader() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = start_cluster(root.path());
+    let leader = agreed_leader(&nodes, Duration::from_secs(20));
+    let f = (leader % 3) as usize;
+    let mut last = 0;
+    for i in 0..40 {
+        let (code, body) = nodes[f]
+            .client()
+            .request("PUT", &format!("/v1/kv/k{i}"), b"v");
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+        last = integration_tests::cluster::lsn_of(&body).unwrap_or(last);
+    }
+    assert!(last > 40, "LSNs of the writes: {last}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster_status(&nodes[f]).and_then(|s| s["commit_index"].as_u64()) < Some(last) {
+        assert!(
+            Instant::now() < deadline,
+            "the follower never learnt the commit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (i, node) in nodes.iter_mut().enumerate() {
+        if i != f {
+            node.kill();
+        }
+    }
+    nodes[f].kill();
+    nodes[f].start();
+    let view = cluster_status(&nodes[f]).unwrap();
+    assert!(
+        view["applied_index"].as_u64() >= Some(last),
+        "applied at start {} (the last write's LSN {last}): {view}",
+        view["applied_index"]
+    );
+    // It remembers its leader from its vote, but that leader is gone: not ready, now and later.
+    for _ in 0..2 {
+        let (code, body) = nodes[f].client().request("GET", "/readyz", b"");
+        let text = String::from_utf8_lossy(&body).to_string();
+        assert_eq!(code, 503, "{text}");
+        assert!(
+            text.contains("not been heard from") || text.contains("no Raft leader known"),
+            "{text}"
+        );
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    nodes[f].stop();
+}
+
 fn cluster_op(node: &Node, op: &str, body: &str) -> (u16, String) {
     let (code, body) = node
         .client()

@@ -6,6 +6,14 @@
 //! work runs inline on openraft's storage task (an fsync is ~0.2 ms here); writes are serialised by
 //! openraft, reads share the log behind a mutex.
 //!
+//! The committed log id (`save_committed`) goes to `raft/COMMITTED`, an in-place hint without an fsync
+//! (`kv_infra_fs::raft_log::in_place`): openraft re-applies the log up to it at start, before the node
+//! serves, so a restarted node's local reads do not go back to `STATE`'s older index while it waits for
+//! a leader (the engine of a cluster member syncs in the background and may lose its newest applies in a
+//! crash). `read_committed` returns it only while the log still holds that very entry (same index,
+//! same term), and never while the log recovers from damage: after a power loss the hint may name an
+//! entry the log lost, and re-applying reads entries from the log.
+//!
 //! The newest entries are also kept decoded in memory ([`Recent`]): openraft reads every entry back
 //! right after appending it, once to apply it and once per follower to replicate it, and each of those
 //! reads from the file costs a `pread`, a CRC and a JSON decode.
@@ -17,7 +25,9 @@ use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::Arc;
 
+use kv_infra_fs::raft_log::in_place::InPlaceHint;
 use kv_infra_fs::raft_log::{LogRecovery, RaftLog, RaftLogOptions, Recovering};
+use kv_infra_fs::vfs::RealFs;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{EntryPayload, OptionalSend};
 use parking_lot::Mutex;
@@ -36,7 +46,12 @@ pub struct LogStore {
 struct Inner {
     log: RaftLog,
     recent: Recent,
+    /// `COMMITTED`, and the log id it holds (see the module doc).
+    committed: InPlaceHint,
+    committed_saved: Option<LogId>,
 }
+
+const COMMITTED: &str = "COMMITTED";
 
 /// Most entries, and most bytes of keys and values, [`Recent`] keeps.
 const RECENT_ENTRIES: usize = 8192;
@@ -159,9 +174,16 @@ impl LogStore {
         recent: usize,
     ) -> io::Result<(Self, LogRecovery)> {
         let (log, report) = RaftLog::open(dir, opts).map_err(io_err)?;
+        let (committed, saved) = InPlaceHint::open(&RealFs, dir, COMMITTED).map_err(io_err)?;
+        // A hint that does not decode is no hint (see the module doc).
+        let committed_saved = saved
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .flatten();
         let inner = Inner {
             log,
             recent: Recent::new(recent, RECENT_BYTES),
+            committed,
+            committed_saved,
         };
         Ok((
             Self {
@@ -179,6 +201,23 @@ impl LogStore {
     /// Ends the recovery from damage, durably (see `RaftLog::finish_recovery`).
     pub fn finish_recovery(&self) -> io::Result<()> {
         self.inner.lock().log.finish_recovery().map_err(io_err)
+    }
+
+    /// The log id of entry `index`, if the log holds it.
+    fn log_id_at(inner: &Inner, index: u64) -> io::Result<Option<LogId>> {
+        if let Some(first) = inner.recent.first() {
+            if index >= first {
+                return Ok(inner
+                    .recent
+                    .copy(index, index + 1)
+                    .first()
+                    .map(|e| e.log_id));
+            }
+        }
+        match inner.log.entries(index, index + 1).map_err(io_err)?.first() {
+            Some((i, bytes)) => Ok(Some(Self::decode_entry(*i, bytes)?.log_id)),
+            None => Ok(None),
+        }
     }
 
     fn decode_entry(index: u64, bytes: &[u8]) -> io::Result<Entry> {
@@ -285,6 +324,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
         self.clone()
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        let bytes = serde_json::to_vec(&committed).map_err(io_err)?;
+        let mut inner = self.inner.lock();
+        inner.committed.store(&bytes).map_err(io_err)?;
+        inner.committed_saved = committed;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        let inner = self.inner.lock();
+        let Some(saved) = inner.committed_saved else {
+            return Ok(None);
+        };
+        if inner.log.recovering().is_some() {
+            return Ok(None);
+        }
+        // IMPORTANT: only an entry the log still holds, the same one (see the module doc).
+        Ok((Self::log_id_at(&inner, saved.index)? == Some(saved)).then_some(saved))
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
@@ -422,5 +481,61 @@ mod tests {
         assert_eq!(state.last_log_id, Some(entry(3, 30).log_id));
         append(&mut log, (31..=32).map(|i| entry(3, i)).collect()).await;
         assert_eq!(read(&mut log, 0, 100).await, vec![(31, 3), (32, 3)]);
+    }
+
+    /// The committed log id survives a reopen while the log still holds that entry, in the file or in
+    /// memory; it is not returned once that entry is gone or is another term's, nor when the file is
+    /// damaged.
+    #[tokio::test]
+    async fn the_committed_hint_is_returned_only_for_an_entry_the_log_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            LogStore::open_keeping(dir.path(), RaftLogOptions::default(), 4)
+                .unwrap()
+                .0
+        };
+        let mut log = open();
+        assert_eq!(log.read_committed().await.unwrap(), None);
+        append(&mut log, (1..=10).map(|i| entry(1, i)).collect()).await;
+        log.save_committed(Some(entry(1, 4).log_id)).await.unwrap();
+        assert_eq!(
+            log.read_committed().await.unwrap(),
+            Some(entry(1, 4).log_id),
+            "from the file"
+        );
+        log.save_committed(Some(entry(1, 9).log_id)).await.unwrap();
+        assert_eq!(
+            log.read_committed().await.unwrap(),
+            Some(entry(1, 9).log_id),
+            "from memory"
+        );
+        drop(log);
+        let mut log = open();
+        assert_eq!(
+            log.read_committed().await.unwrap(),
+            Some(entry(1, 9).log_id),
+            "after a reopen"
+        );
+
+        // The entry is gone (a lost tail), then back in another term: no hint either way.
+        log.truncate_after(Some(entry(1, 6).log_id)).await.unwrap();
+        assert_eq!(log.read_committed().await.unwrap(), None);
+        append(&mut log, (7..=10).map(|i| entry(2, i)).collect()).await;
+        drop(log);
+        let mut log = open();
+        assert_eq!(
+            log.read_committed().await.unwrap(),
+            None,
+            "entry 9 of term 2 is not entry 9 of term 1"
+        );
+
+        log.save_committed(Some(entry(2, 8).log_id)).await.unwrap();
+        drop(log);
+        let path = dir.path().join(COMMITTED);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[6] ^= 0x01;
+        std::fs::write(&path, bytes).unwrap();
+        let mut log = open();
+        assert_eq!(log.read_committed().await.unwrap(), None, "a damaged hint");
     }
 }

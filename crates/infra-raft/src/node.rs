@@ -206,6 +206,10 @@ pub struct RaftNode {
     elections: Arc<std::sync::atomic::AtomicU64>,
     /// openraft's state machine (a clone sharing it), for [`Self::shutdown`] to stop its builds.
     state_machine: StateMachine,
+    /// When a leader's append (or heartbeat) was last accepted here, in this process: a follower
+    /// restored its leader from its stored vote at start, and keeps it while no election succeeds, so
+    /// "knows a leader" for readiness means "heard from it lately" (see [`Self::ready_reasons`]).
+    leader_contact: parking_lot::Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for RaftNode {
@@ -389,6 +393,7 @@ impl RaftNode {
             quorum_silence: QUORUM_SILENCE.max(settings.election_timeout.1),
             elections,
             state_machine,
+            leader_contact: parking_lot::Mutex::new(None),
         })
     }
 
@@ -489,23 +494,8 @@ impl RaftNode {
     /// such a leader; a write to it would wait out its timeout with an unknown outcome). Such a
     /// leader's quorum may meanwhile have elected another: either way nothing can commit here now.
     fn check_quorum_contact(&self) -> Result<(), ClusterError> {
-        let metrics = self.raft.metrics();
-        let silent = {
-            // Read in place: this runs before every write, and the metrics hold maps worth not cloning.
-            let m = metrics.borrow_watched();
-            if m.state != ServerState::Leader {
-                return Ok(());
-            }
-            // A lone voter is its own quorum; openraft never re-dates its acknowledgement.
-            let mut voters = m.membership_config.membership().voter_ids();
-            if voters.next() == Some(self.id) && voters.next().is_none() {
-                return Ok(());
-            }
-            let Some(acked) = m.last_quorum_acked.as_ref() else {
-                // Just elected: its first heartbeats are under way (`write` waits for them).
-                return Ok(());
-            };
-            openraft::Instant::elapsed(&**acked)
+        let Some(silent) = self.quorum_silence_now() else {
+            return Ok(());
         };
         if silent > self.quorum_silence {
             return Err(ClusterError::Unavailable(format!(
@@ -514,6 +504,24 @@ impl RaftNode {
             )));
         }
         Ok(())
+    }
+
+    /// How long this leader has gone without a majority's acknowledgement; `None` when it does not lead,
+    /// is a lone voter (its own quorum: openraft never re-dates its acknowledgement), or was just elected
+    /// (its first heartbeats are under way; `write` waits for them).
+    fn quorum_silence_now(&self) -> Option<Duration> {
+        let metrics = self.raft.metrics();
+        // Read in place: this runs before every write, and the metrics hold maps worth not cloning.
+        let m = metrics.borrow_watched();
+        if m.state != ServerState::Leader {
+            return None;
+        }
+        let mut voters = m.membership_config.membership().voter_ids();
+        if voters.next() == Some(self.id) && voters.next().is_none() {
+            return None;
+        }
+        let acked = m.last_quorum_acked.as_ref()?;
+        Some(openraft::Instant::elapsed(&**acked))
     }
 
     /// Adds node `id` at `url` as a learner (it receives the log but does not vote); returns once the
@@ -654,8 +662,8 @@ impl RaftNode {
     }
 
     /// Why this node cannot serve as a cluster member yet (empty: ready): it knows no leader, it has
-    /// not applied what its log held at start (or what the cluster committed, if that is less), or it is
-    /// recovering a damaged log.
+    /// not applied what its log held at start (or what the cluster committed, if that is less; while no
+    /// leader has told it, everything its log held), or it is recovering a damaged log.
     pub fn ready_reasons(&self) -> Vec<String> {
         let status = self.status();
         let mut reasons = Vec::new();
@@ -675,18 +683,51 @@ impl RaftNode {
                 "Raft leader {id} known (term {}) but not its address: the membership has not arrived yet",
                 status.term
             )),
-            (Some(_), Some(_)) => {}
+            (Some(id), Some(_)) if id == self.id => match self.quorum_silence_now() {
+                Some(silent) if silent > self.quorum_silence => reasons.push(format!(
+                    "this node leads (term {}) but no majority has answered it for {} ms",
+                    status.term,
+                    silent.as_millis()
+                )),
+                _ => {}
+            },
+            (Some(id), Some(_)) => {
+                let heard = self.leader_contact.lock().map(|at| at.elapsed());
+                match heard {
+                    Some(silent) if silent <= self.quorum_silence => {}
+                    Some(silent) => reasons.push(format!(
+                        "no word from Raft leader {id} for {} ms (term {}): it may be gone, and no new leader is elected yet",
+                        silent.as_millis(),
+                        status.term
+                    )),
+                    None => reasons.push(format!(
+                        "Raft leader {id} (term {}) remembered from before this node started has not been heard from since",
+                        status.term
+                    )),
+                }
+            }
         }
         let applied = status.applied_index.unwrap_or(0);
-        let target = match (self.start_index, status.commit_index) {
-            (Some(start), Some(commit)) => Some(start.min(commit)),
-            (Some(_), None) => None,
-            (None, _) => None,
-        };
-        if let Some(target) = target.filter(|t| applied < *t) {
-            reasons.push(format!(
-                "catching up: applied index {applied}, {target} needed (what this node's log held at start)"
-            ));
+        // The commit index a leader granted (or this node as leader), not the local one: after a
+        // restart the local one starts at what this node saved, and a log that holds entries past it
+        // is caught up only once the cluster says how far they are committed (openraft's own
+        // `wait_for_recovery` waits for the same).
+        let cluster_commit = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .cluster_committed
+            .map(|l| l.index);
+        match (self.start_index, cluster_commit) {
+            (Some(start), _) if applied >= start => {}
+            (Some(start), None) => reasons.push(format!(
+                "catching up: applied index {applied}, this node's log held {start} at start, and no leader has said yet how far it is committed"
+            )),
+            (Some(start), Some(commit)) if applied < start.min(commit) => reasons.push(format!(
+                "catching up: applied index {applied}, {} needed (what this node's log held at start, as far as the cluster committed it)",
+                start.min(commit)
+            )),
+            _ => {}
         }
         reasons
     }
@@ -797,7 +838,17 @@ impl RaftNode {
             }
         }
         let encoded = match rpc {
-            Rpc::Append => serde_json::to_vec(&self.raft.append_entries(decode(rpc, body)?).await),
+            Rpc::Append => {
+                let answer = self.raft.append_entries(decode(rpc, body)?).await;
+                // Any answer but "your term is over" means a leader of this node's term spoke.
+                if matches!(
+                    answer,
+                    Ok(ref r) if !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_))
+                ) {
+                    *self.leader_contact.lock() = Some(Instant::now());
+                }
+                serde_json::to_vec(&answer)
+            }
             Rpc::Vote => serde_json::to_vec(&self.raft.vote(decode(rpc, body)?).await),
             Rpc::PreVote => serde_json::to_vec(&self.raft.pre_vote(decode(rpc, body)?).await),
             Rpc::TransferLeader => serde_json::to_vec(

@@ -40,6 +40,7 @@
 //! - **Fail-stop**: after a failed write or sync the log refuses every later write (the kernel may have
 //!   dropped the dirty pages; a retry that succeeds proves nothing).
 
+pub mod in_place;
 mod recover;
 pub mod small_file;
 
