@@ -8,9 +8,8 @@
 //!
 //! The committed log id (`save_committed`) goes to `raft/COMMITTED`, an in-place hint without an fsync
 //! (`kv_infra_fs::raft_log::in_place`): openraft re-applies the log up to it at start, before the node
-//! serves, so a restarted node's local reads do not go back to `STATE`'s older index while it waits for
-//! a leader (the engine of a cluster member syncs in the background and may lose its newest applies in a
-//! crash). `read_committed` returns it only while the log still holds that very entry (same index,
+//! serves, so a restarted node's applied index (what `min_lsn` waits for) does not go back to `STATE`'s
+//! older one while it waits for a leader. `read_committed` returns it only while the log still holds that very entry (same index,
 //! same term), and never while the log recovers from damage: after a power loss the hint may name an
 //! entry the log lost, and re-applying reads entries from the log.
 //!

@@ -908,9 +908,9 @@ impl RaftNode {
             .map_err(|e| e.to_string())
     }
 
-    /// Stops this node's Raft tasks, then any snapshot build still running in the background, and
-    /// returns once none runs: after it, nothing changes the Raft directory and no task of this node
-    /// uses the engine (it stays open with its owner, who closes it).
+    /// Stops this node's Raft tasks, then any snapshot build running in the background, and returns
+    /// once none runs. openraft's state-machine task may still finish commands queued before its
+    /// shutdown (see `StateMachine::close`); the engine stays open with its owner, who closes it.
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");

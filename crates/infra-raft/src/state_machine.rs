@@ -35,9 +35,11 @@
 //! after a restart), which a view would include. A snapshot openraft needs at once (at start only, when
 //! its log was purged without one) is copied on the calling task before anything is applied.
 //!
-//! At shutdown ([`StateMachine::close`], after openraft's) a build still running stops at its next page,
-//! removes its file and stores nothing, and the shutdown waits for it: a restart in the same process, or
-//! the engine's close, never meets a build of the previous run.
+//! At shutdown ([`StateMachine::close`], after openraft's) a build already running stops at its next
+//! page, removes its file and stores nothing, and the shutdown waits for it. NOTE: that covers builds
+//! that reached their blocking thread only. openraft's shutdown does not wait for its state-machine
+//! task, which may still run commands queued before it (an apply, a membership `STATE` store, a build
+//! that then fails at once, an install); the Raft log holds whatever they were doing.
 //!
 //! A build that finishes after a newer snapshot was installed is dropped (openraft ignores its metadata
 //! too). The `files` lock orders every `STATE` store and every change to the snapshot files: a build's
@@ -167,10 +169,10 @@ impl StateMachine {
     }
 
     /// Stops every snapshot build and waits until none runs; a build started later fails at once.
-    /// Called after openraft's shutdown, so that once it returns nothing changes this node's files
-    /// (`STATE`, the snapshots) and no build holds the engine any more (the server closes the engine
-    /// next, which needs it unshared). A build stopped this way leaves no file behind; the current
-    /// snapshot stays what it was.
+    /// Called after openraft's shutdown, so that once it returns no background build of ours writes
+    /// this node's files or holds the engine (the server closes the engine next, which needs it
+    /// unshared). A build stopped this way leaves no file behind; the current snapshot stays what it
+    /// was. Commands openraft's state-machine task had queued may still run (see the module doc).
     pub async fn close(&self) {
         self.closed
             .store(true, std::sync::atomic::Ordering::Release);
@@ -562,7 +564,7 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
                 // File I/O for a whole store: off the async workers.
                 tokio::task::spawn_blocking(move || {
                     let built = sm.write_snapshot(meta, || view.next_page(PAGE).map_err(io_err));
-                    // The view goes before the guard: once `close` returns, nothing holds the engine.
+                    // The view goes before the guard: once `close` returns, this build holds no engine.
                     drop(view);
                     drop(sm);
                     drop(running);
