@@ -26,7 +26,7 @@ pub use log_store::LogStore;
 pub use network::{Network, RaftTransport, Rpc, SnapshotChunk, TransportError, SNAPSHOT_CHUNK};
 pub use node::{
     ClusterError, ClusterSettings, ClusterStatus, Member, RaftNode, StartError, Written,
-    MAX_APPEND_ENTRIES,
+    MAX_APPEND_ENTRIES, QUORUM_SILENCE,
 };
-pub use state_machine::{Builder, SnapshotFile, StateMachine};
+pub use state_machine::{Builder, Closer, SnapshotFile, StateMachine};
 pub use types::{alias, Applied, Command, NodeId, Op, TypeConfig};

@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::log_store::LogStore;
 use crate::network::{Network, RaftTransport, Rpc, SnapshotChunk};
-use crate::state_machine::{SnapshotFile, StateMachine};
+use crate::state_machine::{Closer, SnapshotFile, StateMachine};
 use crate::types::{Command, NodeId, TypeConfig};
 
 type Raft = openraft::Raft<TypeConfig, StateMachine>;
@@ -204,8 +204,12 @@ pub struct RaftNode {
     quorum_silence: Duration,
     /// Terms this node has entered since it started: one per election it saw begin (won or not).
     elections: Arc<std::sync::atomic::AtomicU64>,
-    /// openraft's state machine (a clone sharing it), for [`Self::shutdown`] to stop its builds.
-    state_machine: StateMachine,
+    /// Stops openraft's state machine at [`Self::shutdown`] (it holds nothing of the engine).
+    closer: Closer,
+    /// The term this node last became leader in and when, in this process: until a majority has
+    /// acknowledged a leader (openraft's `last_quorum_acked` is empty until then), its silence counts
+    /// from its election (see [`Self::quorum_silence_now`]).
+    elected: Arc<parking_lot::Mutex<Option<(u64, Instant)>>>,
     /// When a leader's append (or heartbeat) was last accepted here, in this process: a follower
     /// restored its leader from its stored vote at start, and keeps it while no election succeeds, so
     /// "knows a leader" for readiness means "heard from it lately" (see [`Self::ready_reasons`]).
@@ -348,7 +352,7 @@ impl RaftNode {
         if !pristine {
             sm.fall_back_to_snapshot(start_index);
         }
-        let state_machine = sm.clone();
+        let closer = sm.closer();
         let raft = Raft::new(
             settings.node_id,
             Arc::new(config),
@@ -369,7 +373,13 @@ impl RaftNode {
             ));
         }
         let elections = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        tokio::spawn(count_elections(raft.clone(), start_term, elections.clone()));
+        let elected = Arc::new(parking_lot::Mutex::new(None));
+        tokio::spawn(watch_terms(
+            raft.clone(),
+            start_term,
+            elections.clone(),
+            elected.clone(),
+        ));
         if pristine && first_member && !bootstrapped {
             match raft.initialize(members).await {
                 Ok(()) => tracing::info!(node = settings.node_id, "initialised the cluster"),
@@ -392,7 +402,8 @@ impl RaftNode {
             recovering,
             quorum_silence: QUORUM_SILENCE.max(settings.election_timeout.1),
             elections,
-            state_machine,
+            closer,
+            elected,
             leader_contact: parking_lot::Mutex::new(None),
         })
     }
@@ -506,9 +517,11 @@ impl RaftNode {
         Ok(())
     }
 
-    /// How long this leader has gone without a majority's acknowledgement; `None` when it does not lead,
-    /// is a lone voter (its own quorum: openraft never re-dates its acknowledgement), or was just elected
-    /// (its first heartbeats are under way; `write` waits for them).
+    /// How long this leader has gone without a majority's acknowledgement (counted from its election
+    /// while none has acknowledged it yet: a leader cut off right after winning would otherwise pass
+    /// for good); `None` when it does not lead, is a lone voter (its own quorum: openraft never
+    /// re-dates its acknowledgement), or was elected so recently that [`watch_terms`] has not seen it
+    /// yet (its first heartbeats are under way; `write` waits for them).
     fn quorum_silence_now(&self) -> Option<Duration> {
         let metrics = self.raft.metrics();
         // Read in place: this runs before every write, and the metrics hold maps worth not cloning.
@@ -520,8 +533,14 @@ impl RaftNode {
         if voters.next() == Some(self.id) && voters.next().is_none() {
             return None;
         }
-        let acked = m.last_quorum_acked.as_ref()?;
-        Some(openraft::Instant::elapsed(&**acked))
+        if let Some(acked) = m.last_quorum_acked.as_ref() {
+            return Some(openraft::Instant::elapsed(&**acked));
+        }
+        // Lock order: the metrics, then `elected` (the watcher never holds both).
+        match *self.elected.lock() {
+            Some((term, at)) if term == m.current_term => Some(at.elapsed()),
+            _ => None,
+        }
     }
 
     /// Adds node `id` at `url` as a learner (it receives the log but does not vote); returns once the
@@ -915,7 +934,7 @@ impl RaftNode {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
-        self.state_machine.close().await;
+        self.closer.close().await;
     }
 }
 
@@ -957,15 +976,33 @@ async fn finish_recovery_when_caught_up(
     }
 }
 
-/// Counts the terms this node enters after it started (from its own campaign or a peer's message).
-async fn count_elections(raft: Raft, start_term: u64, count: Arc<std::sync::atomic::AtomicU64>) {
+/// Counts the terms this node enters after it started (from its own campaign or a peer's message),
+/// and records when it became leader in each term it leads.
+async fn watch_terms(
+    raft: Raft,
+    start_term: u64,
+    count: Arc<std::sync::atomic::AtomicU64>,
+    elected: Arc<parking_lot::Mutex<Option<(u64, Instant)>>>,
+) {
     let mut metrics = raft.metrics();
     let mut term = start_term;
-    while metrics.changed().await.is_ok() {
-        let now = metrics.borrow_watched().current_term;
+    loop {
+        let (now, leads) = {
+            let m = metrics.borrow_watched();
+            (m.current_term, m.state == ServerState::Leader)
+        };
         if now > term {
             count.fetch_add(now - term, std::sync::atomic::Ordering::Relaxed);
             term = now;
+        }
+        if leads {
+            let mut elected = elected.lock();
+            if elected.is_none_or(|(t, _)| t != now) {
+                *elected = Some((now, Instant::now()));
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
         }
     }
 }

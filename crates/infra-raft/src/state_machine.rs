@@ -35,11 +35,14 @@
 //! after a restart), which a view would include. A snapshot openraft needs at once (at start only, when
 //! its log was purged without one) is copied on the calling task before anything is applied.
 //!
-//! At shutdown ([`StateMachine::close`], after openraft's) a build already running stops at its next
-//! page, removes its file and stores nothing, and the shutdown waits for it. NOTE: that covers builds
-//! that reached their blocking thread only. openraft's shutdown does not wait for its state-machine
-//! task, which may still run commands queued before it (an apply, a membership `STATE` store, a build
-//! that then fails at once, an install); the Raft log holds whatever they were doing.
+//! At shutdown ([`Closer::close`], after openraft's) a build already running stops at its next page,
+//! removes its file and stores nothing, and the shutdown waits for it. openraft's shutdown does not
+//! wait for its state-machine task, which may still run commands queued before it; so every command
+//! that writes (an apply, an install, making a builder) holds the same guard a build does, from before
+//! it checks for the close until it ends, and one that finds the node closed fails without touching the
+//! engine or the files. A builder holds the guard from its making (before the freeze) until its build
+//! ends, so a build spawned but not yet running is waited for too. Once `close` returns, nothing of the
+//! state machine writes or holds the engine; the Raft log holds whatever was not applied.
 //!
 //! A build that finishes after a newer snapshot was installed is dropped (openraft ignores its metadata
 //! too). The `files` lock orders every `STATE` store and every change to the snapshot files: a build's
@@ -105,11 +108,49 @@ pub struct StateMachine {
     /// order is the memory's and a snapshot built in the background (see the module doc) never races an
     /// install or a membership change.
     files: Arc<Mutex<()>>,
-    /// Every background build holds a read guard of this while it runs; [`Self::close`] takes the
-    /// write side after setting `closed`, so it returns only once no build runs (see the module doc).
-    builds: Arc<tokio::sync::RwLock<()>>,
-    /// Set by [`Self::close`]: a build stops at its next page and stores nothing.
+    /// Taken at shutdown (see the module doc).
+    closer: Closer,
+}
+
+/// Stops a state machine at shutdown (see the module doc); holds nothing of the engine, so that whoever
+/// keeps it (the node) does not keep the engine shared.
+#[derive(Clone, Debug, Default)]
+pub struct Closer {
+    /// Every command that writes and every builder holds a read guard of this while it runs;
+    /// [`Self::close`] takes the write side after setting `closed`, so it returns once none runs.
+    busy: Arc<tokio::sync::RwLock<()>>,
+    /// Set by [`Self::close`]: a build stops at its next page and stores nothing; a command fails.
     closed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Closer {
+    /// Stops every snapshot build and waits until none runs and no command that writes runs; later
+    /// ones fail at once. Called after openraft's shutdown, so that once it returns nothing of the
+    /// state machine writes this node's files or holds the engine (the server closes the engine next,
+    /// which needs it unshared). A build stopped this way leaves no file behind; the current snapshot
+    /// stays what it was.
+    pub async fn close(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        let _none_runs = self.busy.write().await;
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// A guard that [`Self::close`] waits for, or an error if the node is closed already.
+    async fn enter(&self) -> io::Result<tokio::sync::OwnedRwLockReadGuard<()>> {
+        let guard = self.busy.clone().read_owned().await;
+        if self.is_closed() {
+            return Err(stopped());
+        }
+        Ok(guard)
+    }
+}
+
+fn stopped() -> io::Error {
+    io::Error::other("the node is shutting down: the state machine is closed")
 }
 
 impl std::fmt::Debug for StateMachine {
@@ -163,24 +204,22 @@ impl StateMachine {
             dir: dir.to_path_buf(),
             state: Arc::new(Mutex::new(state)),
             files: Arc::new(Mutex::new(())),
-            builds: Arc::new(tokio::sync::RwLock::new(())),
-            closed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            closer: Closer::default(),
         })
     }
 
-    /// Stops every snapshot build and waits until none runs; a build started later fails at once.
-    /// Called after openraft's shutdown, so that once it returns no background build of ours writes
-    /// this node's files or holds the engine (the server closes the engine next, which needs it
-    /// unshared). A build stopped this way leaves no file behind; the current snapshot stays what it
-    /// was. Commands openraft's state-machine task had queued may still run (see the module doc).
+    /// What stops this state machine at shutdown.
+    pub fn closer(&self) -> Closer {
+        self.closer.clone()
+    }
+
+    /// Shorthand for [`Closer::close`].
     pub async fn close(&self) {
-        self.closed
-            .store(true, std::sync::atomic::Ordering::Release);
-        let _none_runs = self.builds.write().await;
+        self.closer.close().await;
     }
 
     fn is_closed(&self) -> bool {
-        self.closed.load(std::sync::atomic::Ordering::Acquire)
+        self.closer.is_closed()
     }
 
     /// The last applied log id.
@@ -358,7 +397,6 @@ impl StateMachine {
         })?;
         let mut offset = 0u64;
         let mut buf = Vec::new();
-        let stopped = || io::Error::other("the node is shutting down: snapshot build stopped");
         loop {
             if self.is_closed() {
                 drop(file);
@@ -542,6 +580,8 @@ enum Job {
         sm: StateMachine,
         meta: SnapshotMeta,
         view: Box<dyn FrozenView>,
+        /// Held from before the freeze until the build ends, so that `close` waits for it.
+        running: tokio::sync::OwnedRwLockReadGuard<()>,
     },
 }
 
@@ -558,9 +598,12 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
         match self.job.get_mut().take() {
             None => Err(io::Error::other("this snapshot builder was used already")),
             Some(Job::Copied(taken)) => taken,
-            Some(Job::Frozen { sm, meta, mut view }) => {
-                // Held until the build ends, so that `close` waits for it.
-                let running = sm.builds.clone().read_owned().await;
+            Some(Job::Frozen {
+                sm,
+                meta,
+                mut view,
+                running,
+            }) => {
                 // File I/O for a whole store: off the async workers.
                 tokio::task::spawn_blocking(move || {
                     let built = sm.write_snapshot(meta, || view.next_page(PAGE).map_err(io_err));
@@ -590,6 +633,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     where
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
+        let _running = self.closer.enter().await?;
         // The entries already committed arrive together: apply each run of them with one engine call
         // (one fsync in `always` mode), then answer their proposers.
         let mut chunks = entries.ready_chunks(APPLY_BATCH);
@@ -630,6 +674,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // On the state machine's task, between two applies: the view is of exactly `meta`'s index,
         // unless the engine holds entries past it (re-delivery after a restart, before the applies
         // catch up with what the engine kept): then a view would be of a later state, so wait.
+        let running = match self.closer.enter().await {
+            Ok(guard) => guard,
+            Err(e) if force => {
+                return Some(Builder {
+                    job: Mutex::new(Some(Job::Copied(Err(e)))),
+                })
+            }
+            Err(_) => return None,
+        };
         let meta = self.snapshot_meta();
         let applied = meta.last_log_id.map_or(0, |id| id.index);
         if !force && self.engine.last_lsn().0 > applied {
@@ -640,6 +693,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 sm: self.clone(),
                 meta,
                 view,
+                running,
             },
             // A compaction runs: a policy snapshot waits for the next try, a needed one is copied now.
             Ok(None) if !force => return None,
@@ -666,6 +720,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: SnapshotFile,
     ) -> Result<(), io::Error> {
+        let _running = self.closer.enter().await?;
         let at = meta.last_log_id.map_or(0, |id| id.index);
         self.replace_contents(&snapshot.path, at)?;
         // Under the lock: a background build must not delete the copy before it is current.

@@ -21,6 +21,8 @@ use parking_lot::Mutex;
 #[derive(Default)]
 struct Loopback {
     nodes: Mutex<BTreeMap<NodeId, Arc<RaftNode>>>,
+    /// Appends (heartbeats too) are lost while set; votes still go through.
+    lose_appends: std::sync::atomic::AtomicBool,
 }
 
 impl RaftTransport for Loopback {
@@ -31,6 +33,9 @@ impl RaftTransport for Loopback {
         rpc: Rpc,
         body: Vec<u8>,
     ) -> Result<Vec<u8>, TransportError> {
+        if rpc == Rpc::Append && self.lose_appends.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(TransportError::Unreachable("appends are lost".into()));
+        }
         let node = self.nodes.lock().get(&target).cloned();
         match node {
             None => Err(TransportError::Unreachable(format!(
@@ -73,9 +78,13 @@ fn open_engine(dir: &Path) -> Arc<FsEngine> {
 
 impl Cluster {
     async fn start(settings: ClusterSettings) -> Self {
+        Self::start_over(settings, Loopback::default()).await
+    }
+
+    async fn start_over(settings: ClusterSettings, transport: Loopback) -> Self {
         let root = tempfile::tempdir().unwrap();
         let mut cluster = Cluster {
-            transport: Arc::new(Loopback::default()),
+            transport: Arc::new(transport),
             dirs: BTreeMap::new(),
             engines: BTreeMap::new(),
             settings,
@@ -316,6 +325,69 @@ async fn a_node_that_missed_a_purged_stretch_catches_up_from_a_chunked_snapshot(
     );
     assert_eq!(c.contents(lagging), c.contents(leader), "{status:?}");
     assert_eq!(c.contents(lagging).len(), 120);
+    for id in c.live() {
+        c.node(id).shutdown().await;
+    }
+}
+
+/// A leader no majority ever acknowledged (here every append is lost from the start, so it wins its
+/// election by votes and the others never even learn the membership; in production, a leader cut off
+/// right after winning) counts its silence from its election: after the quorum silence it is not
+/// ready, and it refuses a write at once instead of waiting out the write's timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_no_majority_ever_acknowledged_is_not_ready_and_refuses_writes_at_once() {
+    let transport = Loopback::default();
+    transport
+        .lose_appends
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let c = Cluster::start_over(ClusterSettings::new(0, peers(3)), transport).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.node(1).status().state != "leader" {
+        assert!(Instant::now() < deadline, "{:?}", c.node(1).status());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elected = Instant::now();
+    let reasons = loop {
+        let reasons = c.node(1).ready_reasons();
+        if !reasons.is_empty() {
+            break reasons;
+        }
+        assert!(
+            elected.elapsed() < Duration::from_secs(10),
+            "a leader nobody acknowledged stays ready: {:?}",
+            c.node(1).status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        elected.elapsed() >= kv_infra_raft::QUORUM_SILENCE - Duration::from_millis(100),
+        "not ready before the quorum silence passed: {reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("no majority")),
+        "{reasons:?}"
+    );
+    assert_eq!(c.node(1).status().state, "leader", "the scenario holds");
+    let started = Instant::now();
+    let answer = c
+        .node(1)
+        .write(
+            Command::from_ops(&[BatchOp::Put {
+                key: Key::from("k"),
+                value: Value::from(b"v".to_vec()),
+            }]),
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(
+        matches!(answer, Err(ClusterError::Unavailable(_))),
+        "{answer:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused after {:?}",
+        started.elapsed()
+    );
     for id in c.live() {
         c.node(id).shutdown().await;
     }
