@@ -211,6 +211,14 @@ async fn start_node(
         .with_label(run::RUN_LABEL, run_id().as_str())
         .with_label("kvtest.cluster", prefix.to_string())
         .with_env_var("REPLICATION_TOKEN", TOKEN)
+        // Client tokens on: every request of the tests' client carries the admin token
+        // (`crate::CLIENT_TOKEN`). Mode 0644 (copied as root; the server runs as another user), which
+        // the server warns about.
+        .with_copy_to(
+            "/etc/kv/tokens",
+            format!("admin {}\n", crate::CLIENT_TOKEN).into_bytes(),
+        )
+        .with_env_var("AUTH_TOKENS_FILE", "/etc/kv/tokens")
         .with_env_var("RUST_LOG", "info")
         .with_startup_timeout(Duration::from_secs(60))
         // Publish the API on the loopback interface only, on a port the engine picks.

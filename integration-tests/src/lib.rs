@@ -27,6 +27,11 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// The client token every request of [`Client`] carries (`Authorization: Bearer`, unless the caller
+/// sends its own): the container tests run their servers with it as an `admin` token; a server without
+/// a token file ignores it.
+pub const CLIENT_TOKEN: &str = "test-admin-token-0123456789abcdef";
+
 /// A free port on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -149,10 +154,16 @@ impl Client {
     ) -> std::io::Result<Answer> {
         let mut s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let extra: String = headers
+        let mut extra: String = headers
             .iter()
             .map(|(n, v)| format!("{n}: {v}\r\n"))
             .collect();
+        if !headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("authorization"))
+        {
+            extra.push_str(&format!("Authorization: Bearer {CLIENT_TOKEN}\r\n"));
+        }
         let mut req = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{extra}Content-Length: {}\r\n\r\n", body.len()).into_bytes();
         req.extend_from_slice(body);
         s.write_all(&req)?;

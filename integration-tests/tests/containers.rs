@@ -295,6 +295,13 @@ fn compose_runs_a_leader_and_four_followers(engine: Engine) {
             docker_ok(&["inspect", "-f", "{{.Config.User}}", id]),
             "10001:10001"
         );
+        // Published on the loopback interface only: the file opens the API (PROTECTED_MODE=false)
+        // to whoever reaches the port.
+        let bindings = docker_ok(&["inspect", "-f", "{{json .HostConfig.PortBindings}}", id]);
+        assert!(
+            bindings.contains(r#""HostIp":"127.0.0.1""#),
+            "{id}: {bindings}"
+        );
         let deadline = Instant::now() + Duration::from_secs(60);
         while docker_ok(&["inspect", "-f", "{{.State.Health.Status}}", id]) != "healthy" {
             assert!(

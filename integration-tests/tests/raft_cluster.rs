@@ -131,7 +131,17 @@ fn writes_to_any_node_reach_the_leader_or_redirect_and_linearizable_reads_see_th
             .unwrap();
         assert_eq!(code, 409, "{cluster:?}: {}", String::from_utf8_lossy(&body));
     }
-    let (code, _) = follower.client().request("GET", "/v1/cluster", b"");
+    // Cluster operations take the replication token (or an admin client token); a wrong one is refused
+    // even from loopback, where protected mode admits a request without any.
+    let (code, _) = follower
+        .client()
+        .try_request_with(
+            "GET",
+            "/v1/cluster",
+            &[("x-kv-replication-token", "wrong-token")],
+            b"",
+        )
+        .unwrap();
     assert_eq!(code, 401);
     let status = cluster_status(follower).unwrap();
     assert_eq!(status["members"].as_array().unwrap().len(), 3);
@@ -149,7 +159,7 @@ fn writes_to_any_node_reach_the_leader_or_redirect_and_linearizable_reads_see_th
         assert!(text.contains("\nkv_raft_applied_index "));
         assert!(text.contains("\nkv_raft_elections_seen_total "), "{text}");
     }
-    // kvctl cluster status: the token from the flag, the environment or a file; without it, exit 2.
+    // kvctl cluster status: the token from the flag, the environment or a file; a wrong one, exit 2.
     let token_file = root.path().join("token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     let kvctl = |args: &[&str], env: &[(&str, &str)]| {
@@ -168,16 +178,18 @@ fn writes_to_any_node_reach_the_leader_or_redirect_and_linearizable_reads_see_th
     };
     let file_arg = token_file.to_str().unwrap();
     for (args, env) in [
-        (vec!["status", "--token", TOKEN], vec![]),
+        (vec!["status", "--replication-token", TOKEN], vec![]),
         (vec!["status"], vec![("KV_REPLICATION_TOKEN", TOKEN)]),
-        (vec!["status", "--token-file", file_arg], vec![]),
+        (vec!["status", "--replication-token-file", file_arg], vec![]),
     ] {
         let (code, stdout, stderr) = kvctl(&args, &env);
         assert_eq!(code, Some(0), "{args:?}: {stderr}");
         let doc: Json = serde_json::from_str(&stdout).unwrap();
         assert_eq!(doc["leader_id"].as_u64(), Some(leader));
     }
-    let (code, _, stderr) = kvctl(&["status"], &[]);
+    // A wrong token is refused (401, exit 2) even from loopback, where protected mode would admit a
+    // request without one.
+    let (code, _, stderr) = kvctl(&["status", "--replication-token", "wrong-token"], &[]);
     assert_eq!(code, Some(2), "401 is a usage error: {stderr}");
     assert!(stderr.contains("token"), "{stderr}");
     let (_, body) = nodes[(leader - 1) as usize]
@@ -401,7 +413,7 @@ fn a_fourth_node_joins_as_learner_is_promoted_an_old_voter_is_removed_and_leader
             "cluster",
             "transfer-leader",
             "4",
-            "--token",
+            "--replication-token",
             TOKEN,
         ])
         .output()

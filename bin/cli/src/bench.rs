@@ -49,6 +49,9 @@ pub enum KeyDistribution {
 /// `kvctl bench` settings.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
+    /// The client token (kvctl's --token, KV_TOKEN or --token-file), sent with every request.
+    #[arg(skip)]
+    pub token: Option<kv_infra_http::replication::Secret>,
     /// The workload.
     #[arg(value_enum)]
     pub workload: Workload,
@@ -125,7 +128,9 @@ pub fn run(url: &str, args: &BenchArgs) -> Result<(), CliError> {
 }
 
 async fn preload(url: &str, args: &BenchArgs) -> Result<(), CliError> {
-    let mut client = Client::new(url).map_err(|e| CliError::usage(e.to_string()))?;
+    let mut client = Client::new(url)
+        .and_then(|c| c.with_bearer(args.token.as_ref()))
+        .map_err(|e| CliError::usage(e.to_string()))?;
     let value = "v".repeat(args.value_size);
     let mut i = 0;
     while i < args.keys {
@@ -219,7 +224,11 @@ async fn connection(
         .trim_start_matches("http://")
         .trim_end_matches('/')
         .to_string();
-    let mut conn = RawConn::new(addr);
+    let auth = args
+        .token
+        .as_ref()
+        .map(|t| format!("Authorization: Bearer {}\r\n", t.expose()));
+    let mut conn = RawConn::new(addr, auth);
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
         .map_err(|e| CliError::failure(e.to_string()))?;
     let mut rng = rand::rngs::SmallRng::seed_from_u64(c as u64 + 1);

@@ -44,6 +44,8 @@ Environment:
   KV_URL              the server, like --url (KV_ENDPOINT is accepted too; --url wins, then KV_URL)
   KV_CONNECT_TIMEOUT  like --connect-timeout (default 5s)
   KV_TIMEOUT          like --timeout (default 30s; compact: none)
+  KV_TOKEN            the client token, like --token (a server with AUTH_TOKENS_FILE needs one)
+  KV_TOKEN_FILE       like --token-file: a file whose first line is the client token
 Durations: seconds (2.5) or with a unit (500ms, 5s, 1m); 0 for no bound.
 
 Output: values are raw bytes into a pipe or file; on a terminal, control characters and bytes that are not
@@ -53,7 +55,8 @@ UTF-8 are escaped (\\n, \\t, \\xHH; a backslash as \\\\) and `get` adds a newlin
 (exit 2) rather than read an empty store made by a typo.
 
 Exit codes: 0 ok (also when stdout is closed early, as by `| head`), 1 key not found, 2 usage or bad input
-(nothing written), 3 server, network, timeout or disk failure. A scripted shell (stdin not a terminal) exits
+(nothing written; also a request the server refused: 401 no or unknown token, 403 role too weak or
+protected mode), 3 server, network, timeout or disk failure. A scripted shell (stdin not a terminal) exits
 with the code of its first failing command.
 
 Shell completion: kvctl completion bash|zsh|fish|elvish|powershell";
@@ -79,6 +82,13 @@ struct Cli {
     /// unknown) [default: 30s; compact: none].
     #[arg(long, env = "KV_TIMEOUT", value_parser = duration::parse, global = true)]
     timeout: Option<Duration>,
+    /// Client token, sent as `Authorization: Bearer <token>` (a server with AUTH_TOKENS_FILE needs one)
+    /// [env: KV_TOKEN]. Prefer KV_TOKEN or --token-file: a flag shows in the process list.
+    #[arg(long, global = true)]
+    token: Option<String>,
+    /// A file whose first line is the client token [env: KV_TOKEN_FILE].
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -168,17 +178,18 @@ enum Command {
         /// The operation.
         #[command(subcommand)]
         op: ClusterOp,
-        /// The replication token (else KV_REPLICATION_TOKEN, else the first line of --token-file).
+        /// The replication token (else KV_REPLICATION_TOKEN, else the first line of
+        /// --replication-token-file); an admin client token (--token) serves as well.
         #[arg(
             long,
             env = "KV_REPLICATION_TOKEN",
             hide_env_values = true,
             global = true
         )]
-        token: Option<String>,
+        replication_token: Option<String>,
         /// A file whose first line is the replication token (keeps it off the command line).
         #[arg(long, global = true)]
-        token_file: Option<PathBuf>,
+        replication_token_file: Option<PathBuf>,
     },
     /// Interactive shell: put, read, delete, readrange, batchput, status, help, exit.
     Shell,
@@ -226,24 +237,39 @@ enum ClusterOp {
     },
 }
 
-/// The token of `kvctl cluster`: the flag or environment variable, else the file's first line.
-fn cluster_token(
+/// A token: the flag or environment variable, else the first line of the file (`flag` names the file's
+/// flag in errors, which never show the token).
+fn token_from(
     token: Option<String>,
     file: Option<&PathBuf>,
+    flag: &str,
 ) -> Result<Option<String>, CliError> {
     if token.is_some() {
         return Ok(token);
     }
     let Some(file) = file else { return Ok(None) };
-    let text = std::fs::read_to_string(file).map_err(|e| {
-        CliError::usage(format!("cannot read --token-file {}: {e}", file.display()))
-    })?;
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| CliError::usage(format!("cannot read {flag} {}: {e}", file.display())))?;
     match text.lines().next().map(str::trim).filter(|t| !t.is_empty()) {
         Some(t) => Ok(Some(t.to_string())),
         None => Err(CliError::usage(format!(
-            "--token-file {} is empty",
+            "{flag} {} is empty",
             file.display()
         ))),
+    }
+}
+
+impl Cli {
+    /// The client token: --token, else KV_TOKEN, else the first line of --token-file (or of
+    /// KV_TOKEN_FILE).
+    fn client_token(&self) -> Result<Option<kv_infra_http::replication::Secret>, CliError> {
+        let file = self
+            .token_file
+            .clone()
+            .or_else(|| env_var("KV_TOKEN_FILE").map(PathBuf::from));
+        let token = self.token.clone().or_else(|| env_var("KV_TOKEN"));
+        Ok(token_from(token, file.as_ref(), "--token-file")?
+            .map(kv_infra_http::replication::Secret::new))
     }
 }
 
@@ -276,7 +302,15 @@ fn main() -> ExitCode {
                 "bench needs a server (--url), not --data-dir",
             ))
         } else {
-            bench::run(&cli.url(), args)
+            cli.client_token().and_then(|token| {
+                bench::run(
+                    &cli.url(),
+                    &bench::BenchArgs {
+                        token,
+                        ..args.clone()
+                    },
+                )
+            })
         };
         return exit(result);
     }
@@ -338,7 +372,12 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 (None, Command::Compact) => None,
                 (None, _) => Some(DEFAULT_TIMEOUT),
             };
-            Target::remote(&cli.url(), duration::bound(cli.connect_timeout), timeout)?
+            Target::remote(
+                &cli.url(),
+                duration::bound(cli.connect_timeout),
+                timeout,
+                cli.client_token()?.as_ref(),
+            )?
         }
     };
     let output = cli.output;
@@ -428,10 +467,14 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Cluster {
             op,
-            token,
-            token_file,
+            replication_token,
+            replication_token_file,
         } => {
-            let token = cluster_token(token.clone(), token_file.as_ref())?;
+            let token = token_from(
+                replication_token.clone(),
+                replication_token_file.as_ref(),
+                "--replication-token-file",
+            )?;
             let (method, path, body) = match op {
                 ClusterOp::Status => (hyper::Method::GET, "/v1/cluster", serde_json::json!({})),
                 ClusterOp::AddLearner { id, url } => (

@@ -6,6 +6,8 @@
 /// to find where it ends. This keeps the generator's own cost per request far below the server's.
 pub struct RawConn {
     addr: String,
+    /// Header lines sent with every request (the client token's `Authorization`), each ending in CRLF.
+    extra_headers: String,
     stream: Option<tokio::net::TcpStream>,
     out: Vec<u8>,
     /// Read buffer: unconsumed bytes are `buf[pos..end]`.
@@ -15,9 +17,10 @@ pub struct RawConn {
 }
 
 impl RawConn {
-    pub fn new(addr: String) -> Self {
+    pub fn new(addr: String, extra_headers: Option<String>) -> Self {
         Self {
             addr,
+            extra_headers: extra_headers.unwrap_or_default(),
             stream: None,
             out: Vec::with_capacity(4096),
             buf: vec![0; 1 << 16],
@@ -54,8 +57,9 @@ impl RawConn {
         self.out.clear();
         write!(
             self.out,
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{}Content-Length: {}\r\n\r\n",
             self.addr,
+            self.extra_headers,
             body.len()
         )?;
         self.out.extend_from_slice(body);

@@ -25,14 +25,17 @@ pub enum Target {
 }
 
 impl Target {
-    /// A server at `url`, with the bounds on connecting and on each request (`None`: unbounded).
+    /// A server at `url`, with the bounds on connecting and on each request (`None`: unbounded), sending
+    /// `token` as a bearer token when given.
     pub fn remote(
         url: &str,
         connect_timeout: Option<Duration>,
         request_timeout: Option<Duration>,
+        token: Option<&kv_infra_http::replication::Secret>,
     ) -> Result<Self, CliError> {
         Ok(Target::Remote(
             Client::new(url)
+                .and_then(|c| c.with_bearer(token))
                 .map_err(|e| CliError::usage(e.to_string()))?
                 .with_timeouts(connect_timeout, request_timeout),
         ))

@@ -54,6 +54,16 @@ struct Config {
     /// the same value on the leader and every follower. Never logged (shown as `<redacted>`).
     #[arg(long, env = "REPLICATION_TOKEN", hide_env_values = true)]
     replication_token: Option<Secret>,
+    /// Client tokens with their roles: a file of `<role> <token>` lines (read, write or admin; `#`
+    /// comments; docs/security.md), so no token sits on a command line. Clients then send
+    /// `Authorization: Bearer <token>`. Without it the server is in protected mode: it answers only
+    /// clients on its loopback interface (unless PROTECTED_MODE=false).
+    #[arg(long, env = "AUTH_TOKENS_FILE")]
+    auth_tokens_file: Option<PathBuf>,
+    /// `false`: without AUTH_TOKENS_FILE, serve every client (and, without REPLICATION_TOKEN, every
+    /// peer) with no authentication at all, instead of loopback ones only. Only on a network you trust.
+    #[arg(long, env = "PROTECTED_MODE", default_value_t = true, action = clap::ArgAction::Set)]
+    protected_mode: bool,
     /// Leader only: answer a write only after this many followers have durably applied it (0: asynchronous).
     #[arg(long, env = "REPLICATION_ACK_FOLLOWERS", default_value_t = 0)]
     replication_ack_followers: usize,
@@ -393,6 +403,46 @@ fn check_replication_config(c: &Config) -> Result<(), String> {
     Ok(())
 }
 
+/// Who may do what: the token file's tokens, else protected mode unless PROTECTED_MODE=false. Logs how
+/// clients are admitted (never a token) and warns about an open server or a token file others may read.
+fn auth_policy(config: &Config) -> Result<kv_infra_http::auth::AuthPolicy, String> {
+    use kv_infra_http::auth::{AuthPolicy, TokenTable};
+    let tokens = match &config.auth_tokens_file {
+        None => None,
+        Some(path) => {
+            let (tokens, warning) = TokenTable::load(path).map_err(|e| e.to_string())?;
+            if let Some(warning) = warning {
+                tracing::warn!("{warning}");
+            }
+            Some(tokens)
+        }
+    };
+    let policy = AuthPolicy::new(tokens, !config.protected_mode);
+    if policy.is_protected() {
+        tracing::warn!(
+            access = %policy.describe(),
+            "protected mode: no AUTH_TOKENS_FILE, so only clients on the loopback interface are served; configure tokens (docs/security.md), or set PROTECTED_MODE=false to open it"
+        );
+    } else if policy.tokens().is_none() {
+        tracing::warn!(
+            access = %policy.describe(),
+            "PROTECTED_MODE=false: every client that can reach this port may read, write and administer"
+        );
+    } else {
+        tracing::info!(access = %policy.describe(), "client tokens");
+    }
+    Ok(policy)
+}
+
+/// What a peer route admits while no REPLICATION_TOKEN is set, for the start-up warning.
+fn unguarded_peers(config: &Config) -> &'static str {
+    if config.protected_mode {
+        "only peers on the loopback interface"
+    } else {
+        "anyone who can reach this port (PROTECTED_MODE=false)"
+    }
+}
+
 /// The followers' base URLs of REPLICATION_REPLICA_HOSTS, trimmed, empty entries dropped.
 fn replica_hosts(config: &Config) -> Vec<String> {
     config
@@ -466,7 +516,10 @@ fn replication(
         && (config.replication_mode == Role::Follower
             || !config.replication_replica_hosts.is_empty())
     {
-        tracing::warn!("REPLICATION_TOKEN is not set: the replication endpoints accept anyone who can reach this port");
+        tracing::warn!(
+            "REPLICATION_TOKEN is not set: the replication endpoints accept {}",
+            unguarded_peers(config)
+        );
     }
     Ok(Replication {
         role,
@@ -511,7 +564,10 @@ async fn raft_replication(
     if config.replication_token.is_none()
         && (config.replication_mode == Role::Follower || !followers.is_empty())
     {
-        tracing::warn!("REPLICATION_TOKEN is not set: the Raft endpoints accept anyone who can reach this port");
+        tracing::warn!(
+            "REPLICATION_TOKEN is not set: the Raft endpoints accept {}",
+            unguarded_peers(config)
+        );
     }
     let replication = kv_infra_http::replication::Replication {
         token: config.replication_token.clone(),
@@ -612,6 +668,7 @@ async fn raft_replication(
 
 async fn run(config: Config) -> Result<(), String> {
     tracing::info!(?config, "starting kv-server");
+    let auth = auth_policy(&config)?;
     let index = match config.index {
         IndexArg::Btree => IndexKind::BTree,
         IndexArg::ConcurrentSkiplist => IndexKind::ConcurrentSkipList,
@@ -680,7 +737,10 @@ async fn run(config: Config) -> Result<(), String> {
         None => replication(&config, &engine)?,
         Some((node_id, peers)) => {
             if config.replication_token.is_none() {
-                tracing::warn!("REPLICATION_TOKEN is not set: the Raft endpoints accept anyone who can reach this port");
+                tracing::warn!(
+                    "REPLICATION_TOKEN is not set: the Raft endpoints accept {}",
+                    unguarded_peers(&config)
+                );
             }
             let cluster_id =
                 kv_infra_http::cluster::cluster_id(config.cluster_id.as_deref(), &peers);
@@ -724,6 +784,7 @@ async fn run(config: Config) -> Result<(), String> {
             .max_body_bytes
             .unwrap_or(config.max_value_bytes.saturating_add(1 << 20)),
         replication,
+        auth,
     });
     let addr = SocketAddr::new(config.bind, config.port);
     let listener = tokio::net::TcpListener::bind(addr)

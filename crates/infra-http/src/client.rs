@@ -10,6 +10,8 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::Value as Json;
 
+use crate::replication::Secret;
+
 /// What a client call can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -71,6 +73,8 @@ pub struct Client {
     connect_timeout: Option<std::time::Duration>,
     /// Bound on one request, from sending it to the last byte of the answer; `None`: unbounded.
     request_timeout: Option<std::time::Duration>,
+    /// Sent as `Authorization: Bearer <token>` with every request (a client token: `crate::auth`).
+    bearer: Option<hyper::header::HeaderValue>,
 }
 
 /// Percent-encodes every byte outside `[A-Za-z0-9-._~]` (a path segment or query value).
@@ -108,7 +112,27 @@ impl Client {
             sender: None,
             connect_timeout: None,
             request_timeout: None,
+            bearer: None,
         })
+    }
+
+    /// Sends `token` as `Authorization: Bearer <token>` with every request; refuses a token that cannot
+    /// be a header value (the message does not show it).
+    pub fn with_bearer(mut self, token: Option<&Secret>) -> Result<Self, ClientError> {
+        self.bearer = match token {
+            None => None,
+            Some(t) => {
+                let mut v = hyper::header::HeaderValue::from_str(&format!("Bearer {}", t.expose()))
+                    .map_err(|_| {
+                        ClientError::Invalid(
+                            "the token holds characters a header cannot carry".into(),
+                        )
+                    })?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+        };
+        Ok(self)
     }
 
     /// Bounds connecting and each request (`None`: no bound, the default).
@@ -201,6 +225,7 @@ impl Client {
         body: Bytes,
     ) -> Result<(StatusCode, hyper::HeaderMap, Bytes), ClientError> {
         let addr = self.addr.clone();
+        let bearer = self.bearer.clone();
         let sender = self.connect().await?;
         // Not ready means the connection closed before this request was written: it was not sent.
         sender.ready().await.map_err(|e| ClientError::Unreachable {
@@ -221,6 +246,9 @@ impl Client {
                 hyper::header::CONTENT_LENGTH,
                 hyper::header::HeaderValue::from(len),
             );
+        }
+        if let Some(v) = bearer {
+            req.headers_mut().insert(hyper::header::AUTHORIZATION, v);
         }
         for (name, value) in headers {
             req.headers_mut().insert(name.clone(), value.clone());

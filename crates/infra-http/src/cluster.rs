@@ -592,9 +592,14 @@ pub fn wants_linearizable(uri: &hyper::Uri) -> Result<bool, ApiError> {
 /// was already forwarded is refused (503): the node that sent it had an outdated view of the leader. A
 /// learner by invitation names the cluster it has joined (`x-kv-expected-history`): a leader of another
 /// history refuses the write (409), relayed as 503, so nothing is applied by a stranger.
+///
+/// Identity: the client's `Authorization` goes along, and the leader decides on it (`crate::auth`); so
+/// does this node's own replication `token` (never the client's), with which the leader admits a
+/// request this node admitted in protected mode, and a cluster operation.
 pub async fn send_to_leader(
     leader_url: &str,
     from: &ClusterNode,
+    token: Option<&Secret>,
     req: hyper::Request<crate::body::RequestBody>,
     max_body: usize,
 ) -> Result<hyper::Response<crate::error::Body>, ApiError> {
@@ -633,10 +638,16 @@ pub async fn send_to_leader(
         HeaderName::from_static(FORWARDED_HEADER),
         HeaderValue::from_static("1"),
     ));
-    for name in [crate::replication::MIN_LSN_HEADER, TOKEN_HEADER] {
-        if let Some(v) = parts.headers.get(name) {
-            pass.push((HeaderName::from_static(name), v.clone()));
+    for name in [
+        HeaderName::from_static(crate::replication::MIN_LSN_HEADER),
+        hyper::header::AUTHORIZATION,
+    ] {
+        if let Some(v) = parts.headers.get(&name) {
+            pass.push((name, v.clone()));
         }
+    }
+    if let Some(v) = token.and_then(|t| HeaderValue::from_str(t.expose()).ok()) {
+        pass.push((HeaderName::from_static(TOKEN_HEADER), v));
     }
     if let Some(joined) = from.expected_history() {
         if let Ok(v) = HeaderValue::from_str(&joined) {
@@ -681,13 +692,9 @@ pub async fn send_to_leader(
     }
 }
 
-/// This node's cluster membership, for a request that carries the replication token: 401 without it,
-/// 404 on a node that is not a cluster member.
-fn member<'a>(
-    repl: &'a crate::replication::Replication,
-    headers: &hyper::HeaderMap,
-) -> Result<&'a ClusterNode, ApiError> {
-    repl.check_token(headers)?;
+/// This node's cluster membership (the caller was admitted by `crate::auth` already): 404 on a node
+/// that is not a cluster member.
+fn member(repl: &crate::replication::Replication) -> Result<&ClusterNode, ApiError> {
     repl.cluster.as_deref().ok_or_else(|| {
         ApiError::not_found(
             "this node is not a member of a Raft cluster (start it with CLUSTER_NODE_ID and CLUSTER_PEERS)",
@@ -711,7 +718,7 @@ pub async fn handle_raft(
     req: hyper::Request<crate::body::RequestBody>,
     max_body: usize,
 ) -> Result<hyper::Response<crate::error::Body>, ApiError> {
-    let cluster = member(repl, req.headers())?;
+    let cluster = member(repl)?;
     cluster.admit(req.headers(), repl.token.as_ref()).await?;
     let name = req
         .uri()
@@ -728,12 +735,11 @@ pub async fn handle_raft(
     Ok(resp)
 }
 
-/// `GET /v1/cluster` (replication token required).
+/// `GET /v1/cluster` (an admin token or the replication token: `crate::auth`).
 pub fn handle_status(
     repl: &crate::replication::Replication,
-    req: &hyper::Request<crate::body::RequestBody>,
 ) -> Result<hyper::Response<crate::error::Body>, ApiError> {
-    let cluster = member(repl, req.headers())?;
+    let cluster = member(repl)?;
     let mut status = serde_json::to_value(cluster.status())
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     if let Some(doc) = status.as_object_mut() {
@@ -781,7 +787,7 @@ pub async fn handle_op(
     req: hyper::Request<crate::body::RequestBody>,
     max_body: usize,
 ) -> Result<hyper::Response<crate::error::Body>, ApiError> {
-    let cluster = member(repl, req.headers())?;
+    let cluster = member(repl)?;
     let op = req
         .uri()
         .path()
@@ -796,7 +802,7 @@ pub async fn handle_op(
         )));
     }
     if let Some((_, leader_url)) = cluster.write_target()? {
-        return send_to_leader(&leader_url, cluster, req, max_body).await;
+        return send_to_leader(&leader_url, cluster, repl.token.as_ref(), req, max_body).await;
     }
     if repl.learners.is_some() {
         // One voter and learners: the membership follows REPLICATION_REPLICA_HOSTS. A promoted

@@ -1,5 +1,6 @@
 //! From a request to its handler, by the [`Route`] table: 404 for an unknown path, 405 (with `Allow`) for
-//! a method the route does not serve, forwarding of writes on a follower, the leader's history check of a
+//! a method the route does not serve, 401 or 403 for a caller the route's access refuses ([`crate::auth`];
+//! before anything else, so a refused request changes nothing and is never forwarded), forwarding of writes on a follower, the leader's history check of a
 //! forwarded write, the min-LSN wait of reads, then the handler of the route's API family ([`crate::api`]).
 
 use hyper::{header, Request, Response, StatusCode};
@@ -13,16 +14,17 @@ use crate::response;
 use crate::route::{Class, Route};
 use crate::state::ServerState;
 
-/// Handles one request; answers with its route (`None`: no route matched) for the metrics.
+/// Handles one request from `peer`; answers with its route (`None`: no route matched) for the metrics.
 pub async fn handle(
     state: &ServerState,
     req: Request<RequestBody>,
+    peer: std::net::IpAddr,
 ) -> (Option<Route>, Response<Body>) {
     let Some(route) = Route::resolve(req.uri().path()) else {
         let message = format!("no route for {} {}", req.method(), req.uri().path());
         return (None, ApiError::not_found(message).into_response());
     };
-    let resp = route_request(state, route, req)
+    let resp = route_request(state, route, req, peer)
         .await
         .unwrap_or_else(ApiError::into_response);
     (Some(route), resp)
@@ -32,12 +34,17 @@ async fn route_request(
     state: &ServerState,
     route: Route,
     mut req: Request<RequestBody>,
+    peer: std::net::IpAddr,
 ) -> Result<Response<Body>, ApiError> {
     let allowed = route.methods();
     if !allowed.contains(&req.method().as_str()) {
         return Ok(method_not_allowed(route, req.method()));
     }
     let repl = &state.replication;
+    let access = route.access(req.method().as_str());
+    state
+        .auth
+        .authorize(access, req.headers(), peer, repl.token.as_ref())?;
     match route.class(req.method().as_str()) {
         Class::Write if repl.cluster.is_some() => match to_the_leader(state, req).await? {
             Routed::Answered(resp) => return Ok(resp),
@@ -99,7 +106,7 @@ async fn route_request(
                 .map(|v| response::json(&v))
         }
         Route::Raft => crate::cluster::handle_raft(repl, req, state.max_body_bytes).await,
-        Route::Cluster => crate::cluster::handle_status(repl, &req),
+        Route::Cluster => crate::cluster::handle_status(repl),
         Route::ClusterOp => crate::cluster::handle_op(repl, req, state.max_body_bytes).await,
     }
 }
@@ -118,9 +125,14 @@ async fn to_the_leader(state: &ServerState, req: Request<RequestBody>) -> Result
     let repl = &state.replication;
     if let Some(cluster) = &repl.cluster {
         if let Some((_, leader_url)) = cluster.write_target()? {
-            let resp =
-                crate::cluster::send_to_leader(&leader_url, cluster, req, state.max_body_bytes)
-                    .await?;
+            let resp = crate::cluster::send_to_leader(
+                &leader_url,
+                cluster,
+                repl.token.as_ref(),
+                req,
+                state.max_body_bytes,
+            )
+            .await?;
             return Ok(Routed::Answered(resp));
         }
     }

@@ -43,6 +43,13 @@ impl ApiError {
             header::CONTENT_TYPE,
             header::HeaderValue::from_static("application/json"),
         );
+        // RFC 9110 §15.5.2: a 401 names the scheme to use (RFC 6750: bearer tokens).
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
         resp
     }
 }

@@ -35,6 +35,7 @@
 
 pub mod api;
 pub mod applied;
+pub mod auth;
 pub mod body;
 pub mod client;
 pub mod cluster;

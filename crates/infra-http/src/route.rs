@@ -62,6 +62,23 @@ pub enum Class {
     Internal,
 }
 
+/// Who may call a route with a method (decided in [`crate::auth`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone: liveness, readiness, metrics.
+    Open,
+    /// A `read` token (or stronger).
+    Read,
+    /// A `write` token (or stronger).
+    Write,
+    /// An `admin` token.
+    Admin,
+    /// An `admin` token or the replication token: cluster status and membership operations.
+    Operator,
+    /// The replication token only: replication and Raft between nodes.
+    Peer,
+}
+
 /// Prefix of [`Route::KvKey`] paths: the key follows it.
 pub const KV_KEY_PREFIX: &str = "/v1/kv/";
 /// Prefix of [`Route::Raft`] paths: the message's name follows it.
@@ -161,32 +178,48 @@ impl Route {
         }
     }
 
+    /// Who may call this route with `method` (one of [`Route::methods`]): follows from its class, with
+    /// compaction raised to `admin` and the cluster routes open to the replication token as well.
+    pub fn access(self, method: &str) -> Access {
+        match (self, self.class(method)) {
+            (Route::HealthCheck | Route::Readyz | Route::Metrics, _) => Access::Open,
+            (Route::Cluster | Route::ClusterOp, _) => Access::Operator,
+            (Route::AdminCompact, _) => Access::Admin,
+            (_, Class::Internal) => Access::Peer,
+            (_, Class::Write) => Access::Write,
+            (_, Class::Read | Class::Admin) => Access::Read,
+        }
+    }
+
     /// Every status the route can answer, whatever the method: what its handlers return, what the error
     /// mapping of `crate::error` gives for the errors they can meet, 405 for a method not served, 503 when
     /// a handler that waits runs past the request timeout, and on a follower what forwarding adds (503
-    /// leader unreachable, 504 outcome unknown) besides relaying the leader's answer. The OpenAPI test
+    /// leader unreachable, 504 outcome unknown) besides relaying the leader's answer, and 401 and 403 on
+    /// every route that is not [`Access::Open`] ([`crate::auth`]). The OpenAPI test
     /// checks that `docs/openapi.yaml` documents exactly these per path; the metrics give each status its
     /// own series. (Synchronous handlers, such as `/health-check`, finish on their first poll: the timeout
     /// cannot fire.)
     pub const fn statuses(self) -> &'static [u16] {
         match self {
-            Route::Put | Route::BatchPut => &[200, 307, 400, 405, 413, 415, 500, 503, 504, 507],
-            Route::Read => &[200, 400, 404, 405, 500, 503, 504],
-            Route::ReadRange | Route::KvList => &[200, 400, 405, 500, 503, 504],
-            Route::Delete => &[200, 307, 400, 405, 413, 500, 503, 504, 507],
+            Route::Put | Route::BatchPut => {
+                &[200, 307, 400, 401, 403, 405, 413, 415, 500, 503, 504, 507]
+            }
+            Route::Read => &[200, 400, 401, 403, 404, 405, 500, 503, 504],
+            Route::ReadRange | Route::KvList => &[200, 400, 401, 403, 405, 500, 503, 504],
+            Route::Delete => &[200, 307, 400, 401, 403, 405, 413, 500, 503, 504, 507],
             Route::HealthCheck | Route::Metrics => &[200, 405],
             // 500 only if the status document failed to serialise (it cannot today; see `api::admin`).
-            Route::Status => &[200, 405, 500],
+            Route::Status => &[200, 401, 403, 405, 500],
             Route::Readyz => &[200, 405, 503],
-            Route::KvKey => &[200, 307, 400, 404, 405, 413, 500, 503, 504, 507],
-            Route::AdminCompact => &[200, 405, 409, 500, 503, 507],
-            Route::ReplicationState => &[200, 401, 405],
+            Route::KvKey => &[200, 307, 400, 401, 403, 404, 405, 413, 500, 503, 504, 507],
+            Route::AdminCompact => &[200, 401, 403, 405, 409, 500, 503, 507],
+            Route::ReplicationState => &[200, 401, 403, 405],
             Route::ReplicationApply | Route::ReplicationSnapshot => {
-                &[200, 400, 401, 405, 409, 413, 500, 503, 507]
+                &[200, 400, 401, 403, 405, 409, 413, 500, 503, 507]
             }
-            Route::Raft => &[200, 400, 401, 404, 405, 409, 413, 503],
-            Route::Cluster => &[200, 401, 404, 405],
-            Route::ClusterOp => &[200, 307, 400, 401, 404, 405, 409, 413, 503, 504],
+            Route::Raft => &[200, 400, 401, 403, 404, 405, 409, 413, 503],
+            Route::Cluster => &[200, 401, 403, 404, 405],
+            Route::ClusterOp => &[200, 307, 400, 401, 403, 404, 405, 409, 413, 503, 504],
         }
     }
 
@@ -336,11 +369,63 @@ mod tests {
         assert_eq!(Route::KvKey.class("GET"), Class::Read);
     }
 
+    /// Written out by hand: a change of who may call what shows here as a deliberate edit.
+    #[test]
+    fn who_may_call_each_route_and_method() {
+        use Access::*;
+        let got: Vec<(Route, &str, Access)> = Route::ALL
+            .into_iter()
+            .flat_map(|r| r.methods().iter().map(move |m| (r, *m, r.access(m))))
+            .collect();
+        let want = vec![
+            (Route::Put, "POST", Write),
+            (Route::Read, "GET", Read),
+            (Route::Read, "HEAD", Read),
+            (Route::ReadRange, "GET", Read),
+            (Route::ReadRange, "HEAD", Read),
+            (Route::BatchPut, "POST", Write),
+            (Route::Delete, "POST", Write),
+            (Route::Delete, "DELETE", Write),
+            (Route::HealthCheck, "GET", Open),
+            (Route::HealthCheck, "HEAD", Open),
+            (Route::Readyz, "GET", Open),
+            (Route::Readyz, "HEAD", Open),
+            (Route::KvKey, "PUT", Write),
+            (Route::KvKey, "GET", Read),
+            (Route::KvKey, "HEAD", Read),
+            (Route::KvKey, "DELETE", Write),
+            (Route::KvList, "GET", Read),
+            (Route::KvList, "HEAD", Read),
+            (Route::Status, "GET", Read),
+            (Route::Status, "HEAD", Read),
+            (Route::Metrics, "GET", Open),
+            (Route::Metrics, "HEAD", Open),
+            (Route::AdminCompact, "POST", Admin),
+            (Route::ReplicationState, "GET", Peer),
+            (Route::ReplicationState, "HEAD", Peer),
+            (Route::ReplicationApply, "POST", Peer),
+            (Route::ReplicationSnapshot, "POST", Peer),
+            (Route::Raft, "POST", Peer),
+            (Route::Cluster, "GET", Operator),
+            (Route::Cluster, "HEAD", Operator),
+            (Route::ClusterOp, "POST", Operator),
+        ];
+        assert_eq!(got, want);
+        for route in Route::ALL {
+            let open = route.methods().iter().all(|m| route.access(m) == Open);
+            let guarded = [401, 403].iter().all(|s| route.statuses().contains(s));
+            assert_eq!(
+                guarded, !open,
+                "{route:?}: 401 and 403 exactly when not open"
+            );
+        }
+    }
+
     #[test]
     fn the_statuses_with_a_series_are_those_any_route_answers() {
         assert_eq!(
             Route::all_statuses(),
-            vec![200, 307, 400, 401, 404, 405, 409, 413, 415, 500, 503, 504, 507]
+            vec![200, 307, 400, 401, 403, 404, 405, 409, 413, 415, 500, 503, 504, 507]
         );
     }
 }

@@ -103,7 +103,7 @@ pub async fn serve(
                     let req = req.map(|b| Counted::new(b, state.metrics.clone(), Direction::In));
                     let method = req.method().clone();
                     let path = req.uri().path().to_string();
-                    let (route, resp) = match tokio::time::timeout(timeout, dispatch::handle(&state, req)).await {
+                    let (route, resp) = match tokio::time::timeout(timeout, dispatch::handle(&state, req, peer.ip())).await {
                         Ok(r) => r,
                         Err(_) => (
                             Route::resolve(&path),

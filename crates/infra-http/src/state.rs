@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use kv_app::KvService;
 
+use crate::auth::AuthPolicy;
 use crate::metrics::Metrics;
 use crate::replication::Replication;
 
@@ -20,4 +21,6 @@ pub struct ServerState {
     pub max_body_bytes: usize,
     /// Leader or follower, and the replication state.
     pub replication: Replication,
+    /// Who may do what (see [`crate::auth`]).
+    pub auth: AuthPolicy,
 }

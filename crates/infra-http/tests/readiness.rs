@@ -35,6 +35,7 @@ async fn node(replication: impl FnOnce(Arc<MemoryEngine>) -> Replication) -> Nod
         metrics: Arc::new(Metrics::default()),
         max_body_bytes: 1 << 20,
         replication: replication(engine.clone()),
+        auth: kv_infra_http::auth::AuthPolicy::open(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

@@ -325,10 +325,24 @@ impl FollowerNode {
                     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
             }
         };
-        let mut pass: Vec<(HeaderName, HeaderValue)> = [hyper::header::CONTENT_TYPE]
-            .iter()
-            .filter_map(|n| headers.get(n).map(|v| (n.clone(), v.clone())))
-            .collect();
+        // The client's `Authorization` goes along and the leader decides on it; this follower's own
+        // replication token (never the client's) lets the leader admit a write this follower admitted
+        // in protected mode (`crate::auth`).
+        let mut pass: Vec<(HeaderName, HeaderValue)> =
+            [hyper::header::CONTENT_TYPE, hyper::header::AUTHORIZATION]
+                .iter()
+                .filter_map(|n| headers.get(n).map(|v| (n.clone(), v.clone())))
+                .collect();
+        pass.push((
+            HeaderName::from_static(crate::cluster::FORWARDED_HEADER),
+            HeaderValue::from_static("1"),
+        ));
+        pass.extend(
+            self.token
+                .iter()
+                .filter_map(|t| HeaderValue::from_str(t.expose()).ok())
+                .map(|v| (HeaderName::from_static(TOKEN_HEADER), v)),
+        );
         // The leader refuses the write if it holds another history (see the module doc).
         pass.extend(
             ours.as_deref()

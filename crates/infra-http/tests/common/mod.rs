@@ -100,6 +100,7 @@ impl TestServer {
             metrics: Arc::new(Metrics::default()),
             max_body_bytes: limits.max_value_bytes + (1 << 20),
             replication,
+            auth: kv_infra_http::auth::AuthPolicy::open(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
