@@ -235,12 +235,7 @@ const REQUESTS: &[(&str, &str, &[u8], Need)] = &[
     ("POST", "/v1/replication/snapshot", b"", Need::Peer),
     ("POST", "/v1/raft/vote", b"{}", Need::Peer),
     ("GET", "/v1/cluster", b"", Need::Operator),
-    (
-        "POST",
-        "/v1/cluster/promote",
-        br#"{"ids":[2]}"#,
-        Need::Operator,
-    ),
+    ("POST", "/v1/cluster/promote", br#"{"ids":[2]}"#, Need::Peer),
 ];
 
 #[derive(Clone, Copy, Debug)]
@@ -529,6 +524,9 @@ fn start_follower(dir: &Path, port: u16, args: &[String]) -> FollowerProcess {
         .args(["--data-path", dir.join("data").to_str().unwrap()])
         .args(args)
         .env("RUST_LOG", "warn")
+        .env_remove("AUTH_TOKENS_FILE")
+        .env_remove("PROTECTED_MODE")
+        .env_remove("REPLICATION_TOKEN")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

@@ -224,10 +224,19 @@ async fn connection(
         .trim_start_matches("http://")
         .trim_end_matches('/')
         .to_string();
-    let auth = args
-        .token
-        .as_ref()
-        .map(|t| format!("Authorization: Bearer {}\r\n", t.expose()));
+    let auth = match &args.token {
+        None => None,
+        // The raw request writes it as is: refuse what a header cannot carry (CR, LF), as the
+        // client's `with_bearer` does.
+        Some(t) if t.expose().bytes().all(|b| b.is_ascii_graphic()) => {
+            Some(format!("Authorization: Bearer {}\r\n", t.expose()))
+        }
+        Some(_) => {
+            return Err(CliError::usage(
+                "the token holds characters a header cannot carry",
+            ))
+        }
+    };
     let mut conn = RawConn::new(addr, auth);
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
         .map_err(|e| CliError::failure(e.to_string()))?;

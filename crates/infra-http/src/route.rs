@@ -73,9 +73,10 @@ pub enum Access {
     Write,
     /// An `admin` token.
     Admin,
-    /// An `admin` token or the replication token: cluster status and membership operations.
+    /// An `admin` token or the replication token: the cluster's status.
     Operator,
-    /// The replication token only: replication and Raft between nodes.
+    /// The replication token only: replication and Raft between nodes, and membership changes (a new
+    /// member receives the replication token with every Raft message: whoever may add one holds it).
     Peer,
 }
 
@@ -179,11 +180,13 @@ impl Route {
     }
 
     /// Who may call this route with `method` (one of [`Route::methods`]): follows from its class, with
-    /// compaction raised to `admin` and the cluster routes open to the replication token as well.
+    /// compaction raised to `admin`, the cluster's status open to the replication token as well, and
+    /// membership changes needing it (see [`Access::Peer`]).
     pub fn access(self, method: &str) -> Access {
         match (self, self.class(method)) {
             (Route::HealthCheck | Route::Readyz | Route::Metrics, _) => Access::Open,
-            (Route::Cluster | Route::ClusterOp, _) => Access::Operator,
+            (Route::Cluster, _) => Access::Operator,
+            (Route::ClusterOp, _) => Access::Peer,
             (Route::AdminCompact, _) => Access::Admin,
             (_, Class::Internal) => Access::Peer,
             (_, Class::Write) => Access::Write,
@@ -408,7 +411,7 @@ mod tests {
             (Route::Raft, "POST", Peer),
             (Route::Cluster, "GET", Operator),
             (Route::Cluster, "HEAD", Operator),
-            (Route::ClusterOp, "POST", Operator),
+            (Route::ClusterOp, "POST", Peer),
         ];
         assert_eq!(got, want);
         for route in Route::ALL {

@@ -12,11 +12,12 @@
 //!   forwards carries the client's `Authorization`, and the leader decides on it; in protected mode the
 //!   follower vouches for its loopback client with the replication token instead (the leader sees the
 //!   follower's address, not the client's).
-//! - **Cluster operations** (`/v1/cluster`, `/v1/cluster/{op}`): an `admin` token or the replication
-//!   token (`kvctl cluster` sends either).
-//! - **Peer routes** (`/v1/replication/*`, `/v1/raft/*`): only the replication token
-//!   (`x-kv-replication-token`), never a client token. Without a replication token configured they
-//!   answer loopback peers only, unless `PROTECTED_MODE=false`.
+//! - **Cluster status** (`/v1/cluster`): an `admin` token or the replication token.
+//! - **Peer routes** (`/v1/replication/*`, `/v1/raft/*`, and the membership changes `/v1/cluster/{op}`,
+//!   since a member added receives the replication token with every Raft message): only the
+//!   replication token (`x-kv-replication-token`), never a client token. Without a replication token
+//!   configured they answer loopback peers only (every peer with `PROTECTED_MODE=false` and no token
+//!   file).
 //! - **Open routes** (`/health-check`, `/readyz`, `/metrics`): always served; they show no data and no
 //!   secret, and probes and scrapers run without credentials.
 //!

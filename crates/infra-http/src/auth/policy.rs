@@ -43,7 +43,7 @@ impl AuthPolicy {
         self.clients.as_ref()
     }
 
-    /// One line for the start-up log and `/v1/status`: how clients are admitted (never a token).
+    /// One line for the start-up log: how clients are admitted (never a token).
     pub fn describe(&self) -> String {
         match (&self.clients, self.open) {
             (Some(t), _) => {
@@ -90,9 +90,11 @@ impl AuthPolicy {
                     Some(_) => Err(unauthorized(format!(
                         "replication and Raft endpoints need the replication token in {TOKEN_HEADER} (a client token is not accepted)"
                     ))),
-                    None if self.open || loopback => Ok(()),
+                    // PROTECTED_MODE=false opens peer routes only on a server without client tokens: a
+                    // token file would be bypassed through them otherwise.
+                    None if loopback || (self.open && self.clients.is_none()) => Ok(()),
                     None => Err(forbidden(format!(
-                        "replication and Raft endpoints answer only loopback peers while no REPLICATION_TOKEN is set (this request came from {peer}): set the same REPLICATION_TOKEN on every node, or PROTECTED_MODE=false"
+                        "replication and Raft endpoints answer only loopback peers while no REPLICATION_TOKEN is set (this request came from {peer}): set the same REPLICATION_TOKEN on every node"
                     ))),
                 };
             }
@@ -355,6 +357,38 @@ mod tests {
                     want
                 );
             }
+        }
+    }
+
+    /// With a token file, PROTECTED_MODE=false does not open the peer routes (they would bypass it), and
+    /// an `x-kv-forwarded` header without the replication token vouches for nothing.
+    #[test]
+    fn open_mode_never_opens_peer_routes_past_a_token_file_and_a_bare_forward_header_is_nothing() {
+        let policy = AuthPolicy::new(Some(tokens()), true);
+        assert_eq!(
+            status(&policy, Access::Peer, Caller::Nobody, false, None),
+            403
+        );
+        assert_eq!(
+            status(&policy, Access::Peer, Caller::Nobody, true, None),
+            200
+        );
+        assert_eq!(
+            status(&policy, Access::Write, Caller::Nobody, false, None),
+            401
+        );
+        let mut forged = HeaderMap::new();
+        forged.insert(
+            HeaderName::from_static(FORWARDED_HEADER),
+            HeaderValue::from_static("1"),
+        );
+        let protected = AuthPolicy::new(None, false);
+        let peer = Secret::new(PEER);
+        for access in [Access::Read, Access::Write, Access::Admin, Access::Operator] {
+            let e = protected
+                .authorize(access, &forged, "10.1.2.3".parse().unwrap(), Some(&peer))
+                .unwrap_err();
+            assert_eq!(e.status, StatusCode::FORBIDDEN, "{access:?}");
         }
     }
 

@@ -7,7 +7,8 @@
 //! server runs in protected mode, which is said by leaving `AUTH_TOKENS_FILE` unset, not by an empty file.
 //!
 //! A lookup compares the given token with every configured one in constant time (`subtle`) and does not
-//! stop at a match, so its duration tells nothing about which token, or how much of one, was right.
+//! stop at a match, so its duration tells nothing about which token, or how much of one, was right (a
+//! comparison of unequal lengths ends early: the length of a token may show, not its contents).
 //! Tokens are held as [`Secret`]s: no `Debug`, log or error shows them.
 
 use std::fmt;
@@ -17,8 +18,8 @@ use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use crate::replication::Secret;
 
-/// The shortest token accepted: 16 characters (about 100 bits when random), so that a guessable word is
-/// refused at start rather than discovered later.
+/// The shortest token accepted: 16 characters (64 bits as hex, more from a larger alphabet), so that a
+/// guessable word is refused at start rather than discovered later. Use more: `openssl rand -hex 32`.
 pub const MIN_TOKEN_LEN: usize = 16;
 
 /// What a client token may do; each role includes the ones before it.
@@ -28,7 +29,7 @@ pub enum Role {
     Read,
     /// Read, plus put, batch and delete.
     Write,
-    /// Write, plus compaction and cluster operations.
+    /// Write, plus compaction and the cluster's status (membership changes need the replication token).
     Admin,
 }
 
@@ -127,7 +128,10 @@ impl TokenTable {
             let role = Role::ALL
                 .into_iter()
                 .find(|r| r.name() == role)
-                .ok_or_else(|| bad(format!("unknown role {role:?}: use read, write or admin")))?;
+                // Not echoed: a line written the wrong way round would put its token in the log.
+                .ok_or_else(|| {
+                    bad("the first field must be the role: read, write or admin".into())
+                })?;
             if !token.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(bad(
                     "the token must be visible ASCII characters (it is sent in a header)".into(),
@@ -161,7 +165,9 @@ impl TokenTable {
             path: shown.clone(),
             source,
         };
-        let mode = permissions(path).map_err(read_err)?;
+        // One open: the mode checked is the mode of the file read.
+        let mut file = std::fs::File::open(path).map_err(read_err)?;
+        let mode = permissions(&file).map_err(read_err)?;
         if mode & 0o022 != 0 {
             return Err(TokenFileError::Writable { path: shown, mode });
         }
@@ -170,7 +176,8 @@ impl TokenTable {
                 "the token file {shown} is readable by others than its owner (mode {mode:o}): chmod 600 {shown}"
             )
         });
-        let text = std::fs::read_to_string(path).map_err(read_err)?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut file, &mut text).map_err(read_err)?;
         Ok((Self::parse(&text)?, warning))
     }
 
@@ -191,14 +198,14 @@ impl TokenTable {
 }
 
 #[cfg(unix)]
-fn permissions(path: &Path) -> std::io::Result<u32> {
+fn permissions(file: &std::fs::File) -> std::io::Result<u32> {
     use std::os::unix::fs::PermissionsExt;
-    Ok(std::fs::metadata(path)?.permissions().mode() & 0o7777)
+    Ok(file.metadata()?.permissions().mode() & 0o7777)
 }
 
 #[cfg(not(unix))]
-fn permissions(path: &Path) -> std::io::Result<u32> {
-    std::fs::metadata(path).map(|_| 0o600)
+fn permissions(file: &std::fs::File) -> std::io::Result<u32> {
+    file.metadata().map(|_| 0o600)
 }
 
 #[cfg(test)]
@@ -237,7 +244,8 @@ mod tests {
     #[test]
     fn bad_lines_are_refused_with_their_number_and_without_the_token() {
         let cases = [
-            (format!("read {R}\nroot {A}"), 2, "unknown role"),
+            (format!("read {R}\nroot {A}"), 2, "must be the role"),
+            (format!("read {R}\n{A} admin"), 2, "must be the role"),
             (format!("admin {A} extra"), 1, "two fields"),
             ("admin".to_string(), 1, "two fields"),
             ("read short".to_string(), 1, "at least 16"),
