@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help run-leader run-follower run-cluster docker compose-up compose-down cluster-up cluster-down bench-replication soak-replication soak-cluster check test test-steps test-clean lint bench bench-engine bench-index bench-http bench-goals bench-cluster bench-learners bench-rss larger-than-ram soak fmt clean-bench
+.PHONY: help run-leader run-follower run-cluster docker compose-up compose-down cluster-up cluster-down bench-replication soak-replication soak-cluster check test test-steps test-clean lint bench bench-engine bench-index bench-http bench-goals bench-tls bench-cluster bench-learners bench-rss larger-than-ram soak fmt clean-bench
 
 PORT ?= 8080
 DATA ?= ./data
@@ -143,6 +143,9 @@ bench-index: ## Keydir memory per key and read latency under writes, at 1 M and 
 
 bench-http: ## HTTP load with wrk against kv-server and a bare hyper ceiling server (needs wrk: apt-get install wrk)
 	bench/http/run.sh
+
+bench-tls: ## HTTP vs HTTPS, GET and PUT at 16 and 64 connections, alternating (needs wrk, openssl)
+	bench/http/tls.sh
 
 bench-goals: ## The performance issue's goals as ratios in one sitting: ceiling, kv-server both modes, Redis (installs wrk, redis)
 	bench/http/goals.py

@@ -46,6 +46,7 @@ Environment:
   KV_TIMEOUT          like --timeout (default 30s; compact: none)
   KV_TOKEN            the client token, like --token (a server with AUTH_TOKENS_FILE needs one)
   KV_TOKEN_FILE       like --token-file: a file whose first line is the client token
+  KV_CACERT           like --cacert: the CA file an https:// server is verified with
 Durations: seconds (2.5) or with a unit (500ms, 5s, 1m); 0 for no bound.
 
 Output: values are raw bytes into a pipe or file; on a terminal, control characters and bytes that are not
@@ -89,6 +90,16 @@ struct Cli {
     /// A file whose first line is the client token [env: KV_TOKEN_FILE].
     #[arg(long, global = true)]
     token_file: Option<PathBuf>,
+    /// For an https:// server: the CA certificates (PEM) its certificate must be signed by.
+    #[arg(long, env = "KV_CACERT", global = true)]
+    cacert: Option<PathBuf>,
+    /// For a server that requires client certificates: this client's certificate chain (PEM), with
+    /// --client-key.
+    #[arg(long, env = "KV_CLIENT_CERT", requires = "client_key", global = true)]
+    client_cert: Option<PathBuf>,
+    /// The private key of --client-cert (PEM).
+    #[arg(long, env = "KV_CLIENT_KEY", requires = "client_cert", global = true)]
+    client_key: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -179,7 +190,7 @@ enum Command {
         #[command(subcommand)]
         op: ClusterOp,
         /// The replication token (else KV_REPLICATION_TOKEN, else the first line of
-        /// --replication-token-file); an admin client token (--token) serves as well.
+        /// --replication-token-file); for `status`, an admin client token (--token) serves as well.
         #[arg(
             long,
             env = "KV_REPLICATION_TOKEN",
@@ -288,6 +299,12 @@ fn main() -> ExitCode {
     if let Command::Completion { shell } = cli.command {
         clap_complete::generate(shell, &mut Cli::command(), "kvctl", &mut std::io::stdout());
         return ExitCode::from(error::OK);
+    }
+    if let Some(ca) = &cli.cacert {
+        let identity = cli.client_cert.as_deref().zip(cli.client_key.as_deref());
+        if let Err(e) = kv_infra_http::tls::set_client_config(ca, identity) {
+            return exit(Err(CliError::usage(e.to_string())));
+        }
     }
     if let Command::Repair = cli.command {
         return exit(repair::run(

@@ -64,6 +64,21 @@ struct Config {
     /// peer) with no authentication at all, instead of loopback ones only. Only on a network you trust.
     #[arg(long, env = "PROTECTED_MODE", default_value_t = true, action = clap::ArgAction::Set)]
     protected_mode: bool,
+    /// HTTPS: the listener's certificate chain (PEM, leaf first), with TLS_KEY_FILE; reloaded on SIGHUP.
+    /// `health` then checks over https (with TLS_CA_FILE).
+    #[arg(long, env = "TLS_CERT_FILE", requires = "tls_key_file", global = true)]
+    tls_cert_file: Option<PathBuf>,
+    /// HTTPS: the private key of TLS_CERT_FILE (PEM).
+    #[arg(long, env = "TLS_KEY_FILE", requires = "tls_cert_file", global = true)]
+    tls_key_file: Option<PathBuf>,
+    /// HTTPS: every client must present a certificate signed by a CA in this file (mutual TLS). Peers
+    /// present TLS_CERT_FILE as theirs.
+    #[arg(long, env = "TLS_CLIENT_CA_FILE", requires = "tls_cert_file")]
+    tls_client_ca_file: Option<PathBuf>,
+    /// The CAs that `https://` peers, leaders and followers must be signed by (needed for https:// in
+    /// CLUSTER_PEERS, REPLICATION_LEADER_HOST or REPLICATION_REPLICA_HOSTS).
+    #[arg(long, env = "TLS_CA_FILE", global = true)]
+    tls_ca_file: Option<PathBuf>,
     /// Leader only: answer a write only after this many followers have durably applied it (0: asynchronous).
     #[arg(long, env = "REPLICATION_ACK_FOLLOWERS", default_value_t = 0)]
     replication_ack_followers: usize,
@@ -282,9 +297,18 @@ fn health(url: &str, live: bool) -> ExitCode {
 fn main() -> ExitCode {
     let config = Config::parse();
     if let Some(Command::Health { live, url }) = &config.command {
+        if let Err(e) = tls_client(&config) {
+            eprintln!("unhealthy: {e}");
+            return ExitCode::from(1);
+        }
+        let scheme = if config.tls_cert_file.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let url = url
             .clone()
-            .unwrap_or_else(|| format!("http://127.0.0.1:{}", config.port));
+            .unwrap_or_else(|| format!("{scheme}://localhost:{}", config.port));
         return health(&url, *live);
     }
     init_logging(config.log_format);
@@ -400,6 +424,12 @@ fn check_replication_config(c: &Config) -> Result<(), String> {
     {
         return Err("REPLICATION_TOKEN must not be empty when set".into());
     }
+    if c.replication_token
+        .as_ref()
+        .is_some_and(|t| t.expose() == "change-me-in-production")
+    {
+        tracing::warn!("REPLICATION_TOKEN is the compose files' public placeholder: anyone who reaches a peer route can use it; set your own");
+    }
     Ok(())
 }
 
@@ -432,6 +462,53 @@ fn auth_policy(config: &Config) -> Result<kv_infra_http::auth::AuthPolicy, Strin
         tracing::info!(access = %policy.describe(), "client tokens");
     }
     Ok(policy)
+}
+
+/// The CA (TLS_CA_FILE) this process verifies `https://` servers with, presenting its own certificate
+/// (TLS_CERT_FILE) when a peer asks for one.
+fn tls_client(config: &Config) -> Result<(), String> {
+    let Some(ca) = &config.tls_ca_file else {
+        return Ok(());
+    };
+    let identity = config
+        .tls_cert_file
+        .as_deref()
+        .zip(config.tls_key_file.as_deref());
+    kv_infra_http::tls::set_client_config(ca, identity).map_err(|e| e.to_string())
+}
+
+/// The listener's TLS (TLS_CERT_FILE, TLS_KEY_FILE, TLS_CLIENT_CA_FILE), reloaded on SIGHUP: a reload
+/// that fails is logged and keeps the certificate in use.
+fn tls_listener(config: &Config) -> Result<Option<Arc<kv_infra_http::tls::TlsListener>>, String> {
+    use kv_infra_http::tls::{TlsFiles, TlsListener};
+    let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) else {
+        return Ok(None);
+    };
+    let files = TlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        client_ca: config.tls_client_ca_file.clone(),
+    };
+    let listener = Arc::new(TlsListener::open(files).map_err(|e| e.to_string())?);
+    tracing::info!(
+        cert = %cert.display(),
+        client_certificates = listener.requires_client_certificates(),
+        "HTTPS (SIGHUP reloads the certificate)"
+    );
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| format!("cannot listen for SIGHUP: {e}"))?;
+    let reloading = listener.clone();
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            match reloading.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                Err(e) => {
+                    tracing::error!("SIGHUP: TLS reload failed, the certificate in use stays: {e}")
+                }
+            }
+        }
+    });
+    Ok(Some(listener))
 }
 
 /// What a peer route admits while no REPLICATION_TOKEN is set, for the start-up warning.
@@ -669,6 +746,8 @@ async fn raft_replication(
 async fn run(config: Config) -> Result<(), String> {
     tracing::info!(?config, "starting kv-server");
     let auth = auth_policy(&config)?;
+    tls_client(&config)?;
+    let tls = tls_listener(&config)?;
     let index = match config.index {
         IndexArg::Btree => IndexKind::BTree,
         IndexArg::ConcurrentSkiplist => IndexKind::ConcurrentSkipList,
@@ -797,6 +876,7 @@ async fn run(config: Config) -> Result<(), String> {
         request_timeout: Duration::from_millis(config.request_timeout_ms),
         write_timeout: Duration::from_millis(config.write_timeout_ms),
         shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
+        tls,
     };
     serve(listener, state.clone(), server_config, shutdown_signal())
         .await

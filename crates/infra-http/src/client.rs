@@ -75,6 +75,25 @@ pub struct Client {
     request_timeout: Option<std::time::Duration>,
     /// Sent as `Authorization: Bearer <token>` with every request (a client token: `crate::auth`).
     bearer: Option<hyper::header::HeaderValue>,
+    /// For an `https://` URL: the server's name to verify its certificate against.
+    tls: Option<rustls::pki_types::ServerName<'static>>,
+}
+
+/// HTTP/1.1 over `io`, its connection driven by a task of its own.
+async fn handshake<I>(addr: &str, io: I) -> Result<SendRequest<Full<Bytes>>, ClientError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| ClientError::Connection {
+            addr: addr.to_string(),
+            message: e.to_string(),
+        })?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
 }
 
 /// Percent-encodes every byte outside `[A-Za-z0-9-._~]` (a path segment or query value).
@@ -91,21 +110,51 @@ pub fn percent_encode(bytes: &[u8]) -> String {
 }
 
 impl Client {
-    /// A client of `url` (`http://host:port`, a trailing slash allowed). Connects lazily.
+    /// A client of `url` (`http://host:port` or `https://host:port`, a trailing slash allowed). Connects
+    /// lazily. An `https://` URL needs this process's TLS client configuration
+    /// ([`crate::tls::set_client_config`]): the server's certificate is verified against its CAs, for the
+    /// URL's host.
     pub fn new(url: &str) -> Result<Self, ClientError> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            ClientError::Invalid(format!("{url:?}: only http:// URLs are supported"))
-        })?;
+        let (rest, https) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+            (Some(rest), _) => (rest, false),
+            (None, Some(rest)) => (rest, true),
+            (None, None) => {
+                return Err(ClientError::Invalid(format!(
+                    "{url:?}: only http:// and https:// URLs are supported"
+                )))
+            }
+        };
         let addr = rest.trim_end_matches('/').to_string();
         if addr.is_empty() || addr.contains('/') {
             return Err(ClientError::Invalid(format!(
-                "{url:?} is not http://host:port"
+                "{url:?} is not http(s)://host:port"
             )));
         }
         let addr = if addr.contains(':') {
             addr
+        } else if https {
+            format!("{addr}:443")
         } else {
             format!("{addr}:80")
+        };
+        let tls = if https {
+            if crate::tls::client_config().is_none() {
+                return Err(ClientError::Invalid(format!(
+                    "{url:?}: https needs a CA to verify the server with (kv-server: TLS_CA_FILE; kvctl: --cacert)"
+                )));
+            }
+            let host = addr
+                .rsplit_once(':')
+                .map_or(addr.as_str(), |(h, _)| h)
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            Some(
+                rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| {
+                    ClientError::Invalid(format!("{url:?}: {host:?} is not a server name: {e}"))
+                })?,
+            )
+        } else {
+            None
         };
         Ok(Self {
             addr,
@@ -113,6 +162,7 @@ impl Client {
             connect_timeout: None,
             request_timeout: None,
             bearer: None,
+            tls,
         })
     }
 
@@ -163,15 +213,20 @@ impl Client {
                 source,
             })?;
             let _ = stream.set_nodelay(true);
-            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| ClientError::Connection {
-                    addr: self.addr.clone(),
-                    message: e.to_string(),
-                })?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
+            let sender = match (&self.tls, crate::tls::client_config()) {
+                (Some(name), Some(config)) => {
+                    // Before the request: a failed handshake means it was not sent.
+                    let stream = tokio_rustls::TlsConnector::from(config)
+                        .connect(name.clone(), stream)
+                        .await
+                        .map_err(|e| ClientError::Unreachable {
+                            addr: self.addr.clone(),
+                            source: std::io::Error::other(format!("TLS handshake failed: {e}")),
+                        })?;
+                    handshake(&self.addr, stream).await?
+                }
+                _ => handshake(&self.addr, stream).await?,
+            };
             self.sender = Some(sender);
         }
         self.sender

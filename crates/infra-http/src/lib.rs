@@ -55,6 +55,7 @@ pub mod stall;
 pub mod state;
 pub mod status;
 pub mod stream;
+pub mod tls;
 
 pub use server::{serve, ServerConfig};
 pub use state::ServerState;

@@ -26,6 +26,7 @@ use crate::error::ApiError;
 use crate::route::Route;
 use crate::stall::{stalled, StallClock, WatchedIo};
 use crate::state::ServerState;
+use crate::tls::TlsListener;
 
 /// Connection-level limits.
 #[derive(Clone, Debug)]
@@ -43,7 +44,14 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
+    /// HTTPS instead of HTTP: every connection shakes hands first (within `header_timeout`) with the
+    /// listener's current certificate ([`crate::tls`]).
+    pub tls: Option<Arc<TlsListener>>,
 }
+
+/// A connection's byte stream: plain TCP or TLS over it.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -53,6 +61,7 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -119,6 +128,23 @@ pub async fn serve(
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.timer(TokioTimer::new()).header_read_timeout(config.header_timeout);
+            let stream: Box<dyn Io> = match &config.tls {
+                None => Box::new(stream),
+                Some(tls) => {
+                    let accepting = tls.acceptor().accept(stream);
+                    match tokio::time::timeout(config.header_timeout, accepting).await {
+                        Ok(Ok(tls_stream)) => Box::new(tls_stream),
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, "TLS handshake failed: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
             let clock = Arc::new(StallClock::default());
             let io = TokioIo::new(WatchedIo::new(stream, clock.clone()));
             let conn = builder.serve_connection(io, service);

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# HTTP vs HTTPS: the same kv-server (release), GET and PUT (256-byte values, 10 000 preloaded keys), 16 and
+# 64 connections, plain and TLS alternating ROUNDS times in one sitting (this machine is shared and noisy:
+# compare within a round). The certificate is made here with openssl (a P-256 key, like rcgen's); wrk
+# speaks TLS itself and does not verify it. Keep-alive connections: the handshake is paid once per
+# connection, so this measures the cost of encrypting the bytes, not of handshakes.
+# Usage: bench/http/tls.sh [kv-server binary, default target/release/kv-server] [rounds, default 3]
+# Prints one line per run: workload, connections, scheme, req/s, p50, p99.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BIN=${1:-target/release/kv-server}; ROUNDS=${2:-3}
+PORT=18192
+command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk" >&2; exit 1; }
+command -v openssl >/dev/null || { echo "openssl not found: apt-get install openssl" >&2; exit 1; }
+if [ "$BIN" = target/release/kv-server ]; then cargo build --release -p kv-server; fi
+work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
+  -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+run() { # scheme workload connections
+  local scheme=$1 script=$2 conns=$3 data tls=()
+  data=$(mktemp -d -p "$work")
+  [ "$scheme" = https ] && tls=(--tls-cert-file "$work/cert.pem" --tls-key-file "$work/key.pem")
+  RUST_LOG=warn "$BIN" --bind 127.0.0.1 --port $PORT --data-path "$data" "${tls[@]}" &
+  local pid=$!
+  for _ in $(seq 100); do curl -skf "$scheme://127.0.0.1:$PORT/health-check" >/dev/null && break; sleep 0.1; done
+  for b in $(seq 0 9); do
+    python3 -c "import json; print(json.dumps({'key%05d' % i: 'v'*256 for i in range($b*1000, $b*1000+1000)}))" |
+      curl -skf -X POST --data-binary @- "$scheme://127.0.0.1:$PORT/batchput" >/dev/null
+  done
+  local out
+  out=$(wrk -t1 -c"$conns" -d5s --latency -s "bench/http/$script" "$scheme://127.0.0.1:$PORT")
+  printf '%-8s %3s %-5s %9s req/s  p50 %-8s p99 %s\n' "${script%.lua}" "$conns" "$scheme" \
+    "$(awk '/Requests\/sec/ {print $2}' <<<"$out")" "$(awk '$1=="50%" {print $2}' <<<"$out")" \
+    "$(awk '$1=="99%" {print $2}' <<<"$out")"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+for i in $(seq "$ROUNDS"); do
+  echo "round $i"
+  for script in get.lua put.lua; do
+    for conns in 16 64; do
+      run http "$script" "$conns"
+      run https "$script" "$conns"
+    done
+  done
+done
