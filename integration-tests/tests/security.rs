@@ -446,11 +446,17 @@ fn protected_mode_serves_loopback_clients_only_and_says_so() {
 /// the follower's file calls a token `write` and the leader's calls it `read`, so the leader refuses
 /// what the follower admitted. In protected mode the follower vouches for its loopback client with the
 /// replication token, so the leader (reached from an address that is not loopback) admits the write it
-/// would refuse from that address directly.
+/// would refuse from that address directly. Both replication engines: the static follower's forward and
+/// a Raft learner's (`REPLICATION_ENGINE=raft`) are separate paths.
 #[test]
 fn the_leader_decides_on_forwarded_writes() {
     let net = Network::create();
-    for protected in [false, true] {
+    for (engine, protected) in [
+        ("static", false),
+        ("static", true),
+        ("raft", false),
+        ("raft", true),
+    ] {
         let root = tempfile::tempdir().unwrap();
         let (leader_dir, follower_dir) = (root.path().join("leader"), root.path().join("follower"));
         std::fs::create_dir_all(&leader_dir).unwrap();
@@ -458,12 +464,19 @@ fn the_leader_decides_on_forwarded_writes() {
         let follower_port = integration_tests::free_port();
         let follower_url = format!("http://127.0.0.1:{follower_port}");
         let mut leader_args = vec![
+            "--replication-engine".to_string(),
+            engine.to_string(),
             "--replication-token".to_string(),
             PEER.to_string(),
             "--replication-replica-hosts".to_string(),
             follower_url.clone(),
         ];
-        let mut follower_args = vec!["--replication-token".to_string(), PEER.to_string()];
+        let mut follower_args = vec![
+            "--replication-engine".to_string(),
+            engine.to_string(),
+            "--replication-token".to_string(),
+            PEER.to_string(),
+        ];
         if !protected {
             let lf = token_file(&leader_dir, &format!("read {WRITE}\nadmin {ADMIN}\n"));
             let ff = token_file(&follower_dir, &format!("write {WRITE}\nadmin {ADMIN}\n"));
@@ -488,7 +501,12 @@ fn the_leader_decides_on_forwarded_writes() {
                 &[],
                 b"1",
             );
-            assert_eq!(got, 200, "vouched: {}", String::from_utf8_lossy(&body));
+            assert_eq!(
+                got,
+                200,
+                "{engine}, vouched: {}",
+                String::from_utf8_lossy(&body)
+            );
             let (got, _) = request(leader.addr, Source::Elsewhere, "PUT", "/v1/kv/f", &[], b"1");
             assert_eq!(got, 403, "the same write sent straight from elsewhere");
         } else {
@@ -502,7 +520,7 @@ fn the_leader_decides_on_forwarded_writes() {
                 b"1",
             );
             let text = String::from_utf8_lossy(&body);
-            assert_eq!(got, 403, "the leader's role decides: {text}");
+            assert_eq!(got, 403, "{engine}: the leader's role decides: {text}");
             assert!(text.contains("role is read"), "{text}");
             let auth = format!("Bearer {ADMIN}");
             let (got, _) = request(
