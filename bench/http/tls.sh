@@ -10,8 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${1:-target/release/kv-server}; ROUNDS=${2:-3}
 PORT=18192
-command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk" >&2; exit 1; }
-command -v openssl >/dev/null || { echo "openssl not found: apt-get install openssl" >&2; exit 1; }
+for tool in wrk openssl; do
+  command -v "$tool" >/dev/null || apt-get install -y -qq "$tool" >/dev/null ||
+    { echo "$tool not found and not installable: apt-get install $tool" >&2; exit 1; }
+done
 if [ "$BIN" = target/release/kv-server ]; then cargo build --release -p kv-server; fi
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
@@ -20,7 +22,7 @@ run() { # scheme workload connections
   local scheme=$1 script=$2 conns=$3 data tls=()
   data=$(mktemp -d -p "$work")
   [ "$scheme" = https ] && tls=(--tls-cert-file "$work/cert.pem" --tls-key-file "$work/key.pem")
-  RUST_LOG=warn "$BIN" --bind 127.0.0.1 --port $PORT --data-path "$data" "${tls[@]}" &
+  RUST_LOG=error "$BIN" --bind 127.0.0.1 --port $PORT --data-path "$data" "${tls[@]}" &
   local pid=$!
   for _ in $(seq 100); do curl -skf "$scheme://127.0.0.1:$PORT/health-check" >/dev/null && break; sleep 0.1; done
   for b in $(seq 0 9); do
