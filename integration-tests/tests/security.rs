@@ -573,3 +573,64 @@ impl Drop for FollowerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// SIGHUP reads the token file again: a token added is admitted and a token removed refused from the
+/// next request on; a file that fails to load (here: writable by others) keeps the tokens in use.
+#[test]
+fn sighup_reloads_the_token_file_and_a_bad_one_keeps_the_tokens_in_use() {
+    use std::os::unix::fs::PermissionsExt;
+    let net = Network::create();
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = token_file(dir.path(), &format!("admin {ADMIN}\n"));
+    let server = Server::start(
+        dir.path(),
+        net.gateway,
+        &["--auth-tokens-file", tokens.to_str().unwrap()],
+    );
+    let status_as = |token: &str| {
+        let auth = format!("Bearer {token}");
+        request(
+            server.addr,
+            Source::Elsewhere,
+            "GET",
+            "/v1/status",
+            &[("authorization", &auth)],
+            b"",
+        )
+        .0
+    };
+    let hup_and_wait_for = |token: &str, want: u16| {
+        assert!(Command::new("kill")
+            .args(["-HUP", &server.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while status_as(token) != want {
+            assert!(Instant::now() < deadline, "{}", server.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    assert_eq!((status_as(ADMIN), status_as(READ)), (200, 401));
+    std::fs::write(&tokens, format!("read {READ}\n")).unwrap();
+    hup_and_wait_for(READ, 200);
+    assert_eq!(status_as(ADMIN), 401, "a token removed is refused");
+    // Writable by others: refused, the tokens in use stay.
+    std::fs::write(&tokens, format!("read {READ}\nadmin {ADMIN}\n")).unwrap();
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    assert!(Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    while !server.log_text().contains("the token file failed to load") {
+        assert!(Instant::now() < deadline, "{}", server.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!((status_as(READ), status_as(ADMIN)), (200, 401));
+    let log = server.log_text();
+    for secret in [READ, ADMIN] {
+        assert!(!log.contains(secret), "the log shows a token");
+    }
+}

@@ -57,7 +57,7 @@ struct Config {
     /// Client tokens with their roles: a file of `<role> <token>` lines (read, write or admin; `#`
     /// comments; docs/security.md), so no token sits on a command line. Clients then send
     /// `Authorization: Bearer <token>`. Without it the server is in protected mode: it answers only
-    /// clients on its loopback interface (unless PROTECTED_MODE=false).
+    /// clients on its loopback interface (unless PROTECTED_MODE=false). SIGHUP reads it again.
     #[arg(long, env = "AUTH_TOKENS_FILE")]
     auth_tokens_file: Option<PathBuf>,
     /// `false`: without AUTH_TOKENS_FILE, serve every client (and, without REPLICATION_TOKEN, every
@@ -174,7 +174,9 @@ enum Command {
         /// Check liveness only (`GET /health-check`: the process answers), not readiness.
         #[arg(long)]
         live: bool,
-        /// Base URL of the server to check (default: http://127.0.0.1:PORT).
+        /// Base URL of the server to check (default: http://127.0.0.1:PORT; with TLS_CERT_FILE
+        /// https://localhost:PORT, verified with TLS_CA_FILE, so the certificate must name localhost,
+        /// presenting TLS_CERT_FILE as its client certificate when TLS_CLIENT_CA_FILE asks for one).
         #[arg(long)]
         url: Option<String>,
     },
@@ -362,7 +364,7 @@ fn cluster_peers(c: &Config) -> Result<Option<ClusterMembers>, String> {
         let url = url.trim().trim_end_matches('/').to_string();
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(format!(
-                "CLUSTER_PEERS entry {entry:?}: the URL must start with http://"
+                "CLUSTER_PEERS entry {entry:?}: the URL must start with http:// or https://"
             ));
         }
         if peers.insert(id, url).is_some() {
@@ -424,6 +426,12 @@ fn check_replication_config(c: &Config) -> Result<(), String> {
     {
         return Err("REPLICATION_TOKEN must not be empty when set".into());
     }
+    let replicated = cluster_peers(c)?.is_some()
+        || c.replication_mode == Role::Follower
+        || c.replication_replica_hosts.iter().any(|h| !h.is_empty());
+    if replicated && c.auth_tokens_file.is_some() && c.replication_token.is_none() {
+        return Err("AUTH_TOKENS_FILE with replication or a cluster needs REPLICATION_TOKEN: with client tokens the replication, Raft and membership endpoints answer only the replication token".into());
+    }
     if c.replication_token
         .as_ref()
         .is_some_and(|t| t.expose() == "change-me-in-production")
@@ -436,24 +444,24 @@ fn check_replication_config(c: &Config) -> Result<(), String> {
 /// Who may do what: the token file's tokens, else protected mode unless PROTECTED_MODE=false. Logs how
 /// clients are admitted (never a token) and warns about an open server or a token file others may read.
 fn auth_policy(config: &Config) -> Result<kv_infra_http::auth::AuthPolicy, String> {
-    use kv_infra_http::auth::{AuthPolicy, TokenTable};
-    let tokens = match &config.auth_tokens_file {
-        None => None,
+    use kv_infra_http::auth::AuthPolicy;
+    let policy = match &config.auth_tokens_file {
+        None => AuthPolicy::new(None, !config.protected_mode),
         Some(path) => {
-            let (tokens, warning) = TokenTable::load(path).map_err(|e| e.to_string())?;
+            let (policy, warning) =
+                AuthPolicy::from_file(path, !config.protected_mode).map_err(|e| e.to_string())?;
             if let Some(warning) = warning {
                 tracing::warn!("{warning}");
             }
-            Some(tokens)
+            policy
         }
     };
-    let policy = AuthPolicy::new(tokens, !config.protected_mode);
     if policy.is_protected() {
         tracing::warn!(
             access = %policy.describe(),
             "protected mode: no AUTH_TOKENS_FILE, so only clients on the loopback interface are served; configure tokens (docs/security.md), or set PROTECTED_MODE=false to open it"
         );
-    } else if policy.tokens().is_none() {
+    } else if !policy.has_tokens() {
         tracing::warn!(
             access = %policy.describe(),
             "PROTECTED_MODE=false: every client that can reach this port may read, write and administer"
@@ -477,8 +485,8 @@ fn tls_client(config: &Config) -> Result<(), String> {
     kv_infra_http::tls::set_client_config(ca, identity).map_err(|e| e.to_string())
 }
 
-/// The listener's TLS (TLS_CERT_FILE, TLS_KEY_FILE, TLS_CLIENT_CA_FILE), reloaded on SIGHUP: a reload
-/// that fails is logged and keeps the certificate in use.
+/// The listener's TLS (TLS_CERT_FILE, TLS_KEY_FILE, TLS_CLIENT_CA_FILE); [`reload_on_hangup`] reads
+/// it again.
 fn tls_listener(config: &Config) -> Result<Option<Arc<kv_infra_http::tls::TlsListener>>, String> {
     use kv_infra_http::tls::{TlsFiles, TlsListener};
     let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) else {
@@ -495,25 +503,63 @@ fn tls_listener(config: &Config) -> Result<Option<Arc<kv_infra_http::tls::TlsLis
         client_certificates = listener.requires_client_certificates(),
         "HTTPS (SIGHUP reloads the certificate)"
     );
+    Ok(Some(listener))
+}
+
+/// The CA file and own identity of outgoing TLS connections (see [`tls_client`]).
+type ClientTls = (PathBuf, Option<(PathBuf, PathBuf)>);
+
+/// On every SIGHUP, reads the token file and the TLS files again (the listener's, and the CA and
+/// identity of outgoing connections, so a rotated certificate is also what this node presents to its
+/// peers). What fails to load is logged and keeps what is in use.
+fn reload_on_hangup(
+    auth: kv_infra_http::auth::AuthPolicy,
+    tls: Option<Arc<kv_infra_http::tls::TlsListener>>,
+    client_tls: Option<ClientTls>,
+) -> Result<(), String> {
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| format!("cannot listen for SIGHUP: {e}"))?;
-    let reloading = listener.clone();
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
-            match reloading.reload() {
-                Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
-                Err(e) => {
-                    tracing::error!("SIGHUP: TLS reload failed, the certificate in use stays: {e}")
+            if auth.has_tokens() {
+                match auth.reload() {
+                    Ok(warning) => {
+                        if let Some(warning) = warning {
+                            tracing::warn!("{warning}");
+                        }
+                        tracing::info!(access = %auth.describe(), "SIGHUP: client tokens reloaded");
+                    }
+                    Err(e) => tracing::error!(
+                        "SIGHUP: the token file failed to load, the tokens in use stay: {e}"
+                    ),
+                }
+            }
+            if let Some((ca, identity)) = &client_tls {
+                let identity = identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+                if let Err(e) = kv_infra_http::tls::set_client_config(ca, identity) {
+                    tracing::error!(
+                        "SIGHUP: the TLS client configuration failed to load, the one in use stays: {e}"
+                    );
+                }
+            }
+            if let Some(tls) = &tls {
+                match tls.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                    Err(e) => tracing::error!(
+                        "SIGHUP: TLS reload failed, the certificate in use stays: {e}"
+                    ),
                 }
             }
         }
     });
-    Ok(Some(listener))
+    Ok(())
 }
 
 /// What a peer route admits while no REPLICATION_TOKEN is set, for the start-up warning.
 fn unguarded_peers(config: &Config) -> &'static str {
-    if config.protected_mode {
+    if config.auth_tokens_file.is_some() {
+        "nobody (with AUTH_TOKENS_FILE they need the replication token)"
+    } else if config.protected_mode {
         "only peers on the loopback interface"
     } else {
         "anyone who can reach this port (PROTECTED_MODE=false)"
@@ -748,6 +794,14 @@ async fn run(config: Config) -> Result<(), String> {
     let auth = auth_policy(&config)?;
     tls_client(&config)?;
     let tls = tls_listener(&config)?;
+    let client_tls = config.tls_ca_file.clone().map(|ca| {
+        let identity = config
+            .tls_cert_file
+            .clone()
+            .zip(config.tls_key_file.clone());
+        (ca, identity)
+    });
+    reload_on_hangup(auth.clone(), tls.clone(), client_tls)?;
     let index = match config.index {
         IndexArg::Btree => IndexKind::BTree,
         IndexArg::ConcurrentSkiplist => IndexKind::ConcurrentSkipList,
@@ -915,6 +969,29 @@ mod tests {
         all.extend_from_slice(args);
         let config = Config::try_parse_from(all).map_err(|e| e.to_string())?;
         cluster_peers(&config)
+    }
+
+    #[test]
+    fn a_token_file_with_replication_needs_the_replication_token() {
+        let check = |args: &[&str]| {
+            let mut all = vec!["kv-server", "--auth-tokens-file", "/t"];
+            all.extend_from_slice(args);
+            check_replication_config(&Config::try_parse_from(all).unwrap())
+        };
+        let follower = [
+            "--replication-mode",
+            "follower",
+            "--replication-leader-host",
+            "http://l",
+        ];
+        let refused = check(&follower).unwrap_err();
+        assert!(refused.contains("needs REPLICATION_TOKEN"), "{refused}");
+        assert!(check(&["--replication-replica-hosts", "http://f"]).is_err());
+        assert!(check(&["--cluster-node-id", "1", "--cluster-peers", "1=http://a"]).is_err());
+        assert!(check(&[]).is_ok(), "a standalone server has no peers");
+        let mut with_token = follower.to_vec();
+        with_token.extend(["--replication-token", "t0123456789abcdef"]);
+        assert!(check(&with_token).is_ok());
     }
 
     #[test]

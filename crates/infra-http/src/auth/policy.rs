@@ -1,22 +1,27 @@
 //! The decision for one request (see the module doc of [`crate::auth`]).
 
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use hyper::header::{HeaderMap, AUTHORIZATION};
 use hyper::StatusCode;
 use subtle::ConstantTimeEq;
 
-use super::tokens::{Role, TokenTable};
+use super::tokens::{Role, TokenFileError, TokenTable};
 use crate::cluster::FORWARDED_HEADER;
 use crate::error::ApiError;
 use crate::replication::{Secret, TOKEN_HEADER};
 use crate::route::Access;
 
-/// How this server admits clients: configured once at start.
+/// How this server admits clients: configured at start; the tokens of a token file can be read again
+/// ([`Self::reload`]). Cloning shares the tokens.
 #[derive(Clone, Debug)]
 pub struct AuthPolicy {
     /// The client tokens, when a token file is configured.
-    clients: Option<TokenTable>,
+    clients: Option<Arc<parking_lot::RwLock<TokenTable>>>,
+    /// The token file they came from, if any.
+    file: Option<PathBuf>,
     /// `PROTECTED_MODE=false`: without tokens, serve every client (and, without a replication token,
     /// every peer) instead of the loopback ones only.
     open: bool,
@@ -25,7 +30,32 @@ pub struct AuthPolicy {
 impl AuthPolicy {
     /// Clients are admitted by `clients` when given; otherwise by protected mode unless `open`.
     pub fn new(clients: Option<TokenTable>, open: bool) -> Self {
-        Self { clients, open }
+        Self {
+            clients: clients.map(|t| Arc::new(parking_lot::RwLock::new(t))),
+            file: None,
+            open,
+        }
+    }
+
+    /// Clients are admitted by the tokens of the file at `path`; with it, a warning to log if others
+    /// may read the file.
+    pub fn from_file(path: &Path, open: bool) -> Result<(Self, Option<String>), TokenFileError> {
+        let (tokens, warning) = TokenTable::load(path)?;
+        let mut policy = Self::new(Some(tokens), open);
+        policy.file = Some(path.to_path_buf());
+        Ok((policy, warning))
+    }
+
+    /// Reads the token file again and, if it is valid, admits by its tokens from the next request on
+    /// (a file that fails to load keeps the tokens in use). Without a token file, nothing to do.
+    /// Returns the file's warning, if any.
+    pub fn reload(&self) -> Result<Option<String>, TokenFileError> {
+        let (Some(path), Some(clients)) = (&self.file, &self.clients) else {
+            return Ok(None);
+        };
+        let (tokens, warning) = TokenTable::load(path)?;
+        *clients.write() = tokens;
+        Ok(warning)
     }
 
     /// No tokens and no protected mode: everyone may do everything (tests, and `PROTECTED_MODE=false`).
@@ -38,9 +68,9 @@ impl AuthPolicy {
         self.clients.is_none() && !self.open
     }
 
-    /// The client tokens, if configured.
-    pub fn tokens(&self) -> Option<&TokenTable> {
-        self.clients.as_ref()
+    /// Whether client tokens are configured.
+    pub fn has_tokens(&self) -> bool {
+        self.clients.is_some()
     }
 
     /// One line for the start-up log: how clients are admitted (never a token).
@@ -48,6 +78,7 @@ impl AuthPolicy {
         match (&self.clients, self.open) {
             (Some(t), _) => {
                 let counts: Vec<String> = t
+                    .read()
                     .counts()
                     .iter()
                     .map(|(role, n)| format!("{n} {role}"))
@@ -90,11 +121,13 @@ impl AuthPolicy {
                     Some(_) => Err(unauthorized(format!(
                         "replication and Raft endpoints need the replication token in {TOKEN_HEADER} (a client token is not accepted)"
                     ))),
-                    // PROTECTED_MODE=false opens peer routes only on a server without client tokens: a
-                    // token file would be bypassed through them otherwise.
-                    None if loopback || (self.open && self.clients.is_none()) => Ok(()),
+                    // With client tokens, peer routes (membership changes included) need the replication
+                    // token from anywhere: a token file would be bypassed through them otherwise (by a
+                    // local process or a proxy on this host, too). Without, loopback peers, or every
+                    // peer with PROTECTED_MODE=false.
+                    None if self.clients.is_none() && (loopback || self.open) => Ok(()),
                     None => Err(forbidden(format!(
-                        "replication and Raft endpoints answer only loopback peers while no REPLICATION_TOKEN is set (this request came from {peer}): set the same REPLICATION_TOKEN on every node"
+                        "replication, Raft and membership endpoints need REPLICATION_TOKEN here (this request came from {peer}): set the same REPLICATION_TOKEN on every node"
                     ))),
                 };
             }
@@ -118,7 +151,8 @@ impl AuthPolicy {
                 "this server needs a token: send `Authorization: Bearer <token>` of a {need} (or stronger) role"
             )));
         };
-        match table.role_of(given) {
+        let role = table.read().role_of(given);
+        match role {
             None => Err(unauthorized(
                 "the bearer token is not one this server knows".into(),
             )),
@@ -360,19 +394,25 @@ mod tests {
         }
     }
 
-    /// With a token file, PROTECTED_MODE=false does not open the peer routes (they would bypass it), and
-    /// an `x-kv-forwarded` header without the replication token vouches for nothing.
+    /// With a token file and no replication token, peer routes (membership changes included) answer
+    /// nobody, loopback or not, whatever PROTECTED_MODE says (they would bypass the file); and an
+    /// `x-kv-forwarded` header without the replication token vouches for nothing.
     #[test]
-    fn open_mode_never_opens_peer_routes_past_a_token_file_and_a_bare_forward_header_is_nothing() {
+    fn a_token_file_closes_peer_routes_without_a_replication_token_and_a_bare_forward_is_nothing() {
+        for open in [false, true] {
+            let policy = AuthPolicy::new(Some(tokens()), open);
+            for loopback in [false, true] {
+                assert_eq!(
+                    status(&policy, Access::Peer, Caller::Nobody, loopback, None),
+                    403
+                );
+                assert_eq!(
+                    status(&policy, Access::Peer, Caller::Bearer(ADMIN), loopback, None),
+                    403
+                );
+            }
+        }
         let policy = AuthPolicy::new(Some(tokens()), true);
-        assert_eq!(
-            status(&policy, Access::Peer, Caller::Nobody, false, None),
-            403
-        );
-        assert_eq!(
-            status(&policy, Access::Peer, Caller::Nobody, true, None),
-            200
-        );
         assert_eq!(
             status(&policy, Access::Write, Caller::Nobody, false, None),
             401
