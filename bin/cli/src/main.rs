@@ -47,6 +47,7 @@ Environment:
   KV_TOKEN            the client token, like --token (a server with AUTH_TOKENS_FILE needs one)
   KV_TOKEN_FILE       like --token-file: a file whose first line is the client token
   KV_CACERT           like --cacert: the CA file an https:// server is verified with
+  KV_CLIENT_CERT, KV_CLIENT_KEY  like --client-cert and --client-key
 Durations: seconds (2.5) or with a unit (500ms, 5s, 1m); 0 for no bound.
 
 Output: values are raw bytes into a pipe or file; on a terminal, control characters and bytes that are not

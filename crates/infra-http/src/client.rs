@@ -79,6 +79,19 @@ pub struct Client {
     tls: Option<rustls::pki_types::ServerName<'static>>,
 }
 
+/// An error with its causes: hyper's own message ("connection error") hides why, such as the TLS alert
+/// of a server that refused this client's certificate.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
 /// HTTP/1.1 over `io`, its connection driven by a task of its own.
 async fn handshake<I>(addr: &str, io: I) -> Result<SendRequest<Full<Bytes>>, ClientError>
 where
@@ -130,7 +143,12 @@ impl Client {
                 "{url:?} is not http(s)://host:port"
             )));
         }
-        let addr = if addr.contains(':') {
+        // `host:port`, `[v6]:port`; a bare `[v6]` or `host` gets the scheme's port.
+        let has_port = match addr.strip_prefix('[') {
+            Some(v6) => v6.contains("]:"),
+            None => addr.contains(':'),
+        };
+        let addr = if has_port {
             addr
         } else if https {
             format!("{addr}:443")
@@ -213,19 +231,36 @@ impl Client {
                 source,
             })?;
             let _ = stream.set_nodelay(true);
-            let sender = match (&self.tls, crate::tls::client_config()) {
-                (Some(name), Some(config)) => {
-                    // Before the request: a failed handshake means it was not sent.
-                    let stream = tokio_rustls::TlsConnector::from(config)
-                        .connect(name.clone(), stream)
-                        .await
-                        .map_err(|e| ClientError::Unreachable {
-                            addr: self.addr.clone(),
-                            source: std::io::Error::other(format!("TLS handshake failed: {e}")),
-                        })?;
+            let sender = match &self.tls {
+                None => handshake(&self.addr, stream).await?,
+                Some(name) => {
+                    let Some(config) = crate::tls::client_config() else {
+                        return Err(ClientError::Invalid(
+                            "https needs a CA to verify the server with".into(),
+                        ));
+                    };
+                    // Before the request, and under the connect bound (a server at its connection
+                    // cap accepts TCP from its backlog but shakes no hands): a failure means it was
+                    // not sent.
+                    let shaking =
+                        tokio_rustls::TlsConnector::from(config).connect(name.clone(), stream);
+                    let shaken = match self.connect_timeout {
+                        Some(after) => {
+                            tokio::time::timeout(after, shaking).await.map_err(|_| {
+                                ClientError::ConnectTimeout {
+                                    addr: self.addr.clone(),
+                                    after,
+                                }
+                            })?
+                        }
+                        None => shaking.await,
+                    };
+                    let stream = shaken.map_err(|e| ClientError::Unreachable {
+                        addr: self.addr.clone(),
+                        source: std::io::Error::other(format!("TLS handshake failed: {e}")),
+                    })?;
                     handshake(&self.addr, stream).await?
                 }
-                _ => handshake(&self.addr, stream).await?,
             };
             self.sender = Some(sender);
         }
@@ -313,7 +348,7 @@ impl Client {
             .await
             .map_err(|e| ClientError::Connection {
                 addr: addr.clone(),
-                message: e.to_string(),
+                message: with_causes(&e),
             })?;
         let status = resp.status();
         let (parts, body) = resp.into_parts();
@@ -322,7 +357,7 @@ impl Client {
             .await
             .map_err(|e| ClientError::Connection {
                 addr,
-                message: e.to_string(),
+                message: with_causes(&e),
             })?
             .to_bytes();
         Ok((status, parts.headers, body))
@@ -524,7 +559,19 @@ mod tests {
     #[test]
     fn urls_are_checked() {
         assert!(Client::new("http://127.0.0.1:8080/").is_ok());
-        assert!(Client::new("https://x").is_err());
+        // No TLS client configuration in this test process: https is refused, never downgraded.
+        let refused = Client::new("https://x").unwrap_err().to_string();
+        assert!(refused.contains("TLS_CA_FILE"), "{refused}");
         assert!(Client::new("http://x/y").is_err());
+        assert!(Client::new("ftp://x").is_err());
+        for (url, addr) in [
+            ("http://h", "h:80"),
+            ("http://h:81", "h:81"),
+            ("http://[::1]", "[::1]:80"),
+            ("http://[::1]:8080/", "[::1]:8080"),
+            ("http://10.0.0.1", "10.0.0.1:80"),
+        ] {
+            assert_eq!(Client::new(url).unwrap().addr, addr, "{url}");
+        }
     }
 }
