@@ -223,9 +223,14 @@ async fn the_leader_killed_with_synchronous_acknowledgement_keeps_every_acknowle
     cluster.leader.kill();
     let acked = writers.stop();
     assert!(acked.len() > 20, "writes were acknowledged before the kill");
-    // Every acknowledged write is already on the follower that acknowledged it ...
-    let on_follower = contents(cluster.followers[0].client());
-    assert_all_present(&acked, &on_follower, "on the acknowledging follower");
+    // Static: every acknowledged write is already readable on the follower that acknowledged it. Raft
+    // learners: an acknowledgement means the learner holds the entry durably in its Raft log; it
+    // applies it (and so serves it) only once a leader tells it the entry is committed, which the
+    // killed leader may not have done yet (docs/cluster.md): checked once the leader is back.
+    if engine == Engine::Static {
+        let on_follower = contents(cluster.followers[0].client());
+        assert_all_present(&acked, &on_follower, "on the acknowledging follower");
+    }
     // ... and on the leader after its restart.
     cluster.leader.start().await;
     let on_leader = contents(cluster.leader.client());
@@ -235,6 +240,8 @@ async fn the_leader_killed_with_synchronous_acknowledgement_keeps_every_acknowle
         &cluster.follower_clients(),
         CONVERGE,
     );
+    let on_follower = contents(cluster.followers[0].client());
+    assert_all_present(&acked, &on_follower, "on the acknowledging follower");
 }
 
 /// The port settings of `docker/compose.yaml`, leader first.
