@@ -221,7 +221,8 @@ async fn the_leader_killed_with_synchronous_acknowledgement_keeps_every_acknowle
     let writers = AckedWriters::start(cluster.leader.client(), "sync", 4);
     tokio::time::sleep(Duration::from_millis(800)).await;
     cluster.leader.kill();
-    let acked = writers.stop();
+    let acks = writers.stop_acks();
+    let acked: Vec<String> = acks.iter().map(|a| a.key.clone()).collect();
     assert!(acked.len() > 20, "writes were acknowledged before the kill");
     // Static: every acknowledged write is already readable on the follower that acknowledged it. Raft
     // learners: an acknowledgement means the learner holds the entry durably in its Raft log; it
@@ -230,6 +231,22 @@ async fn the_leader_killed_with_synchronous_acknowledgement_keeps_every_acknowle
     if engine == Engine::Static {
         let on_follower = contents(cluster.followers[0].client());
         assert_all_present(&acked, &on_follower, "on the acknowledging follower");
+    } else {
+        // The learner's log already reaches every acknowledged LSN, with the leader still down.
+        let highest = acks.iter().filter_map(|a| a.lsn).max().unwrap();
+        let (_, metrics) = cluster.followers[0]
+            .client()
+            .request("GET", "/metrics", b"");
+        let metrics = String::from_utf8_lossy(&metrics);
+        let held: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("kv_raft_last_log_index "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no kv_raft_last_log_index in {metrics}"));
+        assert!(
+            held >= highest,
+            "the learner's log ends at {held}, below the acknowledged LSN {highest}"
+        );
     }
     // ... and on the leader after its restart.
     cluster.leader.start().await;

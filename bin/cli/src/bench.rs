@@ -115,13 +115,13 @@ pub fn run(url: &str, args: &BenchArgs) -> Result<(), CliError> {
             "--connections, --keys and --rate must be positive, --read-ratio within 0..=1",
         ));
     }
-    Client::new(url).map_err(|e| CliError::usage(e.to_string()))?;
     if url.starts_with("https://") {
         // Its connections are raw bytes over TCP, as wrk's are: no TLS.
         return Err(CliError::usage(
             "bench speaks plain HTTP only; measure HTTPS with wrk (bench/http/tls.sh)",
         ));
     }
+    Client::new(url).map_err(|e| CliError::usage(e.to_string()))?;
     if args.preload {
         current_thread()?.block_on(preload(url, args))?;
     }

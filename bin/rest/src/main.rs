@@ -79,7 +79,9 @@ struct Config {
     /// CLUSTER_PEERS, REPLICATION_LEADER_HOST or REPLICATION_REPLICA_HOSTS).
     #[arg(long, env = "TLS_CA_FILE", global = true)]
     tls_ca_file: Option<PathBuf>,
-    /// Leader only: answer a write only after this many followers have durably applied it (0: asynchronous).
+    /// Leader only: answer a write only after this many followers have it durably (0: asynchronous):
+    /// applied, with static replication; in their Raft logs, with REPLICATION_ENGINE=raft (applied once a
+    /// leader tells them the commit).
     #[arg(long, env = "REPLICATION_ACK_FOLLOWERS", default_value_t = 0)]
     replication_ack_followers: usize,
     /// Leader only: how long a write waits for those acknowledgements before answering 504 (committed on
@@ -536,10 +538,11 @@ fn reload_on_hangup(
             }
             if let Some((ca, identity)) = &client_tls {
                 let identity = identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
-                if let Err(e) = kv_infra_http::tls::set_client_config(ca, identity) {
-                    tracing::error!(
+                match kv_infra_http::tls::set_client_config(ca, identity) {
+                    Ok(()) => tracing::info!("SIGHUP: TLS client configuration reloaded"),
+                    Err(e) => tracing::error!(
                         "SIGHUP: the TLS client configuration failed to load, the one in use stays: {e}"
-                    );
+                    ),
                 }
             }
             if let Some(tls) = &tls {
@@ -801,7 +804,11 @@ async fn run(config: Config) -> Result<(), String> {
             .zip(config.tls_key_file.clone());
         (ca, identity)
     });
-    reload_on_hangup(auth.clone(), tls.clone(), client_tls)?;
+    // Only with something to reload: otherwise SIGHUP keeps its default (the server stops with its
+    // terminal).
+    if auth.has_tokens() || tls.is_some() || client_tls.is_some() {
+        reload_on_hangup(auth.clone(), tls.clone(), client_tls)?;
+    }
     let index = match config.index {
         IndexArg::Btree => IndexKind::BTree,
         IndexArg::ConcurrentSkiplist => IndexKind::ConcurrentSkipList,
@@ -986,8 +993,13 @@ mod tests {
         ];
         let refused = check(&follower).unwrap_err();
         assert!(refused.contains("needs REPLICATION_TOKEN"), "{refused}");
-        assert!(check(&["--replication-replica-hosts", "http://f"]).is_err());
-        assert!(check(&["--cluster-node-id", "1", "--cluster-peers", "1=http://a"]).is_err());
+        for args in [
+            &["--replication-replica-hosts", "http://f"][..],
+            &["--cluster-node-id", "1", "--cluster-peers", "1=http://a"][..],
+        ] {
+            let refused = check(args).unwrap_err();
+            assert!(refused.contains("needs REPLICATION_TOKEN"), "{refused}");
+        }
         assert!(check(&[]).is_ok(), "a standalone server has no peers");
         let mut with_token = follower.to_vec();
         with_token.extend(["--replication-token", "t0123456789abcdef"]);

@@ -216,6 +216,10 @@ impl Client {
 
     async fn connect(&mut self) -> Result<&mut SendRequest<Full<Bytes>>, ClientError> {
         if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
+            // One bound for the TCP connect and the TLS handshake together.
+            let deadline = self
+                .connect_timeout
+                .map(|after| tokio::time::Instant::now() + after);
             let connecting = tokio::net::TcpStream::connect(&self.addr);
             let connected = match self.connect_timeout {
                 Some(after) => tokio::time::timeout(after, connecting).await.map_err(|_| {
@@ -240,20 +244,20 @@ impl Client {
                         ));
                     };
                     // Before the request, and under the connect bound (a server at its connection
-                    // cap accepts TCP from its backlog but shakes no hands): a failure means it was
-                    // not sent.
+                    // cap accepts TCP from its backlog but shakes no hands): a failure the client
+                    // sees here means it was not sent. (With TLS 1.3 a server refuses a client
+                    // certificate only after the client finished: that refusal comes with the first
+                    // read, as a connection error, and a write's outcome is then unknown.)
                     let shaking =
                         tokio_rustls::TlsConnector::from(config).connect(name.clone(), stream);
-                    let shaken = match self.connect_timeout {
-                        Some(after) => {
-                            tokio::time::timeout(after, shaking).await.map_err(|_| {
-                                ClientError::ConnectTimeout {
-                                    addr: self.addr.clone(),
-                                    after,
-                                }
-                            })?
-                        }
-                        None => shaking.await,
+                    let shaken = match (deadline, self.connect_timeout) {
+                        (Some(at), Some(after)) => tokio::time::timeout_at(at, shaking)
+                            .await
+                            .map_err(|_| ClientError::ConnectTimeout {
+                                addr: self.addr.clone(),
+                                after,
+                            })?,
+                        _ => shaking.await,
                     };
                     let stream = shaken.map_err(|e| ClientError::Unreachable {
                         addr: self.addr.clone(),
