@@ -169,30 +169,36 @@ impl Client {
         s.write_all(&req)?;
         let mut raw = Vec::new();
         s.read_to_end(&mut raw)?;
-        let split = raw
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no response"))?;
-        let head = String::from_utf8_lossy(&raw[..split]).to_string();
-        let status = head
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = &raw[split + 4..];
-        let chunked = head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked");
-        Ok(Answer {
-            status,
-            body: if chunked {
-                dechunk(body)
-            } else {
-                body.to_vec()
-            },
-            head,
-        })
+        parse_answer(&raw)
     }
+}
+
+/// The answer in `raw`, the bytes of a whole `Connection: close` exchange (any transport);
+/// `UnexpectedEof` when they hold no HTTP answer.
+pub fn parse_answer(raw: &[u8]) -> std::io::Result<Answer> {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no response"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = &raw[split + 4..];
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    Ok(Answer {
+        status,
+        body: if chunked {
+            dechunk(body)
+        } else {
+            body.to_vec()
+        },
+        head,
+    })
 }
 
 /// A whole answer.

@@ -170,16 +170,10 @@ fn request(
     }
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
-    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return (0, Vec::new());
-    };
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, raw[split + 4..].to_vec())
+    match integration_tests::parse_answer(&raw) {
+        Ok(answer) => (answer.status, answer.body),
+        Err(_) => (0, Vec::new()),
+    }
 }
 
 /// A connection to `addr` from 127.0.0.1 (std cannot bind before connecting; tokio can).

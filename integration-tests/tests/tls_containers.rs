@@ -93,17 +93,7 @@ fn https(
             return Err(e);
         }
     }
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other("no HTTP answer"))?;
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Ok((status, raw[split + 4..].to_vec()))
+    integration_tests::parse_answer(&raw).map(|a| (a.status, a.body))
 }
 
 fn healthy(container: &str) -> bool {
