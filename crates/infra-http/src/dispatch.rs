@@ -1,7 +1,8 @@
 //! From a request to its handler, by the [`Route`] table: 404 for an unknown path, 405 (with `Allow`) for
-//! a method the route does not serve, 401 or 403 for a caller the route's access refuses ([`crate::auth`];
-//! before anything else, so a refused request changes nothing and is never forwarded), forwarding of writes on a follower, the leader's history check of a
-//! forwarded write, the min-LSN wait of reads, then the handler of the route's API family ([`crate::api`]).
+//! a method the route does not serve, 401 or 403 for a caller the route's access refuses
+//! ([`crate::auth`]; before anything else, so a refused request changes nothing and is never
+//! forwarded), forwarding of writes on a follower, the leader's history check of a forwarded write, the
+//! min-LSN wait of reads, then the handler of the route's API family ([`crate::api`]).
 
 use hyper::{header, Request, Response, StatusCode};
 
