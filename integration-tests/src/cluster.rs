@@ -64,9 +64,7 @@ impl Node {
 
     /// A client (the node need not be running).
     pub fn client(&self) -> Client {
-        Client {
-            addr: std::net::SocketAddr::from(([127, 0, 0, 1], self.port)),
-        }
+        Client::local(self.port)
     }
 
     /// The status document.

@@ -7,6 +7,10 @@
 //! - **Image**: `KV_TEST_IMAGE`, default the run's image `moniepoint-kv:test-<run>` ([`run`]); `make test`
 //!   rebuilds it from the debug build first, and [`ensure_image`] builds it with `docker/build.sh` if it is
 //!   missing.
+//! - **Security on**: every node runs with a token file (the tests' client sends an admin token), the
+//!   replication token, and mutual TLS for clients and peers with certificates of the tests' CA
+//!   ([`crate::pki`]), as `docs/security.md` recommends for a deployment; so every container test also
+//!   tests replication, Raft and forwarding over TLS. The compose projects run as their files say.
 //! - **Isolation**: every cluster gets a user-defined network created for it and container names with a
 //!   unique `kvtest-<run>-<id>-` prefix (containers are also labelled `kvtest.run=<run>`); the test reaches
 //!   containers only through ports published on 127.0.0.1. Containers, their anonymous volumes and the
@@ -107,16 +111,14 @@ pub struct NodeContainer {
 }
 
 impl NodeContainer {
-    /// A client through the port published on 127.0.0.1.
+    /// A client through the port published on 127.0.0.1, over TLS.
     pub fn client(&self) -> Client {
-        Client {
-            addr: std::net::SocketAddr::from(([127, 0, 0, 1], self.port)),
-        }
+        Client::tls(std::net::SocketAddr::from(([127, 0, 0, 1], self.port)))
     }
 
     /// Base URL on the cluster network.
     pub fn url(&self) -> String {
-        format!("http://{}:8080", self.name)
+        format!("https://{}:8080", self.name)
     }
 
     async fn refresh_port(&mut self) {
@@ -187,12 +189,19 @@ pub struct DockerCluster {
     pub followers: Vec<NodeContainer>,
 }
 
+/// Starts one node of `prefix` on `network` as `name`, with `env` on top of what every node gets:
+/// the replication token, a token file, and TLS on for clients and peers (mutual TLS: a certificate of
+/// the tests' CA for `name`, `aliases` and `localhost`, and the CA to verify peers and clients).
 async fn start_node(
     prefix: &str,
     network: &str,
     name: String,
+    aliases: &[&str],
     env: Vec<(&str, String)>,
 ) -> NodeContainer {
+    let mut names = vec![name.as_str()];
+    names.extend_from_slice(aliases);
+    let identity = crate::pki::pki().issue(&names);
     let follower = env
         .iter()
         .any(|(k, v)| *k == "REPLICATION_MODE" && v == "follower");
@@ -219,6 +228,18 @@ async fn start_node(
             format!("admin {}\n", crate::CLIENT_TOKEN).into_bytes(),
         )
         .with_env_var("AUTH_TOKENS_FILE", "/etc/kv/tokens")
+        // TLS everywhere (copied as root with mode 0644, readable by the server's user): the API and
+        // the peers' traffic over https, every peer and client verified against the tests' CA.
+        .with_copy_to("/etc/kv/node.crt", identity.cert.into_bytes())
+        .with_copy_to("/etc/kv/node.key", identity.key.into_bytes())
+        .with_copy_to(
+            "/etc/kv/ca.crt",
+            crate::pki::pki().ca_pem().as_bytes().to_vec(),
+        )
+        .with_env_var("TLS_CERT_FILE", "/etc/kv/node.crt")
+        .with_env_var("TLS_KEY_FILE", "/etc/kv/node.key")
+        .with_env_var("TLS_CA_FILE", "/etc/kv/ca.crt")
+        .with_env_var("TLS_CLIENT_CA_FILE", "/etc/kv/ca.crt")
         .with_env_var("RUST_LOG", "info")
         .with_startup_timeout(Duration::from_secs(60))
         // Publish the API on the loopback interface only, on a port the engine picks.
@@ -276,12 +297,13 @@ impl DockerCluster {
                     &prefix,
                     &network,
                     format!("{prefix}-f{i}"),
+                    &[],
                     vec![
                         ("REPLICATION_ENGINE", engine.into()),
                         ("REPLICATION_MODE", "follower".into()),
                         (
                             "REPLICATION_LEADER_HOST",
-                            format!("http://{leader_name}:8080"),
+                            format!("https://{leader_name}:8080"),
                         ),
                     ],
                 )
@@ -295,7 +317,7 @@ impl DockerCluster {
             ("REPLICATION_REPLICA_HOSTS", hosts.join(",")),
         ];
         env.extend(leader_env.iter().map(|(k, v)| (*k, v.to_string())));
-        let leader = start_node(&prefix, &network, leader_name, env).await;
+        let leader = start_node(&prefix, &network, leader_name, &[], env).await;
         Self {
             prefix,
             network,
@@ -362,7 +384,7 @@ impl RaftContainers {
 
     /// The base URL peers reach node index `i` at.
     pub fn peer_url(&self, i: usize) -> String {
-        format!("http://{}:8080", self.alias(i))
+        format!("https://{}:8080", self.alias(i))
     }
 
     /// Starts the next node (id = count + 1) with the peer list of the first `max(voters, count + 1)`
@@ -384,6 +406,7 @@ impl RaftContainers {
             &self.prefix,
             &self.network,
             format!("{}-n{}", self.prefix, i + 1),
+            &[&self.alias(i)],
             env,
         )
         .await;
@@ -516,12 +539,7 @@ impl ComposeProject {
 
     /// Clients of the published ports, in the file's order.
     pub fn clients(&self) -> Vec<Client> {
-        self.ports
-            .iter()
-            .map(|(_, p)| Client {
-                addr: std::net::SocketAddr::from(([127, 0, 0, 1], *p)),
-            })
-            .collect()
+        self.ports.iter().map(|(_, p)| Client::local(*p)).collect()
     }
 }
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 pub mod cluster;
 pub mod docker;
 pub mod histories;
+pub mod pki;
 pub mod wgl;
 
 /// A binary of this workspace (`kv-server`, `kvctl`) from the same build profile as this test
@@ -50,11 +51,14 @@ pub struct Server {
     pub addr: SocketAddr,
 }
 
-/// A minimal blocking HTTP/1.1 client: one connection per request (`Connection: close`).
+/// A minimal blocking HTTP/1.1 client: one connection per request (`Connection: close`), over plain
+/// TCP or, made by [`Client::tls`], over TLS verified against the tests' CA ([`pki`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Client {
     /// The server's address.
     pub addr: SocketAddr,
+    /// TLS, verifying the server as `localhost` and presenting the tests' client certificate.
+    tls: Option<&'static std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Server {
@@ -111,11 +115,35 @@ impl Server {
 
     /// A client of this server.
     pub fn client(&self) -> Client {
-        Client { addr: self.addr }
+        Client::new(self.addr)
     }
 }
 
 impl Client {
+    /// A plain-HTTP client of `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self { addr, tls: None }
+    }
+
+    /// A client of `addr` over TLS: the server must present a certificate of [`pki::pki`]'s CA for
+    /// `localhost`, and is shown the tests' client certificate (for servers requiring one).
+    pub fn tls(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            tls: Some(pki::pki().client_config()),
+        }
+    }
+
+    /// A plain-HTTP client of 127.0.0.1:`port`.
+    pub fn local(port: u16) -> Self {
+        Self::new(SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    /// Whether this client speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// One request: (status, body).
     pub fn request(&self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
         self.try_request(method, path, body)
@@ -152,8 +180,8 @@ impl Client {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> std::io::Result<Answer> {
-        let mut s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let tcp = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
+        tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
         let mut extra: String = headers
             .iter()
             .map(|(n, v)| format!("{n}: {v}\r\n"))
@@ -166,11 +194,32 @@ impl Client {
         }
         let mut req = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{extra}Content-Length: {}\r\n\r\n", body.len()).into_bytes();
         req.extend_from_slice(body);
-        s.write_all(&req)?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw)?;
+        let raw = match self.tls {
+            None => exchange(tcp, &req)?,
+            Some(config) => {
+                let name = rustls::pki_types::ServerName::try_from("localhost")
+                    .map_err(std::io::Error::other)?;
+                let conn = rustls::ClientConnection::new(config.clone(), name)
+                    .map_err(std::io::Error::other)?;
+                exchange(rustls::StreamOwned::new(conn, tcp), &req)?
+            }
+        };
         parse_answer(&raw)
     }
+}
+
+/// Writes `req` and reads until the server closes. Over TLS, a close without `close_notify` ends the
+/// read with `UnexpectedEof`: the bytes that came before it are the answer, as over plain TCP (where
+/// an early close is no error either); none at all is the error.
+fn exchange(mut s: impl Read + Write, req: &[u8]) -> std::io::Result<Vec<u8>> {
+    s.write_all(req)?;
+    let mut raw = Vec::new();
+    if let Err(e) = s.read_to_end(&mut raw) {
+        if e.kind() != std::io::ErrorKind::UnexpectedEof || raw.is_empty() {
+            return Err(e);
+        }
+    }
+    Ok(raw)
 }
 
 /// The answer in `raw`, the bytes of a whole `Connection: close` exchange (any transport);

@@ -834,9 +834,7 @@ fn the_replication_token_never_appears_in_logs_or_status() {
             .stderr(std::fs::File::create(&err).unwrap())
             .spawn()
             .unwrap();
-        let c = Client {
-            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        };
+        let c = Client::local(port);
         let deadline = Instant::now() + Duration::from_secs(30);
         while !matches!(c.try_request("GET", "/health-check", b""), Ok((200, _))) {
             assert!(Instant::now() < deadline, "kv-server did not start");

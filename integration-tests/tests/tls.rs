@@ -223,9 +223,7 @@ fn a_good_certificate_serves_and_a_wrong_ca_or_an_expired_one_is_refused() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--cacert"));
     // Plain HTTP to the TLS port gets no answer.
-    let plain = integration_tests::Client {
-        addr: std::net::SocketAddr::from(([127, 0, 0, 1], server.port)),
-    };
+    let plain = integration_tests::Client::local(server.port);
     assert!(
         plain.try_request("GET", "/health-check", b"").is_err(),
         "plain HTTP gets no HTTP answer from the TLS port"
