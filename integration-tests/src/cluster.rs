@@ -9,7 +9,7 @@ use serde_json::Value as Json;
 use crate::{free_port, Client, Server};
 
 /// The replication token the test clusters use.
-pub const TOKEN: &str = "test-token-0123";
+pub const TOKEN: &str = "test-token-0123456789";
 
 /// One node: its data directory, port and settings survive restarts.
 #[derive(Debug)]

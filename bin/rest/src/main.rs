@@ -51,7 +51,8 @@ struct Config {
     #[arg(long, env = "REPLICATION_REPLICA_HOSTS", value_delimiter = ',')]
     replication_replica_hosts: Vec<String>,
     /// Shared secret of the replication endpoints; when set, requests without it are refused (401). Set
-    /// the same value on the leader and every follower. Never logged (shown as `<redacted>`).
+    /// the same value on the leader and every follower; at least 16 characters. Never logged (shown as
+    /// `<redacted>`).
     #[arg(long, env = "REPLICATION_TOKEN", hide_env_values = true)]
     replication_token: Option<Secret>,
     /// Client tokens with their roles: a file of `<role> <token>` lines (read, write or admin; `#`
@@ -422,11 +423,16 @@ fn check_replication_config(c: &Config) -> Result<(), String> {
             }
         }
     }
-    if c.replication_token
-        .as_ref()
-        .is_some_and(|t| t.expose().is_empty())
-    {
-        return Err("REPLICATION_TOKEN must not be empty when set".into());
+    // The replication token is the cluster's root secret (it rewrites a follower, drives Raft and
+    // changes membership): held to the client tokens' minimum, so a guessable one cannot be set.
+    if let Some(t) = &c.replication_token {
+        let len = t.expose().chars().count();
+        if len < kv_infra_http::auth::MIN_TOKEN_LEN {
+            return Err(format!(
+                "REPLICATION_TOKEN is {len} characters; at least {} are needed (for example `openssl rand -hex 32`)",
+                kv_infra_http::auth::MIN_TOKEN_LEN
+            ));
+        }
     }
     let replicated = cluster_peers(c)?.is_some()
         || c.replication_mode == Role::Follower
@@ -1004,6 +1010,28 @@ mod tests {
         let mut with_token = follower.to_vec();
         with_token.extend(["--replication-token", "t0123456789abcdef"]);
         assert!(check(&with_token).is_ok());
+    }
+
+    #[test]
+    fn a_replication_token_shorter_than_a_client_token_is_refused() {
+        let check = |token: &str| {
+            check_replication_config(
+                &Config::try_parse_from(["kv-server", "--replication-token", token]).unwrap(),
+            )
+        };
+        for short in ["", "q7", "fifteen-chars-1"] {
+            let refused = check(short).unwrap_err();
+            assert!(
+                refused.contains(&format!("is {} characters", short.len()))
+                    && refused.contains("at least 16"),
+                "{refused}"
+            );
+            assert!(
+                short.is_empty() || !refused.contains(short),
+                "the token itself is never echoed: {refused}"
+            );
+        }
+        assert!(check("sixteen-chars-01").is_ok());
     }
 
     #[test]
