@@ -992,3 +992,118 @@ fn a_damaged_follower_restarted_under_a_live_leader_catches_up() {
         node.stop();
     }
 }
+
+/// Sets node's `--replication-token` to `sends` and its `--replication-token-accepted` to `accepts`.
+fn set_replication_tokens(node: &mut Node, sends: &str, accepts: Option<&str>) {
+    let mut args = Vec::new();
+    let mut it = std::mem::take(&mut node.args).into_iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--replication-token" | "--replication-token-accepted" => {
+                it.next();
+            }
+            _ => args.push(arg),
+        }
+    }
+    args.extend(["--replication-token".to_string(), sends.to_string()]);
+    if let Some(accepts) = accepts {
+        args.extend([
+            "--replication-token-accepted".to_string(),
+            accepts.to_string(),
+        ]);
+    }
+    node.args = args;
+}
+
+/// Every node takes part in the cluster: a write through each one is acknowledged (forwarded to the
+/// leader, which checks the forwarder's replication token), and every node applies all of them
+/// (appended to it by the leader, which it checks the token of).
+fn every_node_takes_part(nodes: &[Node], tag: &str) {
+    let mut last = 0;
+    for (i, node) in nodes.iter().enumerate() {
+        let path = format!("/v1/kv/{tag}-via-{i}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let answer = node.client().try_exchange("PUT", &path, &[], b"v");
+            if let Some(a) = answer.as_ref().ok().filter(|a| a.status == 200) {
+                last = last.max(a.header("x-kv-lsn").unwrap().parse::<u64>().unwrap());
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{tag}: node {} never took a write: {:?}",
+                i + 1,
+                answer.map(|a| (a.status, String::from_utf8_lossy(&a.body).to_string()))
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        for j in 0..nodes.len() {
+            let path = format!("/v1/kv/{tag}-via-{j}?min_lsn={last}&max_wait_ms=20000");
+            let (code, body) = node.client().request("GET", &path, b"");
+            assert_eq!(
+                code,
+                200,
+                "{tag}: node {} did not apply LSN {last}: {}",
+                i + 1,
+                String::from_utf8_lossy(&body)
+            );
+        }
+    }
+}
+
+/// The replication token changed one node at a time (`docs/security.md`, "Rotating"), under writers:
+/// every node first also accepts the new token, then sends it and still accepts the old one, then
+/// takes the new one only. After each restart every node still takes part (writes through it are
+/// forwarded, the leader's appends reach it); at the end the old token is refused, no acknowledged
+/// write is lost and the nodes agree.
+#[test]
+fn the_replication_token_is_changed_one_node_at_a_time_while_writes_go_on() {
+    const NEW: &str = "the-new-replication-token-0123456789";
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = start_cluster(root.path());
+    agreed_leader(&nodes, Duration::from_secs(20));
+    let writers: Vec<AckedWriters> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| AckedWriters::start(n.client(), &format!("w{i}"), 1))
+        .collect();
+    for (step, (sends, accepts)) in [(TOKEN, Some(NEW)), (NEW, Some(TOKEN)), (NEW, None)]
+        .into_iter()
+        .enumerate()
+    {
+        for i in 0..nodes.len() {
+            nodes[i].stop();
+            set_replication_tokens(&mut nodes[i], sends, accepts);
+            nodes[i].start();
+            every_node_takes_part(&nodes, &format!("step{step}-node{i}"));
+        }
+    }
+    let peer_route = |token: &str| {
+        nodes[0]
+            .client()
+            .try_request_with(
+                "POST",
+                "/v1/raft/vote",
+                &[("x-kv-replication-token", token)],
+                b"{}",
+            )
+            .unwrap()
+            .0
+    };
+    assert_eq!(
+        peer_route(TOKEN),
+        401,
+        "the old token is refused at the end"
+    );
+    assert_eq!(
+        peer_route(NEW),
+        409,
+        "the new one passes (a vote without the cluster id is refused after it)"
+    );
+    let acked: Vec<String> = writers.into_iter().flat_map(AckedWriters::stop).collect();
+    assert!(!acked.is_empty());
+    let contents = converged(&nodes, Duration::from_secs(30));
+    assert_all_present(&acked, &contents, "after the rotation");
+}

@@ -55,6 +55,11 @@ struct Config {
     /// `<redacted>`).
     #[arg(long, env = "REPLICATION_TOKEN", hide_env_values = true)]
     replication_token: Option<Secret>,
+    /// A second replication token this node also accepts from peers (it still sends its own), to change
+    /// the replication token one node at a time (docs/security.md, "Rotating"). Needs
+    /// REPLICATION_TOKEN; at least 16 characters. Never logged.
+    #[arg(long, env = "REPLICATION_TOKEN_ACCEPTED", hide_env_values = true)]
+    replication_token_accepted: Option<Secret>,
     /// Client tokens with their roles: a file of `<role> <token>` lines (read, write or admin; `#`
     /// comments; docs/security.md), so no token sits on a command line. Clients then send
     /// `Authorization: Bearer <token>`. Without it the server is in protected mode: it answers only
@@ -425,14 +430,22 @@ fn check_replication_config(c: &Config) -> Result<(), String> {
     }
     // The replication token is the cluster's root secret (it rewrites a follower, drives Raft and
     // changes membership): held to the client tokens' minimum, so a guessable one cannot be set.
-    if let Some(t) = &c.replication_token {
-        let len = t.expose().chars().count();
+    for (name, token) in [
+        ("REPLICATION_TOKEN", &c.replication_token),
+        ("REPLICATION_TOKEN_ACCEPTED", &c.replication_token_accepted),
+    ] {
+        let len = token
+            .as_ref()
+            .map_or(usize::MAX, |t| t.expose().chars().count());
         if len < kv_infra_http::auth::MIN_TOKEN_LEN {
             return Err(format!(
-                "REPLICATION_TOKEN is {len} characters; at least {} are needed (for example `openssl rand -hex 32`)",
+                "{name} is {len} characters; at least {} are needed (for example `openssl rand -hex 32`)",
                 kv_infra_http::auth::MIN_TOKEN_LEN
             ));
         }
+    }
+    if c.replication_token_accepted.is_some() && c.replication_token.is_none() {
+        return Err("REPLICATION_TOKEN_ACCEPTED is a second token beside REPLICATION_TOKEN, which is not set: set REPLICATION_TOKEN to the token this node sends".into());
     }
     let replicated = cluster_peers(c)?.is_some()
         || c.replication_mode == Role::Follower
@@ -463,7 +476,11 @@ fn auth_policy(config: &Config) -> Result<kv_infra_http::auth::AuthPolicy, Strin
             }
             policy
         }
-    };
+    }
+    .also_accepting(config.replication_token_accepted.clone());
+    if config.replication_token_accepted.is_some() {
+        tracing::info!("a second replication token is accepted from peers (REPLICATION_TOKEN_ACCEPTED): remove it once every node sends the new one");
+    }
     if policy.is_protected() {
         tracing::warn!(
             access = %policy.describe(),
@@ -1032,6 +1049,34 @@ mod tests {
             );
         }
         assert!(check("sixteen-chars-01").is_ok());
+        let accepted = |args: &[&str]| {
+            let mut all = vec!["kv-server"];
+            all.extend_from_slice(args);
+            check_replication_config(&Config::try_parse_from(all).unwrap())
+        };
+        let alone = accepted(&["--replication-token-accepted", "sixteen-chars-01"]).unwrap_err();
+        assert!(
+            alone.contains("REPLICATION_TOKEN, which is not set"),
+            "{alone}"
+        );
+        let short = accepted(&[
+            "--replication-token",
+            "sixteen-chars-01",
+            "--replication-token-accepted",
+            "q7",
+        ])
+        .unwrap_err();
+        assert!(
+            short.starts_with("REPLICATION_TOKEN_ACCEPTED is 2 characters"),
+            "{short}"
+        );
+        assert!(accepted(&[
+            "--replication-token",
+            "sixteen-chars-01",
+            "--replication-token-accepted",
+            "sixteen-chars-02",
+        ])
+        .is_ok());
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub struct AuthPolicy {
     /// `PROTECTED_MODE=false`: without tokens, serve every client (and, without a replication token,
     /// every peer) instead of the loopback ones only.
     open: bool,
+    /// `REPLICATION_TOKEN_ACCEPTED`: a second replication token taken from peers (never sent), so the
+    /// replication token can be changed one node at a time (`docs/security.md`, "Rotating").
+    also_accepted: Option<Secret>,
 }
 
 impl AuthPolicy {
@@ -34,7 +37,16 @@ impl AuthPolicy {
             clients: clients.map(|t| Arc::new(parking_lot::RwLock::new(t))),
             file: None,
             open,
+            also_accepted: None,
         }
+    }
+
+    /// Also takes `token` as the replication token from peers (this node still sends its own). Only
+    /// meaningful beside a replication token of this node's: without one, none is taken.
+    #[must_use]
+    pub fn also_accepting(mut self, token: Option<Secret>) -> Self {
+        self.also_accepted = token;
+        self
     }
 
     /// Clients are admitted by the tokens of the file at `path`; with it, a warning to log if others
@@ -91,7 +103,8 @@ impl AuthPolicy {
     }
 
     /// Admits or refuses a request needing `access` from `peer`, given this node's replication token
-    /// (`None`: not configured). The refusal says what was missing, never what was sent.
+    /// (`None`: not configured; with one, the token [`Self::also_accepting`] gave is taken as well).
+    /// The refusal says what was missing, never what was sent.
     pub fn authorize(
         &self,
         access: Access,
@@ -102,7 +115,16 @@ impl AuthPolicy {
         let loopback = peer.to_canonical().is_loopback();
         let peer_given = headers.get(TOKEN_HEADER).map(|v| v.as_bytes());
         let peer_ok = match (replication_token, peer_given) {
-            (Some(t), Some(given)) => bool::from(t.expose().as_bytes().ct_eq(given)),
+            (Some(t), Some(given)) => {
+                // Both compared, whichever matches, so the time says nothing about which one did.
+                let also = self
+                    .also_accepted
+                    .as_ref()
+                    .map_or(subtle::Choice::from(0), |a| {
+                        a.expose().as_bytes().ct_eq(given)
+                    });
+                bool::from(t.expose().as_bytes().ct_eq(given) | also)
+            }
             _ => false,
         };
         // A wrong replication token is refused wherever it is sent, even where none is needed (a
@@ -376,6 +398,55 @@ mod tests {
             refused.message
         );
         assert!(refused.message.contains("10.1.2.3"), "{}", refused.message);
+    }
+
+    /// During a rotation a node takes its own replication token and the one also accepted, for every
+    /// route a peer token opens (peers, the cluster view, vouching); a third is still refused, and
+    /// without a token of its own the node takes neither.
+    #[test]
+    fn a_second_accepted_replication_token_opens_what_the_first_does_and_nothing_else() {
+        const NEXT: &str = "next-replication-token-0123456789";
+        const OTHER: &str = "other-replication-token-0123456789";
+        let peer = Secret::new(PEER);
+        for policy in [
+            AuthPolicy::new(Some(tokens()), false),
+            AuthPolicy::new(None, false),
+        ] {
+            let policy = policy.also_accepting(Some(Secret::new(NEXT)));
+            for loopback in [true, false] {
+                for (access, caller) in [
+                    (Access::Peer, Caller::Peer(NEXT)),
+                    (Access::Operator, Caller::Peer(NEXT)),
+                    (Access::Peer, Caller::Peer(PEER)),
+                ] {
+                    assert_eq!(
+                        status(&policy, access, caller, loopback, Some(&peer)),
+                        200,
+                        "{access:?} {caller:?} loopback={loopback}"
+                    );
+                }
+                for access in [Access::Peer, Access::Operator, Access::Read] {
+                    assert_eq!(
+                        status(&policy, access, Caller::Peer(OTHER), loopback, Some(&peer)),
+                        401,
+                        "{access:?} loopback={loopback}"
+                    );
+                }
+                assert_eq!(
+                    status(&policy, Access::Peer, Caller::Peer(NEXT), loopback, None),
+                    401,
+                    "no token of its own: the accepted one is not taken"
+                );
+            }
+            // A forward vouched for with the accepted token passes protected mode.
+            if !policy.has_tokens() {
+                let forwarded = Caller::Forwarded(NEXT);
+                assert_eq!(
+                    status(&policy, Access::Write, forwarded, false, Some(&peer)),
+                    200
+                );
+            }
+        }
     }
 
     #[test]
