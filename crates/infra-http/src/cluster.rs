@@ -179,6 +179,8 @@ pub struct ClusterNode {
     refusing: parking_lot::RwLock<Option<String>>,
     /// Serialises the adoption of a first cluster id (heartbeats and appends arrive at once).
     adopting: tokio::sync::Mutex<()>,
+    /// On such a learner: the latest probe of its leader, shared by readiness checks for a moment.
+    probes: crate::replication::ready::ProbeMemo,
 }
 
 impl ClusterNode {
@@ -191,6 +193,7 @@ impl ClusterNode {
             fixed_leader: None,
             refusing: parking_lot::RwLock::new(None),
             adopting: tokio::sync::Mutex::new(()),
+            probes: crate::replication::ready::ProbeMemo::default(),
         }
     }
 
@@ -211,6 +214,7 @@ impl ClusterNode {
             fixed_leader: Some(leader_url.trim_end_matches('/').to_string()),
             refusing: parking_lot::RwLock::new(None),
             adopting: tokio::sync::Mutex::new(()),
+            probes: crate::replication::ready::ProbeMemo::default(),
         }
     }
 
@@ -248,6 +252,12 @@ impl ClusterNode {
         let Some(url) = &self.fixed_leader else {
             return Ok(());
         };
+        self.probes
+            .get_or_probe(|| self.probe_leader_at(url, token))
+            .await
+    }
+
+    async fn probe_leader_at(&self, url: &str, token: Option<&Secret>) -> Result<(), String> {
         let doc = self.leader_view(url, token).await?;
         if doc["state"] != "leader" {
             return Err(format!(

@@ -332,3 +332,67 @@ async fn a_leader_refuses_a_forward_from_a_follower_of_another_history() {
     );
     assert_eq!(l.engine.last_lsn(), Lsn(2));
 }
+
+/// A stand-in leader answering every request with the state of a leader of history `h1`, counting the
+/// requests it gets.
+async fn counting_leader() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = r#"{"role":"leader","history":"h1","last_lsn":0}"#;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    (url, count)
+}
+
+/// `/readyz` is open to anyone, and a follower's readiness asks its leader: however often readiness
+/// is asked, the leader is probed at most once per `PROBE_REUSE`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_readiness_checks_probes_the_leader_once() {
+    let (leader_url, probes) = counting_leader().await;
+    let f = follower(&leader_url, synced("h1")).await;
+    let burst: Vec<_> = (0..40)
+        .map(|_| {
+            let url = f.url.clone();
+            tokio::spawn(async move { call(&url, Method::GET, "/readyz", "").await })
+        })
+        .collect();
+    for answer in burst {
+        let (status, body) = answer.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let after_burst = probes.load(std::sync::atomic::Ordering::SeqCst);
+    // One probe, or two should the burst straddle a window on a slow machine; 40 without the memo.
+    assert!((1..=2).contains(&after_burst), "{after_burst} probes");
+    tokio::time::sleep(kv_infra_http::replication::ready::PROBE_REUSE).await;
+    assert_eq!(
+        call(&f.url, Method::GET, "/readyz", "").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        probes.load(std::sync::atomic::Ordering::SeqCst),
+        after_burst + 1,
+        "a window later, a new probe"
+    );
+}

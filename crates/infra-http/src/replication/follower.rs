@@ -69,6 +69,8 @@ pub struct FollowerNode {
     token: Option<Secret>,
     /// Why this follower refuses its leader now (a history mismatch), if it does; see the module doc.
     refused: Mutex<Option<String>>,
+    /// The latest probe of the leader, shared by readiness checks for a moment.
+    probes: super::ready::ProbeMemo,
 }
 
 impl std::fmt::Debug for FollowerNode {
@@ -100,6 +102,7 @@ impl FollowerNode {
             forward_failures: AtomicU64::new(0),
             token,
             refused: Mutex::new(None),
+            probes: super::ready::ProbeMemo::default(),
         }))
     }
 
@@ -131,8 +134,14 @@ impl FollowerNode {
 
     /// Asks the leader for its role and history (`GET /v1/replication/state`, within a second) and records
     /// a history mismatch or its end. `Err` says why this follower cannot follow its leader now: it is
-    /// unreachable, refuses the token, is not a leader, or holds another history.
+    /// unreachable, refuses the token, is not a leader, or holds another history. A probe answers
+    /// for [`super::ready::PROBE_REUSE`]: however often readiness is asked, the leader is asked at
+    /// most once per window.
     pub async fn probe_leader(&self) -> Result<(), String> {
+        self.probes.get_or_probe(|| self.probe_leader_now()).await
+    }
+
+    async fn probe_leader_now(&self) -> Result<(), String> {
         let mut client = Client::new(&self.leader).map_err(|e| e.to_string())?;
         let headers: Vec<(HeaderName, HeaderValue)> = self
             .token

@@ -5,13 +5,17 @@
 //! with one sentence per failed condition:
 //! - its engine accepts writes (not poisoned by an I/O error, not opened read-only on a full disk);
 //! - on a follower: no snapshot is half-installed (the contents would be a mix of two points in time);
-//! - on a follower: its leader answers (a probe of `GET /v1/replication/state`, within a second), is a
-//!   leader, accepts the token, and holds this follower's history;
+//! - on a follower: its leader answers (a probe of `GET /v1/replication/state`, within a second, whose
+//!   outcome answers for [`PROBE_REUSE`]), is a leader, accepts the token, and holds this follower's
+//!   history;
 //! - in a Raft cluster: it knows a leader, and has applied what its log held at start
 //!   (`RaftNode::ready_reasons`).
 //!
 //! A leader's readiness never depends on its followers: a leader whose followers are all down still
 //! serves every write (compose starts the followers only once the leader is ready).
+
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use hyper::{header, Response, StatusCode};
 use kv_domain::EngineStatus;
@@ -19,6 +23,34 @@ use serde_json::json;
 
 use super::Replication;
 use crate::error::{full, Body};
+
+/// How long one probe of the leader answers for ([`ProbeMemo`]).
+pub const PROBE_REUSE: Duration = Duration::from_millis(500);
+
+/// The outcome of the latest probe of the leader, reused for [`PROBE_REUSE`]. `/readyz` is open to
+/// anyone and each probe is a request to the leader carrying the replication token, so however often
+/// readiness is asked a node probes its leader at most once per window; callers that arrive while a
+/// probe runs wait for it (bounded by its own timeout) and take its outcome.
+#[derive(Debug, Default)]
+pub struct ProbeMemo(tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>);
+
+impl ProbeMemo {
+    /// The latest outcome if it is younger than [`PROBE_REUSE`], else `probe`'s, kept for the next.
+    pub async fn get_or_probe<F>(&self, probe: impl FnOnce() -> F) -> Result<(), String>
+    where
+        F: Future<Output = Result<(), String>>,
+    {
+        let mut last = self.0.lock().await;
+        if let Some((at, outcome)) = last.as_ref() {
+            if at.elapsed() < PROBE_REUSE {
+                return outcome.clone();
+            }
+        }
+        let outcome = probe().await;
+        *last = Some((Instant::now(), outcome.clone()));
+        outcome
+    }
+}
 
 /// Why the engine cannot do its job, if it cannot.
 pub fn engine_reasons(status: &EngineStatus) -> Vec<String> {
@@ -77,6 +109,41 @@ pub async fn respond(engine: &EngineStatus, repl: &Replication) -> Response<Body
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_probe_answers_for_its_window_and_concurrent_askers_share_it() {
+        let memo = std::sync::Arc::new(ProbeMemo::default());
+        let probes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let ask = |outcome: Result<(), String>| {
+            let (memo, probes) = (memo.clone(), probes.clone());
+            async move {
+                memo.get_or_probe(|| async move {
+                    probes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    outcome
+                })
+                .await
+            }
+        };
+        let answers =
+            futures_join_all((0..20).map(|_| tokio::spawn(ask(Err("down".into()))))).await;
+        assert!(answers.iter().all(|a| a == &Err("down".to_string())));
+        assert_eq!(probes.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(ask(Ok(())).await, Err("down".into()), "still in its window");
+        tokio::time::sleep(PROBE_REUSE).await;
+        assert_eq!(ask(Ok(())).await, Ok(()), "a new probe after the window");
+        assert_eq!(probes.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    async fn futures_join_all<T>(
+        handles: impl Iterator<Item = tokio::task::JoinHandle<T>>,
+    ) -> Vec<T> {
+        let mut out = Vec::new();
+        for h in handles.collect::<Vec<_>>() {
+            out.push(h.await.unwrap());
+        }
+        out
+    }
 
     #[test]
     fn a_poisoned_engine_is_a_reason() {
