@@ -46,6 +46,17 @@ impl Node {
         self.server = Some(Server::start(&self.dir, self.port, &args));
     }
 
+    /// [`Node::start`], its log (stderr) appended to `log`.
+    pub fn start_logging_to(&mut self, log: &Path) {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        self.server = Some(Server::start_logging(&self.dir, self.port, &args, file));
+    }
+
     /// SIGKILL and reap.
     pub fn kill(&mut self) {
         if let Some(mut s) = self.server.take() {

@@ -64,6 +64,16 @@ pub struct Client {
 impl Server {
     /// Starts the server on `port` with `data_dir` and extra arguments, and waits until it answers.
     pub fn start(data_dir: &std::path::Path, port: u16, extra: &[&str]) -> Server {
+        Self::start_logging(data_dir, port, extra, Stdio::inherit())
+    }
+
+    /// [`Server::start`], its log (stderr) going to `log`.
+    pub fn start_logging(
+        data_dir: &std::path::Path,
+        port: u16,
+        extra: &[&str],
+        log: impl Into<Stdio>,
+    ) -> Server {
         let child = Command::new(binary("kv-server"))
             .args([
                 "--bind",
@@ -79,7 +89,7 @@ impl Server {
                 std::env::var("KV_TEST_LOG").unwrap_or_else(|_| "warn,openraft=error".into()),
             )
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .spawn()
             .unwrap();
         let server = Server {

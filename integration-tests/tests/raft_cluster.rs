@@ -1107,3 +1107,50 @@ fn the_replication_token_is_changed_one_node_at_a_time_while_writes_go_on() {
     let contents = converged(&nodes, Duration::from_secs(30));
     assert_all_present(&acked, &contents, "after the rotation");
 }
+
+/// A member's data directory wiped and the member started again under its old id (the natural way to
+/// "rebuild" a node): its empty `raft/` would pass for a new node's, so it could vote for a candidate
+/// missing writes it had acknowledged. It asks its peers (`POST /v1/raft/progress`, with the
+/// replication token) and, since the leader had replicated to it, recovers first: its log says so, it
+/// gets every write back, and afterwards it votes again (with the old leader killed, it and the third
+/// node elect a new one).
+#[test]
+fn a_wiped_member_restarted_under_its_old_id_recovers_before_it_votes() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = start_cluster(root.path());
+    let leader = agreed_leader(&nodes, Duration::from_secs(20)) as usize - 1;
+    let writers = AckedWriters::start(nodes[leader].client(), "before-wipe", 2);
+    while writers.count() < 100 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut acked = writers.stop();
+    let victim = (leader + 1) % 3;
+    nodes[victim].kill();
+    std::fs::remove_dir_all(&nodes[victim].dir).unwrap();
+    let log = root.path().join("wiped.log");
+    nodes[victim].start_logging_to(&log);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("data directory was wiped"),
+        "the wiped node did not notice: {text}"
+    );
+    let contents = converged(&nodes, Duration::from_secs(30));
+    assert_all_present(&acked, &contents, "on the rebuilt node");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cluster_status(&nodes[victim]).map(|s| s["recovering"].clone()) != Some(Json::Bool(false))
+    {
+        assert!(Instant::now() < deadline, "the recovery never ended");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    nodes[leader].kill();
+    let new_leader = agreed_leader(&nodes, Duration::from_secs(20)) as usize - 1;
+    assert_ne!(new_leader, leader);
+    let writers = AckedWriters::start(nodes[victim].client(), "after-wipe", 1);
+    while writers.count() < 10 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    acked.extend(writers.stop());
+    nodes[leader].start();
+    let contents = converged(&nodes, Duration::from_secs(30));
+    assert_all_present(&acked, &contents, "after the old leader returned");
+}

@@ -535,3 +535,33 @@ fn after_a_failed_sync_every_write_is_refused_until_reopened() {
     log.append([(log.last_index().unwrap() + 1, &b"after reopen"[..])])
         .unwrap();
 }
+
+/// A recovery started from outside (a wiped directory, told by the peers) is stored durably: it
+/// survives a crash and a reopen, a second start keeps the higher `through`, and it ends like any
+/// other.
+#[test]
+fn a_recovery_started_from_outside_survives_a_crash_and_ends_like_any_other() {
+    use kv_infra_fs::raft_log::Recovering;
+    let fs = SimFs::new();
+    let mut log = open(&fs);
+    assert_eq!(log.recovering(), None);
+    let marker = |through| Recovering {
+        through,
+        reason: "wiped".into(),
+    };
+    log.start_recovery(marker(40)).unwrap();
+    log.start_recovery(marker(30)).unwrap();
+    assert_eq!(log.recovering().map(|r| r.through), Some(40));
+    let crashed = fs.crash_image().materialize(None);
+    drop(log);
+    let mut log = open(&crashed);
+    assert_eq!(
+        log.recovering(),
+        Some(&marker(40)),
+        "durable across a crash"
+    );
+    log.finish_recovery().unwrap();
+    let crashed = crashed.crash_image().materialize(None);
+    drop(log);
+    assert_eq!(open(&crashed).recovering(), None);
+}

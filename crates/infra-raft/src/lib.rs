@@ -23,7 +23,10 @@ mod state_machine;
 mod types;
 
 pub use log_store::LogStore;
-pub use network::{Network, RaftTransport, Rpc, SnapshotChunk, TransportError, SNAPSHOT_CHUNK};
+pub use network::{
+    Network, Progress, ProgressRequest, RaftTransport, Rpc, SnapshotChunk, TransportError,
+    SNAPSHOT_CHUNK,
+};
 pub use node::{
     ClusterError, ClusterSettings, ClusterStatus, Member, RaftNode, StartError, Written,
     MAX_APPEND_ENTRIES, QUORUM_SILENCE,

@@ -197,6 +197,11 @@ impl LogStore {
         self.inner.lock().log.recovering().cloned()
     }
 
+    /// Starts a recovery from a loss the peers told of, durably (see `RaftLog::start_recovery`).
+    pub fn start_recovery(&self, marker: Recovering) -> io::Result<()> {
+        self.inner.lock().log.start_recovery(marker).map_err(io_err)
+    }
+
     /// Ends the recovery from damage, durably (see `RaftLog::finish_recovery`).
     pub fn finish_recovery(&self) -> io::Result<()> {
         self.inner.lock().log.finish_recovery().map_err(io_err)

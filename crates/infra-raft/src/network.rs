@@ -42,16 +42,41 @@ pub enum Rpc {
     Snapshot,
     /// `TransferLeaderRequest` → `Result<TransferLeaderResponse, String>`.
     TransferLeader,
+    /// [`ProgressRequest`] → `Result<Progress, String>`: what a peer knows of the asking node (asked
+    /// at start by a node whose `raft/` directory is empty; see `RaftNode::start`).
+    Progress,
+}
+
+/// The question of [`Rpc::Progress`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgressRequest {
+    /// The asking node.
+    pub asker: NodeId,
+}
+
+/// The answer of [`Rpc::Progress`]: the peer's view now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// The peer's current term.
+    pub term: u64,
+    /// Whether the peer leads now.
+    pub leads: bool,
+    /// The peer's last log index, if its log holds any entry.
+    pub last_log_index: Option<u64>,
+    /// On a leader: the highest index it knows the asker's log held (acknowledged by the asker);
+    /// `None` when it has never replicated to the asker, or is no leader.
+    pub matched: Option<u64>,
 }
 
 impl Rpc {
     /// Every message, for route tables.
-    pub const ALL: [Rpc; 5] = [
+    pub const ALL: [Rpc; 6] = [
         Rpc::Append,
         Rpc::Vote,
         Rpc::PreVote,
         Rpc::Snapshot,
         Rpc::TransferLeader,
+        Rpc::Progress,
     ];
 
     /// A stable name (the last path segment of the HTTP route).
@@ -62,6 +87,7 @@ impl Rpc {
             Rpc::PreVote => "pre-vote",
             Rpc::Snapshot => "snapshot",
             Rpc::TransferLeader => "transfer-leader",
+            Rpc::Progress => "progress",
         }
     }
 

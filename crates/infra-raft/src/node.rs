@@ -20,6 +20,14 @@
 //! damaged at once can leave no electable majority: `docs/cluster.md` has the operator's procedure.
 //! A restarted leader never resumes leadership from its stored vote alone (`enable_leader_restore`
 //! off), and leaders accept that a follower's log went back (`allow_log_reversion`).
+//!
+//! Wiped directories: a member whose `raft/` is empty at start (no log, no vote) asks its peers what
+//! they know of it ([`Rpc::Progress`], at most [`PROGRESS_TIMEOUT`]). If a peer that leads now has
+//! replicated to it, it is not new but wiped, and recovers as a damaged node does: `RECOVERING` is
+//! stored with the highest last log index any peer reports, its start term is the highest term any
+//! peer is in (so only an entry of a later term, or all the entries the cluster held, end it), and a
+//! wiped first member does not form the cluster again. A node nobody vouches for (no leader answers,
+//! or the leader never reached it) starts as a new one: `docs/cluster.md` says what that leaves.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -35,7 +43,7 @@ use openraft::{BasicNode, Config, ReadPolicy, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 
 use crate::log_store::LogStore;
-use crate::network::{Network, RaftTransport, Rpc, SnapshotChunk};
+use crate::network::{Network, Progress, ProgressRequest, RaftTransport, Rpc, SnapshotChunk};
 use crate::state_machine::{Closer, SnapshotFile, StateMachine};
 use crate::types::{Command, NodeId, TypeConfig};
 
@@ -247,8 +255,30 @@ impl RaftNode {
                 "raft log: cut a torn tail at open"
             );
         }
+        let start_index = log.get_log_state().await?.last_log_id.map(|id| id.index);
+        let stored_vote = openraft::storage::RaftLogReader::read_vote(&mut log).await?;
+        // The term this node starts in, from its stored vote. IMPORTANT: not from the metrics right
+        // after `Raft::new`, which still hold openraft's initial zeros until its core has started.
+        let mut start_term = stored_vote.as_ref().map_or(0, |v| v.leader_id.term);
+        let pristine = start_index.is_none() && stored_vote.is_none();
+        // A wiped directory looks new: ask the peers whether this node had acknowledged entries (see
+        // the module doc). A learner by invitation gets a new id when wiped, so never asks.
+        let mut wiped = false;
+        if pristine && !settings.join_only {
+            if let Some((term, lost)) = lost_progress(&settings, &transport).await {
+                tracing::warn!(
+                    through = lost.through,
+                    term,
+                    "{}: this node will not vote or lead until a leader has brought it up to date",
+                    lost.reason
+                );
+                log.start_recovery(lost)?;
+                start_term = start_term.max(term);
+                wiped = true;
+            }
+        }
         let damaged = log.recovering();
-        if let Some(damage) = &damaged {
+        if let Some(damage) = damaged.as_ref().filter(|_| !wiped) {
             tracing::warn!(
                 damage = %damage.reason,
                 through = damage.through,
@@ -284,12 +314,6 @@ impl RaftNode {
         .validate()
         .map_err(|e| StartError::Settings(e.to_string()))?;
 
-        let start_index = log.get_log_state().await?.last_log_id.map(|id| id.index);
-        let stored_vote = openraft::storage::RaftLogReader::read_vote(&mut log).await?;
-        // The term this node starts in, from its stored vote. IMPORTANT: not from the metrics right
-        // after `Raft::new`, which still hold openraft's initial zeros until its core has started.
-        let start_term = stored_vote.as_ref().map_or(0, |v| v.leader_id.term);
-        let pristine = start_index.is_none() && stored_vote.is_none();
         // A node that never heard from a cluster (no log, no vote) holding writes made outside it (a
         // standalone server's): entries are applied with their Raft index as LSN and skipped at or below
         // the engine's last LSN, so as an ordinary member those writes would hide the cluster's first
@@ -380,7 +404,8 @@ impl RaftNode {
             elections.clone(),
             elected.clone(),
         ));
-        if pristine && first_member && !bootstrapped {
+        // A wiped first member must not form the cluster again: it exists, and it is catching up.
+        if pristine && first_member && !bootstrapped && !wiped {
             match raft.initialize(members).await {
                 Ok(()) => tracing::info!(node = settings.node_id, "initialised the cluster"),
                 // Not pristine after all (a vote or a log arrived first): nothing to do.
@@ -411,6 +436,23 @@ impl RaftNode {
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    /// What this node knows of node `asker` now (the answer to [`Rpc::Progress`]).
+    fn progress_of(&self, asker: NodeId) -> Progress {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let leads = m.state == ServerState::Leader;
+        Progress {
+            term: m.current_term,
+            leads,
+            last_log_index: m.last_log_index,
+            matched: m
+                .replication
+                .as_ref()
+                .filter(|_| leads)
+                .and_then(|r| r.get(&asker).copied().flatten())
+                .map(|l| l.index),
+        }
     }
 
     /// Proposes `cmd` and waits until it is committed and applied here, for at most `timeout`. A
@@ -853,7 +895,7 @@ impl RaftNode {
                             .map_err(|e| format!("encoding the {} answer: {e}", rpc.name()));
                     }
                 }
-                Rpc::Append | Rpc::Snapshot => {}
+                Rpc::Append | Rpc::Snapshot | Rpc::Progress => {}
             }
         }
         let encoded = match rpc {
@@ -880,6 +922,10 @@ impl RaftNode {
             Rpc::Snapshot => {
                 let chunk: SnapshotChunk = decode(rpc, body)?;
                 serde_json::to_vec(&self.receive_chunk(chunk).await)
+            }
+            Rpc::Progress => {
+                let ask: ProgressRequest = decode(rpc, body)?;
+                serde_json::to_vec(&Ok::<_, String>(self.progress_of(ask.asker)))
             }
         };
         encoded.map_err(|e| format!("encoding the {} answer: {e}", rpc.name()))
@@ -974,6 +1020,62 @@ async fn finish_recovery_when_caught_up(
             return;
         }
     }
+}
+
+/// How long a starting node waits for its peers' answers to [`Rpc::Progress`].
+const PROGRESS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What this node had acknowledged before its `raft/` directory was emptied, as its peers tell it:
+/// `Some((term, marker))` when a peer that leads now has replicated to this node (so this node held
+/// entries and perhaps gave a vote that it no longer has). `through` is the highest last log index
+/// any peer reports (at least what the leader had matched: every entry the cluster may have committed
+/// with this node's help is at or below it), and `term` the highest term any peer is in (the term
+/// rule of [`finish_recovery_when_caught_up`] counts from it). `None` when no leader answers within
+/// [`PROGRESS_TIMEOUT`] or none has replicated to this node: a new node, or one nobody can vouch for
+/// (`docs/cluster.md` says what that leaves).
+async fn lost_progress<T: RaftTransport>(
+    settings: &ClusterSettings,
+    transport: &Arc<T>,
+) -> Option<(u64, kv_infra_fs::raft_log::Recovering)> {
+    let ask = serde_json::to_vec(&ProgressRequest {
+        asker: settings.node_id,
+    })
+    .ok()?;
+    let asks = settings
+        .peers
+        .iter()
+        .filter(|(id, _)| **id != settings.node_id)
+        .map(|(id, url)| {
+            let (transport, ask) = (transport.clone(), ask.clone());
+            async move {
+                let call = transport.call(*id, url, Rpc::Progress, ask);
+                let answer = tokio::time::timeout(PROGRESS_TIMEOUT, call)
+                    .await
+                    .ok()?
+                    .ok()?;
+                let progress: Result<Progress, String> = serde_json::from_slice(&answer).ok()?;
+                progress.ok().map(|p| (*id, p))
+            }
+        });
+    let answers: Vec<(NodeId, Progress)> = futures_util::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let (leader, matched) = answers
+        .iter()
+        .find_map(|(id, p)| p.leads.then_some(p.matched).flatten().map(|m| (*id, m)))?;
+    let term = answers.iter().map(|(_, p)| p.term).max().unwrap_or(0);
+    let through = answers
+        .iter()
+        .filter_map(|(_, p)| p.last_log_index)
+        .max()
+        .unwrap_or(0)
+        .max(matched);
+    let reason = format!(
+        "raft/ was empty at start, but node {leader}, which leads, had replicated to this node through          index {matched}: this node's data directory was wiped, and it forgot entries it had          acknowledged and any vote it had given"
+    );
+    Some((term, kv_infra_fs::raft_log::Recovering { through, reason }))
 }
 
 /// Counts the terms this node enters after it started (from its own campaign or a peer's message),

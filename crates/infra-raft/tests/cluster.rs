@@ -23,6 +23,8 @@ struct Loopback {
     nodes: Mutex<BTreeMap<NodeId, Arc<RaftNode>>>,
     /// Appends (heartbeats too) are lost while set; votes still go through.
     lose_appends: std::sync::atomic::AtomicBool,
+    /// Appends and snapshots to these nodes are lost; everything else goes through.
+    starved: Mutex<std::collections::BTreeSet<NodeId>>,
 }
 
 impl RaftTransport for Loopback {
@@ -35,6 +37,11 @@ impl RaftTransport for Loopback {
     ) -> Result<Vec<u8>, TransportError> {
         if rpc == Rpc::Append && self.lose_appends.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(TransportError::Unreachable("appends are lost".into()));
+        }
+        if matches!(rpc, Rpc::Append | Rpc::Snapshot) && self.starved.lock().contains(&target) {
+            return Err(TransportError::Unreachable(format!(
+                "appends to node {target} are lost"
+            )));
         }
         let node = self.nodes.lock().get(&target).cloned();
         match node {
@@ -390,5 +397,68 @@ async fn a_leader_no_majority_ever_acknowledged_is_not_ready_and_refuses_writes_
     );
     for id in c.live() {
         c.node(id).shutdown().await;
+    }
+}
+
+/// A member whose data directory was wiped, started again under its old id: its `raft/` is empty, so
+/// by itself it would look new and could vote for a candidate missing writes it had acknowledged. Its
+/// peers tell it otherwise (the leader had replicated to it), so it neither votes nor leads until a
+/// leader has brought it up to date: while the leader's appends to it are lost it stays so; once they
+/// arrive it catches up, holds every write and takes part again. A formed cluster's members, new at
+/// their first start, are never taken for wiped ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_member_back_under_its_old_id_does_not_vote_until_it_has_caught_up() {
+    let mut c = Cluster::start(ClusterSettings::new(0, peers(3))).await;
+    let leader = c.leader(Duration::from_secs(10)).await;
+    for id in c.live() {
+        assert!(!c.node(id).is_recovering(), "node {id} is new, not wiped");
+    }
+    let mut last = 0;
+    for i in 0..40 {
+        last = c.put(&format!("k{i:03}"), &value(i, 50)).await.unwrap().1;
+    }
+    let victim = c.live().into_iter().find(|id| *id != leader).unwrap();
+    c.wait_applied(victim, last).await;
+    c.kill(victim).await;
+    std::fs::remove_dir_all(&c.dirs[&victim]).unwrap();
+    c.transport.starved.lock().insert(victim);
+    c.boot(victim).await;
+    let node = c.node(victim);
+    assert!(node.is_recovering(), "{:?}", node.status());
+    assert!(node.status().recovering);
+    let reasons = node.ready_reasons();
+    assert!(
+        reasons.iter().any(|r| r.contains("recovering")),
+        "{reasons:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(node.is_recovering(), "nothing arrived: still recovering");
+    assert_eq!(node.status().applied_index, None);
+
+    c.transport.starved.lock().clear();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.is_recovering() {
+        assert!(
+            Instant::now() < deadline,
+            "never recovered: {:?}",
+            node.status()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.wait_applied(victim, last).await;
+    let engine = &c.engines[&victim];
+    for i in 0..40 {
+        assert_eq!(
+            engine.get(&Key::from(format!("k{i:03}").as_str())).unwrap(),
+            Some(Value::from(value(i, 50))),
+            "k{i:03} on the rebuilt node"
+        );
+    }
+    // It takes part again: with the old leader gone, the other two elect one and take writes.
+    c.kill(leader).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.put("after", b"1").await.is_err() {
+        assert!(Instant::now() < deadline, "no leader without the old one");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -11,8 +11,9 @@
 //!   removed the active one.
 //! - `VOTE`: the latest vote; `PURGED`: the index of the last purged entry, then the caller's marker (its
 //!   log id). Both are [`small_file`]s: replaced whole, atomically, checksummed.
-//! - `RECOVERING` (a [`small_file`] too): present while the log is recovering from damage; it holds
-//!   the highest index the log is known to have held and what was found ([`Recovering`]).
+//! - `RECOVERING` (a [`small_file`] too): present while the log is recovering from damage, or from a
+//!   loss its node learned of from its peers ([`RaftLog::start_recovery`]); it holds the highest index
+//!   the log is known to have held and what was found ([`Recovering`]).
 //!
 //! ## Invariants (what openraft's storage contract asks, and where it is kept)
 //! - **No holes**: entries are consecutive across all segments; `append` refuses an entry that does not
@@ -201,6 +202,24 @@ impl RaftLog {
     /// [`RaftLog::finish_recovery`].
     pub fn recovering(&self) -> Option<&Recovering> {
         self.recovering.as_ref()
+    }
+
+    /// Starts a recovery the log cannot see by itself: its node learned from its peers that it had
+    /// acknowledged entries this log does not hold (a wiped directory). Stores `marker` as
+    /// `RECOVERING` durably (a marker already there is kept, with the higher `through`), so a restart
+    /// before the node has caught up still knows.
+    pub fn start_recovery(&mut self, marker: Recovering) -> EngineResult<()> {
+        self.check_writable()?;
+        let marker = match self.recovering.take() {
+            Some(old) => Recovering {
+                through: old.through.max(marker.through),
+                reason: old.reason,
+            },
+            None => marker,
+        };
+        let stored = small_file::store(&*self.opts.fs, &self.dir, RECOVERING, &marker.encode());
+        self.recovering = Some(marker);
+        stored.inspect_err(|e| self.poison(e))
     }
 
     /// Ends the recovery: the node has fetched what its log lost. Removes `RECOVERING` durably.
