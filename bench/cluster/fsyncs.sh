@@ -12,7 +12,7 @@ conns=${2:-64}
 server=${3:-target/release/kv-server}
 root=$(mktemp -d)
 lua="$(dirname "$0")/../http/put_go.lua"
-common=(--bind 127.0.0.1 --replication-token bench-token --replication-engine "$engine")
+common=(--bind 127.0.0.1 --replication-token bench-replication-token-0123 --replication-engine "$engine")
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$root"; }
 trap cleanup EXIT

@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import goals as g  # noqa: E402
 
 PORTS = (18701, 18702, 18703)
-TOKEN = "bench-token"
+TOKEN = "bench-replication-token-0123"
 
 
 def url(port):

@@ -28,7 +28,7 @@ import goals as g  # noqa: E402
 KV_PORTS = (18501, 18502, 18503)
 ETCD_CLIENT = (18601, 18602, 18603)
 ETCD_PEER = (18611, 18612, 18613)
-TOKEN = "bench-token"
+TOKEN = "bench-replication-token-0123"
 
 
 def get_json(url, headers=None):

@@ -28,7 +28,7 @@ PIN_OTHERS=""    # ... and of the followers and the load generator
 start_follower() { # index
   local p=${FPORTS[$1]}
   RUST_LOG=warn $PIN_OTHERS "$BIN/kv-server" --bind 127.0.0.1 --port "$p" --data-path "$DATA/f$1" \
-    --replication-mode follower --replication-leader-host "http://127.0.0.1:$LP" --replication-token bench &
+    --replication-mode follower --replication-leader-host "http://127.0.0.1:$LP" --replication-token bench-replication-token-0123 &
   FPID[$1]=$!; PIDS+=($!)
   wait_up "$p"
 }
@@ -37,7 +37,7 @@ start_leader() { # followers ack [extra args]
   local hosts=""
   for i in $(seq 0 $((n - 1))); do hosts+="${hosts:+,}http://127.0.0.1:${FPORTS[$i]}"; done
   RUST_LOG=warn $PIN_LEADER "$BIN/kv-server" --bind 127.0.0.1 --port $LP --data-path "$DATA/leader" \
-    --replication-replica-hosts "$hosts" --replication-ack-followers "$ack" --replication-token bench "$@" &
+    --replication-replica-hosts "$hosts" --replication-ack-followers "$ack" --replication-token bench-replication-token-0123 "$@" &
   LPID=$!; PIDS+=($!)
   wait_up $LP
 }

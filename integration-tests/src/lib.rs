@@ -214,7 +214,19 @@ impl Client {
                 exchange(rustls::StreamOwned::new(conn, tcp), &req)?
             }
         };
-        parse_answer(&raw)
+        let answer = parse_answer(&raw)?;
+        // An answer cut off mid-body (a server killed while answering) is no answer. A HEAD answer
+        // declares the length of a body it does not carry.
+        let declared = answer
+            .header("content-length")
+            .and_then(|n| n.parse::<usize>().ok());
+        if method != "HEAD" && declared.is_some_and(|n| answer.body.len() < n) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the answer ended before its Content-Length",
+            ));
+        }
+        Ok(answer)
     }
 }
 

@@ -1062,7 +1062,8 @@ fn every_node_takes_part(nodes: &[Node], tag: &str) {
 fn the_replication_token_is_changed_one_node_at_a_time_while_writes_go_on() {
     const NEW: &str = "the-new-replication-token-0123456789";
     let root = tempfile::tempdir().unwrap();
-    let mut nodes = start_cluster(root.path());
+    // Reads wait up to 20 s for a just-restarted node to apply (the default bound is 5 s).
+    let mut nodes = start_cluster_with(root.path(), &["--read-max-wait-ms", "20000"]);
     agreed_leader(&nodes, Duration::from_secs(20));
     let writers: Vec<AckedWriters> = nodes
         .iter()

@@ -809,6 +809,8 @@ fn kv_server_health_checks_readiness_and_takes_the_port_after_the_subcommand() {
 #[test]
 fn the_replication_token_never_appears_in_logs_or_status() {
     let secret = "s3cr3t-token-do-not-print-4711";
+    // The second token of a rotation (REPLICATION_TOKEN_ACCEPTED) is held to the same.
+    let accepted = "s3cond-token-do-not-print-0815";
     for format in ["text", "json"] {
         let root = tempfile::tempdir().unwrap();
         let port = integration_tests::free_port();
@@ -829,6 +831,7 @@ fn the_replication_token_never_appears_in_logs_or_status() {
                 integration_tests::free_port()
             ))
             .env("REPLICATION_TOKEN", secret)
+            .env("REPLICATION_TOKEN_ACCEPTED", accepted)
             .env("RUST_LOG", "info")
             .stdout(std::fs::File::create(&out).unwrap())
             .stderr(std::fs::File::create(&err).unwrap())
@@ -862,14 +865,18 @@ fn the_replication_token_never_appears_in_logs_or_status() {
             ("/v1/status", &*String::from_utf8_lossy(&status)),
             ("the 401 answer", &*String::from_utf8_lossy(&refusal)),
         ] {
+            for token in [secret, accepted] {
+                assert!(
+                    !text.contains(&token[1..]),
+                    "{format}: {what} shows a token:\n{text}"
+                );
+            }
+        }
+        for field in ["replication_token", "replication_token_accepted"] {
             assert!(
-                !text.contains(&secret[1..]),
-                "{format}: {what} shows the token:\n{text}"
+                logs.contains(&format!("{field}: Some(<redacted>)")),
+                "{format}: the log should say {field} is set:\n{logs}"
             );
         }
-        assert!(
-            logs.contains("replication_token: Some(<redacted>)"),
-            "{format}: the log should say a token is set:\n{logs}"
-        );
     }
 }

@@ -106,6 +106,7 @@ impl Server {
             .env_remove("AUTH_TOKENS_FILE")
             .env_remove("PROTECTED_MODE")
             .env_remove("REPLICATION_TOKEN")
+            .env_remove("REPLICATION_TOKEN_ACCEPTED")
             .env_remove("TLS_CA_FILE")
             .env_remove("TLS_CLIENT_CA_FILE")
             .stdout(Stdio::null())

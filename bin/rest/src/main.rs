@@ -434,14 +434,10 @@ fn check_replication_config(c: &Config) -> Result<(), String> {
         ("REPLICATION_TOKEN", &c.replication_token),
         ("REPLICATION_TOKEN_ACCEPTED", &c.replication_token_accepted),
     ] {
-        let len = token
-            .as_ref()
-            .map_or(usize::MAX, |t| t.expose().chars().count());
-        if len < kv_infra_http::auth::MIN_TOKEN_LEN {
-            return Err(format!(
-                "{name} is {len} characters; at least {} are needed (for example `openssl rand -hex 32`)",
-                kv_infra_http::auth::MIN_TOKEN_LEN
-            ));
+        let Some(token) = token else { continue };
+        kv_infra_http::auth::check_token(token.expose()).map_err(|why| format!("{name} {why}"))?;
+        if token.expose() == "change-me-in-production" {
+            tracing::warn!("{name} is the compose files' public placeholder: anyone who reaches a peer route can use it; set your own");
         }
     }
     if c.replication_token_accepted.is_some() && c.replication_token.is_none() {
@@ -452,12 +448,6 @@ fn check_replication_config(c: &Config) -> Result<(), String> {
         || c.replication_replica_hosts.iter().any(|h| !h.is_empty());
     if replicated && c.auth_tokens_file.is_some() && c.replication_token.is_none() {
         return Err("AUTH_TOKENS_FILE with replication or a cluster needs REPLICATION_TOKEN: with client tokens the replication, Raft and membership endpoints answer only the replication token".into());
-    }
-    if c.replication_token
-        .as_ref()
-        .is_some_and(|t| t.expose() == "change-me-in-production")
-    {
-        tracing::warn!("REPLICATION_TOKEN is the compose files' public placeholder: anyone who reaches a peer route can use it; set your own");
     }
     Ok(())
 }
@@ -1036,6 +1026,8 @@ mod tests {
                 &Config::try_parse_from(["kv-server", "--replication-token", token]).unwrap(),
             )
         };
+        let invisible = check("sixteen chars 01").unwrap_err();
+        assert!(invisible.contains("visible ASCII"), "{invisible}");
         for short in ["", "q7", "fifteen-chars-1"] {
             let refused = check(short).unwrap_err();
             assert!(

@@ -219,11 +219,7 @@ impl ClusterNode {
     }
 
     /// On a learner by invitation: its configured leader's `GET /v1/cluster` (within a second).
-    async fn leader_view(
-        &self,
-        url: &str,
-        token: Option<&Secret>,
-    ) -> Result<serde_json::Value, String> {
+    async fn leader_view(url: &str, token: Option<&Secret>) -> Result<serde_json::Value, String> {
         let mut client = Client::new(url)
             .map_err(|e| e.to_string())?
             .with_timeouts(Some(Duration::from_secs(1)), Some(Duration::from_secs(1)));
@@ -252,20 +248,27 @@ impl ClusterNode {
         let Some(url) = &self.fixed_leader else {
             return Ok(());
         };
+        let (url, token, ours) = (url.clone(), token.cloned(), self.cluster_id());
         self.probes
-            .get_or_probe(|| self.probe_leader_at(url, token))
+            .get_or_probe(async move { Self::probe_leader_at(&url, token.as_ref(), ours).await })
             .await
     }
 
-    async fn probe_leader_at(&self, url: &str, token: Option<&Secret>) -> Result<(), String> {
-        let doc = self.leader_view(url, token).await?;
+    /// The probe itself: whether the node at `url` leads, and the cluster `ours` if this learner
+    /// has joined one.
+    async fn probe_leader_at(
+        url: &str,
+        token: Option<&Secret>,
+        ours: Option<String>,
+    ) -> Result<(), String> {
+        let doc = Self::leader_view(url, token).await?;
         if doc["state"] != "leader" {
             return Err(format!(
                 "the node at {url} does not lead (it is {})",
                 doc["state"]
             ));
         }
-        match (self.cluster_id(), doc["cluster_id"].as_str()) {
+        match (ours, doc["cluster_id"].as_str()) {
             (Some(ours), Some(theirs)) if ours != theirs => Err(format!(
                 "refusing the leader: history mismatch: this follower holds cluster {ours}, the leader at {url} leads {theirs} (was it restarted on an empty or foreign data directory?)"
             )),
@@ -282,7 +285,7 @@ impl ClusterNode {
             return Ok(());
         };
         let refuse = |why: String| ApiError::new(StatusCode::CONFLICT, why);
-        let doc = self.leader_view(url, token).await.map_err(|e| {
+        let doc = Self::leader_view(url, token).await.map_err(|e| {
             refuse(format!(
                 "cannot confirm the cluster {theirs} with the configured leader: {e}"
             ))

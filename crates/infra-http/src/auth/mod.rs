@@ -28,4 +28,4 @@ mod policy;
 mod tokens;
 
 pub use policy::AuthPolicy;
-pub use tokens::{Role, TokenFileError, TokenTable, MIN_TOKEN_LEN};
+pub use tokens::{check_token, Role, TokenFileError, TokenTable, MIN_TOKEN_LEN};

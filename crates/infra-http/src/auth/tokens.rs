@@ -22,6 +22,22 @@ use crate::replication::Secret;
 /// guessable word is refused at start rather than discovered later. Use more: `openssl rand -hex 32`.
 pub const MIN_TOKEN_LEN: usize = 16;
 
+/// Whether `token` may be a token (a client token, or the replication token): visible ASCII (it is
+/// sent in a header, where anything else would be dropped or trimmed) and at least
+/// [`MIN_TOKEN_LEN`] characters. The error completes "the token ..." and never holds the token.
+pub fn check_token(token: &str) -> Result<(), String> {
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("must be visible ASCII characters (it is sent in a header)".into());
+    }
+    if token.len() < MIN_TOKEN_LEN {
+        return Err(format!(
+            "is {} characters; at least {MIN_TOKEN_LEN} are needed (for example `openssl rand -hex 32`)",
+            token.len()
+        ));
+    }
+    Ok(())
+}
+
 /// What a client token may do; each role includes the ones before it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Role {
@@ -132,17 +148,7 @@ impl TokenTable {
                 .ok_or_else(|| {
                     bad("the first field must be the role: read, write or admin".into())
                 })?;
-            if !token.bytes().all(|b| b.is_ascii_graphic()) {
-                return Err(bad(
-                    "the token must be visible ASCII characters (it is sent in a header)".into(),
-                ));
-            }
-            if token.len() < MIN_TOKEN_LEN {
-                return Err(bad(format!(
-                    "the token is {} characters; at least {MIN_TOKEN_LEN} are needed (for example `openssl rand -hex 32`)",
-                    token.len()
-                )));
-            }
+            check_token(token).map_err(|why| bad(format!("the token {why}")))?;
             if let Some(other) = entries.iter().position(|(_, t)| t.expose() == token) {
                 return Err(bad(format!(
                     "the same token as the line with the {} role: a token has one role",

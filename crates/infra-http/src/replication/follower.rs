@@ -71,6 +71,8 @@ pub struct FollowerNode {
     refused: Mutex<Option<String>>,
     /// The latest probe of the leader, shared by readiness checks for a moment.
     probes: super::ready::ProbeMemo,
+    /// This node, for the probe's own task.
+    me: std::sync::Weak<FollowerNode>,
 }
 
 impl std::fmt::Debug for FollowerNode {
@@ -90,7 +92,7 @@ impl FollowerNode {
     ) -> Result<Arc<Self>, ClientError> {
         Client::new(leader)?; // validate the URL now, not at the first write
         let applied = replica.state().applied.0;
-        Ok(Arc::new(Self {
+        Ok(Arc::new_cyclic(|me| Self {
             replica,
             leader: leader.trim_end_matches('/').to_string(),
             pool: Mutex::new(Vec::new()),
@@ -103,6 +105,7 @@ impl FollowerNode {
             token,
             refused: Mutex::new(None),
             probes: super::ready::ProbeMemo::default(),
+            me: me.clone(),
         }))
     }
 
@@ -129,6 +132,10 @@ impl FollowerNode {
             }
             _ => {}
         }
+        if *refused != reason {
+            // A memoised probe outcome told of the old state.
+            self.probes.forget();
+        }
         *refused = reason;
     }
 
@@ -138,7 +145,14 @@ impl FollowerNode {
     /// for [`super::ready::PROBE_REUSE`]: however often readiness is asked, the leader is asked at
     /// most once per window.
     pub async fn probe_leader(&self) -> Result<(), String> {
-        self.probes.get_or_probe(|| self.probe_leader_now()).await
+        match self.me.upgrade() {
+            Some(me) => {
+                self.probes
+                    .get_or_probe(async move { me.probe_leader_now().await })
+                    .await
+            }
+            None => self.probe_leader_now().await,
+        }
     }
 
     async fn probe_leader_now(&self) -> Result<(), String> {
@@ -193,11 +207,12 @@ impl FollowerNode {
         self.refusal().map_or(Ok(()), Err)
     }
 
-    /// The refusal, if one is recorded and the leader still holds another history (one probe). An
-    /// unreachable leader keeps the recorded refusal.
+    /// The refusal, if one is recorded and the leader still holds another history (one probe, not a
+    /// memoised one: the refusal ends as soon as the leader of this history is back). An unreachable
+    /// leader keeps the recorded refusal.
     pub async fn current_refusal(&self) -> Option<String> {
         self.refusal()?;
-        let _ = self.probe_leader().await;
+        let _ = self.probe_leader_now().await;
         self.refusal()
     }
 

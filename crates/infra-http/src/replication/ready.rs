@@ -15,6 +15,7 @@
 //! serves every write (compose starts the followers only once the leader is ready).
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper::{header, Response, StatusCode};
@@ -30,25 +31,42 @@ pub const PROBE_REUSE: Duration = Duration::from_millis(500);
 /// The outcome of the latest probe of the leader, reused for [`PROBE_REUSE`]. `/readyz` is open to
 /// anyone and each probe is a request to the leader carrying the replication token, so however often
 /// readiness is asked a node probes its leader at most once per window; callers that arrive while a
-/// probe runs wait for it (bounded by its own timeout) and take its outcome.
-#[derive(Debug, Default)]
-pub struct ProbeMemo(tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>);
+/// probe runs wait for it (bounded by its own timeout) and take its outcome. The probe runs in a task
+/// of its own: a caller that goes away (its client closed the connection) does not cancel it, so it
+/// still stores its outcome for the next caller rather than letting each one start another.
+#[derive(Debug, Default, Clone)]
+pub struct ProbeMemo(Arc<tokio::sync::Mutex<Option<Probed>>>);
+
+/// When a probe ended, and its outcome.
+type Probed = (Instant, Result<(), String>);
 
 impl ProbeMemo {
     /// The latest outcome if it is younger than [`PROBE_REUSE`], else `probe`'s, kept for the next.
-    pub async fn get_or_probe<F>(&self, probe: impl FnOnce() -> F) -> Result<(), String>
+    pub async fn get_or_probe<F>(&self, probe: F) -> Result<(), String>
     where
-        F: Future<Output = Result<(), String>>,
+        F: Future<Output = Result<(), String>> + Send + 'static,
     {
-        let mut last = self.0.lock().await;
-        if let Some((at, outcome)) = last.as_ref() {
-            if at.elapsed() < PROBE_REUSE {
-                return outcome.clone();
+        let memo = self.0.clone();
+        let task = tokio::spawn(async move {
+            let mut last = memo.lock_owned().await;
+            if let Some((at, outcome)) = last.as_ref() {
+                if at.elapsed() < PROBE_REUSE {
+                    return outcome.clone();
+                }
             }
+            let outcome = probe.await;
+            *last = Some((Instant::now(), outcome.clone()));
+            outcome
+        });
+        task.await
+            .unwrap_or_else(|e| Err(format!("the probe of the leader did not finish: {e}")))
+    }
+
+    /// Drops the latest outcome: what it reported has changed. A probe running now stores its own.
+    pub fn forget(&self) {
+        if let Ok(mut last) = self.0.try_lock() {
+            *last = None;
         }
-        let outcome = probe().await;
-        *last = Some((Instant::now(), outcome.clone()));
-        outcome
     }
 }
 
@@ -79,8 +97,11 @@ pub async fn reasons(engine: &EngineStatus, repl: &Replication) -> Vec<String> {
         if node.replica.state().snapshot_in_progress {
             reasons.push("a snapshot from the leader is half-installed: this follower's contents are a mix of old and new until it completes".into());
         }
-        if let Err(why) = node.probe_leader().await {
-            reasons.push(why);
+        // The refusal itself too: it starts with a leader's request, which a memoised probe
+        // outcome cannot know of.
+        match node.probe_leader().await {
+            Err(why) => reasons.push(why),
+            Ok(()) => reasons.extend(node.refusal()),
         }
     }
     reasons
@@ -117,7 +138,7 @@ mod tests {
         let ask = |outcome: Result<(), String>| {
             let (memo, probes) = (memo.clone(), probes.clone());
             async move {
-                memo.get_or_probe(|| async move {
+                memo.get_or_probe(async move {
                     probes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     outcome
@@ -133,6 +154,16 @@ mod tests {
         tokio::time::sleep(PROBE_REUSE).await;
         assert_eq!(ask(Ok(())).await, Ok(()), "a new probe after the window");
         assert_eq!(probes.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // A caller that goes away mid-probe does not cancel it: the next one takes its outcome.
+        tokio::time::sleep(PROBE_REUSE).await;
+        let gone = tokio::spawn(ask(Err("cancelled?".into())));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        gone.abort();
+        assert_eq!(ask(Ok(())).await, Err("cancelled?".into()));
+        assert_eq!(probes.load(std::sync::atomic::Ordering::SeqCst), 3);
+        memo.forget();
+        assert_eq!(ask(Ok(())).await, Ok(()), "forgotten: probed again");
+        assert_eq!(probes.load(std::sync::atomic::Ordering::SeqCst), 4);
     }
 
     async fn futures_join_all<T>(
