@@ -326,13 +326,16 @@ impl ClusterNode {
         &self,
         headers: &hyper::HeaderMap,
         token: Option<&Secret>,
+        may_adopt: bool,
     ) -> Result<(), ApiError> {
         let theirs = headers
             .get(CLUSTER_HEADER)
             .and_then(|v| v.to_str().ok())
             .filter(|t| !t.is_empty());
         let adopted = match theirs {
-            Some(theirs) if self.adopts_into.is_some() && self.cluster.read().is_none() => {
+            Some(theirs)
+                if may_adopt && self.adopts_into.is_some() && self.cluster.read().is_none() =>
+            {
                 // One adoption at a time; the one that waited finds the cluster joined.
                 let _one = self.adopting.lock().await;
                 if self.cluster.read().is_none() {
@@ -732,13 +735,17 @@ pub async fn handle_raft(
     max_body: usize,
 ) -> Result<hyper::Response<crate::error::Body>, ApiError> {
     let cluster = member(repl)?;
-    cluster.admit(req.headers(), repl.token.as_ref()).await?;
     let name = req
         .uri()
         .path()
         .strip_prefix(RAFT_PREFIX)
         .unwrap_or_default()
         .to_string();
+    // A question (`progress`) never makes a learner by invitation join the asker's cluster.
+    let may_adopt = name != kv_infra_raft::Rpc::Progress.name();
+    cluster
+        .admit(req.headers(), repl.token.as_ref(), may_adopt)
+        .await?;
     let (parts, body) = req.into_parts();
     let bytes = crate::body::read_body(&parts.headers, body, raft_body_limit(max_body)).await?;
     let answer = cluster.handle_rpc(&name, &bytes).await?;

@@ -24,10 +24,15 @@
 //! Wiped directories: a member whose `raft/` is empty at start (no log, no vote) asks its peers what
 //! they know of it ([`Rpc::Progress`], at most [`PROGRESS_TIMEOUT`]). If a peer that leads now has
 //! replicated to it, it is not new but wiped, and recovers as a damaged node does: `RECOVERING` is
-//! stored with the highest last log index any peer reports, its start term is the highest term any
-//! peer is in (so only an entry of a later term, or all the entries the cluster held, end it), and a
-//! wiped first member does not form the cluster again. A node nobody vouches for (no leader answers,
-//! or the leader never reached it) starts as a new one: `docs/cluster.md` says what that leaves.
+//! stored with the highest last log index any peer reports, then a vote for itself in the highest
+//! term any peer is in (never granted, so uncommitted: it refuses votes in that term and appends of
+//! leaders of older terms, and takes the appends of that term's leader, whose committed vote ranks
+//! above it). Its start term is that term, so only an entry of a later term, or all the entries the
+//! cluster held, end the recovery; a restart starts from the stored vote; a wiped first member does
+//! not form the cluster again. Limits (`docs/cluster.md`): a node nobody vouches for (no leader
+//! answers, or the leader never reached it) starts as a new one; the highest term is the highest
+//! among the peers that answered, so one that did not may know a later term this node voted in; and
+//! a crash between storing `RECOVERING` and the vote leaves a restart with term 0.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -273,6 +278,13 @@ impl RaftNode {
                     lost.reason
                 );
                 log.start_recovery(lost)?;
+                // Its vote is gone too: it may have voted, or helped elect a leader, in any term up to
+                // the highest its peers are in. A vote for itself in that term (never granted to it,
+                // so never committed) makes it refuse votes in that term and appends of leaders of
+                // older ones, and still take those of the leader of that term (a committed vote ranks
+                // above it); stored after RECOVERING, it also makes a restart start from that term.
+                let vote = crate::types::alias::Vote::new(term, settings.node_id);
+                openraft::storage::RaftLogStorage::save_vote(&mut log, &vote).await?;
                 start_term = start_term.max(term);
                 wiped = true;
             }
@@ -343,6 +355,7 @@ impl RaftNode {
         // A STATE without a log or a vote is a bootstrap that stopped before its purge marker: raft/
         // is there, not lost.
         if pristine
+            && !wiped
             && first_member
             && sm.last_applied().is_none()
             && crate::identity::formed(data_dir)?
@@ -1010,7 +1023,9 @@ async fn finish_recovery_when_caught_up(
                 Ok(()) => {
                     flag.store(false, std::sync::atomic::Ordering::Release);
                     raft.runtime_config().elect(true);
-                    tracing::info!("raft log recovered from damage: voting and campaigning again");
+                    tracing::info!(
+                        "raft log caught up after its loss: voting and campaigning again"
+                    );
                 }
                 Err(e) => tracing::error!(error = %e, "raft log: cannot end the recovery"),
             }
@@ -1073,7 +1088,9 @@ async fn lost_progress<T: RaftTransport>(
         .unwrap_or(0)
         .max(matched);
     let reason = format!(
-        "raft/ was empty at start, but node {leader}, which leads, had replicated to this node through          index {matched}: this node's data directory was wiped, and it forgot entries it had          acknowledged and any vote it had given"
+        "raft/ was empty at start, but node {leader}, which leads, had replicated to this node through \
+         index {matched}: this node's data directory was wiped, and it forgot entries it had \
+         acknowledged and any vote it had given"
     );
     Some((term, kv_infra_fs::raft_log::Recovering { through, reason }))
 }

@@ -409,15 +409,26 @@ async fn a_leader_no_majority_ever_acknowledged_is_not_ready_and_refuses_writes_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_member_back_under_its_old_id_does_not_vote_until_it_has_caught_up() {
     let mut c = Cluster::start(ClusterSettings::new(0, peers(3))).await;
-    let leader = c.leader(Duration::from_secs(10)).await;
+    let mut leader = c.leader(Duration::from_secs(10)).await;
     for id in c.live() {
         assert!(!c.node(id).is_recovering(), "node {id} is new, not wiped");
+    }
+    // The victim is node 1, the member that formed the cluster: wiped, it must not form it again.
+    let victim = 1;
+    if leader == victim {
+        c.node(victim).transfer_leader(2).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while leader == victim {
+            assert!(Instant::now() < deadline, "leadership never moved");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            leader = c.leader(Duration::from_secs(10)).await;
+        }
     }
     let mut last = 0;
     for i in 0..40 {
         last = c.put(&format!("k{i:03}"), &value(i, 50)).await.unwrap().1;
     }
-    let victim = c.live().into_iter().find(|id| *id != leader).unwrap();
+    let term = c.node(leader).status().term;
     c.wait_applied(victim, last).await;
     c.kill(victim).await;
     std::fs::remove_dir_all(&c.dirs[&victim]).unwrap();
@@ -426,6 +437,11 @@ async fn a_wiped_member_back_under_its_old_id_does_not_vote_until_it_has_caught_
     let node = c.node(victim);
     assert!(node.is_recovering(), "{:?}", node.status());
     assert!(node.status().recovering);
+    // It starts in the leader's term (its forgotten vote replaced by one it cannot have given), not
+    // in term 0 as a new node would, and did not form a second cluster.
+    assert_eq!(node.status().term, term, "{:?}", node.status());
+    let at_leader = c.node(leader).status();
+    assert_eq!((at_leader.state.as_str(), at_leader.term), ("leader", term));
     let reasons = node.ready_reasons();
     assert!(
         reasons.iter().any(|r| r.contains("recovering")),
