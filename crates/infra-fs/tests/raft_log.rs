@@ -541,23 +541,29 @@ fn after_a_failed_sync_every_write_is_refused_until_reopened() {
 /// other.
 #[test]
 fn a_recovery_started_from_outside_survives_a_crash_and_ends_like_any_other() {
-    use kv_infra_fs::raft_log::Recovering;
+    use kv_infra_fs::raft_log::{Recovering, VoteFloor};
     let fs = SimFs::new();
     let mut log = open(&fs);
     assert_eq!(log.recovering(), None);
-    let marker = |through| Recovering {
+    let marker = |through, term| Recovering {
         through,
+        vote_floor: Some(VoteFloor { term, node_id: 2 }),
         reason: "wiped".into(),
     };
-    log.start_recovery(marker(40)).unwrap();
-    log.start_recovery(marker(30)).unwrap();
-    assert_eq!(log.recovering().map(|r| r.through), Some(40));
+    log.start_recovery(marker(40, 3)).unwrap();
+    log.start_recovery(marker(30, 5)).unwrap();
+    assert_eq!(
+        log.recovering()
+            .map(|r| (r.through, r.vote_floor.map(|f| f.term))),
+        Some((40, Some(5))),
+        "the higher of each"
+    );
     let crashed = fs.crash_image().materialize(None);
     drop(log);
     let mut log = open(&crashed);
     assert_eq!(
         log.recovering(),
-        Some(&marker(40)),
+        Some(&marker(40, 5)),
         "durable across a crash"
     );
     log.finish_recovery().unwrap();

@@ -57,8 +57,12 @@ pub struct ProgressRequest {
 /// The answer of [`Rpc::Progress`]: the peer's view now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
-    /// The peer's current term.
+    /// The peer's current term (its vote's).
     pub term: u64,
+    /// The node the peer's vote in `term` is for (`None` from a peer of a version before this
+    /// field).
+    #[serde(default)]
+    pub voted_for: Option<NodeId>,
     /// Whether the peer leads now.
     pub leads: bool,
     /// The peer's last log index, if its log holds any entry.
@@ -66,6 +70,15 @@ pub struct Progress {
     /// On a leader: the highest index it knows the asker's log held (acknowledged by the asker);
     /// `None` when it has never replicated to the asker, or is no leader.
     pub matched: Option<u64>,
+    /// The term of the peer's last log entry, if its log holds any (or purged any). Above 0 means a
+    /// leader was elected once: only the cluster's first membership entry has term 0. `None` from a
+    /// peer of a version before this field.
+    #[serde(default)]
+    pub last_log_term: Option<u64>,
+    /// Whether the asker is a voter in the peer's membership (`false` from a peer of a version
+    /// before this field).
+    #[serde(default)]
+    pub asker_votes: bool,
 }
 
 impl Rpc {

@@ -23,16 +23,20 @@
 //!
 //! Wiped directories: a member whose `raft/` is empty at start (no log, no vote) asks its peers what
 //! they know of it ([`Rpc::Progress`], at most [`PROGRESS_TIMEOUT`]). If a peer that leads now has
-//! replicated to it, it is not new but wiped, and recovers as a damaged node does: `RECOVERING` is
-//! stored with the highest last log index any peer reports, then a vote for itself in the highest
-//! term any peer is in (never granted, so uncommitted: it refuses votes in that term and appends of
-//! leaders of older terms, and takes the appends of that term's leader, whose committed vote ranks
-//! above it). Its start term is that term, so only an entry of a later term, or all the entries the
-//! cluster held, end the recovery; a restart starts from the stored vote; a wiped first member does
-//! not form the cluster again. Limits (`docs/cluster.md`): a node nobody vouches for (no leader
-//! answers, or the leader never reached it) starts as a new one; the highest term is the highest
-//! among the peers that answered, so one that did not may know a later term this node voted in; and
-//! a crash between storing `RECOVERING` and the vote leaves a restart with term 0.
+//! replicated to it, or any peer holds entries of an elected leader and counts it as a voter, it
+//! takes itself to be wiped, not new, and recovers as a damaged node does: `RECOVERING` is stored
+//! with the highest last log index any peer reports and the highest vote any peer holds; then, at
+//! this and every start while the marker lives, that vote, uncommitted, unless its own is as high
+//! (it refuses votes and appends below it, and takes the appends of the leader it names, whose
+//! committed vote ranks above it). Its start term is that vote's, so only an entry of a later term,
+//! or all the entries the cluster held, end the recovery; a wiped first member does not form the
+//! cluster again. A voter that is merely new to a running cluster is caught too, and waits until a
+//! leader has brought it up to date: the price of not telling the two apart. A cluster still forming
+//! is not held up: until its first election is won no peer holds an entry of a term above 0. Limits
+//! (`docs/cluster.md`): a node no peer answers within the timeout starts as a new one; the highest
+//! vote is the highest among the peers that answered, so one that did not may hold a higher vote
+//! this node gave; and a peer of a version before these answers counts only when it leads and had
+//! replicated to the node, and gives a floor of its term with node 0 (below every candidate of it).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -40,7 +44,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kv_domain::LogShipping;
-use kv_infra_fs::raft_log::RaftLogOptions;
+use kv_infra_fs::raft_log::{RaftLogOptions, VoteFloor};
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::storage::RaftLogStorage;
@@ -227,6 +231,8 @@ pub struct RaftNode {
     /// restored its leader from its stored vote at start, and keeps it while no election succeeds, so
     /// "knows a leader" for readiness means "heard from it lately" (see [`Self::ready_reasons`]).
     leader_contact: parking_lot::Mutex<Option<Instant>>,
+    /// This node's Raft log (shared with openraft), for what [`Rpc::Progress`] answers.
+    log: LogStore,
 }
 
 impl std::fmt::Debug for RaftNode {
@@ -268,28 +274,41 @@ impl RaftNode {
         let pristine = start_index.is_none() && stored_vote.is_none();
         // A wiped directory looks new: ask the peers whether this node had acknowledged entries (see
         // the module doc). A learner by invitation gets a new id when wiped, so never asks.
-        let mut wiped = false;
-        if pristine && !settings.join_only {
-            if let Some((term, lost)) = lost_progress(&settings, &transport).await {
+        // RECOVERING in an otherwise empty raft/ is a wiped start that crashed before its vote was
+        // stored: its marker keeps what the peers said, so they are asked again only when it has no
+        // vote floor (a marker of a version before floors).
+        let marker_has_floor = log.recovering().map(|r| r.vote_floor.is_some());
+        let mut wiped = pristine && marker_has_floor.is_some();
+        if pristine && marker_has_floor != Some(true) && !settings.join_only {
+            if let Some(lost) = lost_progress(&settings, &transport).await {
                 tracing::warn!(
                     through = lost.through,
-                    term,
+                    vote_floor = ?lost.vote_floor,
                     "{}: this node will not vote or lead until a leader has brought it up to date",
                     lost.reason
                 );
                 log.start_recovery(lost)?;
-                // Its vote is gone too: it may have voted, or helped elect a leader, in any term up to
-                // the highest its peers are in. A vote for itself in that term (never granted to it,
-                // so never committed) makes it refuse votes in that term and appends of leaders of
-                // older ones, and still take those of the leader of that term (a committed vote ranks
-                // above it); stored after RECOVERING, it also makes a restart start from that term.
-                let vote = crate::types::alias::Vote::new(term, settings.node_id);
-                openraft::storage::RaftLogStorage::save_vote(&mut log, &vote).await?;
-                start_term = start_term.max(term);
                 wiped = true;
             }
         }
         let damaged = log.recovering();
+        let floor = damaged.as_ref().and_then(|d| d.vote_floor);
+        let stored = stored_vote.as_ref().map(|v| VoteFloor {
+            term: v.leader_id.term,
+            node_id: v.leader_id.node_id,
+        });
+        if let Some(floor) = floor.filter(|f| stored.is_none_or(|s| s < *f)) {
+            // A wiped node's vote is gone too: it may have voted, or helped elect a leader, up to the
+            // highest vote its peers hold (`Recovering::vote_floor`; openraft orders votes by term,
+            // then by the node voted for). That vote, uncommitted (it claims no majority), makes this
+            // node refuse votes and appends below it, and take the appends of the leader it names (a
+            // committed vote ranks above it). A vote for itself instead would rank above a leader of
+            // a lower id in the same term, and depose it. Stored here at every start rather than once
+            // beside RECOVERING, so a crash between the two cannot leave a restart with a lower vote.
+            let vote = crate::types::alias::Vote::new(floor.term, floor.node_id);
+            openraft::storage::RaftLogStorage::save_vote(&mut log, &vote).await?;
+            start_term = start_term.max(floor.term);
+        }
         if let Some(damage) = damaged.as_ref().filter(|_| !wiped) {
             tracing::warn!(
                 damage = %damage.reason,
@@ -298,6 +317,7 @@ impl RaftNode {
             );
         }
         let log_handle = log.clone();
+        let progress_log = log.clone();
         let ms = |d: Duration| d.as_millis().min(u64::MAX as u128) as u64;
         let config = Config {
             cluster_name: "moniepoint-kv".into(),
@@ -332,6 +352,16 @@ impl RaftNode {
         // ones on this node and exist on no other. The first member (the one that forms the cluster)
         // carries them in as the cluster's initial state instead; any other refuses to start.
         let outside = engine.last_lsn().0;
+        if wiped && outside > 0 {
+            // Its raft/ is gone but its engine is not: entries at or below the engine's LSN would be
+            // skipped on apply, so the cluster's log would never replace what the engine holds.
+            return Err(StartError::Settings(format!(
+                "this node's raft/ directory is gone but its engine still holds writes (last LSN \
+                 {outside}), and its peers say it was a member: empty the whole data directory (the \
+                 node then recovers everything from its peers under its id), or rebuild it under a \
+                 new id (docs/cluster.md)"
+            )));
+        }
         let lowest = settings.peers.keys().next().copied();
         let first_member = lowest == Some(settings.node_id) && !settings.join_only;
         if pristine && outside > 0 && settings.join_only {
@@ -443,6 +473,7 @@ impl RaftNode {
             closer,
             elected,
             leader_contact: parking_lot::Mutex::new(None),
+            log: progress_log,
         })
     }
 
@@ -452,11 +483,44 @@ impl RaftNode {
     }
 
     /// What this node knows of node `asker` now (the answer to [`Rpc::Progress`]).
-    fn progress_of(&self, asker: NodeId) -> Progress {
+    async fn progress_of(&self, asker: NodeId) -> Result<Progress, String> {
+        let mut log = self.log.clone();
+        let last_log_id = log
+            .get_log_state()
+            .await
+            .map_err(|e| format!("reading the raft log's state: {e}"))?
+            .last_log_id;
+        let stored = openraft::storage::RaftLogReader::read_vote(&mut log)
+            .await
+            .map_err(|e| format!("reading the raft vote: {e}"))?;
         let m = self.raft.metrics().borrow_watched().clone();
+        // Right after a start the metrics hold openraft's initial zeros (no membership, vote 0)
+        // until its core has loaded the log: an answer then would make a wiped asker look new.
+        if last_log_id.is_some()
+            && m.membership_config
+                .membership()
+                .voter_ids()
+                .next()
+                .is_none()
+        {
+            return Err("this node is starting: ask again".into());
+        }
         let leads = m.state == ServerState::Leader;
-        Progress {
-            term: m.current_term,
+        let asker_votes = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == asker);
+        // The higher of the stored vote and the one in memory, by openraft's order of leader ids.
+        let vote = [Some(&m.vote), stored.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|v| (v.leader_id.term, v.leader_id.node_id))
+            .max()
+            .unwrap_or((0, 0));
+        Ok(Progress {
+            term: vote.0,
+            voted_for: Some(vote.1),
             leads,
             last_log_index: m.last_log_index,
             matched: m
@@ -465,7 +529,9 @@ impl RaftNode {
                 .filter(|_| leads)
                 .and_then(|r| r.get(&asker).copied().flatten())
                 .map(|l| l.index),
-        }
+            last_log_term: last_log_id.map(|l| l.leader_id.term),
+            asker_votes,
+        })
     }
 
     /// Proposes `cmd` and waits until it is committed and applied here, for at most `timeout`. A
@@ -938,7 +1004,7 @@ impl RaftNode {
             }
             Rpc::Progress => {
                 let ask: ProgressRequest = decode(rpc, body)?;
-                serde_json::to_vec(&Ok::<_, String>(self.progress_of(ask.asker)))
+                serde_json::to_vec(&self.progress_of(ask.asker).await)
             }
         };
         encoded.map_err(|e| format!("encoding the {} answer: {e}", rpc.name()))
@@ -1040,18 +1106,23 @@ async fn finish_recovery_when_caught_up(
 /// How long a starting node waits for its peers' answers to [`Rpc::Progress`].
 const PROGRESS_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// What this node had acknowledged before its `raft/` directory was emptied, as its peers tell it:
-/// `Some((term, marker))` when a peer that leads now has replicated to this node (so this node held
-/// entries and perhaps gave a vote that it no longer has). `through` is the highest last log index
-/// any peer reports (at least what the leader had matched: every entry the cluster may have committed
-/// with this node's help is at or below it), and `term` the highest term any peer is in (the term
-/// rule of [`finish_recovery_when_caught_up`] counts from it). `None` when no leader answers within
-/// [`PROGRESS_TIMEOUT`] or none has replicated to this node: a new node, or one nobody can vouch for
-/// (`docs/cluster.md` says what that leaves).
+/// What this node may have acknowledged before its `raft/` directory was emptied, as its peers tell
+/// it: `Some(marker)` when a peer that leads now has replicated to this node, or when a peer holds
+/// entries of an elected leader (a last entry of a term above 0) and counts this node as a voter. In
+/// the first case this node held entries; in the second it may have (a quorum elected that leader,
+/// and any entry committed since had a quorum this node may have been part of, as leader or
+/// follower, whoever leads now), and treating a new voter as one that forgot costs only the wait
+/// until a leader has brought it up to date. `through` is the highest last log index any peer
+/// reports (at least what the leader had matched: every entry the cluster may have committed with
+/// this node's help is at or below it), and `vote_floor` the highest vote any peer holds (the term
+/// rule of [`finish_recovery_when_caught_up`] counts from its term). `None` when no peer answers within
+/// [`PROGRESS_TIMEOUT`] or none holds entries of a leader: a cluster still forming (its first
+/// election is not won, so none of its members voted in a term that counts or holds an entry to
+/// lose), or one nobody can vouch for (`docs/cluster.md` says what that leaves).
 async fn lost_progress<T: RaftTransport>(
     settings: &ClusterSettings,
     transport: &Arc<T>,
-) -> Option<(u64, kv_infra_fs::raft_log::Recovering)> {
+) -> Option<kv_infra_fs::raft_log::Recovering> {
     let ask = serde_json::to_vec(&ProgressRequest {
         asker: settings.node_id,
     })
@@ -1077,22 +1148,45 @@ async fn lost_progress<T: RaftTransport>(
         .into_iter()
         .flatten()
         .collect();
-    let (leader, matched) = answers
+    let vouched = answers
         .iter()
-        .find_map(|(id, p)| p.leads.then_some(p.matched).flatten().map(|m| (*id, m)))?;
-    let term = answers.iter().map(|(_, p)| p.term).max().unwrap_or(0);
+        .find_map(|(id, p)| p.leads.then_some(p.matched).flatten().map(|m| (*id, m)));
+    let elected = answers
+        .iter()
+        .find(|(_, p)| p.asker_votes && p.last_log_term.is_some_and(|t| t > 0))
+        .map(|(id, _)| *id);
+    let reason = match (vouched, elected) {
+        (Some((leader, matched)), _) => format!(
+            "raft/ was empty at start, but node {leader}, which leads, had replicated to this node \
+             through index {matched}: this node's data directory was wiped, and it forgot entries it \
+             had acknowledged and any vote it had given"
+        ),
+        (None, Some(peer)) => format!(
+            "raft/ was empty at start, but node {peer} holds entries of an elected leader and counts \
+             this node as a voter: this node may have acknowledged entries or given a vote that it no \
+             longer has (a wiped data directory), so it takes itself to have lost them"
+        ),
+        (None, None) => return None,
+    };
+    // A peer of a version without `voted_for`: node 0, below every node of its term.
+    let vote_floor = answers
+        .iter()
+        .map(|(_, p)| VoteFloor {
+            term: p.term,
+            node_id: p.voted_for.unwrap_or(0),
+        })
+        .max();
     let through = answers
         .iter()
         .filter_map(|(_, p)| p.last_log_index)
         .max()
         .unwrap_or(0)
-        .max(matched);
-    let reason = format!(
-        "raft/ was empty at start, but node {leader}, which leads, had replicated to this node through \
-         index {matched}: this node's data directory was wiped, and it forgot entries it had \
-         acknowledged and any vote it had given"
-    );
-    Some((term, kv_infra_fs::raft_log::Recovering { through, reason }))
+        .max(vouched.map_or(0, |(_, m)| m));
+    Some(kv_infra_fs::raft_log::Recovering {
+        through,
+        vote_floor,
+        reason,
+    })
 }
 
 /// Counts the terms this node enters after it started (from its own campaign or a peer's message),

@@ -208,6 +208,70 @@ impl Cluster {
         }
     }
 
+    async fn wait_none_recovering(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for id in self.live() {
+            while self.node(id).is_recovering() {
+                assert!(
+                    Instant::now() < deadline,
+                    "node {id} is still recovering: {:?}",
+                    self.node(id).status()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    /// The term node `id` shows once its metrics have left openraft's initial zeros (at most 2 s).
+    async fn settled_term(&self, id: NodeId) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let term = self.node(id).status().term;
+            if term != 0 || Instant::now() >= deadline {
+                return term;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn wait_recovered(&self, id: NodeId) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.node(id).is_recovering() {
+            assert!(
+                Instant::now() < deadline,
+                "node {id} never recovered: {:?}",
+                self.node(id).status()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Asserts that every key `k000`.. of `n` written by [`write_keys`] holds its value on `id`.
+    fn assert_keys(&self, id: NodeId, n: usize) {
+        for i in 0..n {
+            assert_eq!(
+                self.engines[&id]
+                    .get(&Key::from(format!("k{i:03}").as_str()))
+                    .unwrap(),
+                Some(Value::from(value(i, 50))),
+                "k{i:03} on node {id}"
+            );
+        }
+    }
+
+    /// Writes keys `k000`.. of `n`; the index of the last one.
+    async fn write_keys(&self, n: usize) -> u64 {
+        let mut last = 0;
+        for i in 0..n {
+            last = self
+                .put(&format!("k{i:03}"), &value(i, 50))
+                .await
+                .unwrap()
+                .1;
+        }
+        last
+    }
+
     fn contents(&self, id: NodeId) -> Vec<(Vec<u8>, Vec<u8>)> {
         self.engines[&id]
             .scan(&KeyRange::all(), usize::MAX)
@@ -228,6 +292,8 @@ fn value(i: usize, size: usize) -> Vec<u8> {
 async fn the_leader_dies_another_takes_writes_and_no_acknowledged_write_is_lost() {
     let mut c = Cluster::start(ClusterSettings::new(0, peers(3))).await;
     let first_leader = c.leader(Duration::from_secs(10)).await;
+    // Two must elect without the first leader: none may still be catching up from its first start.
+    c.wait_none_recovering().await;
     let mut acked: BTreeMap<String, (Vec<u8>, u64, u64)> = BTreeMap::new();
     for i in 0..30 {
         let key = format!("k{i:03}");
@@ -299,6 +365,7 @@ async fn a_node_that_missed_a_purged_stretch_catches_up_from_a_chunked_snapshot(
     };
     let mut c = Cluster::start(settings).await;
     let leader = c.leader(Duration::from_secs(10)).await;
+    c.wait_none_recovering().await;
     let lagging = *c.live().iter().find(|id| **id != leader).unwrap();
     // Keys the lagging node holds and the others delete while it is away: the snapshot must remove them.
     let mut last = 0;
@@ -404,15 +471,14 @@ async fn a_leader_no_majority_ever_acknowledged_is_not_ready_and_refuses_writes_
 /// by itself it would look new and could vote for a candidate missing writes it had acknowledged. Its
 /// peers tell it otherwise (the leader had replicated to it), so it neither votes nor leads until a
 /// leader has brought it up to date: while the leader's appends to it are lost it stays so; once they
-/// arrive it catches up, holds every write and takes part again. A formed cluster's members, new at
-/// their first start, are never taken for wiped ones.
+/// arrive it catches up, holds every write and takes part again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_member_back_under_its_old_id_does_not_vote_until_it_has_caught_up() {
     let mut c = Cluster::start(ClusterSettings::new(0, peers(3))).await;
     let mut leader = c.leader(Duration::from_secs(10)).await;
-    for id in c.live() {
-        assert!(!c.node(id).is_recovering(), "node {id} is new, not wiped");
-    }
+    // A node booted after the first election was won takes itself for wiped until the leader has
+    // brought it up to date (see `lost_progress`); that takes moments.
+    c.wait_none_recovering().await;
     // The victim is node 1, the member that formed the cluster: wiped, it must not form it again.
     let victim = 1;
     if leader == victim {
@@ -439,7 +505,7 @@ async fn a_wiped_member_back_under_its_old_id_does_not_vote_until_it_has_caught_
     assert!(node.status().recovering);
     // It starts in the leader's term (its forgotten vote replaced by one it cannot have given), not
     // in term 0 as a new node would, and did not form a second cluster.
-    assert_eq!(node.status().term, term, "{:?}", node.status());
+    assert_eq!(c.settled_term(victim).await, term, "{:?}", node.status());
     let at_leader = c.node(leader).status();
     assert_eq!((at_leader.state.as_str(), at_leader.term), ("leader", term));
     let reasons = node.ready_reasons();
@@ -477,4 +543,200 @@ async fn a_wiped_member_back_under_its_old_id_does_not_vote_until_it_has_caught_
         assert!(Instant::now() < deadline, "no leader without the old one");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A wiped leader comes back under its old id after the others elected a new one, which has never
+/// replicated to it: nobody can vouch for what it held, but a peer holds entries of an elected
+/// leader and counts it as a voter, so it recovers (in the new leader's term) instead of starting as
+/// a new node, and votes only once it holds everything again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_leader_back_under_its_old_id_recovers_though_no_leader_replicated_to_it() {
+    let mut c = Cluster::start(ClusterSettings::new(0, peers(3))).await;
+    let victim = c.leader(Duration::from_secs(10)).await;
+    c.wait_none_recovering().await;
+    let last = c.write_keys(40).await;
+    for id in c.live() {
+        c.wait_applied(id, last).await;
+    }
+    c.kill(victim).await;
+    std::fs::remove_dir_all(&c.dirs[&victim]).unwrap();
+    let leader = c.leader(Duration::from_secs(10)).await;
+    let term = c.node(leader).status().term;
+    c.transport.starved.lock().insert(victim);
+    c.boot(victim).await;
+    let node = c.node(victim);
+    assert!(node.is_recovering(), "{:?}", node.status());
+    assert_eq!(c.settled_term(victim).await, term, "{:?}", node.status());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(node.is_recovering(), "nothing arrived: still recovering");
+    let at_leader = c.node(leader).status();
+    assert_eq!(
+        (at_leader.state.as_str(), at_leader.term),
+        ("leader", term),
+        "undisturbed"
+    );
+
+    c.transport.starved.lock().clear();
+    c.wait_recovered(victim).await;
+    c.wait_applied(victim, last).await;
+    c.assert_keys(victim, 40);
+}
+
+/// A wiped follower comes back while its leader is down: the one peer left does not lead, so none
+/// can vouch for it, but that peer holds entries of an elected leader, so the wiped node refuses its
+/// vote. The peer alone cannot be elected (it might lack entries the wiped node had acknowledged):
+/// no leader until the old one returns; then the wiped node catches up and votes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_member_no_leader_can_vouch_for_refuses_its_vote_until_it_has_caught_up() {
+    let mut c = Cluster::start(ClusterSettings::new(0, peers(3))).await;
+    let leader = c.leader(Duration::from_secs(10)).await;
+    c.wait_none_recovering().await;
+    let last = c.write_keys(40).await;
+    for id in c.live() {
+        c.wait_applied(id, last).await;
+    }
+    let victim = c.live().into_iter().find(|id| *id != leader).unwrap();
+    let survivor = c
+        .live()
+        .into_iter()
+        .find(|id| *id != leader && *id != victim)
+        .unwrap();
+    c.kill(victim).await;
+    c.kill(leader).await;
+    std::fs::remove_dir_all(&c.dirs[&victim]).unwrap();
+    c.boot(victim).await;
+    assert!(
+        c.node(victim).is_recovering(),
+        "{:?}",
+        c.node(victim).status()
+    );
+    // Several election timeouts (300–600 ms): the survivor campaigns and is refused every time.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        for id in [victim, survivor] {
+            let s = c.node(id).status();
+            assert_ne!(
+                s.state, "leader",
+                "node {id} leads without a safe majority: {s:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(c.node(victim).is_recovering());
+
+    c.boot(leader).await;
+    c.wait_recovered(victim).await;
+    c.wait_applied(victim, last).await;
+    c.assert_keys(victim, 40);
+    assert!(c.put("after", b"1").await.is_ok());
+}
+
+/// A wiped node crashed after storing `RECOVERING` but before its vote: the marker's vote floor still
+/// makes the restart start in the leader's term, so entries of that term do not end the recovery
+/// early (the term rule counts only a later term), and one of a later term does. The victim's id is
+/// above the leader's, where a vote for itself would have deposed the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_that_crashed_before_its_vote_still_starts_in_its_peers_term() {
+    let mut c = Cluster::start(ClusterSettings::new(0, peers(3))).await;
+    let mut leader = c.leader(Duration::from_secs(10)).await;
+    if leader != 1 {
+        c.node(leader).transfer_leader(1).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while leader != 1 {
+            assert!(Instant::now() < deadline, "leadership never moved");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            leader = c.leader(Duration::from_secs(10)).await;
+        }
+    }
+    c.wait_none_recovering().await;
+    let last = c.write_keys(40).await;
+    let victim = 3;
+    c.wait_applied(victim, last).await;
+    let term = c.node(leader).status().term;
+    let elections = c.node(leader).status().elections_seen;
+    c.kill(victim).await;
+    std::fs::remove_dir_all(&c.dirs[&victim]).unwrap();
+    // The wiped start, held back from appends so it stores its marker and vote and nothing else.
+    c.transport.starved.lock().insert(victim);
+    c.boot(victim).await;
+    assert!(c.node(victim).is_recovering());
+    c.kill(victim).await;
+    // What a crash between the two would have left: the marker, no vote. `through` is raised past
+    // the cluster's log (as a deposed leader's uncommitted tail would be), so only the term rule can
+    // end this recovery.
+    let raft_dir = c.dirs[&victim].join("raft");
+    std::fs::remove_file(raft_dir.join("VOTE")).unwrap();
+    {
+        let (mut log, _) = kv_infra_fs::raft_log::RaftLog::open(
+            &raft_dir,
+            kv_infra_fs::raft_log::RaftLogOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(log.vote(), None);
+        let mut marker = log.recovering().unwrap().clone();
+        assert_eq!(
+            marker.vote_floor.map(|f| (f.term, f.node_id)),
+            Some((term, leader)),
+            "the leader's vote, not one for itself"
+        );
+        marker.through = last + 1_000;
+        log.start_recovery(marker).unwrap();
+    }
+    c.boot(victim).await;
+    let node = c.node(victim);
+    assert!(node.is_recovering(), "{:?}", node.status());
+    assert_eq!(c.settled_term(victim).await, term, "{:?}", node.status());
+    c.transport.starved.lock().clear();
+    c.wait_applied(victim, last).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        node.is_recovering(),
+        "entries of the start term ended the recovery: {:?}",
+        node.status()
+    );
+    let at_leader = c.node(leader).status();
+    assert_eq!(
+        (
+            at_leader.state.as_str(),
+            at_leader.term,
+            at_leader.elections_seen
+        ),
+        ("leader", term, elections),
+        "the returning node deposed nobody"
+    );
+    c.assert_keys(victim, 40);
+
+    c.node(leader).transfer_leader(2).await.unwrap();
+    c.wait_recovered(victim).await;
+    assert!(c.node(victim).status().term > term);
+}
+
+/// A member that lost its `raft/` directory but kept its engine: applying the cluster's log would
+/// skip every entry at or below the engine's LSN, so it would keep its own versions of them. Once its
+/// peers say it was a member it is refused at start, with what to do instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_lost_only_its_raft_directory_is_refused_with_what_to_do() {
+    let mut c = Cluster::start(ClusterSettings::new(0, peers(3))).await;
+    let leader = c.leader(Duration::from_secs(10)).await;
+    c.wait_none_recovering().await;
+    let last = c.write_keys(10).await;
+    let victim = c.live().into_iter().find(|id| *id != leader).unwrap();
+    c.wait_applied(victim, last).await;
+    c.kill(victim).await;
+    let dir = c.dirs[&victim].clone();
+    std::fs::remove_dir_all(dir.join("raft")).unwrap();
+    let engine: Arc<dyn LogShipping> = open_engine(&dir);
+    let settings = ClusterSettings {
+        node_id: victim,
+        ..c.settings.clone()
+    };
+    let refused = RaftNode::start(settings, &dir, engine, c.transport.clone())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("raft/ directory is gone but its engine still holds writes")
+            && refused.contains("empty the whole data directory"),
+        "{refused}"
+    );
 }

@@ -13,7 +13,8 @@
 //!   log id). Both are [`small_file`]s: replaced whole, atomically, checksummed.
 //! - `RECOVERING` (a [`small_file`] too): present while the log is recovering from damage, or from a
 //!   loss its node learned of from its peers ([`RaftLog::start_recovery`]); it holds the highest index
-//!   the log is known to have held and what was found ([`Recovering`]).
+//!   the log is known to have held, the lowest vote its node may start with, and what was found
+//!   ([`Recovering`]).
 //!
 //! ## Invariants (what openraft's storage contract asks, and where it is kept)
 //! - **No holes**: entries are consecutive across all segments; `append` refuses an entry that does not
@@ -98,29 +99,70 @@ pub struct Purged {
     pub marker: Vec<u8>,
 }
 
-/// What `RECOVERING` holds: how far the log reached before it was damaged, and what was found.
+/// What `RECOVERING` holds: how far the log reached before it was damaged, the lowest vote its node
+/// may start with, and what was found.
 ///
-/// Format: `through` (u64, little-endian), then the reason (UTF-8), in a [`small_file`].
+/// Format, in a [`small_file`]: `through` (u64, little-endian); then, when there is a floor, the byte
+/// `0xFF` and the floor's term and node id (u64 each, little-endian); then the reason (UTF-8). A
+/// marker without a floor (all of them before floors were kept) has no `0xFF` after `through`: no
+/// UTF-8 text starts with that byte.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recovering {
     /// The highest entry index the log is known to have held (the first lost one, or a higher one
     /// seen in a valid record past the damage).
     pub through: u64,
+    /// The highest vote its node may have given, when its own vote is lost with the log (a wiped
+    /// directory: its peers' highest); `None` when the damage is in its own log, whose vote is intact.
+    /// Kept here, beside the evidence, so a crash before the matching vote is stored does not leave a
+    /// restart with an older one.
+    pub vote_floor: Option<VoteFloor>,
     /// What was found, and where.
     pub reason: String,
 }
 
+/// A vote as Raft orders it: by term, then by the node voted for (openraft's leader ids), so the
+/// derived order is the one to compare floors with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct VoteFloor {
+    /// The term.
+    pub term: u64,
+    /// The node voted for.
+    pub node_id: u64,
+}
+
+/// Marks a marker with a floor (see [`Recovering`]).
+const WITH_FLOOR: u8 = 0xFF;
+
 impl Recovering {
     fn encode(&self) -> Vec<u8> {
         let mut out = self.through.to_le_bytes().to_vec();
+        if let Some(floor) = self.vote_floor {
+            out.push(WITH_FLOOR);
+            out.extend_from_slice(&floor.term.to_le_bytes());
+            out.extend_from_slice(&floor.node_id.to_le_bytes());
+        }
         out.extend_from_slice(self.reason.as_bytes());
         out
     }
 
     fn decode(payload: &[u8]) -> Option<Self> {
-        let (through, reason) = payload.split_at_checked(8)?;
+        let u64_at = |b: &[u8]| Some(u64::from_le_bytes(b.try_into().ok()?));
+        let (through, rest) = payload.split_at_checked(8)?;
+        let (vote_floor, reason) = match rest.split_first() {
+            Some((&WITH_FLOOR, rest)) => {
+                let (term, rest) = rest.split_at_checked(8)?;
+                let (node_id, reason) = rest.split_at_checked(8)?;
+                let floor = VoteFloor {
+                    term: u64_at(term)?,
+                    node_id: u64_at(node_id)?,
+                };
+                (Some(floor), reason)
+            }
+            _ => (None, rest),
+        };
         Some(Self {
-            through: u64::from_le_bytes(through.try_into().ok()?),
+            through: u64_at(through)?,
+            vote_floor,
             reason: String::from_utf8_lossy(reason).into_owned(),
         })
     }
@@ -206,13 +248,14 @@ impl RaftLog {
 
     /// Starts a recovery the log cannot see by itself: its node learned from its peers that it had
     /// acknowledged entries this log does not hold (a wiped directory). Stores `marker` as
-    /// `RECOVERING` durably (a marker already there is kept, with the higher `through`), so a restart
-    /// before the node has caught up still knows.
+    /// `RECOVERING` durably (a marker already there is kept, with the higher `through` and
+    /// `vote_floor`), so a restart before the node has caught up still knows.
     pub fn start_recovery(&mut self, marker: Recovering) -> EngineResult<()> {
         self.check_writable()?;
         let marker = match self.recovering.take() {
             Some(old) => Recovering {
                 through: old.through.max(marker.through),
+                vote_floor: old.vote_floor.max(marker.vote_floor),
                 reason: old.reason,
             },
             None => marker,
@@ -478,5 +521,47 @@ impl RaftLog {
             tracing::error!(error = %e, "raft log: write failed; refusing further writes until reopened");
             self.poison = Some(e.to_string());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Recovering, VoteFloor};
+
+    #[test]
+    fn a_marker_round_trips_and_one_without_a_floor_reads_as_none() {
+        let marker = Recovering {
+            through: 41,
+            vote_floor: Some(VoteFloor {
+                term: 7,
+                node_id: 2,
+            }),
+            reason: "wiped".into(),
+        };
+        assert_eq!(Recovering::decode(&marker.encode()), Some(marker));
+        let plain = Recovering {
+            through: 41,
+            vote_floor: None,
+            reason: "checksum failure".into(),
+        };
+        assert_eq!(Recovering::decode(&plain.encode()), Some(plain.clone()));
+        // The format before floors were kept is the one without a floor.
+        let mut old = 41u64.to_le_bytes().to_vec();
+        old.extend_from_slice(b"checksum failure");
+        assert_eq!(Recovering::decode(&old), Some(plain));
+        let mut cut = 41u64.to_le_bytes().to_vec();
+        cut.push(0xFF);
+        cut.extend_from_slice(&7u64.to_le_bytes());
+        assert_eq!(Recovering::decode(&cut), None, "a floor cut short");
+        assert!(
+            VoteFloor {
+                term: 7,
+                node_id: 1
+            } > VoteFloor {
+                term: 6,
+                node_id: 3
+            },
+            "term first"
+        );
     }
 }

@@ -122,7 +122,7 @@ pub(super) fn open(dir: &Path, opts: RaftLogOptions) -> EngineResult<(RaftLog, L
                     .ok_or_else(|| EngineError::Corrupted {
                         file: format!("raft/{PURGED}"),
                         offset: 0,
-                        reason: "shorter than an index".into(),
+                        reason: "too short for its fields".into(),
                     })?;
             let mut le = [0u8; 8];
             le.copy_from_slice(index);
@@ -297,7 +297,7 @@ pub(super) fn open(dir: &Path, opts: RaftLogOptions) -> EngineResult<(RaftLog, L
                 Recovering::decode(&payload).ok_or_else(|| EngineError::Corrupted {
                     file: format!("raft/{RECOVERING}"),
                     offset: 0,
-                    reason: "shorter than an index".into(),
+                    reason: "too short for its fields".into(),
                 })?,
             )
         }
@@ -338,6 +338,9 @@ pub(super) fn open(dir: &Path, opts: RaftLogOptions) -> EngineResult<(RaftLog, L
         );
         let marker = Recovering {
             through: damage.through,
+            // The vote is intact (a damaged `VOTE` fails the open), so it needs no floor; an
+            // earlier recovery's floor is kept.
+            vote_floor: recovering.as_ref().and_then(|r| r.vote_floor),
             reason: damage.reason.clone(),
         };
         small_file::store(&*fs, dir, RECOVERING, &marker.encode())?;
