@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help run-leader run-follower run-cluster docker compose-up compose-down cluster-up cluster-down bench-replication soak-replication soak-cluster check test test-steps test-clean lint bench bench-engine bench-index bench-http bench-goals bench-tls bench-cluster bench-learners bench-rss larger-than-ram soak fmt clean-bench
+.PHONY: help run-leader run-follower run-cluster docker compose-up compose-down cluster-up cluster-down bench-replication soak-replication soak-cluster check test test-steps test-clean lint bench bench-engine bench-index bench-http bench-goals bench-cost bench-tls bench-cluster bench-learners bench-rss larger-than-ram soak fmt clean-bench
 
 PORT ?= 8080
 DATA ?= ./data
@@ -149,6 +149,9 @@ bench-tls: ## HTTP vs HTTPS, GET and PUT at 16 and 64 connections, alternating (
 
 bench-goals: ## The performance issue's goals as ratios in one sitting: ceiling, kv-server both modes, Redis (installs wrk, redis)
 	bench/http/goals.py
+
+bench-cost: ## System calls, CPU and context switches per request, kv-server vs the ceiling (needs perf, wrk)
+	bench/http/cost_per_request.py
 
 bench-cluster: ## Writes to a 3-node Raft cluster vs a 3-node etcd (cluster issue goal 7; installs wrk, etcd-server)
 	bench/cluster/raft_vs_etcd.py
