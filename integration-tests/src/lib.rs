@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod docker;
 pub mod histories;
 pub mod pki;
+pub mod topology;
 pub mod wgl;
 
 /// A binary of this workspace (`kv-server`, `kvctl`) from the same build profile as this test

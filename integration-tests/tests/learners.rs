@@ -8,53 +8,15 @@
 use std::time::{Duration, Instant};
 
 use integration_tests::cluster::{
-    assert_all_present, assert_converged, cluster_view, follower_args, leader_args, lsn_of,
-    workload, AckedWriters, Node,
+    assert_converged, cluster_view, follower_args, lsn_of, workload, Node,
+};
+use integration_tests::topology::{
+    cluster, follower_killed_during_writes, get, leader_restarts_under_writers, put, until, Engine,
+    CONVERGE,
 };
 use integration_tests::Client;
 
-const CONVERGE: Duration = Duration::from_secs(60);
-const RAFT: [&str; 2] = ["--replication-engine", "raft"];
-
-/// A leader and `n` followers on Raft, not started; the followers' ports are known to the leader.
-fn cluster(root: &std::path::Path, n: usize, leader_extra: &[&str]) -> (Node, Vec<Node>) {
-    let leader_port = integration_tests::free_port();
-    let followers: Vec<Node> = (0..n)
-        .map(|i| {
-            Node::new(
-                &root.join(format!("f{i}")),
-                follower_args(leader_port, &RAFT),
-            )
-        })
-        .collect();
-    let refs: Vec<&Node> = followers.iter().collect();
-    let mut extra = RAFT.to_vec();
-    extra.extend_from_slice(leader_extra);
-    let mut leader = Node::new(&root.join("leader"), leader_args(&refs, &extra));
-    leader.port = leader_port;
-    (leader, followers)
-}
-
-fn put(c: Client, key: &str, value: &str) -> (u16, Vec<u8>) {
-    c.request("PUT", &format!("/v1/kv/{key}"), value.as_bytes())
-}
-
-fn get(c: Client, key: &str) -> Option<String> {
-    match c.request("GET", &format!("/v1/kv/{key}"), b"") {
-        (200, v) => Some(String::from_utf8(v).unwrap()),
-        (404, _) => None,
-        (s, b) => panic!("GET {key}: {s} {}", String::from_utf8_lossy(&b)),
-    }
-}
-
-/// Waits until `check` holds, or panics with `what`.
-fn until(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !check() {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+const RAFT: Engine = Engine::Raft;
 
 /// Starts `kv-server` on `dir` with `args`, asserts that it refuses to start (exit 1), and returns
 /// what it said.
@@ -102,7 +64,8 @@ fn follower_states(leader: &Node) -> Vec<(String, String)> {
 #[test]
 fn writes_through_the_leader_and_learners_converge_everywhere() {
     let root = tempfile::tempdir().unwrap();
-    let (mut leader, mut followers) = cluster(root.path(), 2, &["--durability", "interval:5"]);
+    let (mut leader, mut followers) =
+        cluster(RAFT, root.path(), 2, &["--durability", "interval:5"]);
     for f in &mut followers {
         f.start();
     }
@@ -147,47 +110,14 @@ fn writes_through_the_leader_and_learners_converge_everywhere() {
 #[test]
 fn a_learner_killed_during_writes_catches_up_and_never_goes_backwards() {
     let root = tempfile::tempdir().unwrap();
-    let (mut leader, mut followers) = cluster(root.path(), 1, &[]);
-    let mut f = followers.remove(0);
-    f.start();
-    leader.start();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let (c, stop) = (leader.client(), stop.clone());
-        std::thread::spawn(move || {
-            let mut i = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                assert_eq!(put(c, &format!("k{}", i % 500), &format!("v{i}")).0, 200);
-                i += 1;
-            }
-            i
-        })
-    };
-    let mut last_seen = 0;
-    for round in 0..3u64 {
-        std::thread::sleep(Duration::from_millis(300));
-        let before = f.applied();
-        assert!(
-            before >= last_seen,
-            "applied went back: {before} < {last_seen}"
-        );
-        f.kill();
-        std::thread::sleep(Duration::from_millis(200 + 100 * round));
-        f.start();
-        let after = f.applied();
-        assert!(after >= before, "after restart {after} < {before}");
-        last_seen = after;
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let writes = writer.join().unwrap();
-    assert!(writes > 100, "the writer made progress ({writes} writes)");
-    assert_converged(&leader, &[&f], CONVERGE);
+    follower_killed_during_writes(RAFT, root.path(), 3);
 }
 
 #[test]
 fn a_new_learner_after_the_log_was_purged_catches_up_from_a_snapshot() {
     let root = tempfile::tempdir().unwrap();
     let (mut leader, mut followers) = cluster(
+        RAFT,
         root.path(),
         1,
         &["--durability", "never", "--cluster-snapshot-entries", "500"],
@@ -235,36 +165,13 @@ fn a_new_learner_after_the_log_was_purged_catches_up_from_a_snapshot() {
 #[test]
 fn leader_restarts_lose_no_acknowledged_write_and_learners_continue() {
     let root = tempfile::tempdir().unwrap();
-    let (mut leader, mut followers) = cluster(root.path(), 2, &["--durability", "always"]);
-    for f in &mut followers {
-        f.start();
-    }
-    leader.start();
-    let mut acked = Vec::new();
-    for (round, how) in ["KILL", "TERM"].iter().enumerate() {
-        let writers = AckedWriters::start(leader.client(), &format!("r{round}"), 4);
-        std::thread::sleep(Duration::from_millis(700));
-        let before = writers.count();
-        if *how == "KILL" {
-            leader.kill();
-        } else {
-            leader.stop();
-        }
-        std::thread::sleep(Duration::from_millis(300));
-        leader.start();
-        std::thread::sleep(Duration::from_millis(500));
-        acked.extend(writers.stop());
-        let refs: Vec<&Node> = followers.iter().collect();
-        let contents = assert_converged(&leader, &refs, CONVERGE);
-        assert_all_present(&acked, &contents, &format!("after SIG{how}"));
-        assert!(before > 50, "writers made progress");
-    }
+    leader_restarts_under_writers(RAFT, root.path(), 1);
 }
 
 #[test]
 fn learners_refuse_a_leader_restarted_on_an_empty_directory_and_keep_their_data() {
     let root = tempfile::tempdir().unwrap();
-    let (mut leader, mut followers) = cluster(root.path(), 1, &[]);
+    let (mut leader, mut followers) = cluster(RAFT, root.path(), 1, &[]);
     let f = &mut followers[0];
     f.start();
     leader.start();
@@ -333,6 +240,7 @@ fn learners_refuse_a_leader_restarted_on_an_empty_directory_and_keep_their_data(
 fn synchronous_acknowledgement_waits_for_a_learner_and_times_out_as_documented() {
     let root = tempfile::tempdir().unwrap();
     let (mut leader, mut followers) = cluster(
+        RAFT,
         root.path(),
         1,
         &[
@@ -381,7 +289,8 @@ fn synchronous_acknowledgement_waits_for_a_learner_and_times_out_as_documented()
 #[test]
 fn reads_with_min_lsn_on_a_learner_see_its_own_forwarded_writes() {
     let root = tempfile::tempdir().unwrap();
-    let (mut leader, mut followers) = cluster(root.path(), 1, &["--durability", "interval:20"]);
+    let (mut leader, mut followers) =
+        cluster(RAFT, root.path(), 1, &["--durability", "interval:20"]);
     let f = &mut followers[0];
     f.start();
     leader.start();
@@ -420,7 +329,7 @@ fn reads_with_min_lsn_on_a_learner_see_its_own_forwarded_writes() {
 #[test]
 fn a_follower_on_a_replaced_directory_rejoins_under_a_new_id() {
     let root = tempfile::tempdir().unwrap();
-    let (mut leader, mut followers) = cluster(root.path(), 1, &[]);
+    let (mut leader, mut followers) = cluster(RAFT, root.path(), 1, &[]);
     let f = &mut followers[0];
     f.start();
     leader.start();
@@ -459,19 +368,19 @@ fn a_follower_holding_data_of_its_own_refuses_to_start_and_says_why() {
     alone.start();
     assert_eq!(put(alone.client(), "mine", "v").0, 200);
     alone.stop();
-    let stderr = refused_start(&alone.dir, &follower_args(1, &RAFT));
+    let stderr = refused_start(&alone.dir, &follower_args(1, RAFT.args()));
     assert!(stderr.contains("empty directory"), "{stderr}");
 }
 
 #[test]
 fn a_new_learner_joins_only_the_cluster_its_configured_leader_leads() {
     let root = tempfile::tempdir().unwrap();
-    let (mut leader, mut followers) = cluster(root.path(), 1, &[]);
+    let (mut leader, mut followers) = cluster(RAFT, root.path(), 1, &[]);
     leader.start();
     let f = &mut followers[0];
     // Not yet joined; the configured leader is up but a message claims another cluster.
     let leader_port = leader.port;
-    f.args = follower_args(leader_port, &RAFT);
+    f.args = follower_args(leader_port, RAFT.args());
     f.start();
     let (code, body) = append_of_cluster(f.client(), "not-the-leaders");
     // Refused either way: before the leader reached it ("not joining it", the usual order: the leader
@@ -495,7 +404,7 @@ fn a_new_learner_joins_only_the_cluster_its_configured_leader_leads() {
 #[test]
 fn membership_operations_and_engine_switches_that_would_break_the_topology_are_refused() {
     let root = tempfile::tempdir().unwrap();
-    let (mut leader, mut followers) = cluster(root.path(), 1, &[]);
+    let (mut leader, mut followers) = cluster(RAFT, root.path(), 1, &[]);
     let f = &mut followers[0];
     f.start();
     leader.start();
@@ -536,7 +445,7 @@ fn membership_operations_and_engine_switches_that_would_break_the_topology_are_r
 #[test]
 fn a_leader_that_lost_its_raft_directory_refuses_to_form_a_second_history() {
     let root = tempfile::tempdir().unwrap();
-    let (mut leader, mut followers) = cluster(root.path(), 1, &[]);
+    let (mut leader, mut followers) = cluster(RAFT, root.path(), 1, &[]);
     let f = &mut followers[0];
     f.start();
     leader.start();

@@ -8,51 +8,21 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use integration_tests::cluster::{
-    assert_all_present, assert_converged, follower_args, leader_args, lsn_of, workload,
-    AckedWriters, Node, TOKEN,
+use integration_tests::cluster::{assert_converged, follower_args, lsn_of, workload, Node, TOKEN};
+use integration_tests::topology::{
+    cluster, env_count, follower_killed_during_writes, get, leader_restarts_under_writers, put,
+    Engine, CONVERGE,
 };
 use integration_tests::wgl::{linearizable, Event, Op};
+
+const STATIC: Engine = Engine::Static;
 use integration_tests::Client;
-
-const CONVERGE: Duration = Duration::from_secs(60);
-
-/// A count from the environment (soaks raise it), or `default`.
-fn env_count(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// A leader and `n` followers, not started; the followers' ports are known to the leader up front.
-fn cluster(root: &std::path::Path, n: usize, leader_extra: &[&str]) -> (Node, Vec<Node>) {
-    let leader_port = integration_tests::free_port();
-    let followers: Vec<Node> = (0..n)
-        .map(|i| Node::new(&root.join(format!("f{i}")), follower_args(leader_port, &[])))
-        .collect();
-    let refs: Vec<&Node> = followers.iter().collect();
-    let mut leader = Node::new(&root.join("leader"), leader_args(&refs, leader_extra));
-    leader.port = leader_port;
-    (leader, followers)
-}
-
-fn put(c: Client, key: &str, value: &str) -> (u16, Vec<u8>) {
-    c.request("PUT", &format!("/v1/kv/{key}"), value.as_bytes())
-}
-
-fn get(c: Client, key: &str) -> Option<String> {
-    match c.request("GET", &format!("/v1/kv/{key}"), b"") {
-        (200, v) => Some(String::from_utf8(v).unwrap()),
-        (404, _) => None,
-        (s, b) => panic!("GET {key}: {s} {}", String::from_utf8_lossy(&b)),
-    }
-}
 
 #[test]
 fn writes_through_the_leader_and_followers_converge_everywhere() {
     let root = tempfile::tempdir().unwrap();
-    let (mut leader, mut followers) = cluster(root.path(), 2, &["--durability", "interval:5"]);
+    let (mut leader, mut followers) =
+        cluster(STATIC, root.path(), 2, &["--durability", "interval:5"]);
     for f in &mut followers {
         f.start();
     }
@@ -89,44 +59,8 @@ fn writes_through_the_leader_and_followers_converge_everywhere() {
 #[test]
 fn a_follower_killed_during_writes_catches_up_and_never_goes_backwards() {
     let root = tempfile::tempdir().unwrap();
-    let (mut leader, mut followers) = cluster(root.path(), 1, &[]);
-    let mut f = followers.remove(0);
-    f.start();
-    leader.start();
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (c, stop) = (leader.client(), stop.clone());
-        std::thread::spawn(move || {
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                assert_eq!(put(c, &format!("k{}", i % 500), &format!("v{i}")).0, 200);
-                i += 1;
-            }
-            i
-        })
-    };
-    let mut last_seen = 0;
-    for round in 0..env_count("REPLICATION_KILL_ROUNDS", 3) {
-        std::thread::sleep(Duration::from_millis(300));
-        let before = f.applied();
-        assert!(
-            before >= last_seen,
-            "applied LSN went backwards: {before} < {last_seen}"
-        );
-        f.kill();
-        std::thread::sleep(Duration::from_millis(200 + 100 * (round % 4)));
-        f.start();
-        let after = f.applied();
-        assert!(
-            after >= before,
-            "applied LSN after restart {after} < {before} before the kill"
-        );
-        last_seen = after;
-    }
-    stop.store(true, Ordering::Relaxed);
-    let writes = writer.join().unwrap();
-    assert!(writes > 100, "the writer made progress ({writes} writes)");
-    assert_converged(&leader, &[&f], CONVERGE);
+    let rounds = env_count("REPLICATION_KILL_ROUNDS", 3);
+    let (leader, mut f, writes) = follower_killed_during_writes(STATIC, root.path(), rounds);
     // Every kill lost nothing the follower had acknowledged, and it resumed rather than re-snapshotting.
     let st = leader.status();
     assert_eq!(
@@ -145,15 +79,14 @@ fn a_follower_killed_during_writes_catches_up_and_never_goes_backwards() {
         lsns.iter().zip(1u64..).find(|(&l, w)| l != *w)
     );
     eprintln!(
-        "SUMMARY: {} follower SIGKILLs during {writes} writes; applied LSN never went backwards; converged, no re-snapshot",
-        env_count("REPLICATION_KILL_ROUNDS", 3)
+        "SUMMARY: {rounds} follower SIGKILLs during {writes} writes; applied LSN never went backwards; converged, no re-snapshot"
     );
 }
 
 #[test]
 fn a_new_follower_after_100k_writes_takes_a_snapshot_then_streams() {
     let root = tempfile::tempdir().unwrap();
-    let (mut leader, mut followers) = cluster(root.path(), 1, &["--durability", "never"]);
+    let (mut leader, mut followers) = cluster(STATIC, root.path(), 1, &["--durability", "never"]);
     leader.start();
     let c = leader.client();
     for b in 0..100 {
@@ -207,6 +140,7 @@ fn rss_kib(pid: u32) -> u64 {
 fn a_follower_whose_gap_was_compacted_away_gets_exactly_one_snapshot() {
     let root = tempfile::tempdir().unwrap();
     let (mut leader, mut followers) = cluster(
+        STATIC,
         root.path(),
         1,
         &["--segment-bytes", "65536", "--durability", "never"],
@@ -273,44 +207,18 @@ fn a_follower_whose_gap_was_compacted_away_gets_exactly_one_snapshot() {
 #[test]
 fn leader_restarts_lose_no_acknowledged_write_and_followers_continue() {
     let root = tempfile::tempdir().unwrap();
-    let (mut leader, mut followers) = cluster(root.path(), 2, &["--durability", "always"]);
-    for f in &mut followers {
-        f.start();
-    }
-    leader.start();
-    let mut acked = Vec::new();
     let rounds = env_count("LEADER_RESTART_ROUNDS", 1);
-    let plan: Vec<&str> = (0..rounds).flat_map(|_| ["KILL", "TERM"]).collect();
-    for (round, how) in plan.iter().enumerate() {
-        let writers = AckedWriters::start(leader.client(), &format!("r{round}"), 4);
-        std::thread::sleep(Duration::from_millis(700));
-        let before = writers.count();
-        if *how == "KILL" {
-            leader.kill();
-        } else {
-            leader.stop();
-        }
-        std::thread::sleep(Duration::from_millis(300));
-        leader.start();
-        std::thread::sleep(Duration::from_millis(500));
-        acked.extend(writers.stop());
-        let refs: Vec<&Node> = followers.iter().collect();
-        // Also checks that no follower is ahead of the restarted leader.
-        let contents = assert_converged(&leader, &refs, CONVERGE);
-        assert_all_present(&acked, &contents, &format!("after SIG{how}"));
-        assert!(before > 50, "writers made progress");
-    }
+    let acked = leader_restarts_under_writers(STATIC, root.path(), rounds);
     eprintln!(
-        "SUMMARY: {} leader restarts (half SIGKILL, half SIGTERM) with 2 followers, {} acknowledged writes, 0 lost, followers converged",
-        plan.len(),
-        acked.len()
+        "SUMMARY: {} leader restarts (half SIGKILL, half SIGTERM) with 2 followers, {acked} acknowledged writes, 0 lost, followers converged",
+        2 * rounds
     );
 }
 
 #[test]
 fn followers_refuse_a_leader_restarted_on_an_empty_directory_and_keep_their_data() {
     let root = tempfile::tempdir().unwrap();
-    let (mut leader, mut followers) = cluster(root.path(), 1, &[]);
+    let (mut leader, mut followers) = cluster(STATIC, root.path(), 1, &[]);
     let f = &mut followers[0];
     f.start();
     leader.start();
@@ -347,6 +255,7 @@ fn followers_refuse_a_leader_restarted_on_an_empty_directory_and_keep_their_data
 fn synchronous_acknowledgement_waits_for_a_follower_and_times_out_as_documented() {
     let root = tempfile::tempdir().unwrap();
     let (mut leader, mut followers) = cluster(
+        STATIC,
         root.path(),
         1,
         &[
@@ -393,7 +302,8 @@ fn synchronous_acknowledgement_waits_for_a_follower_and_times_out_as_documented(
 #[test]
 fn reads_with_min_lsn_on_a_follower_see_its_own_forwarded_writes() {
     let root = tempfile::tempdir().unwrap();
-    let (mut leader, mut followers) = cluster(root.path(), 1, &["--durability", "interval:20"]);
+    let (mut leader, mut followers) =
+        cluster(STATIC, root.path(), 1, &["--durability", "interval:20"]);
     let f = &mut followers[0];
     f.start();
     leader.start();
@@ -463,7 +373,8 @@ fn reads_with_min_lsn_on_a_follower_see_its_own_forwarded_writes() {
 #[test]
 fn leader_histories_are_linearizable_and_follower_reads_monotonic() {
     let root = tempfile::tempdir().unwrap();
-    let (mut leader, mut followers) = cluster(root.path(), 1, &["--durability", "interval:5"]);
+    let (mut leader, mut followers) =
+        cluster(STATIC, root.path(), 1, &["--durability", "interval:5"]);
     let f = &mut followers[0];
     f.start();
     leader.start();
@@ -577,7 +488,7 @@ fn leader_histories_are_linearizable_and_follower_reads_monotonic() {
 #[test]
 fn replication_endpoints_refuse_missing_or_wrong_tokens_and_leaders_refuse_replicated_writes() {
     let root = tempfile::tempdir().unwrap();
-    let (mut leader, mut followers) = cluster(root.path(), 1, &[]);
+    let (mut leader, mut followers) = cluster(STATIC, root.path(), 1, &[]);
     let f = &mut followers[0];
     f.start();
     leader.start();
@@ -686,7 +597,7 @@ fn a_forwarded_write_without_an_answer_is_an_unknown_outcome_and_not_retried() {
 #[test]
 fn a_follower_forwards_no_write_to_a_leader_restarted_on_an_empty_directory() {
     let root = tempfile::tempdir().unwrap();
-    let (mut leader, mut followers) = cluster(root.path(), 1, &[]);
+    let (mut leader, mut followers) = cluster(STATIC, root.path(), 1, &[]);
     let f = &mut followers[0];
     f.start();
     leader.start();
@@ -770,7 +681,7 @@ fn kv_server_health_checks_readiness_and_takes_the_port_after_the_subcommand() {
         )
     };
     let root = tempfile::tempdir().unwrap();
-    let (mut leader, mut followers) = cluster(root.path(), 1, &[]);
+    let (mut leader, mut followers) = cluster(STATIC, root.path(), 1, &[]);
     let f = &mut followers[0];
     f.start();
     let port = f.port.to_string();
