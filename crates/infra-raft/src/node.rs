@@ -291,6 +291,19 @@ impl RaftNode {
                 wiped = true;
             }
         }
+        let held = engine.last_lsn().0;
+        if wiped && held > 0 {
+            // Its raft/ is gone but its engine is not: entries at or below the engine's LSN would be
+            // skipped on apply, so the cluster's log would never replace what the engine holds.
+            // IMPORTANT: refused before the vote is stored, so raft/ stays without one and the next
+            // start is taken for wiped (and refused) again.
+            return Err(StartError::Settings(format!(
+                "this node's raft/ directory is gone but its engine still holds writes (last LSN \
+                 {held}), and its peers say it was a member: empty the whole data directory (the \
+                 node then recovers everything from its peers under its id), or rebuild it under a \
+                 new id (docs/cluster.md)"
+            )));
+        }
         let damaged = log.recovering();
         let floor = damaged.as_ref().and_then(|d| d.vote_floor);
         let stored = stored_vote.as_ref().map(|v| VoteFloor {
@@ -352,16 +365,6 @@ impl RaftNode {
         // ones on this node and exist on no other. The first member (the one that forms the cluster)
         // carries them in as the cluster's initial state instead; any other refuses to start.
         let outside = engine.last_lsn().0;
-        if wiped && outside > 0 {
-            // Its raft/ is gone but its engine is not: entries at or below the engine's LSN would be
-            // skipped on apply, so the cluster's log would never replace what the engine holds.
-            return Err(StartError::Settings(format!(
-                "this node's raft/ directory is gone but its engine still holds writes (last LSN \
-                 {outside}), and its peers say it was a member: empty the whole data directory (the \
-                 node then recovers everything from its peers under its id), or rebuild it under a \
-                 new id (docs/cluster.md)"
-            )));
-        }
         let lowest = settings.peers.keys().next().copied();
         let first_member = lowest == Some(settings.node_id) && !settings.join_only;
         if pristine && outside > 0 && settings.join_only {
@@ -1134,13 +1137,23 @@ async fn lost_progress<T: RaftTransport>(
         .map(|(id, url)| {
             let (transport, ask) = (transport.clone(), ask.clone());
             async move {
-                let call = transport.call(*id, url, Rpc::Progress, ask);
-                let answer = tokio::time::timeout(PROGRESS_TIMEOUT, call)
-                    .await
-                    .ok()?
-                    .ok()?;
-                let progress: Result<Progress, String> = serde_json::from_slice(&answer).ok()?;
-                progress.ok().map(|p| (*id, p))
+                // A peer that answers "starting" (its metrics not loaded yet) is asked again until the
+                // timeout; one that cannot be reached is not waited for (a cluster forming starts all
+                // its nodes at once, and none answers before it has started).
+                let deadline = tokio::time::Instant::now() + PROGRESS_TIMEOUT;
+                loop {
+                    let call = transport.call(*id, url, Rpc::Progress, ask.clone());
+                    let answer = tokio::time::timeout_at(deadline, call).await.ok()?.ok()?;
+                    let progress: Result<Progress, String> =
+                        serde_json::from_slice(&answer).ok()?;
+                    match progress {
+                        Ok(p) => return Some((*id, p)),
+                        Err(_) if tokio::time::Instant::now() < deadline => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(_) => return None,
+                    }
+                }
             }
         });
     let answers: Vec<(NodeId, Progress)> = futures_util::future::join_all(asks)

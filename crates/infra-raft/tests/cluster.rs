@@ -25,6 +25,9 @@ struct Loopback {
     lose_appends: std::sync::atomic::AtomicBool,
     /// Appends and snapshots to these nodes are lost; everything else goes through.
     starved: Mutex<std::collections::BTreeSet<NodeId>>,
+    /// This many `progress` questions are answered "starting" (as a peer whose metrics are not loaded
+    /// yet does) before they reach the node.
+    progress_starting: std::sync::atomic::AtomicU32,
 }
 
 impl RaftTransport for Loopback {
@@ -42,6 +45,20 @@ impl RaftTransport for Loopback {
             return Err(TransportError::Unreachable(format!(
                 "appends to node {target} are lost"
             )));
+        }
+        if rpc == Rpc::Progress
+            && self
+                .progress_starting
+                .fetch_update(
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                    |n| n.checked_sub(1),
+                )
+                .is_ok()
+        {
+            return Ok(
+                serde_json::to_vec(&Err::<(), _>("this node is starting: ask again")).unwrap(),
+            );
         }
         let node = self.nodes.lock().get(&target).cloned();
         match node {
@@ -548,7 +565,8 @@ async fn a_wiped_member_back_under_its_old_id_does_not_vote_until_it_has_caught_
 /// A wiped leader comes back under its old id after the others elected a new one, which has never
 /// replicated to it: nobody can vouch for what it held, but a peer holds entries of an elected
 /// leader and counts it as a voter, so it recovers (in the new leader's term) instead of starting as
-/// a new node, and votes only once it holds everything again.
+/// a new node, and votes only once it holds everything again. Its peers first answer "starting", as
+/// one whose metrics are not loaded yet does: it asks again within its second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_leader_back_under_its_old_id_recovers_though_no_leader_replicated_to_it() {
     let mut c = Cluster::start(ClusterSettings::new(0, peers(3))).await;
@@ -563,6 +581,10 @@ async fn a_wiped_leader_back_under_its_old_id_recovers_though_no_leader_replicat
     let leader = c.leader(Duration::from_secs(10)).await;
     let term = c.node(leader).status().term;
     c.transport.starved.lock().insert(victim);
+    // Its peers answer "starting" at first: it asks again rather than take them for silent.
+    c.transport
+        .progress_starting
+        .store(4, std::sync::atomic::Ordering::Relaxed);
     c.boot(victim).await;
     let node = c.node(victim);
     assert!(node.is_recovering(), "{:?}", node.status());
@@ -730,13 +752,16 @@ async fn a_member_that_lost_only_its_raft_directory_is_refused_with_what_to_do()
         node_id: victim,
         ..c.settings.clone()
     };
-    let refused = RaftNode::start(settings, &dir, engine, c.transport.clone())
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        refused.contains("raft/ directory is gone but its engine still holds writes")
-            && refused.contains("empty the whole data directory"),
-        "{refused}"
-    );
+    // Refused at every start, not only the first (a service manager restarts it).
+    for start in 1..=2 {
+        let refused = RaftNode::start(settings.clone(), &dir, engine.clone(), c.transport.clone())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("raft/ directory is gone but its engine still holds writes")
+                && refused.contains("empty the whole data directory"),
+            "start {start}: {refused}"
+        );
+    }
 }
