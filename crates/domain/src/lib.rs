@@ -35,7 +35,7 @@ pub use entities::{
     Lsn, RecoveryReport, Value, WriteBatch,
 };
 pub use error::{EngineError, EngineResult};
-pub use index::OrderedIndex;
+pub use index::{Listing, OrderedIndex};
 pub use log_shipping::{FrozenView, LogShipping};
 pub use memory::MemoryEngine;
 pub use ports::{AckRequirement, AppliedLsn, Committed, Consensus, ConsensusError, FollowerAcks};

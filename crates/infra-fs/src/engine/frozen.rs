@@ -20,7 +20,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use kv_domain::{EngineError, EngineResult, Entry, FrozenView, Key, KeyRange, Location};
+use kv_domain::{EngineError, EngineResult, Entry, FrozenView, Key, Listing, Location};
 
 use super::{FsEngine, Inner};
 use crate::segment::segment_name;
@@ -28,7 +28,7 @@ use crate::segment::segment_name;
 /// A registered view: the listing, and how far it has been read.
 struct Frozen {
     inner: Arc<Inner>,
-    listed: Vec<(Key, Location)>,
+    listed: Listing,
     next: usize,
 }
 
@@ -50,10 +50,10 @@ impl FsEngine {
         // Registered first, so from here on no segment the listing points into can be retired.
         let mut view = Frozen {
             inner: Arc::clone(inner),
-            listed: Vec::new(),
+            listed: Listing::default(),
             next: 0,
         };
-        view.listed = inner.index.range(&KeyRange::all(), usize::MAX);
+        view.listed = inner.index.listing();
         Ok(Some(Box::new(view)))
     }
 }
@@ -61,7 +61,10 @@ impl FsEngine {
 impl FrozenView for Frozen {
     fn next_page(&mut self, max: usize) -> EngineResult<Vec<Entry>> {
         let end = self.listed.len().min(self.next + max.max(1));
-        let page = self.listed.get(self.next..end).unwrap_or_default().to_vec();
+        let page: Vec<(Key, Location)> = (self.next..end)
+            .filter_map(|i| self.listed.get(i))
+            .map(|(key, location)| (Key::from(key), location))
+            .collect();
         {
             // The pin keeps every segment of the listing; one missing means the invariant broke, and
             // reading on would fall back to the key's current value, not the frozen one.

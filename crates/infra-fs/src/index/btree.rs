@@ -3,7 +3,7 @@
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 
-use kv_domain::{Key, KeyRange, Location, OrderedIndex};
+use kv_domain::{Key, KeyRange, Listing, Location, OrderedIndex};
 use parking_lot::RwLock;
 
 use super::{borrowed_bounds, InlineKey};
@@ -64,6 +64,15 @@ impl OrderedIndex for BTreeIndex {
             .take(limit)
             .map(|(k, v)| (Key::from(k.as_slice()), *v))
             .collect()
+    }
+    fn listing(&self) -> Listing {
+        // One read of the map, no allocation per key: writers wait only for the copy itself.
+        let map = self.map.read();
+        let mut out = Listing::with_capacity(map.len(), map.len() * InlineKey::INLINE);
+        for (key, location) in map.iter() {
+            out.push(key.as_slice(), *location);
+        }
+        out
     }
     fn len(&self) -> usize {
         self.map.read().len()

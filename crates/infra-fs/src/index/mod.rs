@@ -98,7 +98,37 @@ mod tests {
                 for (k, v) in &model {
                     prop_assert_eq!(index.get(k), Some(*v));
                 }
+                let listing = index.listing();
+                prop_assert_eq!(listing.len(), model.len());
+                for (i, (k, v)) in model.iter().enumerate() {
+                    prop_assert_eq!(listing.get(i), Some((k.as_slice(), *v)));
+                }
             }
+        }
+    }
+
+    /// Keys longer than an inline key (kept on the heap by the B-tree) come out of a listing whole and
+    /// in order among short ones.
+    #[test]
+    fn a_listing_holds_long_keys_whole_and_in_order() {
+        let long = vec![b'm'; 40];
+        for index in all() {
+            index.insert(b"z", loc(3));
+            index.insert(&long, loc(2));
+            index.insert(b"a", loc(1));
+            let listing = index.listing();
+            let got: Vec<_> = (0..listing.len())
+                .filter_map(|i| listing.get(i))
+                .map(|(k, l)| (k.to_vec(), l))
+                .collect();
+            assert_eq!(
+                got,
+                vec![
+                    (b"a".to_vec(), loc(1)),
+                    (long.clone(), loc(2)),
+                    (b"z".to_vec(), loc(3))
+                ]
+            );
         }
     }
 
