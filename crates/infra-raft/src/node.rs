@@ -1144,12 +1144,19 @@ async fn lost_progress<T: RaftTransport>(
                 loop {
                     let call = transport.call(*id, url, Rpc::Progress, ask.clone());
                     let answer = tokio::time::timeout_at(deadline, call).await.ok()?.ok()?;
-                    let progress: Result<Progress, String> =
-                        serde_json::from_slice(&answer).ok()?;
+                    let progress: Result<Progress, String> = match serde_json::from_slice(&answer) {
+                        Ok(progress) => progress,
+                        Err(e) => {
+                            // Counted as silence, which may let a wiped node start as a new one.
+                            tracing::warn!(peer = *id, "unreadable answer to progress: {e}");
+                            return None;
+                        }
+                    };
                     match progress {
                         Ok(p) => return Some((*id, p)),
                         Err(_) if tokio::time::Instant::now() < deadline => {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            let next = tokio::time::Instant::now() + Duration::from_millis(50);
+                            tokio::time::sleep_until(next.min(deadline)).await;
                         }
                         Err(_) => return None,
                     }

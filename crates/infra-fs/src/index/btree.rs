@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use kv_domain::{Key, KeyRange, Listing, Location, OrderedIndex};
 use parking_lot::RwLock;
 
-use super::{borrowed_bounds, InlineKey};
+use super::{borrowed_bounds, listing_from, InlineKey};
 
 /// A `BTreeMap` behind a `parking_lot` reader-writer lock; every guard lives for one map call. Keys up to
 /// 22 bytes live inside the B-tree nodes ([`InlineKey`]), so a lookup compares contiguous memory instead of
@@ -68,11 +68,11 @@ impl OrderedIndex for BTreeIndex {
     fn listing(&self) -> Listing {
         // One read of the map, no allocation per key: writers wait only for the copy itself.
         let map = self.map.read();
-        let mut out = Listing::with_capacity(map.len(), map.len() * InlineKey::INLINE);
-        for (key, location) in map.iter() {
-            out.push(key.as_slice(), *location);
-        }
-        out
+        listing_from(
+            map.len(),
+            map.iter()
+                .map(|(key, location)| (key.as_slice(), *location)),
+        )
     }
     fn len(&self) -> usize {
         self.map.read().len()

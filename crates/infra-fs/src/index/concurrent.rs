@@ -1,10 +1,10 @@
 //! The default keydir: a lock-free skip list with in-place overwrites.
 
 use crossbeam_skiplist::SkipMap;
-use kv_domain::{Key, KeyRange, Location, OrderedIndex};
+use kv_domain::{Key, KeyRange, Listing, Location, OrderedIndex};
 use parking_lot::Mutex;
 
-use super::borrowed_bounds;
+use super::{borrowed_bounds, InlineKey};
 
 /// `crossbeam-skiplist` map from key to a location cell. Readers are lock-free on the skip list and take the
 /// 1-byte per-entry lock only to copy 12 bytes. Overwrites replace the cell's contents in place (never
@@ -67,6 +67,17 @@ impl OrderedIndex for ConcurrentSkipIndex {
             .take(limit)
             .map(|e| (Key::from(&e.key()[..]), *e.value().lock()))
             .collect()
+    }
+
+    fn listing(&self) -> Listing {
+        // Entries borrow from the skip list's guards, so this fills by hand, sized as
+        // `listing_from` does.
+        let n = self.map.len();
+        let mut out = Listing::with_capacity(n, n.saturating_mul(InlineKey::INLINE));
+        for e in self.map.iter() {
+            out.push(&e.key()[..], *e.value().lock());
+        }
+        out
     }
 
     fn len(&self) -> usize {

@@ -1,10 +1,10 @@
 //! Keydir over the `skiplist` crate's `SkipMap` behind a reader-writer lock (the design card's crate).
 
-use kv_domain::{Key, KeyRange, Location, OrderedIndex};
+use kv_domain::{Key, KeyRange, Listing, Location, OrderedIndex};
 use parking_lot::RwLock;
 use skiplist::SkipMap;
 
-use super::borrowed_bounds;
+use super::{borrowed_bounds, listing_from};
 
 /// `skiplist::SkipMap` is not concurrent, so it sits behind a `parking_lot` reader-writer lock; every guard
 /// lives for one map call and never crosses an `.await`.
@@ -63,6 +63,14 @@ impl OrderedIndex for LockedSkipListIndex {
             .take(limit)
             .map(|(k, v)| (Key::from(k.as_slice()), *v))
             .collect()
+    }
+    fn listing(&self) -> Listing {
+        let map = self.map.read();
+        listing_from(
+            map.len(),
+            map.iter()
+                .map(|(key, location)| (key.as_slice(), *location)),
+        )
     }
     fn len(&self) -> usize {
         self.map.read().len()

@@ -37,6 +37,21 @@ pub(crate) fn borrowed_bounds(range: &KeyRange) -> (Bound<&[u8]>, Bound<&[u8]>) 
     (b(&range.start), b(&range.end))
 }
 
+/// A [`Listing`] of the `n` `entries` (in key order), in one pass. The key buffer is reserved at
+/// [`InlineKey::INLINE`] bytes a key: enough for the short keys an inline key holds, so the listing
+/// makes three allocations; longer keys grow it. (A first pass to size it exactly costs as much as
+/// the copy: at a million keys the walk over the index, not the allocation, is the cost.)
+pub(super) fn listing_from<'a>(
+    n: usize,
+    entries: impl Iterator<Item = (&'a [u8], kv_domain::Location)>,
+) -> kv_domain::Listing {
+    let mut out = kv_domain::Listing::with_capacity(n, n.saturating_mul(InlineKey::INLINE));
+    for (key, location) in entries {
+        out.push(key, location);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
