@@ -66,7 +66,7 @@ pub fn put(c: Client, key: &str, value: &str) -> (u16, Vec<u8>) {
 /// `GET /v1/kv/{key}`: the value, `None` on 404; panics on any other answer.
 pub fn get(c: Client, key: &str) -> Option<String> {
     match c.request("GET", &format!("/v1/kv/{key}"), b"") {
-        (200, v) => Some(String::from_utf8_lossy(&v).into_owned()),
+        (200, v) => Some(String::from_utf8(v).expect("a value the tests wrote is UTF-8")),
         (404, _) => None,
         (s, b) => panic!("GET {key}: {s} {}", String::from_utf8_lossy(&b)),
     }
